@@ -1,0 +1,1 @@
+"""The on-device agent: verified A/B install, health gate, local inference API (see issue [agent])."""

@@ -1,0 +1,135 @@
+/*
+ * bitnet_edge.h - public C API of the bitnet-edge kernel library.
+ *
+ * Every function returns a status code (enum bne_status) or a plain value;
+ * nothing here prints, exits or allocates in a hot loop.  The region between
+ * BNE_CDEF_BEGIN and BNE_CDEF_END is read by the Python loader to generate
+ * the cffi cdef, so it must stay plain C declarations (no macros inside).
+ *
+ * Shapes follow the math:  W (n, k) @ x (k,) -> y (n,)  for GEMV and
+ * x (m, k) @ W(n, k)^T -> y (m, n)  for GEMM (m activation rows, n outputs).
+ *
+ * Ternary "2-bit compute format" (docs/adr/0002-ternary-packing.md):
+ *   each weight row of k values is split in blocks of 128 weights; a block
+ *   is 32 bytes; byte j of a block holds the codes (w + 1) of weights
+ *   j, j+32, j+64, j+96 in bits 0-1, 2-3, 4-5, 6-7.  The last block of a
+ *   row is padded with code 1 (weight 0).  Row stride = ceil(k/128) * 32.
+ *   The layout is the same on every architecture.
+ */
+#ifndef BITNET_EDGE_H
+#define BITNET_EDGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define BNE_API __declspec(dllexport)
+#else
+#define BNE_API __attribute__((visibility("default")))
+#endif
+
+#define BNE_VERSION_STRING "0.1.0"
+#define BNE_TERNARY_BLOCK 128 /* weights per block */
+#define BNE_TERNARY_BLOCK_BYTES 32 /* bytes per block */
+#define BNE_MAX_K 65536 /* largest reduction length with a no-overflow guarantee */
+
+/* BNE_CDEF_BEGIN */
+enum bne_status {
+    BNE_OK = 0,
+    BNE_ERR_NULL = 1,          /* a required pointer was NULL */
+    BNE_ERR_SHAPE = 2,         /* a dimension is 0, too large, or strides do not fit */
+    BNE_ERR_BACKEND = 3,       /* unknown backend id */
+    BNE_ERR_UNSUPPORTED = 4,   /* backend not compiled in or the CPU lacks the feature */
+    BNE_ERR_VALUE = 5,         /* a value out of its domain (e.g. a ternary weight not in {-1,0,1}) */
+    BNE_ERR_NONFINITE = 6,     /* NaN or infinity in a float input */
+    BNE_ERR_THREADS = 7        /* the worker pool could not be (re)started */
+};
+
+enum bne_backend {
+    BNE_BACKEND_AUTO = 0,
+    BNE_BACKEND_REF = 1,          /* portable scalar C, the reference */
+    BNE_BACKEND_AVX2 = 2,         /* x86-64 AVX2 */
+    BNE_BACKEND_AVX512 = 3,       /* x86-64 AVX-512 F/BW/VL + VNNI */
+    BNE_BACKEND_NEON = 4,         /* aarch64 Advanced SIMD */
+    BNE_BACKEND_NEON_DOTPROD = 5, /* aarch64 Advanced SIMD + SDOT (ARMv8.2 dotprod) */
+    BNE_BACKEND_COUNT = 6
+};
+
+enum bne_cpu_feature {
+    BNE_CPU_AVX2 = 1,
+    BNE_CPU_FMA = 2,
+    BNE_CPU_AVX512F = 4,
+    BNE_CPU_AVX512BW = 8,
+    BNE_CPU_AVX512VL = 16,
+    BNE_CPU_AVX512VNNI = 32,
+    BNE_CPU_NEON = 64,
+    BNE_CPU_DOTPROD = 128
+};
+
+/* Library identity. */
+BNE_API const char *bne_version(void);
+BNE_API const char *bne_target(void);            /* e.g. "x86_64-linux", "aarch64-linux" */
+BNE_API uint32_t bne_cpu_features(void);         /* bitmask of enum bne_cpu_feature */
+BNE_API int bne_backend_compiled(int backend);   /* 1 if the variant is in this library */
+BNE_API int bne_backend_supported(int backend);  /* 1 if compiled in and the CPU can run it */
+BNE_API int bne_backend_best(void);              /* the id AUTO resolves to */
+BNE_API const char *bne_backend_name(int backend); /* "ref", "avx2", ...; "" if unknown */
+BNE_API size_t bne_ternary_row_bytes(size_t k);  /* bytes of one packed 2-bit row */
+BNE_API size_t bne_ternary_block(void);          /* BNE_TERNARY_BLOCK */
+
+/* Worker pool: n >= 1 threads in total (the caller's thread included).
+ * Results are identical for every thread count. */
+BNE_API int bne_set_threads(int n);
+BNE_API int bne_get_threads(void);
+
+/* q (n, k) int8 in {-1,0,1}, row stride ldq elements -> out (n, row_bytes) packed 2-bit. */
+BNE_API int bne_ternary_pack(const int8_t *q, size_t n, size_t k, size_t ldq,
+                             uint8_t *out, size_t out_len);
+/* packed (n, row_bytes) -> q (n, k) int8 in {-1,0,1}, row stride ldq. */
+BNE_API int bne_ternary_unpack(const uint8_t *packed, size_t n, size_t k,
+                               int8_t *q, size_t ldq);
+
+/* Per-row absmax int8 quantization of activations:
+ * x (m, k) float32, row stride ldx -> xq (m, k) int8 (row stride ldq), scales (m,) float32
+ * s = 127 / max(max|x_row|, 1e-5);  xq = clip(rint(x * s), -128, 127)  (round half to even)
+ * A NaN or infinity anywhere gives BNE_ERR_NONFINITE. */
+BNE_API int bne_quantize_act(int backend, const float *x, size_t m, size_t k, size_t ldx,
+                             int8_t *xq, size_t ldq, float *scales);
+
+/* Ternary GEMM, int32 result:
+ * W (n, k) packed 2-bit, x (m, k) int8 (row stride ldx) -> y (m, n) int32 (row stride ldy)
+ * y[i][j] = sum_t W[j][t] * x[i][t].  Exact for every int8 x and k <= BNE_MAX_K. */
+BNE_API int bne_ternary_gemm_i32(int backend, const uint8_t *w, size_t n, size_t k,
+                                 const int8_t *x, size_t m, size_t ldx,
+                                 int32_t *y, size_t ldy);
+/* Same product with the float epilogue:  y[i][j] = ((float)acc * wscale) / xscale[i]. */
+BNE_API int bne_ternary_gemm_f32(int backend, const uint8_t *w, size_t n, size_t k, float wscale,
+                                 const int8_t *x, size_t m, size_t ldx, const float *xscale,
+                                 float *y, size_t ldy);
+/* GEMV: W (n, k) packed @ x (k,) int8 -> y (n,) int32 (m = 1 of the GEMM). */
+BNE_API int bne_ternary_gemv_i32(int backend, const uint8_t *w, size_t n, size_t k,
+                                 const int8_t *x, int32_t *y);
+
+/* int8 weights W (n, k) in [-127, 127] (row stride ldw bytes) with wsum[j] = sum_t W[j][t]
+ * (bne_int8_rowsum computes it), x (m, k) int8 -> y (m, n) int32. */
+BNE_API int bne_int8_rowsum(const int8_t *w, size_t n, size_t k, size_t ldw, int32_t *wsum);
+BNE_API int bne_int8_gemm_i32(int backend, const int8_t *w, size_t n, size_t k, size_t ldw,
+                              const int32_t *wsum, const int8_t *x, size_t m, size_t ldx,
+                              int32_t *y, size_t ldy);
+/* Float epilogue with a per-output-channel weight scale: y = ((float)acc * wscale[j]) / xscale[i]. */
+BNE_API int bne_int8_gemm_f32(int backend, const int8_t *w, size_t n, size_t k, size_t ldw,
+                              const int32_t *wsum, const float *wscale,
+                              const int8_t *x, size_t m, size_t ldx, const float *xscale,
+                              float *y, size_t ldy);
+BNE_API int bne_int8_gemv_i32(int backend, const int8_t *w, size_t n, size_t k, size_t ldw,
+                              const int32_t *wsum, const int8_t *x, int32_t *y);
+/* BNE_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* BITNET_EDGE_H */

@@ -1,0 +1,181 @@
+/* avx2.c - x86-64 AVX2 variant ("avx2").  Built with -mavx2 -mfma.
+ *
+ * Ternary: per 128-weight block, the 32 packed bytes give four 32-byte code
+ * vectors (codes w+1 in {0,1,2}); _mm256_maddubs_epi16(codes u8, x s8) sums
+ * pairs into int16 (|pair| <= 2*2*128 = 512), four such vectors are added in
+ * int16 (8 products a lane, |sum| <= 2048) and widened to int32 once per block
+ * with _mm256_madd_epi16 - far below the int16 limit for any int8 x, -128
+ * included.  acc = sum(code * x) - sum(x).
+ *
+ * int8: _mm256_maddubs_epi16(|x|, sign(w, x)) with w in [-127, 127]: a pair is
+ * at most 2*128*127 = 32512, so it never saturates; widened per 32 products.
+ */
+#include <immintrin.h>
+#include "bne_internal.h"
+
+#define BNE_INLINE static inline __attribute__((always_inline))
+
+BNE_INLINE int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Tile: NR weight rows j.. x MR activation rows i..  (NR, MR <= 4, constants
+ * after inlining).  W (NR, k) packed @ x (MR, k) -> y (MR, NR). */
+BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t nb = a->k / BNE_TERNARY_BLOCK;
+    __m256i acc[4][4];
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_setzero_si256();
+    for (size_t b = 0; b < nb; ++b) {
+        __m256i cd[4][4];
+        for (int r = 0; r < NR; ++r) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(a->w + (j + r) * a->ldw + b * 32));
+            cd[r][0] = _mm256_and_si256(v, m3);
+            cd[r][1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+            cd[r][2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
+            cd[r][3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+        }
+        for (int c = 0; c < MR; ++c) {
+            const int8_t *xb = a->x + (i + c) * a->ldx + b * BNE_TERNARY_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < NR; ++r) {
+                __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(cd[r][0], x0),
+                                             _mm256_maddubs_epi16(cd[r][1], x1));
+                p = _mm256_add_epi16(p, _mm256_add_epi16(_mm256_maddubs_epi16(cd[r][2], x2),
+                                                         _mm256_maddubs_epi16(cd[r][3], x3)));
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    const size_t tail = a->k - nb * BNE_TERNARY_BLOCK;
+    for (int r = 0; r < NR; ++r) {
+        const uint8_t *last = a->w + (j + r) * a->ldw + nb * 32;
+        for (int c = 0; c < MR; ++c) {
+            const int8_t *x = a->x + (i + c) * a->ldx;
+            int32_t s = hsum_epi32(acc[r][c]);
+            if (tail) s += bne_tail_codes_dot(last, x + nb * BNE_TERNARY_BLOCK, tail);
+            bne_store(a, i + c, j + r, s - a->xsum[i + c]);
+        }
+    }
+}
+
+/* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
+static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
+    size_t j = n0;
+    if (a->m == 1) { /* GEMV: four weight rows share each x load */
+        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1);
+        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1);
+        return;
+    }
+    for (; j < n1; ++j) {
+        size_t i = 0;
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1);
+    }
+}
+
+BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t kv = a->k & ~(size_t)31;
+    __m256i acc[4][4];
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_setzero_si256();
+    for (size_t t = 0; t < kv; t += 32) {
+        __m256i w[4];
+        for (int r = 0; r < NR; ++r)
+            w[r] = _mm256_loadu_si256((const __m256i *)(a->w + (j + r) * a->ldw + t));
+        for (int c = 0; c < MR; ++c) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(a->x + (i + c) * a->ldx + t));
+            __m256i ax = _mm256_abs_epi8(x); /* |-128| reads as 128 unsigned */
+            for (int r = 0; r < NR; ++r) {
+                __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w[r], x));
+                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) {
+        const int8_t *w = (const int8_t *)(a->w + (j + r) * a->ldw);
+        for (int c = 0; c < MR; ++c) {
+            const int8_t *x = a->x + (i + c) * a->ldx;
+            int32_t s = hsum_epi32(acc[r][c]);
+            for (size_t t = kv; t < a->k; ++t) s += (int32_t)w[t] * (int32_t)x[t];
+            bne_store(a, i + c, j + r, s);
+        }
+    }
+}
+
+/* W (n, k) int8 @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
+static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
+    size_t j = n0;
+    if (a->m == 1) {
+        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1);
+        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1);
+        return;
+    }
+    for (; j < n1; ++j) {
+        size_t i = 0;
+        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4);
+        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1);
+    }
+}
+
+/* x (m, k) float -> xq (m, k) int8, scales (m,). */
+static int quantize_avx2(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq, size_t ldq,
+                         float *scales) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const size_t kv = k & ~(size_t)31;
+    for (size_t i = 0; i < m; ++i) {
+        const float *row = x + i * ldx;
+        __m256 vmax = _mm256_setzero_ps();
+        __m256 bad = _mm256_setzero_ps();
+        size_t t = 0;
+        for (; t + 8 <= k; t += 8) {
+            __m256 v = _mm256_loadu_ps(row + t);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(),
+                                                  _CMP_NEQ_UQ));
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
+        }
+        if (_mm256_movemask_ps(bad)) return BNE_ERR_NONFINITE;
+        float lanes[8];
+        _mm256_storeu_ps(lanes, vmax);
+        float amax = 0.0f;
+        for (int l = 0; l < 8; ++l) amax = lanes[l] > amax ? lanes[l] : amax;
+        for (; t < k; ++t) {
+            float v = row[t];
+            if (!(v - v == 0.0f)) return BNE_ERR_NONFINITE;
+            float av = v < 0.0f ? -v : v;
+            if (av > amax) amax = av;
+        }
+        if (amax < 1e-5f) amax = 1e-5f;
+        const float s = 127.0f / amax;
+        scales[i] = s;
+        const __m256 vs = _mm256_set1_ps(s);
+        int8_t *q = xq + i * ldq;
+        for (t = 0; t < kv; t += 32) {
+            /* cvtps rounds half to even (default MXCSR); packs saturate to [-128, 127] */
+            __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t), vs));
+            __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t + 8), vs));
+            __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t + 16), vs));
+            __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + t + 24), vs));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+            _mm256_storeu_si256((__m256i *)(q + t), _mm256_permutevar8x32_epi32(p, perm));
+        }
+        for (; t < k; ++t) q[t] = bne_quant1(row[t], s);
+    }
+    return BNE_OK;
+}
+
+const bne_kernels bne_kernels_avx2 = {
+    ternary_gemm_avx2,
+    int8_gemm_avx2,
+    quantize_avx2,
+};

@@ -1,0 +1,109 @@
+/* bne_internal.h - what the per-ISA kernel files share with the dispatcher.
+ *
+ * Every variant implements the same three kernel signatures (bne_kernels).
+ * A kernel computes output columns [n0, n1) for all m activation rows; the
+ * worker pool splits n across threads, so each output element is produced by
+ * exactly one thread in one fixed order: results do not depend on the thread
+ * count.
+ */
+#ifndef BNE_INTERNAL_H
+#define BNE_INTERNAL_H
+
+#include "bitnet_edge.h"
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(BNE_TERNARY_BLOCK == 4 * BNE_TERNARY_BLOCK_BYTES, "4 codes per byte");
+_Static_assert(BNE_TERNARY_BLOCK_BYTES == 32, "the SIMD kernels assume 32-byte blocks");
+#endif
+
+typedef struct {
+    /* weights */
+    const uint8_t *w;     /* ternary: (n, row_bytes) packed; int8: (n, ldw) int8 */
+    size_t ldw;           /* bytes per weight row */
+    const int32_t *wsum;  /* int8 only: (n,) row sums of W */
+    size_t n, k;
+    /* activations */
+    const int8_t *x;      /* (m, ldx) int8 */
+    size_t ldx, m;
+    const int32_t *xsum;  /* ternary only: (m,) row sums of x over all k */
+    /* epilogue: exactly one of yi / yf is set */
+    int32_t *yi;          /* (m, ldy) int32 */
+    float *yf;            /* (m, ldy) float32 */
+    size_t ldy;
+    const float *wscale;  /* ternary: 1 value; int8: n values */
+    int wscale_per_row;
+    const float *xscale;  /* (m,) activation scales s: y = acc * wscale / s */
+} bne_gemm_args;
+
+typedef void (*bne_gemm_kernel)(const bne_gemm_args *a, size_t n0, size_t n1);
+/* x (m, k) float -> xq (m, k) int8 + scales (m,); returns BNE_OK or BNE_ERR_NONFINITE */
+typedef int (*bne_quant_kernel)(const float *x, size_t m, size_t k, size_t ldx,
+                                int8_t *xq, size_t ldq, float *scales);
+
+typedef struct {
+    bne_gemm_kernel ternary_gemm;
+    bne_gemm_kernel int8_gemm;
+    bne_quant_kernel quantize;
+} bne_kernels;
+
+/* One table per variant; a variant not compiled for this target is absent. */
+extern const bne_kernels bne_kernels_ref;
+#if defined(__x86_64__) || defined(_M_X64)
+#define BNE_HAVE_X86 1
+extern const bne_kernels bne_kernels_avx2;
+extern const bne_kernels bne_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+#define BNE_HAVE_ARM 1
+extern const bne_kernels bne_kernels_neon;
+extern const bne_kernels bne_kernels_neon_dotprod;
+#endif
+
+/* Shared epilogue: write one output element. */
+static inline void bne_store(const bne_gemm_args *a, size_t i, size_t j, int32_t acc) {
+    if (a->yi) {
+        a->yi[i * a->ldy + j] = acc;
+    } else {
+        float ws = a->wscale[a->wscale_per_row ? j : 0];
+        a->yf[i * a->ldy + j] = ((float)acc * ws) / a->xscale[i];
+    }
+}
+
+/* Shared scalar tail: sum over t < cnt of code(blk, t) * x[t], where blk is one
+ * packed 32-byte block and code is the stored w + 1 in {0,1,2}. */
+static inline int32_t bne_tail_codes_dot(const uint8_t *blk, const int8_t *x, size_t cnt) {
+    int32_t s = 0;
+    for (size_t t = 0; t < cnt; ++t) {
+        int c = (blk[t & 31] >> (2 * (t >> 5))) & 3;
+        s += c * (int32_t)x[t];
+    }
+    return s;
+}
+
+/* Round half to even without libm: valid for |v| < 2^22, which holds since
+ * |x * s| <= 127 (plus rounding) for every finite input.  Needs IEEE float32
+ * evaluation (FLT_EVAL_METHOD 0) and no -ffast-math, which the build ensures. */
+static inline int32_t bne_round_half_even(float v) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    float t = v + magic;
+    return (int32_t)(t - magic);
+}
+
+/* The quantized value of v for scale s: clip(rint(v * s), -128, 127). */
+static inline int8_t bne_quant1(float v, float s) {
+    int32_t r = bne_round_half_even(v * s);
+    return (int8_t)(r < -128 ? -128 : (r > 127 ? 127 : r));
+}
+
+/* Scalar float -> int8 row quantizer shared by the variants' tails. */
+int bne_quantize_rows_scalar(const float *x, size_t m, size_t k, size_t ldx,
+                             int8_t *xq, size_t ldq, float *scales);
+
+/* Worker pool (pool.c): run fn over [0, n) split in contiguous chunks. */
+typedef void (*bne_range_fn)(void *ctx, size_t begin, size_t end);
+void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain);
+
+/* Which features the CPU has (cpu.c). */
+uint32_t bne_detect_cpu(void);
+
+#endif

@@ -1,0 +1,57 @@
+/* cpu.c - runtime CPU feature detection: cpuid + xgetbv on x86-64,
+ * getauxval(AT_HWCAP) on Linux aarch64. */
+#include "bne_internal.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void) {
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+
+uint32_t bne_detect_cpu(void) {
+    uint32_t a, b, c, d, f = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    if (!osxsave || !avx) return 0;
+    uint64_t xcr0 = xgetbv0();
+    int os_avx = (xcr0 & 0x6) == 0x6;       /* XMM + YMM state */
+    int os_avx512 = (xcr0 & 0xe6) == 0xe6;  /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!os_avx) return 0;
+    if (fma) f |= BNE_CPU_FMA;
+    if (__get_cpuid_max(0, 0) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    if ((b >> 5) & 1) f |= BNE_CPU_AVX2;
+    if (os_avx512) {
+        if ((b >> 16) & 1) f |= BNE_CPU_AVX512F;
+        if ((b >> 30) & 1) f |= BNE_CPU_AVX512BW;
+        if ((b >> 31) & 1) f |= BNE_CPU_AVX512VL;
+        if ((c >> 11) & 1) f |= BNE_CPU_AVX512VNNI;
+    }
+    return f;
+}
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+uint32_t bne_detect_cpu(void) {
+    unsigned long hw = getauxval(AT_HWCAP);
+    uint32_t f = 0;
+    if (hw & HWCAP_ASIMD) f |= BNE_CPU_NEON;
+    if (hw & HWCAP_ASIMDDP) f |= BNE_CPU_DOTPROD;
+    return f;
+}
+#elif defined(__aarch64__) && defined(__APPLE__)
+/* Every Apple Silicon core has NEON and dotprod (ARMv8.4+). */
+uint32_t bne_detect_cpu(void) { return BNE_CPU_NEON | BNE_CPU_DOTPROD; }
+#elif defined(__aarch64__)
+uint32_t bne_detect_cpu(void) { return BNE_CPU_NEON; }
+#else
+uint32_t bne_detect_cpu(void) { return 0; }
+#endif

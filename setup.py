@@ -1,0 +1,48 @@
+"""Build hook: compile the host kernel library into the package.
+
+The library is loaded with cffi in ABI mode (``ffi.dlopen``), so it is not a
+Python extension; it is built here so that ``pip install .`` (and
+``pip install -e .``) leave a ready library and no compiler is needed at run time.
+"""
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import Distribution, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _targets():
+    spec = importlib.util.spec_from_file_location("_bne_targets", ROOT / "packagers" / "targets.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class BuildNative(build_ext):
+    """Compile native/ for the host into bitnet_edge/sdk/native/_lib/."""
+
+    def run(self):
+        targets = _targets()
+        if self.inplace or getattr(self, "editable_mode", False):
+            out = ROOT / "sdk" / "native" / "_lib"
+        else:
+            out = Path(self.build_lib) / "bitnet_edge" / "sdk" / "native" / "_lib"
+        targets.build_library(targets.host_target(), ROOT / "native", out)
+        shutil.copy2(ROOT / "native" / "include" / "bitnet_edge.h", out / "bitnet_edge.h")
+
+    def get_outputs(self):
+        return []
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):  # the wheel carries a native library: tag it per platform
+        return True
+
+
+setup(distclass=BinaryDistribution, cmdclass={"build_ext": BuildNative})
