@@ -26,6 +26,7 @@ __all__ = [
     "ToolchainMissing",
     "BuildFailed",
     "build_library",
+    "find_tool",
     "host_target",
     "library_filename",
 ]
@@ -114,6 +115,26 @@ TARGETS: dict[str, Target] = {
 }
 
 
+def find_tool(name: str) -> str | None:
+    """Path of ``name`` on PATH (or /usr/sbin), accepting Debian's versioned
+    names (``ld64.lld-14``) when the plain one is missing; the newest wins."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found:
+        return found
+    best: tuple[int, str] | None = None
+    for d in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for e in entries:
+            suffix = e[len(name) + 1 :]
+            if e.startswith(name + "-") and suffix.isdigit() and os.access(os.path.join(d, e), os.X_OK):
+                cand = (int(suffix), os.path.join(d, e))
+                best = max(best, cand) if best else cand
+    return best[1] if best else None
+
+
 def host_target() -> str:
     """The target name for the machine this runs on, e.g. ``linux-x86_64``."""
     machine = platform.machine().lower()
@@ -135,7 +156,7 @@ def build_library(target: str, native_root: Path, out_dir: Path, cc: str | None 
         raise KeyError(f"unknown target {target!r}; known: {', '.join(sorted(TARGETS))}")
     t = TARGETS[target]
     compiler = cc or os.environ.get("BITNET_EDGE_CC") or t.cc
-    if shutil.which(compiler) is None:
+    if find_tool(compiler) is None:
         raise ToolchainMissing(target, compiler, t.apt_package)
     native_root = Path(native_root).resolve()
     out_dir = Path(out_dir)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
 from bitnet_edge import __version__
+from bitnet_edge.packagers.targets import find_tool
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
 __all__ = ["CPU_FEATURE_BITS", "TOOLCHAINS", "collect_info", "cpu_model", "toolchains"]
@@ -54,7 +54,7 @@ def _version_line(tool: str) -> str:
 def toolchains() -> dict[str, dict]:
     result = {}
     for tool, (purpose, package) in TOOLCHAINS.items():
-        path = shutil.which(tool)
+        path = find_tool(tool)
         result[tool] = {
             "present": path is not None,
             "path": path,

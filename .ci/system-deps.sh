@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the system tools the tests need, with apt-get, when root and missing.
+# Without root or apt-get it only reports; tests then skip (or fail under CI=true).
+set -euo pipefail
+declare -A NEED=(
+  [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
+  [qemu-aarch64]=qemu-user
+  [clang]=clang
+  [llvm-objdump]=llvm
+  [mosquitto]=mosquitto
+)
+missing=()
+for tool in "${!NEED[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${NEED[$tool]}")
+done
+# lld ships ld64.lld as ld64.lld-<version> on Debian
+if ! compgen -c | grep -q '^ld64\.lld'; then missing+=(lld); fi
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends ${missing[*]} >/dev/null
+else
+  echo "missing system packages (install with apt-get install ${missing[*]}); their tests will skip" >&2
+fi
