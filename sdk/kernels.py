@@ -205,7 +205,7 @@ class Int8Matrix:
             raise RangeError("scales", "must be positive and finite")
         self.weights, self.scales = q, scales
         self.out_features, self.in_features = q.shape
-        self.rowsum = q.sum(axis=1, dtype=np.int32)
+        self.rowsum = q.sum(axis=1, dtype=np.int32)  # == bne_int8_rowsum; numpy keeps the numpy backend native-free
 
     @classmethod
     def from_float(cls, w) -> Int8Matrix:

@@ -218,3 +218,15 @@ def test_thread_setting_is_validated():
     for bad in (0, -1, 257, 1.5, True):
         with pytest.raises(RangeError):
             kernels.set_threads(bad)
+
+
+def test_c_rowsum_refuses_minus_128():
+    from bitnet_edge.sdk.errors import KernelError
+    from bitnet_edge.sdk.native import _binding as nb
+
+    w = np.array([[1, -127, 3], [0, 0, 0]], dtype=np.int8)
+    np.testing.assert_array_equal(nb.int8_rowsum(w), [-123, 0])
+    w[1, 2] = -128
+    with pytest.raises(KernelError) as exc:
+        nb.int8_rowsum(w)
+    assert exc.value.status_name == "BNE_ERR_VALUE"

@@ -115,7 +115,9 @@ BNE_API int bne_ternary_gemv_i32(int backend, const uint8_t *w, size_t n, size_t
                                  const int8_t *x, int32_t *y);
 
 /* int8 weights W (n, k) in [-127, 127] (row stride ldw bytes) with wsum[j] = sum_t W[j][t]
- * (bne_int8_rowsum computes it), x (m, k) int8 -> y (m, n) int32. */
+ * (bne_int8_rowsum computes it and returns BNE_ERR_VALUE for a -128 weight, which the
+ * SIMD kernels cannot multiply exactly), x (m, k) int8 -> y (m, n) int32.
+ * On any error status the contents of the outputs are unspecified. */
 BNE_API int bne_int8_rowsum(const int8_t *w, size_t n, size_t k, size_t ldw, int32_t *wsum);
 BNE_API int bne_int8_gemm_i32(int backend, const int8_t *w, size_t n, size_t k, size_t ldw,
                               const int32_t *wsum, const int8_t *x, size_t m, size_t ldx,

@@ -231,7 +231,10 @@ int bne_int8_rowsum(const int8_t *w, size_t n, size_t k, size_t ldw, int32_t *ws
     if (n == 0 || k == 0 || ldw < k) return BNE_ERR_SHAPE;
     for (size_t j = 0; j < n; ++j) {
         int32_t s = 0;
-        for (size_t t = 0; t < k; ++t) s += w[j * ldw + t];
+        for (size_t t = 0; t < k; ++t) {
+            if (w[j * ldw + t] == -128) return BNE_ERR_VALUE; /* kernels need [-127, 127] */
+            s += w[j * ldw + t];
+        }
         wsum[j] = s;
     }
     return BNE_OK;

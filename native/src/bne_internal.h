@@ -57,6 +57,9 @@ extern const bne_kernels bne_kernels_avx512;
 #define BNE_HAVE_ARM 1
 extern const bne_kernels bne_kernels_neon;
 extern const bne_kernels bne_kernels_neon_dotprod;
+/* The NEON quantizer (neon.c), shared by the dotprod variant. */
+int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
+                           size_t ldq, float *scales);
 #endif
 
 /* Shared epilogue: write one output element. */

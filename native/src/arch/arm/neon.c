@@ -244,8 +244,6 @@ static void int8_gemm_neon(const bne_gemm_args *a, size_t n0, size_t n1) {
  * with NaN or inf returns BNE_ERR_NONFINITE before it is written (rows before
  * it are already written, as in the reference).  neon_dotprod.c shares it. */
 int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
-                           size_t ldq, float *scales); /* until bne_internal.h declares it */
-int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
                            size_t ldq, float *scales) {
     const float32x4_t fmax = vdupq_n_f32(3.40282347e+38f); /* FLT_MAX */
     for (size_t i = 0; i < m; ++i) {
@@ -284,10 +282,7 @@ int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_
             int16x8_t h1 = vqmovn_high_s32(vqmovn_s32(r2), r3);
             vst1q_s8(q + t, vqmovn_high_s16(vqmovn_s16(h0), h1));
         }
-        for (; t < k; ++t) {
-            int32_t r = vcvtns_s32_f32(row[t] * s);
-            q[t] = (int8_t)(r < -128 ? -128 : (r > 127 ? 127 : r));
-        }
+        for (; t < k; ++t) q[t] = bne_quant1(row[t], s); /* the reference's rounding */
     }
     return BNE_OK;
 }

@@ -210,9 +210,7 @@ static void int8_gemm_neon_dotprod(const bne_gemm_args *a, size_t n0, size_t n1)
 /* ---- quantize --------------------------------------------------------- */
 
 /* SDOT does not help the quantizer: reuse the neon.c one (same rounding,
- * same status on NaN/inf).  Its prototype belongs in bne_internal.h. */
-int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
-                           size_t ldq, float *scales);
+ * same status on NaN/inf); declared in bne_internal.h. */
 
 const bne_kernels bne_kernels_neon_dotprod = {
     ternary_gemm_neon_dotprod,
