@@ -98,6 +98,17 @@ static inline int8_t bne_quant1(float v, float s) {
     return (int8_t)(r < -128 ? -128 : (r > 127 ? 127 : r));
 }
 
+/* GEMV software prefetch: how far ahead (in bytes, whole rows of at least 4)
+ * the kernels ask for weights while they stream them from DRAM.  A GEMV tile
+ * covers 4 rows, so 4 rows ahead is the next tile. */
+#ifndef BNE_PF_BYTES
+#define BNE_PF_BYTES 10240
+#endif
+static inline size_t bne_prefetch_offset(size_t ldw) {
+    size_t rows = BNE_PF_BYTES / ldw;
+    return (rows < 4 ? 4 : rows) * ldw;
+}
+
 /* Scalar float -> int8 row quantizer shared by the variants' tails. */
 int bne_quantize_rows_scalar(const float *x, size_t m, size_t k, size_t ldx,
                              int8_t *xq, size_t ldq, float *scales);

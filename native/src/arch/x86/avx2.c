@@ -24,7 +24,7 @@ BNE_INLINE int32_t hsum_epi32(__m256i v) {
 
 /* Tile: NR weight rows j.. x MR activation rows i..  (NR, MR <= 4, constants
  * after inlining).  W (NR, k) packed @ x (MR, k) -> y (MR, NR). */
-BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t nb = a->k / BNE_TERNARY_BLOCK;
@@ -34,7 +34,10 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     for (size_t b = 0; b < nb; ++b) {
         __m256i cd[4][4];
         for (int r = 0; r < NR; ++r) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(a->w + (j + r) * a->ldw + b * 32));
+            const uint8_t *src = a->w + (j + r) * a->ldw + b * 32;
+            if (pf && (b & 1) == 0) /* GEMV streams weights from DRAM: fetch ahead */
+                _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            __m256i v = _mm256_loadu_si256((const __m256i *)src);
             cd[r][0] = _mm256_and_si256(v, m3);
             cd[r][1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
             cd[r][2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
@@ -71,18 +74,18 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) { /* GEMV: four weight rows share each x load */
-        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1);
-        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1);
+        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4);
-        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1);
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1, 0);
     }
 }
 
-BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t kv = a->k & ~(size_t)31;
     __m256i acc[4][4];
@@ -90,8 +93,11 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
         for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_setzero_si256();
     for (size_t t = 0; t < kv; t += 32) {
         __m256i w[4];
-        for (int r = 0; r < NR; ++r)
-            w[r] = _mm256_loadu_si256((const __m256i *)(a->w + (j + r) * a->ldw + t));
+        for (int r = 0; r < NR; ++r) {
+            const uint8_t *src = a->w + (j + r) * a->ldw + t;
+            if (pf && (t & 63) == 0) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            w[r] = _mm256_loadu_si256((const __m256i *)src);
+        }
         for (int c = 0; c < MR; ++c) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(a->x + (i + c) * a->ldx + t));
             __m256i ax = _mm256_abs_epi8(x); /* |-128| reads as 128 unsigned */
@@ -116,14 +122,14 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
 static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1);
-        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1);
+        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1, 0);
         return;
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4);
-        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1);
+        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1, 0);
     }
 }
 

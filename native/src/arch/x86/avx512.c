@@ -15,9 +15,10 @@
 
 #define BNE_INLINE static inline __attribute__((always_inline))
 
+
 /* Tile: NR weight rows j.. x MR activation rows i..  (NR, MR <= 4).
  * W (NR, k) packed @ x (MR, k) -> y (MR, NR). */
-BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
     const __m512i m3 = _mm512_set1_epi8(3);
     const __m512i sh_lo = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
     const __m512i sh_hi = _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6);
@@ -28,8 +29,10 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     for (size_t b = 0; b < nb; ++b) {
         __m512i lo[4], hi[4];
         for (int r = 0; r < NR; ++r) {
-            __m512i v = _mm512_broadcast_i64x4(
-                _mm256_loadu_si256((const __m256i *)(a->w + (j + r) * a->ldw + b * 32)));
+            const uint8_t *src = a->w + (j + r) * a->ldw + b * 32;
+            if (pf && (b & 1) == 0) /* GEMV streams weights from DRAM: fetch ahead */
+                _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)src));
             lo[r] = _mm512_and_si512(_mm512_srlv_epi64(v, sh_lo), m3); /* weights 0..63 */
             hi[r] = _mm512_and_si512(_mm512_srlv_epi64(v, sh_hi), m3); /* weights 64..127 */
         }
@@ -59,23 +62,23 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
 static void ternary_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1);
-        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1);
+        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
     for (; j + 2 <= n1; j += 2) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 2, 4);
-        for (; i < a->m; ++i) ternary_tile(a, j, i, 2, 1);
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 2, 4, 0);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 2, 1, 0);
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4);
-        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1);
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1, 0);
     }
 }
 
-BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
+BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const size_t kv = a->k & ~(size_t)63;
     __m512i acc[4][4];
@@ -83,8 +86,11 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
         for (int c = 0; c < MR; ++c) acc[r][c] = _mm512_setzero_si512();
     for (size_t t = 0; t < kv; t += 64) {
         __m512i w[4];
-        for (int r = 0; r < NR; ++r)
-            w[r] = _mm512_loadu_si512((const void *)(a->w + (j + r) * a->ldw + t));
+        for (int r = 0; r < NR; ++r) {
+            const uint8_t *src = a->w + (j + r) * a->ldw + t;
+            if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            w[r] = _mm512_loadu_si512((const void *)src);
+        }
         for (int c = 0; c < MR; ++c) {
             __m512i xu = _mm512_xor_si512(
                 _mm512_loadu_si512((const void *)(a->x + (i + c) * a->ldx + t)), bias);
@@ -113,14 +119,14 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
 static void int8_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1);
-        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1);
+        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1, 0);
         return;
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4);
-        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1);
+        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1, 0);
     }
 }
 
