@@ -36,7 +36,8 @@ demo: venv
 	$(VENV)/bin/bitnet-edge selfcheck
 
 bench: venv
-	$(PY) -m benchmarks.kernels
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m benchmarks.kernels
 
 clean:
 	rm -rf build dist *.egg-info sdk/native/_lib .pytest_cache .hypothesis
