@@ -8,6 +8,9 @@ PYTEST_ARGS ?=
 
 .PHONY: all venv system-deps native test demo bench clean schemas
 
+schemas: venv
+	$(VENV)/bin/bitnet-edge schemas --write
+
 all: test
 
 # System packages the tests need (cross toolchain, emulator, Mach-O linker, broker).

@@ -88,5 +88,38 @@ def selfcheck(as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--write", is_flag=True, help="Regenerate docs/schemas/*.json from the pydantic models.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def schemas(write: bool, as_json: bool) -> None:
+    """List (or regenerate) the committed JSON schemas of every manifest and message."""
+    from bitnet_edge.sdk import schemas as sch
+
+    docs = sch.schema_documents()
+    if write:
+        sch.write_schemas()
+    stale = [n for n, text in docs.items()
+             if not (sch.SCHEMA_DIR / f"{n}.json").is_file() or (sch.SCHEMA_DIR / f"{n}.json").read_text() != text]
+    rows = [{"name": n, "model": sch.SCHEMAS[n], "file": f"docs/schemas/{n}.json", "stale": n in stale} for n in docs]
+    if as_json:
+        _emit_json(rows)
+    else:
+        t = Table(title="JSON schemas")
+        for col in ("name", "model", "file", "status"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["name"], r["model"], r["file"], "[red]stale[/red]" if r["stale"] else "[green]current[/green]")
+        console.print(t)
+
+
+def _register_subcommands() -> None:
+    """Each package owns its commands; they are attached here."""
+    from bitnet_edge.packagers import cli as packagers_cli
+
+    packagers_cli.register(main)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

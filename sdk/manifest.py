@@ -1,0 +1,130 @@
+"""The converted-model format (docs/adr/0004-converted-model-format.md).
+
+A converted model is a directory::
+
+    manifest.json         ModelManifest (this module): architecture, config, precision plan, tensor table
+    weights.safetensors   every tensor, memory-mapped at load
+    tokenizer.json        optional, Hugging Face tokenizers format
+
+Ternary linear weights are stored in the 2-bit compute layout (uint8, (n, row_bytes)),
+so loading is a mmap with no repacking; int8 weights as int8 with a float32
+per-row scale tensor; everything else as float16/float32.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from bitnet_edge.sdk.schemas import Strict
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Precision",
+    "DecoderConfig",
+    "EncoderConfig",
+    "MlpConfig",
+    "ModelConfig",
+    "TensorEntry",
+    "SourceInfo",
+    "ModelManifest",
+]
+
+FORMAT = "bitnet-edge-model"
+FORMAT_VERSION = 1
+
+Precision = Literal["ternary", "int8", "f16", "f32"]
+
+
+class DecoderConfig(Strict):
+    """A BitNet b1.58 / LLaMA-layout decoder (transformers' BitNetForCausalLM and the 1bitLLM style)."""
+
+    architecture: Literal["bitnet"] = "bitnet"
+    vocab_size: int = Field(gt=0, description="tokens in the vocabulary")
+    hidden_size: int = Field(gt=0, description="model width")
+    intermediate_size: int = Field(gt=0, description="FFN width")
+    num_hidden_layers: int = Field(gt=0, description="decoder layers")
+    num_attention_heads: int = Field(gt=0, description="query heads")
+    num_key_value_heads: int = Field(gt=0, description="key/value heads (GQA)")
+    head_dim: int = Field(gt=0, description="width of one head")
+    max_position_embeddings: int = Field(gt=0, description="context length limit, tokens")
+    rms_norm_eps: float = Field(gt=0, description="RMSNorm epsilon")
+    rope_theta: float = Field(gt=0, description="RoPE base frequency")
+    hidden_act: Literal["relu2", "silu"] = Field(description="FFN activation: relu2 (BitNet) or silu (LLaMA)")
+    sub_norms: bool = Field(description="attn_sub_norm before o_proj and ffn_sub_norm before down_proj (BitNet)")
+    tie_word_embeddings: bool = Field(description="lm_head shares the embedding matrix")
+    bos_token_id: int | None = Field(default=None, description="beginning-of-sequence token")
+    eos_token_ids: list[int] = Field(default_factory=list, description="tokens that end generation")
+
+
+class EncoderConfig(Strict):
+    """A BERT/MiniLM-layout sentence encoder."""
+
+    architecture: Literal["bert"] = "bert"
+    vocab_size: int = Field(gt=0, description="tokens in the vocabulary")
+    hidden_size: int = Field(gt=0, description="model width")
+    intermediate_size: int = Field(gt=0, description="FFN width")
+    num_hidden_layers: int = Field(gt=0, description="encoder layers")
+    num_attention_heads: int = Field(gt=0, description="attention heads")
+    max_position_embeddings: int = Field(gt=0, description="longest input, tokens")
+    type_vocab_size: int = Field(gt=0, description="token types")
+    layer_norm_eps: float = Field(gt=0, description="LayerNorm epsilon")
+    hidden_act: Literal["gelu", "gelu_new", "relu"] = Field(description="FFN activation")
+    pooling: Literal["mean", "cls"] = Field(default="mean", description="sentence pooling")
+    normalize: bool = Field(default=True, description="L2-normalise embeddings")
+
+
+class MlpConfig(Strict):
+    """A feed-forward classifier: Linear -> act -> ... -> Linear."""
+
+    architecture: Literal["mlp"] = "mlp"
+    layer_sizes: list[int] = Field(min_length=2, description="input, hidden..., classes")
+    activation: Literal["relu", "gelu", "tanh"] = Field(description="between layers")
+    input_mean: list[float] | None = Field(default=None, description="per-feature mean to subtract")
+    input_std: list[float] | None = Field(default=None, description="per-feature std to divide by")
+    class_names: list[str] | None = Field(default=None, description="label of each output")
+
+
+ModelConfig = Annotated[Union[DecoderConfig, EncoderConfig, MlpConfig], Field(discriminator="architecture")]
+
+
+class TensorEntry(Strict):
+    """One stored tensor.  ``shape`` is the logical shape (out, in) for linear weights."""
+
+    name: str = Field(description="tensor name in weights.safetensors")
+    format: Literal["ternary2", "int8", "f32", "f16"] = Field(
+        description="ternary2: 2-bit compute layout uint8 (n, ceil(k/128)*32); int8: int8 (n, k)")
+    shape: list[int] = Field(description="logical shape")
+    scale: float | None = Field(default=None, description="ternary: the absmean scale g (float32 value)")
+    scale_tensor: str | None = Field(default=None, description="int8: name of the float32 per-row scale tensor")
+
+
+class SourceInfo(Strict):
+    kind: Literal["hf", "gguf", "npz", "synthetic"] = Field(description="what it was converted from")
+    path: str = Field(description="where it was read from")
+    details: dict[str, str] = Field(default_factory=dict, description="e.g. the GGUF tensor types")
+
+
+class ModelManifest(Strict):
+    format: Literal["bitnet-edge-model"] = Field(default=FORMAT, description="file kind")
+    format_version: Literal[1] = Field(default=FORMAT_VERSION, description="bumped on incompatible change")
+    name: str = Field(min_length=1, description="model name")
+    config: ModelConfig = Field(description="architecture hyper-parameters")
+    precision: dict[str, Precision] = Field(description="per linear layer (weight name): its precision")
+    tensors: list[TensorEntry] = Field(description="every tensor in weights.safetensors")
+    tokenizer: str | None = Field(default=None, description="tokenizer file in the model directory")
+    source: SourceInfo = Field(description="provenance")
+    calibration: dict[str, float] = Field(default_factory=dict,
+                                          description="measured quality of the precision plan, e.g. cosine")
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    def tensor(self, name: str) -> TensorEntry:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
