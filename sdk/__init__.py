@@ -2,4 +2,12 @@
 
 from bitnet_edge.sdk import errors, packing, quant, reference
 
-__all__ = ["errors", "packing", "quant", "reference"]
+
+def load_model(path):
+    """Load a converted model directory (see :func:`bitnet_edge.sdk.models.load_model`)."""
+    from bitnet_edge.sdk.models import load_model as _load
+
+    return _load(path)
+
+
+__all__ = ["errors", "packing", "quant", "reference", "load_model"]

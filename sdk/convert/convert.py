@@ -1,0 +1,128 @@
+"""ImportedModel -> converted model directory, under a precision plan.
+
+Precision of each linear layer: ``ternary`` (absmean W1.58, A8), ``int8`` (per-row absmax W8,
+A8), ``f16`` or ``f32``.  ``precision`` is one of those for every linear layer, ``auto`` (chosen
+from calibration data under an error budget, see :mod:`.plan`), or a dict name -> precision.
+Tensors that arrive already ternary stay exactly as they are when their layer is ternary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bitnet_edge.sdk import packing, quant
+from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_linear_names
+from bitnet_edge.sdk.errors import InputError
+from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, ModelManifest, TensorEntry
+from bitnet_edge.sdk.modeldir import write_model_dir
+
+__all__ = ["PRECISIONS", "linear_layers", "head_name", "convert", "build_tensors"]
+
+PRECISIONS = ("ternary", "int8", "f16", "f32")
+
+
+def head_name(m: ImportedModel) -> str | None:
+    return "lm_head.weight" if isinstance(m.config, DecoderConfig) else None
+
+
+def linear_layers(m: ImportedModel) -> list[str]:
+    """The weight names whose precision the plan decides (the LM head included)."""
+    cfg = m.config
+    if isinstance(cfg, DecoderConfig):
+        return decoder_linear_names(cfg.num_hidden_layers) + ["lm_head.weight"]
+    if isinstance(cfg, EncoderConfig):
+        from bitnet_edge.sdk.models.bert import bert_linear_names
+
+        return bert_linear_names(cfg.num_hidden_layers)
+    from bitnet_edge.sdk.models.mlp import mlp_tensor_names
+
+    return [w for w, _ in mlp_tensor_names(cfg)]
+
+
+def _as_float(t: ImportedTensor) -> np.ndarray:
+    if t.kind == "ternary":
+        return t.data.astype(np.float32) * np.float32(t.scale)
+    if t.kind == "int8":
+        return t.data.astype(np.float32) * t.scales[:, None]
+    return np.asarray(t.data, dtype=np.float32)
+
+
+def _linear(name: str, t: ImportedTensor, precision: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
+    shape = list(t.data.shape)
+    if precision == "ternary":
+        q, g = (t.data, t.scale) if t.kind == "ternary" else quant.absmean_ternary(_as_float(t))
+        return (TensorEntry(name=name, format="ternary2", shape=shape, scale=float(np.float32(g))),
+                {name: packing.pack_ternary_2bit(q)})
+    if precision == "int8":
+        q, s = (t.data, t.scales) if t.kind == "int8" else quant.absmax_int8_weights(_as_float(t))
+        sname = name + "_scale"
+        return (TensorEntry(name=name, format="int8", shape=shape, scale_tensor=sname),
+                {name: q, sname: np.asarray(s, np.float32)})
+    dt = np.float16 if precision == "f16" else np.float32
+    return TensorEntry(name=name, format=precision, shape=shape), {name: _as_float(t).astype(dt)}
+
+
+def resolve_plan(m: ImportedModel, precision, head: str | None = None) -> dict[str, str]:
+    names = linear_layers(m)
+    if isinstance(precision, dict):
+        unknown = set(precision) - set(names)
+        if unknown:
+            raise InputError("precision", f"unknown layers: {sorted(unknown)[:5]}")
+        bad = {v for v in precision.values() if v not in PRECISIONS}
+        if bad:
+            raise InputError("precision", f"unknown precision {sorted(bad)}; use one of {PRECISIONS}")
+        plan = {n: precision.get(n, "ternary") for n in names}
+    elif precision in PRECISIONS:
+        plan = {n: precision for n in names}
+        h = head_name(m)
+        if h and precision == "ternary":
+            plan[h] = "int8"  # the LM head is not ternary in BitNet; int8 halves an f16 head's bytes
+    else:
+        raise InputError("precision", f"{precision!r} is not one of {PRECISIONS + ('auto',)}")
+    h = head_name(m)
+    if h and head is not None:
+        if head not in PRECISIONS:
+            raise InputError("head", f"{head!r} is not one of {PRECISIONS}")
+        plan[h] = head
+    return plan
+
+
+def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
+    entries: list[TensorEntry] = []
+    arrays: dict[str, np.ndarray] = {}
+    tensors = dict(m.tensors)
+    cfg = m.config
+    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied: the head is a copy
+    for name, t in sorted(tensors.items()):
+        if name in plan:
+            e, arr = _linear(name, t, plan[name])
+        else:
+            keep16 = name.endswith("embed_tokens.weight") or name.endswith("word_embeddings.weight")
+            dt = np.float16 if keep16 and t.data.dtype == np.float16 else np.float32
+            e, arr = TensorEntry(name=name, format="f16" if dt == np.float16 else "f32",
+                                 shape=list(t.data.shape)), {name: _as_float(t).astype(dt)}
+        entries.append(e)
+        arrays.update(arr)
+    return entries, arrays
+
+
+def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", head: str | None = None,
+            calibration=None, budget: float = 0.99) -> Path:
+    """Write ``m`` as a converted model directory; returns its path."""
+    calib_metrics: dict[str, float] = {}
+    if precision == "auto":
+        from bitnet_edge.sdk.convert.plan import auto_plan
+
+        plan, calib_metrics = auto_plan(m, calibration, budget=budget)
+    else:
+        plan = resolve_plan(m, precision, head)
+    entries, arrays = build_tensors(m, plan)
+    manifest = ModelManifest(
+        name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
+        tokenizer="tokenizer.json" if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
+    )
+    return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file)

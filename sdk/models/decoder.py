@@ -1,0 +1,158 @@
+"""The BitNet b1.58 decoder (transformers' BitNetForCausalLM) and LLaMA-layout ternary decoders.
+
+Per layer: x += o_proj(attn_sub_norm(attn(input_layernorm(x)))); x += down_proj(ffn_sub_norm(
+act(gate_proj(h)) * up_proj(h))) with h = post_attention_layernorm(x); act = relu^2 (BitNet) or
+silu (LLaMA, no sub norms).  RoPE (rotate_half), GQA, causal softmax attention, float32 glue.
+Prefill runs every linear as a GEMM over the prompt; decode runs GEMVs with a KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from bitnet_edge.sdk.errors import InputError, ShapeError
+from bitnet_edge.sdk.manifest import DecoderConfig
+from bitnet_edge.sdk.modeldir import ModelDir
+from bitnet_edge.sdk.models import ops
+from bitnet_edge.sdk.models.errors import ContextLengthError
+from bitnet_edge.sdk.models.linear import Linear
+from bitnet_edge.sdk.models.sampling import Sampler
+
+__all__ = ["DecoderModel", "KVCache"]
+
+_F = np.float32
+
+
+class KVCache:
+    """Keys and values per layer, (kv_heads, capacity, head_dim) float32, filled up to ``length``."""
+
+    def __init__(self, cfg: DecoderConfig, capacity: int):
+        shape = (cfg.num_key_value_heads, capacity, cfg.head_dim)
+        self.k = [np.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
+        self.v = [np.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
+        self.capacity, self.length = capacity, 0
+
+
+class _Layer:
+    def __init__(self, md: ModelDir, cfg: DecoderConfig, i: int):
+        p = f"model.layers.{i}."
+        f32 = lambda n: np.asarray(md.array(p + n), dtype=_F)  # noqa: E731
+        self.in_norm, self.post_norm = f32("input_layernorm.weight"), f32("post_attention_layernorm.weight")
+        self.q, self.k, self.v, self.o = (Linear(md, p + f"self_attn.{x}_proj.weight") for x in "qkvo")
+        self.gate, self.up, self.down = (Linear(md, p + f"mlp.{x}_proj.weight") for x in ("gate", "up", "down"))
+        self.attn_sub = f32("self_attn.attn_sub_norm.weight") if cfg.sub_norms else None
+        self.ffn_sub = f32("mlp.ffn_sub_norm.weight") if cfg.sub_norms else None
+
+
+class DecoderModel:
+    architecture = "bitnet"
+
+    def __init__(self, md: ModelDir, tokenizer=None):
+        cfg = md.manifest.config
+        assert isinstance(cfg, DecoderConfig)
+        self.cfg, self.manifest, self.tokenizer = cfg, md.manifest, tokenizer
+        self.embed = md.array("model.embed_tokens.weight")  # mmap view; rows converted on lookup
+        if self.embed.shape != (cfg.vocab_size, cfg.hidden_size):
+            raise ShapeError("model.embed_tokens.weight", f"shape {self.embed.shape} does not match the config")
+        self.norm = np.asarray(md.array("model.norm.weight"), dtype=_F)
+        self.layers = [_Layer(md, cfg, i) for i in range(cfg.num_hidden_layers)]
+        head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        self.lm_head = Linear(md, "lm_head.weight" if any(t.name == "lm_head.weight" for t in md.manifest.tensors)
+                              else head)
+        self.act = ops.relu2 if cfg.hidden_act == "relu2" else ops.silu
+        self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.scaling = _F(cfg.head_dim ** -0.5)
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        return KVCache(self.cfg, capacity or self.cfg.max_position_embeddings)
+
+    def _check_ids(self, token_ids) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+            raise InputError("token_ids", f"must be a non-empty 1-D sequence of ints, got {ids.dtype} {ids.shape}")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise InputError("token_ids", f"ids must be in [0, {self.cfg.vocab_size})")
+        return ids.astype(np.int64)
+
+    def _attention(self, layer: _Layer, h: np.ndarray, li: int, cache: KVCache, pos0: int,
+                   cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        cfg, n = self.cfg, h.shape[0]
+        hd = cfg.head_dim
+        q = layer.q(h).reshape(n, cfg.num_attention_heads, hd).transpose(1, 0, 2)
+        k = layer.k(h).reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
+        v = layer.v(h).reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
+        q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
+        end = pos0 + n
+        cache.k[li][:, pos0:end] = k
+        cache.v[li][:, pos0:end] = v
+        keys, vals = cache.k[li][:, :end], cache.v[li][:, :end]
+        qg = q.reshape(cfg.num_key_value_heads, self.groups * n, hd)  # heads of a group share K/V
+        scores = (qg @ keys.transpose(0, 2, 1)) * self.scaling  # (kv, groups*n, end)
+        scores = scores.reshape(cfg.num_key_value_heads, self.groups, n, end)
+        if n > 1:  # causal mask within the new block
+            mask = np.triu(np.ones((n, end), dtype=bool), k=pos0 + 1)
+            scores = np.where(mask, _F(-np.inf), scores)
+        p = ops.softmax(scores).reshape(cfg.num_key_value_heads, self.groups * n, end)
+        out = (p @ vals).reshape(cfg.num_attention_heads, n, hd).transpose(1, 0, 2).reshape(n, -1)
+        if layer.attn_sub is not None:
+            out = ops.rms_norm(out, layer.attn_sub, cfg.rms_norm_eps)
+        return layer.o(out)
+
+    def _mlp(self, layer: _Layer, h: np.ndarray) -> np.ndarray:
+        g = self.act(layer.gate(h)) * layer.up(h)
+        if layer.ffn_sub is not None:
+            g = ops.rms_norm(g, layer.ffn_sub, self.cfg.rms_norm_eps)
+        return layer.down(g)
+
+    def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run ``ids`` after what ``cache`` holds; logits of every new position or only the last."""
+        cfg, n, pos0 = self.cfg, len(ids), cache.length
+        if pos0 + n > cache.capacity:
+            raise ContextLengthError(pos0 + n, cache.capacity)
+        x = np.asarray(self.embed[ids], dtype=_F)
+        cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(pos0, pos0 + n))
+        for li, layer in enumerate(self.layers):
+            x = x + self._attention(layer, ops.rms_norm(x, layer.in_norm, cfg.rms_norm_eps), li, cache, pos0, cos, sin)
+            x = x + self._mlp(layer, ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
+        cache.length = pos0 + n
+        h = ops.rms_norm(x if all_logits else x[-1:], self.norm, cfg.rms_norm_eps)
+        return self.lm_head(h)
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Full-sequence forward: float32 (len, vocab)."""
+        ids = self._check_ids(token_ids)
+        return self.forward(ids, self.new_cache(len(ids)), all_logits=True)
+
+    def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: Sequence[int] | None = None, on_token: Callable[[int], object] | None = None,
+                 max_context: int | None = None) -> list[int]:
+        """The new tokens (prompt excluded).  Temperature 0 is greedy; generation ends at a stop token
+        (the config's EOS ids plus ``stop``; the stop token is included) or after max_new_tokens."""
+        ids = self._check_ids(token_ids)
+        if max_new_tokens < 0:
+            raise InputError("max_new_tokens", f"must be >= 0, got {max_new_tokens}")
+        limit = min(max_context or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
+        if len(ids) + max_new_tokens > limit:
+            raise ContextLengthError(len(ids) + max_new_tokens, limit)
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        stops = set(self.cfg.eos_token_ids) | set(stop or ())
+        out: list[int] = []
+        if max_new_tokens == 0:
+            return out
+        cache = self.new_cache(len(ids) + max_new_tokens)
+        logits = self.forward(ids, cache)[-1]  # prefill: GEMMs over the prompt
+        while True:
+            tok = sampler(logits)
+            out.append(tok)
+            if on_token is not None:
+                on_token(tok)
+            if tok in stops or len(out) >= max_new_tokens:
+                return out
+            logits = self.forward(np.array([tok]), cache)[-1]  # decode: GEMVs

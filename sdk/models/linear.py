@@ -1,0 +1,46 @@
+"""A linear layer at its precision: ternary (W1.58A8) and int8 (W8A8) through the native
+kernels, float16/32 through numpy BLAS.  Weights come from the model directory's mmap."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitnet_edge.sdk.kernels import Int8Matrix, TernaryMatrix
+from bitnet_edge.sdk.modeldir import ModelDir
+
+__all__ = ["Linear"]
+
+
+class Linear:
+    __slots__ = ("name", "precision", "out_features", "in_features", "_t", "_i8", "_w", "bias")
+
+    def __init__(self, md: ModelDir, name: str, bias: str | None = None):
+        entry = md.manifest.tensor(name)
+        self.name, self.precision = name, entry.format
+        self.out_features, self.in_features = entry.shape
+        self._t = self._i8 = self._w = None
+        arr = md.array(name)
+        if entry.format == "ternary2":
+            self._t = TernaryMatrix(arr, self.in_features, entry.scale)
+        elif entry.format == "int8":
+            self._i8 = Int8Matrix(arr, md.array(entry.scale_tensor))
+        else:  # float: keep float32 (a copy for f16, a view for f32)
+            self._w = np.ascontiguousarray(arr, dtype=np.float32)
+        self.bias = np.asarray(md.array(bias), dtype=np.float32) if bias else None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (m, in) float32 -> (m, out) float32."""
+        if self._t is not None:
+            y = self._t.linear(x)
+        elif self._i8 is not None:
+            y = self._i8.linear(x)
+        else:
+            y = x @ self._w.T
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    @property
+    def weight_bytes(self) -> int:
+        src = self._t.packed if self._t is not None else (self._i8.weights if self._i8 is not None else self._w)
+        return int(src.nbytes)
