@@ -50,19 +50,20 @@ def _as_float(t: ImportedTensor) -> np.ndarray:
     return np.asarray(t.data, dtype=np.float32)
 
 
-def _linear(name: str, t: ImportedTensor, precision: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
+def _linear(name: str, t: ImportedTensor, precision: str) -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
     shape = list(t.data.shape)
     if precision == "ternary":
         q, g = (t.data, t.scale) if t.kind == "ternary" else quant.absmean_ternary(_as_float(t))
-        return (TensorEntry(name=name, format="ternary2", shape=shape, scale=float(np.float32(g))),
+        return ([TensorEntry(name=name, format="ternary2", shape=shape, scale=float(np.float32(g)))],
                 {name: packing.pack_ternary_2bit(q)})
     if precision == "int8":
         q, s = (t.data, t.scales) if t.kind == "int8" else quant.absmax_int8_weights(_as_float(t))
         sname = name + "_scale"
-        return (TensorEntry(name=name, format="int8", shape=shape, scale_tensor=sname),
+        return ([TensorEntry(name=name, format="int8", shape=shape, scale_tensor=sname),
+                 TensorEntry(name=sname, format="f32", shape=[shape[0]])],
                 {name: q, sname: np.asarray(s, np.float32)})
     dt = np.float16 if precision == "f16" else np.float32
-    return TensorEntry(name=name, format=precision, shape=shape), {name: _as_float(t).astype(dt)}
+    return [TensorEntry(name=name, format=precision, shape=shape)], {name: _as_float(t).astype(dt)}
 
 
 def resolve_plan(m: ImportedModel, precision, head: str | None = None) -> dict[str, str]:
@@ -103,9 +104,9 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
         else:
             keep16 = name.endswith("embed_tokens.weight") or name.endswith("word_embeddings.weight")
             dt = np.float16 if keep16 and t.data.dtype == np.float16 else np.float32
-            e, arr = TensorEntry(name=name, format="f16" if dt == np.float16 else "f32",
-                                 shape=list(t.data.shape)), {name: _as_float(t).astype(dt)}
-        entries.append(e)
+            e, arr = [TensorEntry(name=name, format="f16" if dt == np.float16 else "f32",
+                                  shape=list(t.data.shape))], {name: _as_float(t).astype(dt)}
+        entries.extend(e)
         arrays.update(arr)
     return entries, arrays
 
