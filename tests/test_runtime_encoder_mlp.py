@@ -123,3 +123,21 @@ def test_mlp_bad_inputs(tmp_path, rng):
         read_npz(tmp_path / "bad.npz")
     with pytest.raises(FormatError, match="no such file"):
         read_npz(tmp_path / "missing.npz")
+
+
+def test_auto_plan_meets_its_budget_and_is_recorded(tmp_path, rng):
+    arrays = _mlp_npz(tmp_path / "m.npz", rng, sizes=(64, 96, 96, 10))
+    calib = rng.standard_normal((64, 64)).astype(np.float32)
+    out = convert(read_npz(tmp_path / "m.npz"), tmp_path / "auto", precision="auto", calibration=calib,
+                  budget=0.995)
+    m = load_model(out)
+    man = m.manifest
+    assert man.calibration["cosine"] >= 0.995 and man.calibration["budget"] == 0.995
+    assert set(man.precision.values()) <= {"ternary", "int8", "f16"}
+    held_out = rng.standard_normal((64, 64)).astype(np.float32)
+    want = _mlp_reference(arrays, held_out)
+    got = m.predict(held_out)
+    cos = np.mean(np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1))
+    assert cos > 0.98
+    with pytest.raises(InputError, match="calibration"):
+        convert(read_npz(tmp_path / "m.npz"), tmp_path / "x", precision="auto")
