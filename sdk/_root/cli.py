@@ -115,7 +115,9 @@ def schemas(write: bool, as_json: bool) -> None:
 def _register_subcommands() -> None:
     """Each package owns its commands; they are attached here."""
     from bitnet_edge.packagers import cli as packagers_cli
+    from bitnet_edge.sdk import cli_models
 
+    cli_models.register(main)
     packagers_cli.register(main)
 
 

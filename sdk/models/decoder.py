@@ -53,9 +53,9 @@ class DecoderModel:
         cfg = md.manifest.config
         assert isinstance(cfg, DecoderConfig)
         self.cfg, self.manifest, self.tokenizer = cfg, md.manifest, tokenizer
-        self.embed = md.array("model.embed_tokens.weight")  # mmap view; rows converted on lookup
-        if self.embed.shape != (cfg.vocab_size, cfg.hidden_size):
-            raise ShapeError("model.embed_tokens.weight", f"shape {self.embed.shape} does not match the config")
+        self.embed_tokens = md.array("model.embed_tokens.weight")  # mmap view; rows converted on lookup
+        if self.embed_tokens.shape != (cfg.vocab_size, cfg.hidden_size):
+            raise ShapeError("model.embed_tokens.weight", f"shape {self.embed_tokens.shape} does not match the config")
         self.norm = np.asarray(md.array("model.norm.weight"), dtype=_F)
         self.layers = [_Layer(md, cfg, i) for i in range(cfg.num_hidden_layers)]
         head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
@@ -113,7 +113,7 @@ class DecoderModel:
         cfg, n, pos0 = self.cfg, len(ids), cache.length
         if pos0 + n > cache.capacity:
             raise ContextLengthError(pos0 + n, cache.capacity)
-        x = np.asarray(self.embed[ids], dtype=_F)
+        x = np.asarray(self.embed_tokens[ids], dtype=_F)
         cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(pos0, pos0 + n))
         for li, layer in enumerate(self.layers):
             x = x + self._attention(layer, ops.rms_norm(x, layer.in_norm, cfg.rms_norm_eps), li, cache, pos0, cos, sin)
