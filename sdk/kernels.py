@@ -59,8 +59,19 @@ def _best() -> str:
     return nb.backend_id_info(nb.best_backend())[0]
 
 
+_RESOLVED: dict[tuple[str | None, str | None, str | None], str] = {}  # memo of successful resolutions
+
+
 def resolve_backend(backend: str | None = None) -> str:
     """The concrete backend name a call with ``backend`` would use."""
+    key = (backend, _context.get(), os.environ.get("BITNET_EDGE_KERNEL"))
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve(backend)  # errors are not memoized: they raise each time
+    return hit
+
+
+def _resolve(backend: str | None) -> str:
     source = "argument"
     if backend is None:
         backend, source = _context.get(), "use_backend()"
@@ -175,6 +186,19 @@ class TernaryMatrix:
                                     self.in_features, rows)
         return y[0] if one else y
 
+    def linear_quantized(self, xq: np.ndarray, s: np.ndarray, backend: str | None = None) -> np.ndarray:
+        """Like :meth:`linear` for activations already quantized by :func:`quantize_activations`
+        (xq (m, k) int8, s (m,) float32): layers that share an input quantize it once."""
+        be = resolve_backend(backend)
+        rows, _ = _rows("xq", int8_input("xq", xq, ndims=(2,)), self.in_features)
+        s = np.ascontiguousarray(s, dtype=np.float32)
+        if s.shape != (rows.shape[0],):
+            raise ShapeError("s", f"must have shape ({rows.shape[0]},), got {s.shape}")
+        if be == "numpy":
+            return reference.epilogue(reference.int_matmul(self.ternary(), rows), np.float32(self.scale), s)
+        return nb.ternary_gemm_f32(NATIVE_BACKENDS[be], self.packed, self.out_features, self.in_features,
+                                   self.scale, rows, s)
+
     def linear(self, x, backend: str | None = None) -> np.ndarray:
         """x (m, k) or (k,) float -> y = (Wq @ absmax_int8(x)) * scale / s, float32."""
         be = resolve_backend(backend)
@@ -223,6 +247,17 @@ class Int8Matrix:
         else:
             y = nb.int8_gemm_i32(NATIVE_BACKENDS[be], self.weights, self.rowsum, rows)
         return y[0] if one else y
+
+    def linear_quantized(self, xq: np.ndarray, s: np.ndarray, backend: str | None = None) -> np.ndarray:
+        """Like :meth:`linear` for activations already quantized (see TernaryMatrix.linear_quantized)."""
+        be = resolve_backend(backend)
+        rows, _ = _rows("xq", int8_input("xq", xq, ndims=(2,)), self.in_features)
+        s = np.ascontiguousarray(s, dtype=np.float32)
+        if s.shape != (rows.shape[0],):
+            raise ShapeError("s", f"must have shape ({rows.shape[0]},), got {s.shape}")
+        if be == "numpy":
+            return reference.epilogue(reference.int_matmul(self.weights, rows), self.scales, s)
+        return nb.int8_gemm_f32(NATIVE_BACKENDS[be], self.weights, self.rowsum, self.scales, rows, s)
 
     def linear(self, x, backend: str | None = None) -> np.ndarray:
         be = resolve_backend(backend)

@@ -1,7 +1,7 @@
 /* pool.c - a persistent worker pool.
  *
  * bne_set_threads(n) starts n-1 workers (the caller is the n-th).  A job is a
- * range [0, n) handed out in chunks of `grain` through an atomic counter.
+ * range [0, n) handed out in chunks of `grain` (see the protocol below).
  * Workers spin briefly on the job generation before sleeping on a condition
  * variable, so back-to-back GEMVs do not pay a wake-up each.  One job runs at a
  * time; a second caller that finds the pool busy runs its job on its own thread
@@ -25,19 +25,23 @@ void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
 #include <pthread.h>
 #include <stdatomic.h>
 
+/* Job protocol.  `ticket` packs (job generation << 32 | next chunk index).  A thread claims a
+ * chunk with a CAS that only succeeds while the generation is the one it read the job fields
+ * under, so a late worker can never run a chunk of a job that has moved on.  The submitter waits
+ * for `done` == number of chunks, not for every worker to check in: a worker that wakes late
+ * (descheduled on a busy machine) costs nothing. */
 static struct {
-    pthread_mutex_t mu;       /* guards the fields below and the condvar */
+    pthread_mutex_t mu;       /* guards the condvar and `stop` */
     pthread_cond_t cv;
     pthread_mutex_t job_mu;   /* one job at a time */
     pthread_t tids[BNE_MAX_THREADS];
     int nworkers;             /* threads besides the caller */
     int stop;
-    atomic_uint_fast64_t gen; /* bumped for every job */
-    bne_range_fn fn;
+    _Atomic uint64_t ticket;  /* generation << 32 | next chunk */
+    atomic_size_t done;       /* chunks finished in the current job */
+    bne_range_fn fn;          /* job fields: written before the generation is published */
     void *ctx;
-    size_t n, grain;
-    atomic_size_t next;
-    atomic_int active;        /* workers still inside the current job */
+    size_t n, grain, nchunks;
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .job_mu = PTHREAD_MUTEX_INITIALIZER};
 
 static inline void cpu_relax(void) {
@@ -48,27 +52,43 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void run_chunks(void) {
+/* Run chunks of job `gen` until none are left or the job has changed. */
+static void run_chunks(uint32_t gen) {
+    uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     for (;;) {
-        size_t b = atomic_fetch_add(&P.next, P.grain);
-        if (b >= P.n) break;
-        size_t e = b + P.grain < P.n ? b + P.grain : P.n;
-        P.fn(P.ctx, b, e);
+        if ((uint32_t)(t >> 32) != gen) return;
+        bne_range_fn fn = P.fn;
+        void *ctx = P.ctx;
+        size_t n = P.n, grain = P.grain, nchunks = P.nchunks;
+        uint64_t idx = t & 0xffffffffu;
+        if (idx >= nchunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* t was reloaded */
+        size_t b = (size_t)idx * grain, e = b + grain < n ? b + grain : n;
+        fn(ctx, b, e);
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
+        t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     }
 }
 
 static void *worker(void *arg) {
-    uint_fast64_t seen = (uint_fast64_t)(uintptr_t)arg;
+    (void)arg;
+    uint32_t seen = (uint32_t)(atomic_load(&P.ticket) >> 32);
     for (;;) {
         int spins = 0;
-        while (atomic_load(&P.gen) == seen && spins < 20000) { cpu_relax(); ++spins; }
+        while ((uint32_t)(atomic_load_explicit(&P.ticket, memory_order_acquire) >> 32) == seen &&
+               spins < 20000) {
+            cpu_relax();
+            ++spins;
+        }
         pthread_mutex_lock(&P.mu);
-        while (!P.stop && atomic_load(&P.gen) == seen) pthread_cond_wait(&P.cv, &P.mu);
-        if (P.stop) { pthread_mutex_unlock(&P.mu); return NULL; }
-        seen = atomic_load(&P.gen);
+        while (!P.stop && (uint32_t)(atomic_load(&P.ticket) >> 32) == seen) pthread_cond_wait(&P.cv, &P.mu);
+        int stop = P.stop;
         pthread_mutex_unlock(&P.mu);
-        run_chunks();
-        atomic_fetch_sub(&P.active, 1);
+        if (stop) return NULL;
+        seen = (uint32_t)(atomic_load(&P.ticket) >> 32);
+        run_chunks(seen);
     }
 }
 
@@ -87,9 +107,8 @@ int bne_set_threads(int n) {
     pthread_mutex_lock(&P.job_mu);
     stop_workers();
     int rc = BNE_OK;
-    uint_fast64_t g = atomic_load(&P.gen);
     for (int i = 0; i < n - 1; ++i) {
-        if (pthread_create(&P.tids[i], NULL, worker, (void *)(uintptr_t)g) != 0) {
+        if (pthread_create(&P.tids[i], NULL, worker, NULL) != 0) {
             rc = BNE_ERR_THREADS;
             break;
         }
@@ -104,7 +123,8 @@ int bne_get_threads(void) { return P.nworkers + 1; }
 void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
     if (n == 0) return;
     if (grain == 0) grain = 1;
-    if (P.nworkers == 0 || n <= grain || pthread_mutex_trylock(&P.job_mu) != 0) {
+    size_t nchunks = (n + grain - 1) / grain;
+    if (P.nworkers == 0 || nchunks <= 1 || nchunks > 0xffffffffu || pthread_mutex_trylock(&P.job_mu) != 0) {
         fn(ctx, 0, n);
         return;
     }
@@ -113,18 +133,19 @@ void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
         fn(ctx, 0, n);
         return;
     }
-    pthread_mutex_lock(&P.mu);
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
     P.grain = grain;
-    atomic_store(&P.next, 0);
-    atomic_store(&P.active, P.nworkers);
-    atomic_fetch_add(&P.gen, 1);
+    P.nchunks = nchunks;
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    uint32_t gen = (uint32_t)(atomic_load(&P.ticket) >> 32) + 1;
+    atomic_store_explicit(&P.ticket, (uint64_t)gen << 32, memory_order_release); /* publish */
+    pthread_mutex_lock(&P.mu);
     pthread_cond_broadcast(&P.cv);
     pthread_mutex_unlock(&P.mu);
-    run_chunks();
-    while (atomic_load(&P.active) > 0) cpu_relax();
+    run_chunks(gen);
+    while (atomic_load_explicit(&P.done, memory_order_acquire) < nchunks) cpu_relax();
     pthread_mutex_unlock(&P.job_mu);
 }
 #endif

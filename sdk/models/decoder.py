@@ -17,7 +17,7 @@ from bitnet_edge.sdk.manifest import DecoderConfig
 from bitnet_edge.sdk.modeldir import ModelDir
 from bitnet_edge.sdk.models import ops
 from bitnet_edge.sdk.models.errors import ContextLengthError
-from bitnet_edge.sdk.models.linear import Linear
+from bitnet_edge.sdk.models.linear import Linear, project
 from bitnet_edge.sdk.models.sampling import Sampler
 
 __all__ = ["DecoderModel", "KVCache"]
@@ -82,9 +82,10 @@ class DecoderModel:
                    cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         cfg, n = self.cfg, h.shape[0]
         hd = cfg.head_dim
-        q = layer.q(h).reshape(n, cfg.num_attention_heads, hd).transpose(1, 0, 2)
-        k = layer.k(h).reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
-        v = layer.v(h).reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
+        q, k, v = project(h, layer.q, layer.k, layer.v)
+        q = q.reshape(n, cfg.num_attention_heads, hd).transpose(1, 0, 2)
+        k = k.reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
+        v = v.reshape(n, cfg.num_key_value_heads, hd).transpose(1, 0, 2)
         q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
         end = pos0 + n
         cache.k[li][:, pos0:end] = k
@@ -103,7 +104,8 @@ class DecoderModel:
         return layer.o(out)
 
     def _mlp(self, layer: _Layer, h: np.ndarray) -> np.ndarray:
-        g = self.act(layer.gate(h)) * layer.up(h)
+        gate, up = project(h, layer.gate, layer.up)
+        g = self.act(gate) * up
         if layer.ffn_sub is not None:
             g = ops.rms_norm(g, layer.ffn_sub, self.cfg.rms_norm_eps)
         return layer.down(g)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitnet_edge.sdk.kernels import Int8Matrix, TernaryMatrix
+from bitnet_edge.sdk.kernels import Int8Matrix, TernaryMatrix, quantize_activations
 from bitnet_edge.sdk.modeldir import ModelDir
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "project"]
 
 
 class Linear:
@@ -28,12 +28,15 @@ class Linear:
             self._w = np.ascontiguousarray(arr, dtype=np.float32)
         self.bias = np.asarray(md.array(bias), dtype=np.float32) if bias else None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (m, in) float32 -> (m, out) float32."""
-        if self._t is not None:
-            y = self._t.linear(x)
-        elif self._i8 is not None:
-            y = self._i8.linear(x)
+    @property
+    def quantizes_input(self) -> bool:
+        return self._t is not None or self._i8 is not None
+
+    def __call__(self, x: np.ndarray, xq: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """x (m, in) float32 -> (m, out) float32; ``xq`` = quantize_activations(x) when the caller has it."""
+        q = self._t if self._t is not None else self._i8
+        if q is not None:
+            y = q.linear_quantized(*xq) if xq is not None else q.linear(x)
         else:
             y = x @ self._w.T
         if self.bias is not None:
@@ -44,3 +47,9 @@ class Linear:
     def weight_bytes(self) -> int:
         src = self._t.packed if self._t is not None else (self._i8.weights if self._i8 is not None else self._w)
         return int(src.nbytes)
+
+
+def project(x: np.ndarray, *layers: Linear) -> list[np.ndarray]:
+    """Several linear layers of one input (q/k/v, gate/up): the activations are quantized once."""
+    xq = quantize_activations(x) if any(layer.quantizes_input for layer in layers) else None
+    return [layer(x, xq) for layer in layers]
