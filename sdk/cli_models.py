@@ -88,13 +88,15 @@ def register(main: click.Group) -> None:
                   type=click.Choice(["ternary", "int8", "f16", "f32", "auto"]))
     @click.option("--head", type=click.Choice(["int8", "f16", "f32"]), default=None,
                   help="Precision of a decoder's LM head (default: int8 with --precision ternary).")
+    @click.option("--embeddings", type=click.Choice(["int8", "f16", "f32"]), default=None,
+                  help="Precision of a decoder's token embeddings (int8 shares one matrix with a tied int8 head).")
     @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
                   help="Calibration data for --precision auto (.npy/.npz samples, .json token ids, .txt texts).")
     @click.option("--budget", type=float, default=0.99, show_default=True, help="Cosine to float that auto keeps.")
     @click.option("--activation", type=click.Choice(["relu", "gelu", "tanh"]), default=None,
                   help="MLP activation when the .npz does not say.")
     @click.option("--json", "as_json", is_flag=True)
-    def convert(src, out, precision, head, calibration, budget, activation, as_json):
+    def convert(src, out, precision, head, embeddings, calibration, budget, activation, as_json):
         """Convert a Hugging Face directory, GGUF or .npz model into a bitnet-edge model directory."""
         from bitnet_edge.sdk.convert.convert import convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
@@ -104,7 +106,8 @@ def register(main: click.Group) -> None:
                 imported = import_source(src, activation)
             calib = load_calibration(calibration, imported)
             with console.status(f"converting ({precision})"):
-                path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget)
+                path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
+                                  embeddings=embeddings)
             summary = _manifest_summary(open_model_dir(path))
         except BitnetEdgeError as exc:
             _fail(exc)

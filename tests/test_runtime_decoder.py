@@ -133,3 +133,16 @@ def test_bad_checkpoints_are_clear_errors(checkpoints, tmp_path):
     (bad / "model.safetensors").unlink()
     with pytest.raises(FormatError, match="no \\*.safetensors"):
         read_hf(bad)
+
+
+def test_int8_embeddings_shared_with_a_tied_int8_head(tmp_path):
+    src = save_bitnet_float(tmp_path / "tied", tie_word_embeddings=True)
+    ref = load_model(convert(read_hf(src), tmp_path / "f32", precision="ternary", head="f32", embeddings="f32"))
+    m = load_model(convert(read_hf(src), tmp_path / "i8", precision="ternary", head="int8", embeddings="int8"))
+    names = [t.name for t in m.manifest.tensors]
+    assert "lm_head.weight" not in names and m.manifest.tensor("model.embed_tokens.weight").format == "int8"
+    a, b = ref.logits(PROMPT), m.logits(PROMPT)
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+    with pytest.raises(InputError, match="embeddings"):
+        convert(read_hf(src), tmp_path / "bad", embeddings="ternary")

@@ -96,7 +96,8 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
     arrays: dict[str, np.ndarray] = {}
     tensors = dict(m.tensors)
     cfg = m.config
-    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors:
+    shared = plan.get("model.embed_tokens.weight") == "int8" == plan.get("lm_head.weight")
+    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors and not shared:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied: the head is a copy
     for name, t in sorted(tensors.items()):
         if name in plan:
@@ -111,9 +112,16 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
     return entries, arrays
 
 
+EMBED = "model.embed_tokens.weight"
+
+
 def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", head: str | None = None,
-            calibration=None, budget: float = 0.99) -> Path:
-    """Write ``m`` as a converted model directory; returns its path."""
+            calibration=None, budget: float = 0.99, embeddings: str | None = None) -> Path:
+    """Write ``m`` as a converted model directory; returns its path.
+
+    ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
+    embeddings and an int8 head, one int8 matrix serves both (no second copy).
+    """
     calib_metrics: dict[str, float] = {}
     if precision == "auto":
         from bitnet_edge.sdk.convert.plan import auto_plan
@@ -121,6 +129,12 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
         plan, calib_metrics = auto_plan(m, calibration, budget=budget)
     else:
         plan = resolve_plan(m, precision, head)
+    if embeddings is not None:
+        if not isinstance(m.config, DecoderConfig):
+            raise InputError("embeddings", "only decoders have a separate embedding precision")
+        if embeddings not in ("int8", "f16", "f32"):
+            raise InputError("embeddings", f"{embeddings!r} is not one of int8, f16, f32")
+        plan[EMBED] = embeddings
     entries, arrays = build_tensors(m, plan)
     manifest = ModelManifest(
         name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,

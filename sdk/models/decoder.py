@@ -53,14 +53,15 @@ class DecoderModel:
         cfg = md.manifest.config
         assert isinstance(cfg, DecoderConfig)
         self.cfg, self.manifest, self.tokenizer = cfg, md.manifest, tokenizer
-        self.embed_tokens = md.array("model.embed_tokens.weight")  # mmap view; rows converted on lookup
+        embed = md.manifest.tensor("model.embed_tokens.weight")
+        self.embed_tokens = md.array(embed.name)  # mmap view; rows converted on lookup
+        self.embed_scale = md.array(embed.scale_tensor) if embed.format == "int8" else None
         if self.embed_tokens.shape != (cfg.vocab_size, cfg.hidden_size):
             raise ShapeError("model.embed_tokens.weight", f"shape {self.embed_tokens.shape} does not match the config")
         self.norm = np.asarray(md.array("model.norm.weight"), dtype=_F)
         self.layers = [_Layer(md, cfg, i) for i in range(cfg.num_hidden_layers)]
-        head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-        self.lm_head = Linear(md, "lm_head.weight" if any(t.name == "lm_head.weight" for t in md.manifest.tensors)
-                              else head)
+        has_head = any(t.name == "lm_head.weight" for t in md.manifest.tensors)
+        self.lm_head = Linear(md, "lm_head.weight" if has_head else "model.embed_tokens.weight")
         self.act = ops.relu2 if cfg.hidden_act == "relu2" else ops.silu
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
         self.scaling = _F(cfg.head_dim ** -0.5)
@@ -116,6 +117,8 @@ class DecoderModel:
         if pos0 + n > cache.capacity:
             raise ContextLengthError(pos0 + n, cache.capacity)
         x = np.asarray(self.embed_tokens[ids], dtype=_F)
+        if self.embed_scale is not None:  # int8 rows with their absmax scale
+            x *= self.embed_scale[ids][:, None]
         cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(pos0, pos0 + n))
         for li, layer in enumerate(self.layers):
             x = x + self._attention(layer, ops.rms_norm(x, layer.in_norm, cfg.rms_norm_eps), li, cache, pos0, cos, sin)
