@@ -1,0 +1,214 @@
+"""The device <-> fleet protocol over MQTT, version 1 (docs/protocol.md).
+
+Control messages are JSON, validated by these pydantic models on both sides (agent and fleet
+service).  Bundle chunks are binary (:func:`pack_chunk` / :func:`unpack_chunk`).  Every topic is
+under ``bne/v1/``; one device's topics are under ``bne/v1/devices/{device_id}/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from typing import Literal
+
+from pydantic import Field
+
+from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.schemas import Strict, parse_model
+
+__all__ = [
+    "PROTOCOL_VERSION", "PREFIX", "MAX_CONTROL_BYTES", "MAX_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES",
+    "ReasonCode", "Capabilities", "InstalledRelease", "Presence", "Outcome", "ReportedState",
+    "DeltaRef", "ReleaseRef", "DesiredState", "ChunkRequest", "Progress",
+    "device_topic", "parse_device_topic", "pack_chunk", "unpack_chunk", "ChunkHeader", "parse_message",
+    "DEVICE_ID",
+]
+
+PROTOCOL_VERSION = 1
+PREFIX = "bne/v1"
+MAX_CONTROL_BYTES = 64 * 1024  # bytes: larger JSON messages are dropped unread
+DEFAULT_CHUNK_BYTES = 256 * 1024  # bytes
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # bytes
+MAX_CHUNKS_PER_REQUEST = 64
+DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SHA256 = r"^[0-9a-f]{64}$"
+
+#: Why an install ended as it did (``ok`` when it worked).
+ReasonCode = Literal[
+    "ok", "bad_signature", "untrusted_key", "downgrade", "wrong_target", "corrupt", "too_large",
+    "no_space", "load_failed", "health_failed", "transfer_failed", "timeout", "superseded", "internal",
+]
+
+LEAVES = ("presence", "state", "desired", "chunk/req", "chunk/data", "events")
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    if leaf not in LEAVES:
+        raise ValueError(f"unknown topic leaf {leaf!r}")
+    if not re.match(DEVICE_ID, device_id):
+        raise ValueError(f"invalid device id {device_id!r}")
+    return f"{PREFIX}/devices/{device_id}/{leaf}"
+
+
+def parse_device_topic(topic: str) -> tuple[str, str] | None:
+    """(device_id, leaf) of a device topic, or None for anything else."""
+    m = re.fullmatch(rf"{re.escape(PREFIX)}/devices/([^/]+)/(.+)", topic)
+    if not m or m.group(2) not in LEAVES or not re.match(DEVICE_ID, m.group(1)):
+        return None
+    return m.group(1), m.group(2)
+
+
+class Capabilities(Strict):
+    arch: str = Field(description="machine, e.g. aarch64, x86_64, arm64")
+    os: str = Field(description="linux, macos, ...")
+    cpu_features: list[str] = Field(description="e.g. neon, dotprod, avx2, avx512vnni")
+    backends: list[str] = Field(description="kernel backends the device runs, fastest first")
+    memory_mb: int = Field(ge=0, description="physical memory, MiB")
+    disk_free_mb: int = Field(ge=0, description="free space in the agent's data directory, MiB")
+    cuda_sm: str | None = Field(default=None, description="CUDA compute capability, e.g. sm_87, when a GPU is present")
+    apple_gpu: bool = Field(default=False, description="Apple Silicon GPU present")
+    profile: str | None = Field(default=None, description="the device profile the probe matched")
+    target: str = Field(description="native build target the device needs, e.g. linux-aarch64")
+    agent_version: str = Field(description="bitnet-edge version of the agent")
+
+
+class InstalledRelease(Strict):
+    model: str = Field(description="model name")
+    version: str = Field(description="model version")
+    release: int = Field(ge=0, description="monotonic release counter")
+    bundle_sha256: str = Field(pattern=SHA256, description="sha256 of the bundle file it came from")
+    target: str = Field(description="native build target of the bundle")
+
+
+class Presence(Strict):
+    """Retained on .../presence: birth when connecting, death as the MQTT Last Will."""
+
+    type: Literal["birth", "death"] = Field(description="online or offline")
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    ts: float = Field(description="unix time the message was made")
+    capabilities: Capabilities | None = Field(default=None, description="birth only")
+    installed: InstalledRelease | None = Field(default=None, description="what the device serves (birth only)")
+    tags: list[str] = Field(default_factory=list, description="operator labels from the agent config")
+
+
+class Outcome(Strict):
+    rollout_id: str | None = Field(default=None, description="rollout the install belonged to")
+    bundle_sha256: str = Field(pattern=SHA256, description="bundle that was tried")
+    result: Literal["installed", "rejected", "failed", "rolled_back"] = Field(description="what happened")
+    reason: ReasonCode = Field(description="machine-readable cause")
+    message: str = Field(max_length=2000, description="for people")
+    ts: float = Field(description="unix time")
+
+
+class ReportedState(Strict):
+    """Device -> fleet on .../state (retained)."""
+
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    ts: float = Field(description="unix time")
+    installed: InstalledRelease | None = Field(description="serving now (None: no model)")
+    previous: InstalledRelease | None = Field(default=None, description="in the other slot, for rollback")
+    health: Literal["ok", "degraded", "failed", "unknown"] = Field(description="health of the serving model")
+    last_outcome: Outcome | None = Field(default=None, description="result of the latest install attempt")
+
+
+class DeltaRef(Strict):
+    base_sha256: str = Field(pattern=SHA256, description="bundle the delta applies to")
+    sha256: str = Field(pattern=SHA256, description="sha256 of the delta bundle file")
+    size: int = Field(gt=0, description="bytes of the delta bundle")
+
+
+class ReleaseRef(Strict):
+    model: str = Field(description="model name")
+    version: str = Field(description="model version")
+    release: int = Field(ge=0, description="monotonic release counter")
+    target: str = Field(description="native build target of this bundle")
+    bundle_sha256: str = Field(pattern=SHA256, description="sha256 of the full bundle")
+    bundle_size: int = Field(gt=0, description="bytes of the full bundle")
+    chunk_size: int = Field(gt=0, le=MAX_CHUNK_BYTES, description="bytes per chunk (the last may be shorter)")
+    delta: DeltaRef | None = Field(default=None, description="a delta the device may fetch instead, if it holds the base")
+
+
+class DesiredState(Strict):
+    """Fleet -> device on .../desired (retained): what the device should serve."""
+
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    rollout_id: str | None = Field(description="the rollout that set it (None: operator pin)")
+    release: ReleaseRef = Field(description="the release to serve")
+    allow_downgrade: bool = Field(default=False, description="a rollback: accept a lower release counter")
+    issued_at: float = Field(description="unix time")
+
+
+class ChunkRequest(Strict):
+    """Device -> fleet on .../chunk/req: chunks of a file, by index (offset = index * chunk_size)."""
+
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    file_sha256: str = Field(pattern=SHA256, description="the bundle (or delta) file")
+    chunk_size: int = Field(gt=0, le=MAX_CHUNK_BYTES, description="as announced in the release")
+    chunks: list[int] = Field(min_length=1, max_length=MAX_CHUNKS_PER_REQUEST,
+                              description="indices of missing chunks wanted now")
+
+
+class Progress(Strict):
+    """Device -> fleet on .../events."""
+
+    type: Literal["progress"] = "progress"
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    rollout_id: str | None = Field(default=None, description="rollout being applied")
+    file_sha256: str = Field(pattern=SHA256, description="file being fetched or installed")
+    stage: Literal["downloading", "verifying", "installing", "health_check", "switching", "done"] = Field(
+        description="install pipeline stage")
+    received_bytes: int = Field(ge=0, description="bytes held so far")
+    total_bytes: int = Field(ge=0, description="bytes of the file")
+    ts: float = Field(description="unix time")
+
+
+_MODELS = {"presence": Presence, "state": ReportedState, "desired": DesiredState, "chunk/req": ChunkRequest,
+           "events": Progress}
+
+
+def parse_message(leaf: str, payload: bytes):
+    """Validate a control payload for ``leaf``; FormatError (never a crash) on anything malformed."""
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise FormatError(f"{leaf}: {len(payload)}-byte control message exceeds {MAX_CONTROL_BYTES}")
+    model = _MODELS.get(leaf)
+    if model is None:
+        raise FormatError(f"{leaf}: not a JSON control topic")
+    return parse_model(model, payload, source=leaf)
+
+
+# ---- binary chunks ---------------------------------------------------------------------------
+
+_CHUNK = struct.Struct("!4sB32sQI32s")  # magic, version, file sha256, offset, length, data sha256
+CHUNK_MAGIC = b"BNEC"
+
+
+class ChunkHeader(Strict):
+    file_sha256: str = Field(pattern=SHA256, description="the file the chunk belongs to")
+    offset: int = Field(ge=0, description="byte offset in the file")
+    length: int = Field(ge=0, le=MAX_CHUNK_BYTES, description="bytes of data")
+    sha256: str = Field(pattern=SHA256, description="sha256 of the data")
+
+
+def pack_chunk(file_sha256: str, offset: int, data: bytes) -> bytes:
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+    return _CHUNK.pack(CHUNK_MAGIC, PROTOCOL_VERSION, bytes.fromhex(file_sha256), offset, len(data),
+                       hashlib.sha256(data).digest()) + data
+
+
+def unpack_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
+    """Header and data of a chunk message, its hash checked."""
+    if len(payload) < _CHUNK.size:
+        raise FormatError(f"chunk message of {len(payload)} bytes is shorter than its {_CHUNK.size}-byte header")
+    magic, version, fsha, offset, length, dsha = _CHUNK.unpack_from(payload)
+    if magic != CHUNK_MAGIC:
+        raise FormatError("chunk message has a bad magic number")
+    if version != PROTOCOL_VERSION:
+        raise FormatError(f"chunk message version {version} is not {PROTOCOL_VERSION}")
+    data = payload[_CHUNK.size:]
+    if len(data) != length or length > MAX_CHUNK_BYTES:
+        raise FormatError(f"chunk says {length} bytes, carries {len(data)}")
+    if hashlib.sha256(data).digest() != dsha:
+        raise FormatError(f"chunk at offset {offset} fails its sha256")
+    return ChunkHeader(file_sha256=fsha.hex(), offset=offset, length=length, sha256=dsha.hex()), data
