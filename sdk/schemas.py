@@ -28,6 +28,14 @@ class Strict(BaseModel):
 #: schema file name -> "module:Class"; other packages add theirs here.
 SCHEMAS: dict[str, str] = {
     "model-manifest": "bitnet_edge.sdk.manifest:ModelManifest",
+    "protocol-presence": "bitnet_edge.sdk.protocol:Presence",
+    "protocol-reported-state": "bitnet_edge.sdk.protocol:ReportedState",
+    "protocol-desired-state": "bitnet_edge.sdk.protocol:DesiredState",
+    "protocol-chunk-request": "bitnet_edge.sdk.protocol:ChunkRequest",
+    "protocol-chunk-header": "bitnet_edge.sdk.protocol:ChunkHeader",
+    "protocol-progress": "bitnet_edge.sdk.protocol:Progress",
+    "device-profile": "bitnet_edge.packagers.devices:DeviceProfile",
+    "bundle-manifest": "bitnet_edge.packagers.manifest:BundleManifest",
 }
 
 

@@ -114,8 +114,11 @@ def schemas(write: bool, as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     """Each package owns its commands; they are attached here."""
+    from bitnet_edge.agent import cli as agent_cli
     from bitnet_edge.packagers import cli as packagers_cli
     from bitnet_edge.sdk import cli_models
+
+    agent_cli.register(main)
 
     cli_models.register(main)
     packagers_cli.register(main)

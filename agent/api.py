@@ -1,0 +1,49 @@
+"""Request bodies of the local inference API (OpenAI-compatible where OpenAI has the endpoint).
+
+Unknown fields are refused (``extra="forbid"``) so a typo is a 400, not a silent default; the
+OpenAI fields we accept but do not implement beyond their default are listed with their only
+allowed value.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from bitnet_edge.sdk.schemas import Strict
+
+__all__ = ["InferRequest", "EmbeddingsRequest", "CompletionRequest"]
+
+
+class InferRequest(Strict):
+    """POST /v1/infer (mlp): a batch of feature vectors."""
+
+    inputs: list[list[float]] = Field(min_length=1, max_length=4096, description="(n, features)")
+    model: str | None = Field(default=None, description="ignored: the device serves one model")
+
+
+class EmbeddingsRequest(Strict):
+    """POST /v1/embeddings (bert)."""
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(description="texts or token id lists")
+    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    encoding_format: Literal["float"] = Field(default="float", description="only float")
+    user: str | None = Field(default=None, description="ignored")
+
+
+class CompletionRequest(Strict):
+    """POST /v1/completions (bitnet)."""
+
+    prompt: str | list[int] = Field(description="text (needs the tokenizer) or token ids")
+    max_tokens: int = Field(default=16, ge=0, le=32768, description="new tokens at most")
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="0: greedy")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling")
+    top_k: int | None = Field(default=None, ge=1, description="top-k sampling (extension)")
+    seed: int | None = Field(default=None, description="sampling seed")
+    stop: str | list[str] | None = Field(default=None, description="text that ends the completion")
+    stream: bool = Field(default=False, description="server-sent events, one per token")
+    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    n: Literal[1] = Field(default=1, description="only 1")
+    echo: Literal[False] = Field(default=False, description="not supported")
+    user: str | None = Field(default=None, description="ignored")

@@ -1,0 +1,195 @@
+"""``bitnet-edge agent run|install|status|rollback``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bitnet_edge.agent.config import load_config
+from bitnet_edge.agent.errors import AgentError
+
+__all__ = ["register"]
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+def _daemon(cfg):
+    """An HTTP connection to a running agent's local API, or None when none answers."""
+    import http.client
+
+    from bitnet_edge.agent.httpbase import UnixHTTPConnection
+
+    candidates = []
+    if cfg.api.unix_socket and Path(cfg.api.unix_socket).exists():
+        candidates.append(lambda: UnixHTTPConnection(cfg.api.unix_socket, timeout=600))
+    if cfg.api.enabled and cfg.api.port:
+        candidates.append(lambda: http.client.HTTPConnection(cfg.api.host, cfg.api.port, timeout=600))
+    for make in candidates:
+        conn = make()
+        try:
+            conn.request("GET", "/v1/health")
+            conn.getresponse().read()
+            return make()
+        except OSError:
+            continue
+    return None
+
+
+def _call(conn, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json",
+                                                   "Content-Length": str(len(data or b""))})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read() or b"{}")
+
+
+def _print_outcome(o: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(o, indent=2))
+        return
+    color = "green" if o["result"] in ("installed", "rolled_back") else "red"
+    Console().print(f"[{color}]{o['result']}[/{color}] ({o['reason']}): {o['message']}")
+
+
+def register(main: click.Group) -> None:
+    @main.group()
+    def agent():
+        """The on-device agent: A/B install with health gate, local inference API, fleet sync."""
+
+    @agent.command()
+    @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("-v", "--verbose", is_flag=True)
+    def run(config_path, verbose):
+        """Run the agent daemon (local API, serving, fleet sync) until SIGTERM / Ctrl-C."""
+        from bitnet_edge.agent.daemon import Agent
+        from bitnet_edge.agent.server import serve
+
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            cfg = load_config(config_path)
+            ag = Agent(cfg)
+            ag.start_serving()
+        except AgentError as exc:
+            _fail(exc)
+        servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+        for s in servers:
+            addr = s.server_address
+            click.echo(json.dumps({"event": "listening", "address": addr if isinstance(addr, str) else list(addr)}),
+                       err=True)
+        if cfg.mqtt.url:
+            from bitnet_edge.agent.sync import FleetSync
+
+            def install(path, desired, is_delta):
+                return ag.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id)
+
+            ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha)
+            ag.sync.start()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo(json.dumps({"event": "ready", "state": ag.reported_state().model_dump()}), err=True)
+        stop.wait()
+        for s in servers:
+            s.shutdown()
+        ag.shutdown()
+
+    @agent.command()
+    @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+    @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("--allow-downgrade", is_flag=True, help="Accept a lower release counter (explicit downgrade).")
+    @click.option("--json", "as_json", is_flag=True)
+    def install(bundle, config_path, allow_downgrade, as_json):
+        """Install a bundle (USB / offline path): the same pipeline as an OTA update."""
+        try:
+            cfg = load_config(config_path)
+        except AgentError as exc:
+            _fail(exc)
+        conn = _daemon(cfg)
+        if conn is not None:  # a running agent hot-swaps it
+            code, out = _call(conn, "POST", "/v1/admin/install",
+                              {"path": str(bundle.resolve()), "allow_downgrade": allow_downgrade})
+        else:
+            from bitnet_edge.agent.daemon import Agent
+
+            ag = Agent(cfg)
+            try:
+                out = ag.install_file(bundle, allow_downgrade=allow_downgrade).model_dump()
+            finally:
+                ag.shutdown()
+        _print_outcome(out, as_json)
+        sys.exit(0 if out["result"] == "installed" else 1)
+
+    @agent.command()
+    @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("--json", "as_json", is_flag=True)
+    def status(config_path, as_json):
+        """What the device serves, its slots and capabilities."""
+        try:
+            cfg = load_config(config_path)
+        except AgentError as exc:
+            _fail(exc)
+        conn = _daemon(cfg)
+        if conn is not None:
+            _, st = _call(conn, "GET", "/v1/admin/status")
+            st["daemon"] = True
+        else:
+            from bitnet_edge.agent.probe import probe
+            from bitnet_edge.agent.store import SlotStore
+
+            store = SlotStore(cfg.data_dir)
+            state = store.load()
+            st = {"device_id": cfg.device_id, "daemon": False, "active_slot": state.active,
+                  "state": json.loads(state.model_dump_json()),
+                  "capabilities": probe(cfg.data_dir, cfg.profile).model_dump()}
+        if as_json:
+            click.echo(json.dumps(st, indent=2))
+            return
+        t = Table(title=f"agent {st['device_id']}", show_header=False)
+        caps = st["capabilities"]
+        t.add_row("daemon", "running" if st.get("daemon") else "not running")
+        t.add_row("profile", str(caps.get("profile")))
+        t.add_row("target / backends", f"{caps['target']} / {', '.join(caps['backends'])}")
+        t.add_row("active slot", str(st["active_slot"]))
+        state = st["state"]
+        slots = state.get("slots") or {}
+        installed = state.get("installed") or ((slots.get(st["active_slot"]) or {}).get("release")
+                                               if st["active_slot"] else None)
+        t.add_row("serving", f"{installed['model']} {installed['version']} (release {installed['release']})"
+                  if installed else "nothing")
+        last = state.get("last_outcome")
+        t.add_row("last install", f"{last['result']} ({last['reason']}): {last['message']}" if last else "-")
+        Console().print(t)
+
+    @agent.command()
+    @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("--json", "as_json", is_flag=True)
+    def rollback(config_path, as_json):
+        """Serve the previous release again (the other slot)."""
+        try:
+            cfg = load_config(config_path)
+        except AgentError as exc:
+            _fail(exc)
+        conn = _daemon(cfg)
+        if conn is not None:
+            _, out = _call(conn, "POST", "/v1/admin/rollback", {})
+        else:
+            from bitnet_edge.agent.store import SlotStore
+
+            try:
+                out = SlotStore(cfg.data_dir).rollback().last_outcome.model_dump()
+            except AgentError as exc:
+                _fail(exc)
+        _print_outcome(out, as_json)
+        sys.exit(0 if out["result"] == "rolled_back" else 1)

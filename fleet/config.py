@@ -1,0 +1,48 @@
+"""Fleet service settings (``bitnet-edge fleet serve`` options, or a TOML file with the same keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from bitnet_edge.sdk.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from bitnet_edge.sdk.schemas import Strict
+
+__all__ = ["FleetConfig"]
+
+
+class FleetConfig(Strict):
+    data_dir: str = Field(description="database, bundle store, service.json and control.token live here")
+    broker_url: str | None = Field(default=None, description="mqtt[s]://host:port of an external broker; "
+                                                              "None: start the embedded broker")
+    embedded_host: str = Field(default="127.0.0.1", description="listen address of the embedded broker")
+    embedded_port: int = Field(default=1883, ge=0, le=65535, description="TCP port of the embedded broker (0: any)")
+    username: str | None = Field(default=None, description="broker user name")
+    password: str | None = Field(default=None, description="broker password")
+    tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
+    tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
+    tls_key: str | None = Field(default=None, description="client key (mTLS)")
+    api_host: str = Field(default="127.0.0.1", description="listen address of the control API and /metrics")
+    api_port: int = Field(default=8780, ge=0, le=65535, description="TCP port of the control API (0: any)")
+    replica_id: str = Field(default="fleet-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                            description="this service's name; its MQTT client id is bne-fleet-<replica_id>")
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                    description="MQTT 5 shared-subscription group: replicas in one group split "
+                                                "the device messages; None: a single service (MQTT 3.1.1)")
+    trust: list[str] = Field(default_factory=list, description="Ed25519 public key files; when set, published "
+                                                               "bundles must carry a signature by one of them")
+    chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1024, le=MAX_CHUNK_BYTES,
+                             description="chunk size announced in new desired states, bytes")
+    max_bundle_mb: int = Field(default=4096, gt=0, description="largest bundle accepted by publish, MiB")
+    chunk_workers: int = Field(default=2, ge=1, le=32, description="threads reading and sending chunks")
+    request_queue: int = Field(default=4096, ge=1, description="chunk requests waiting at most; more are "
+                                                                "dropped (counted) and the device asks again")
+    max_pending_mb: int = Field(default=64, ge=1, description="chunk bytes published but not yet acknowledged "
+                                                              "by the broker, MiB; senders wait above it")
+    tick: float = Field(default=1.0, gt=0, description="seconds between rollout driver passes")
+    lease_seconds: float = Field(default=10.0, gt=0, description="replicas: the rollout driver's lease, seconds")
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
