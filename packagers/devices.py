@@ -24,7 +24,11 @@ __all__ = ["ISA", "Accelerator", "DeviceProfile", "DEVICES_DIR", "devices_dir", 
            "check_library_fits"]
 
 #: Where the profiles live in a source checkout; ``$BITNET_EDGE_DEVICES`` overrides it.
-DEVICES_DIR = Path(__file__).resolve().parents[1] / "devices"
+DEVICES_DIR = Path(__file__).resolve().parents[1] / "devices"  # a source checkout
+if not DEVICES_DIR.is_dir():  # an installed wheel: the profiles ship as package bitnet_edge.devices
+    import bitnet_edge.devices as _devices_pkg
+
+    DEVICES_DIR = Path(_devices_pkg.__file__).resolve().parent
 
 #: CPU features a profile may name (Linux /proc/cpuinfo spelling, lower case).
 ISA = Literal[

@@ -56,3 +56,26 @@ def test_console_script_in_the_clean_venv(installed):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["native"]["loaded"] is True
+
+
+def test_every_python_package_is_listed_in_pyproject():
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {v: k for k, v in cfg["package-dir"].items()}
+    listed = set(cfg["packages"])
+    for init in REPO.glob("**/__init__.py"):
+        rel = str(init.parent.relative_to(REPO))
+        if rel.startswith(("tests", "benchmarks", ".venv", "build")) or "/_lib" in rel:
+            continue
+        assert rel in mapped, f"{rel}/ has an __init__.py but no package-dir entry in pyproject.toml"
+        assert mapped[rel] in listed, f"{mapped[rel]} is not in [tool.setuptools] packages"
+
+
+def test_installed_package_has_models_devices_and_agent(installed):
+    venv, root = installed
+    code = ("from bitnet_edge.packagers.devices import load_devices; import bitnet_edge.sdk.models, "
+            "bitnet_edge.sdk.convert.hf, bitnet_edge.agent.daemon; print(len(load_devices()))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 9
