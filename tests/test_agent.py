@@ -162,3 +162,45 @@ def test_local_api_and_hot_swap(tmp_path, bundles):
         assert rb.returncode == 0 and d.request("GET", "/v1/health")[1]["model"]["version"] == "1.0.0"
     finally:
         d.stop()
+
+
+def test_example_config_and_systemd_unit_are_valid():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "agent" / "agent.example.toml")
+    assert cfg.api.port == 8700 and cfg.mqtt.url.startswith("mqtt://")
+    unit = (repo / "agent" / "systemd" / "bitnet-edge-agent.service").read_text()
+    assert "ExecStart=/usr/bin/env bitnet-edge agent run --config" in unit and "Restart=always" in unit
+
+
+def test_config_errors_name_the_field(tmp_path):
+    from bitnet_edge.agent.errors import ConfigError
+
+    p = tmp_path / "a.toml"
+    p.write_text('device_id = "bad id!"\ndata_dir = "x"\ntrust = ["k.pub"]\n')
+    with pytest.raises(ConfigError, match="device_id"):
+        load_config(p)
+    p.write_text('device_id = "ok"\ndata_dir = "x"\ntrust = ["k.pub"]\nportt = 3\n')
+    with pytest.raises(ConfigError, match="portt"):
+        load_config(p)
+
+
+def test_tampered_active_slot_is_not_served(tmp_path, bundles):
+    cfg = load_config(write_config(tmp_path / "agent.toml", tmp_path / "data", [bundles.pub]))
+    ag = Agent(cfg)
+    assert ag.install_file(bundles.v1).result == "installed"
+    assert ag.install_file(bundles.v2).result == "installed"
+    ag.shutdown()
+    active = ag.store.load().active
+    w = ag.store.slot_dir(active) / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 1
+    w.write_bytes(bytes(data))
+    ag2 = Agent(cfg)
+    try:
+        ag2.start_serving()  # v2's slot fails its hashes: the agent falls back to v1's slot
+        assert ag2.reported_state().installed.version == "1.0.0"
+        assert ag2.acquire_worker() is not None
+    finally:
+        ag2.shutdown()
