@@ -417,7 +417,9 @@ def read_gguf(path: str | os.PathLike, *, hidden_act: Literal["relu2", "silu"] |
                     it.data = -it.data
                 it.scale = float(abs(prod))
             elif it.kind == "int8":
-                it.scales = (it.scales * s).astype(np.float32)
+                if s < 0:
+                    it.data = -it.data  # int8 weights are in [-127, 127]: negation is exact
+                it.scales = (it.scales * abs(s)).astype(np.float32)
             else:
                 it.data = (it.data.astype(np.float32) * s).astype(np.float32)
         if arch == "llama" and c.endswith(("q_proj.weight", "k_proj.weight")):
