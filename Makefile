@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 CONSTRAINTS := .ci/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: all venv system-deps native test demo bench clean schemas
+.PHONY: all venv system-deps native cuda test demo bench clean schemas
 
 schemas: venv
 	$(VENV)/bin/bitnet-edge schemas --write
@@ -23,20 +23,29 @@ $(PY):
 	$(PIP) install --quiet --upgrade "pip==25.3"
 
 venv: $(PY)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,demo]'
 
 # Rebuild the host kernel library in place (pip install -e . does this too).
 native: $(PY)
 	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_library, host_target; \
 	print(build_library(host_target(), Path('native'), Path('sdk/native/_lib')))"
 	cp native/include/bitnet_edge.h sdk/native/_lib/bitnet_edge.h
+	cp native/cuda/bne_cuda.h sdk/native/_lib/bne_cuda.h
+
+# Build the CUDA fatbin (nvcc; sm_87, sm_90, sm_110 + compute_80 PTX) into the package, where
+# bitnet_edge.sdk.cuda finds it (jetson bundles carry their own copy).
+cuda: $(PY)
+	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.cuda import build_fatbin; \
+	print(build_fatbin(Path('native'), Path('sdk/native/_lib')))"
+	cp native/cuda/bne_cuda.h sdk/native/_lib/bne_cuda.h
 
 test: system-deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_ARGS ?=
 demo: venv
-	$(VENV)/bin/bitnet-edge info
-	$(VENV)/bin/bitnet-edge selfcheck
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[demo]'
+	$(VENV)/bin/bitnet-edge demo $(DEMO_ARGS)
 
 bench: venv
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'

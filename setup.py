@@ -35,6 +35,8 @@ class BuildNative(build_ext):
             out = Path(self.build_lib) / "bitnet_edge" / "sdk" / "native" / "_lib"
         targets.build_library(targets.host_target(), ROOT / "native", out)
         shutil.copy2(ROOT / "native" / "include" / "bitnet_edge.h", out / "bitnet_edge.h")
+        # the CUDA kernels' launch ABI, read by bitnet_edge.sdk.cuda (the fatbin: make cuda, or a bundle)
+        shutil.copy2(ROOT / "native" / "cuda" / "bne_cuda.h", out / "bne_cuda.h")
 
     def get_outputs(self):
         return []

@@ -17,9 +17,10 @@ __all__ = ["InferRequest", "EmbeddingsRequest", "CompletionRequest"]
 
 
 class InferRequest(Strict):
-    """POST /v1/infer (mlp): a batch of feature vectors."""
+    """POST /v1/infer (mlp, graph): a batch of feature vectors, sequences or NHWC images."""
 
-    inputs: list[list[float]] = Field(min_length=1, max_length=4096, description="(n, features)")
+    inputs: list[list[float]] | list[list[list[float]]] | list[list[list[list[float]]]] = Field(
+        min_length=1, max_length=4096, description="(n, features); graph models: (n, ...) of their input shape")
     model: str | None = Field(default=None, description="ignored: the device serves one model")
 
 

@@ -92,9 +92,15 @@ def register(main: click.Group) -> None:
             from bitnet_edge.agent.sync import FleetSync
 
             def install(path, desired, is_delta):
-                return ag.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id)
+                return ag.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id,
+                                       release_sha256=desired.release.bundle_sha256 if is_delta else None)
 
-            ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha)
+            def activate_previous(desired):
+                out = ag.rollback()
+                return out.model_copy(update={"rollout_id": desired.rollout_id})
+
+            ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha,
+                                activate_previous=activate_previous)
             ag.sync.start()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

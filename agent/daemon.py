@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,7 +52,10 @@ class Agent:
         self.cfg = cfg
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
-        self.run_dir = self.root / "run"
+        # worker sockets: a short private directory (AF_UNIX paths are limited to ~107 bytes)
+        tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        self.run_dir = Path(tempfile.gettempdir()) / f"bne-{os.getuid()}-{tag}"
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
         self.trusted = [load_public_key(p) for p in cfg.trust]
@@ -114,14 +118,16 @@ class Agent:
 
     # ---- install pipeline ----------------------------------------------------------------------
     def install_file(self, path: str | os.PathLike, *, allow_downgrade: bool = False, rollout_id: str | None = None,
-                     base: str | os.PathLike | None = None) -> Outcome:
+                     base: str | os.PathLike | None = None, release_sha256: str | None = None) -> Outcome:
         """verify -> policy -> unpack into the inactive slot -> load -> health gate -> atomic switch.
-        Never raises: any failure keeps the serving model and comes back as the Outcome."""
+        Never raises: any failure keeps the serving model and comes back as the Outcome.
+        ``release_sha256``: the full bundle's sha256 when ``path`` is a delta of it (what gets recorded
+        as installed, so the fleet can offer the next delta)."""
         path = Path(path)
         with self._install_lock:
             sha = "0" * 64
             try:
-                sha = sha256_file(path)
+                sha = release_sha256 or sha256_file(path)
                 _fault("received")
                 outcome = self._install(path, sha, allow_downgrade, rollout_id, base)
             except InstallRejected as exc:

@@ -95,6 +95,7 @@ def match_profile(caps: Capabilities, wanted: str | None = None):
 def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabilities:
     from bitnet_edge.packagers.targets import host_target
     from bitnet_edge.sdk import kernels
+    from bitnet_edge.sdk.models.device import available_devices
 
     machine = platform.machine().lower()
     system = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
@@ -105,6 +106,7 @@ def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabiliti
         memory_mb=memory_mb(), disk_free_mb=shutil.disk_usage(data_dir).free // (1024 * 1024),
         cuda_sm=cuda_compute_capability(), apple_gpu=system == "macos" and machine == "arm64",
         target=host_target().replace("darwin-arm64", "macos-arm64"), agent_version=__version__,
+        runtimes=available_devices(),
     )
     found = match_profile(caps, profile)
     return caps.model_copy(update={"profile": found.name if found else None})

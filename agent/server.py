@@ -49,11 +49,20 @@ def make_handler(agent):
                 if body is not None:
                     self._timed(path, lambda: self._proxy("POST", path, body))
             elif path in ("/v1/admin/install", "/v1/admin/rollback"):
+                if not self._local_peer():
+                    self._timed(path, lambda: self.send_error_json(403, "forbidden",
+                                                                   "admin routes answer only on this device"))
+                    return
                 body = self.read_body()
                 if body is not None:
                     self._timed(path, lambda: self._admin(path, body))
             else:
                 self._timed("other", lambda: self.send_error_json(404, "not_found", f"no route {path}"))
+
+        def _local_peer(self) -> bool:
+            """Admin routes: only a Unix-socket peer or a loopback address."""
+            addr = self.client_address
+            return not isinstance(addr, tuple) or str(addr[0]).startswith("127.") or addr[0] in ("::1", "localhost")
 
         def _metrics(self):
             body = agent.metrics.render().encode()
@@ -78,6 +87,8 @@ def make_handler(agent):
                 outcome = agent.install_file(req["path"], allow_downgrade=bool(req.get("allow_downgrade")))
             else:
                 outcome = agent.rollback()
+            if agent.sync is not None:  # a USB install or a local rollback: tell the fleet
+                agent.sync.publish_state()
             code = 200 if outcome.result in ("installed", "rolled_back") else 409
             self.send_json(code, outcome.model_dump())
 

@@ -88,10 +88,16 @@ class FleetSync:
 
     def __init__(self, config: AgentConfig, capabilities: Capabilities, get_state: Callable[[], ReportedState],
                  install: InstallCallback, installed_sha: Callable[[], str | None], *,
-                 limits: SyncLimits = SyncLimits()):
+                 limits: SyncLimits = SyncLimits(),
+                 activate_previous: Callable[[DesiredState], Outcome] | None = None):
+        """``activate_previous`` (optional): switch back to the release in the other slot when the
+        desired state names it (a rollback), without downloading it again; never raises."""
         self.config, self.capabilities, self.limits = config, capabilities, limits
         self._get_state, self._install, self._installed_sha = get_state, install, installed_sha
+        self._activate_previous = activate_previous
         self.device_id = config.device_id
+        self._kinds = {device_topic(self.device_id, "desired"): "desired",
+                       device_topic(self.device_id, "chunk/data"): "chunk"}
         self.downloads = Path(config.data_dir) / "downloads"
         self._state_file = Path(config.data_dir) / "sync.json"
         self.stats: Counter[str] = Counter()
@@ -194,8 +200,7 @@ class FleetSync:
         self._events.put(("disconnected", None))
 
     def _on_message(self, client, userdata, msg) -> None:
-        leaf = msg.topic.rsplit("/", 2)
-        kind = "chunk" if msg.topic.endswith("/chunk/data") else "desired" if leaf[-1] == "desired" else None
+        kind = self._kinds.get(msg.topic)
         if kind is None:
             self.stats["dropped_messages"] += 1
             return
@@ -275,6 +280,12 @@ class FleetSync:
             self._finish(d, key, "rejected", "downgrade", f"release {rel.release} is below the installed "
                                                           f"release {inst.release} and no downgrade is allowed")
             return
+        prev = state.previous
+        if self._activate_previous is not None and prev is not None and (
+                prev.bundle_sha256 == rel.bundle_sha256
+                or (prev.model, prev.release, prev.target) == (rel.model, rel.release, rel.target)):
+            self._run_install(d, key, lambda: self._activate_previous(d))
+            return
         use_delta = rel.delta is not None and self._installed_sha() == rel.delta.base_sha256
         sha, size = (rel.delta.sha256, rel.delta.size) if use_delta else (rel.bundle_sha256, rel.bundle_size)
         if size > self.config.limits.max_bundle_mb * MiB:
@@ -350,16 +361,20 @@ class FleetSync:
         size = path.stat().st_size
         self._publish_progress(d, path.stem, "installing", size, size)
         try:
-            outcome = self._install(path, d, is_delta)
-        except Exception as exc:  # noqa: BLE001 - the callback must not raise; if it does, report it
-            log.exception("install callback raised")
-            outcome = Outcome(rollout_id=d.rollout_id, bundle_sha256=path.stem, result="failed", reason="internal",
-                              message=f"{type(exc).__name__}: {exc}"[:2000], ts=time.time())
+            self._run_install(d, key, lambda: self._install(path, d, is_delta), path.stem)
         finally:
             path.unlink(missing_ok=True)
+        self._publish_progress(d, path.stem, "done", size, size)
+
+    def _run_install(self, d: DesiredState, key: str, call: Callable[[], Outcome], sha: str | None = None) -> None:
+        try:
+            outcome = call()
+        except Exception as exc:  # noqa: BLE001 - the callbacks must not raise; if one does, report it
+            log.exception("install callback raised")
+            outcome = Outcome(rollout_id=d.rollout_id, bundle_sha256=sha or d.release.bundle_sha256, result="failed",
+                              reason="internal", message=f"{type(exc).__name__}: {exc}"[:2000], ts=time.time())
         self.stats["installs"] += 1
         self._record(key if outcome.result != "installed" else None, outcome)
-        self._publish_progress(d, path.stem, "done", size, size)
         self.publish_state()
 
     def _finish(self, d: DesiredState, key: str, result: str, reason: str, message: str) -> None:

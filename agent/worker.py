@@ -53,10 +53,14 @@ def golden_check(slot: Path, model) -> dict:
     arrays = read_golden(gs, (slot / GOLDEN_FILE).read_bytes())
     inputs = [arrays[a.name] for a in gs.arrays if a.role == "input"]
     want = next(arrays[a.name] for a in gs.arrays if a.role == "output")
-    t0 = time.perf_counter()
-    got = run_model(model, gs.method, inputs)
-    latency = (time.perf_counter() - t0) * 1000.0
+    got = run_model(model, gs.method, inputs)  # first run: correctness (and page-ins)
     res = check_outputs(got, want, gs.tolerance)
+    times = []
+    for _ in range(5):  # latency: median of warm runs, so one scheduling hiccup does not fail a device
+        t0 = time.perf_counter()
+        run_model(model, gs.method, inputs)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    latency = sorted(times)[len(times) // 2]
     return {"present": True, "ok": res.ok, "max_abs_error": res.max_abs_error, "cosine": res.cosine,
             "problem": res.problem, "latency_ms": latency, "method": gs.method}
 
@@ -79,7 +83,7 @@ def make_handler(model, name: str, lock: threading.Lock):
                 self.send_error_json(404, "not_found", f"no route {self.path}")
 
         def do_POST(self):
-            routes = {"/v1/infer": ("mlp", InferRequest, self._infer),
+            routes = {"/v1/infer": (("mlp", "graph"), InferRequest, self._infer),
                       "/v1/embeddings": ("bert", EmbeddingsRequest, self._embed),
                       "/v1/completions": ("bitnet", CompletionRequest, self._complete)}
             if self.path not in routes:
@@ -89,7 +93,7 @@ def make_handler(model, name: str, lock: threading.Lock):
             body = self.read_body()
             if body is None:
                 return
-            if arch != want:
+            if arch not in (want if isinstance(want, tuple) else (want,)):
                 self.send_error_json(400, "wrong_model", f"{self.path} needs a {want!r} model; this one is {arch!r}")
                 return
             try:
@@ -110,9 +114,9 @@ def make_handler(model, name: str, lock: threading.Lock):
             with lock:
                 logits = model.predict(x)
             names = model.cfg.class_names
-            classes = logits.argmax(1).tolist()
+            classes = logits.argmax(-1).tolist() if logits.ndim == 2 else None  # graph outputs may be maps
             self.send_json(200, {"model": name, "outputs": logits.tolist(), "classes": classes,
-                                 "labels": [names[c] for c in classes] if names else None})
+                                 "labels": [names[c] for c in classes] if names and classes else None})
 
         def _embed(self, req: EmbeddingsRequest):
             inp = req.input

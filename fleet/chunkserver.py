@@ -1,7 +1,7 @@
 """Answers ChunkRequests from the bundle store.
 
 Requests wait in a bounded queue (a full queue drops the request, counted; the device asks again
-after its timeout) and a few worker threads read the chunks (``pread``) and publish them on the
+after its timeout; chunks a device asks for again while they are still queued are not queued twice) and a few worker threads read the chunks (``pread``) and publish them on the
 device's ``chunk/data`` topic, waiting while the broker has not acknowledged ``max_pending_mb``.
 A request for a file the fleet does not serve, a chunk size out of limits, or chunks past the end
 of the file is dropped and counted; none of them raises.
@@ -28,7 +28,7 @@ MIN_CHUNK_BYTES = 1024  # bytes: smaller chunk sizes are refused (header overhea
 
 class ChunkServer:
     def __init__(self, store: BundleStore, link: FleetLink, file_size: Callable[[str], int | None], *,
-                 workers: int = 2, queue_size: int = 4096, counters: Counters | None = None,
+                 workers: int = 2, queue_size: int = 16384, counters: Counters | None = None,
                  on_served: Callable[[str, str, int], None] | None = None):
         self.store, self.link, self._file_size = store, link, file_size
         self.counters = counters if counters is not None else Counters()
@@ -37,6 +37,8 @@ class ChunkServer:
                          for i in range(workers)]
         self._on_served = on_served  # (device_id, file_sha256, index) after each chunk sent (tests, metrics)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._queued: set[tuple[str, str, int]] = set()  # (device, file, chunk) waiting in the queue
 
     def start(self) -> None:
         for w in self._workers:
@@ -64,10 +66,17 @@ class ChunkServer:
         if any(not 0 <= i < n for i in req.chunks):
             self.counters.inc("dropped:bad-range")
             return
-        try:
-            self._queue.put_nowait((req, size))
-        except queue.Full:
-            self.counters.inc("dropped:overload")
+        with self._lock:  # a device asking again for chunks still queued (its timeout < our queue)
+            fresh = [i for i in dict.fromkeys(req.chunks) if (req.device_id, req.file_sha256, i) not in self._queued]
+            if not fresh:
+                self.counters.inc("dropped:duplicate")
+                return
+            try:
+                self._queue.put_nowait((req.model_copy(update={"chunks": fresh}), size))
+            except queue.Full:
+                self.counters.inc("dropped:overload")
+                return
+            self._queued.update((req.device_id, req.file_sha256, i) for i in fresh)
 
     @property
     def queued(self) -> int:
@@ -86,6 +95,9 @@ class ChunkServer:
             except OSError as exc:
                 log.warning("reading %s failed: %s", req.file_sha256[:12], exc)
                 self.counters.inc("dropped:io-error")
+            finally:
+                with self._lock:
+                    self._queued.difference_update((req.device_id, req.file_sha256, i) for i in req.chunks)
 
     def _serve(self, req: ChunkRequest, size: int) -> None:
         topic = device_topic(req.device_id, "chunk/data")

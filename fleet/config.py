@@ -36,7 +36,7 @@ class FleetConfig(Strict):
                              description="chunk size announced in new desired states, bytes")
     max_bundle_mb: int = Field(default=4096, gt=0, description="largest bundle accepted by publish, MiB")
     chunk_workers: int = Field(default=2, ge=1, le=32, description="threads reading and sending chunks")
-    request_queue: int = Field(default=4096, ge=1, description="chunk requests waiting at most; more are "
+    request_queue: int = Field(default=16384, ge=1, description="chunk requests waiting at most; more are "
                                                                 "dropped (counted) and the device asks again")
     max_pending_mb: int = Field(default=64, ge=1, description="chunk bytes published but not yet acknowledged "
                                                               "by the broker, MiB; senders wait above it")

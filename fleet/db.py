@@ -69,6 +69,7 @@ def _m1_initial(c: sqlite3.Connection) -> None:
         spec TEXT NOT NULL,                    -- JSON RolloutSpec
         state TEXT NOT NULL, stage INTEGER NOT NULL, reason TEXT,
         ack_failed INTEGER NOT NULL DEFAULT 0, ack_assigned INTEGER NOT NULL DEFAULT 0,
+        rev INTEGER NOT NULL DEFAULT 0,        -- bumped on every write: replicas update optimistically
         created_at REAL NOT NULL, updated_at REAL NOT NULL
     );
     CREATE TABLE rollout_members (
@@ -78,7 +79,7 @@ def _m1_initial(c: sqlite3.Connection) -> None:
         PRIMARY KEY (rollout_id, device_id)
     );
     CREATE TABLE desired (
-        device_id TEXT PRIMARY KEY, payload BLOB NOT NULL,   -- DesiredState JSON; empty: cleared
+        device_id TEXT PRIMARY KEY, payload BLOB NOT NULL,   -- DesiredState JSON, empty: cleared
         rollout_id TEXT, updated_at REAL NOT NULL
     );
     """)

@@ -182,8 +182,7 @@ def step(r: Rollout, members: dict[str, Member], obs: dict[str, Observation], no
         _assign(r, m, obs, now, len(r.spec.stages) - 1, put, out.actions, everyone=True)
     elif r.state == "running":
         r = _drive(r, m, obs, now, put, out.actions)
-    out.rollout = r
-    return out
+    return Step(r, out.members, out.actions)
 
 
 def _assign(r, m, obs, now, stage, put, actions, everyone: bool, limit: int | None = None) -> None:
@@ -217,14 +216,12 @@ def _drive(r: Rollout, m: dict[str, Member], obs, now, put, actions) -> Rollout:
                                                      f"devices failed")
         started = [x for x in assigned if x.started_at is not None or x.status in ("succeeded", "failed")]
         ok = sum(1 for x in started if x.status == "succeeded")
-        judged = len(started) - r.ack_failed
         if not started:
             if population and all(x.status in ("succeeded", "skipped") for x in m.values()):
                 return replace(r, state="completed", reason=None)  # everyone had it already
             return r  # waiting for devices to come online
-        if judged <= 0 and ok == 0:
-            return r
-        if ok >= math.ceil(spec.success_threshold * max(judged, 1)):
+        judged = len(started) - r.ack_failed  # acknowledged failures count neither way
+        if ok >= (math.ceil(spec.success_threshold * judged) if judged > 0 else 0):
             if r.stage == last:
                 return replace(r, state="completed", reason=None)
             r = replace(r, stage=r.stage + 1)

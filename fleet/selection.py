@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bitnet_edge.sdk.protocol import Capabilities, DeltaRef, ReleaseRef
+from bitnet_edge.sdk.protocol import DeltaRef, ReleaseRef
 
 __all__ = ["BundleRow", "DeltaRow", "ReleaseInfo", "device_targets", "pick_bundle", "release_ref"]
 
@@ -35,19 +35,17 @@ class ReleaseInfo:
     deltas: tuple[DeltaRow, ...] = field(default=())
 
 
-def device_targets(caps: Capabilities | None, profile_targets: Mapping[str, str],
+def device_targets(profile: str | None, target: str | None, profile_targets: Mapping[str, str],
                    library_targets: Mapping[str, str] | None = None) -> list[str]:
-    """Bundle targets that serve a device, best first: its profile's target (e.g. ``jetson``), the
-    target it reports (``linux-aarch64``), then any target whose CPU library is that one."""
-    if caps is None:
-        return []
+    """Bundle targets that serve a device (from its Capabilities), best first: its profile's target
+    (e.g. ``jetson``), the target it reports (``linux-aarch64``), then any target whose CPU library
+    is that one."""
     out = []
-    if caps.profile and caps.profile in profile_targets:
-        out.append(profile_targets[caps.profile])
-    out.append(caps.target)
-    for t, lib in (library_targets or {}).items():
-        if lib == caps.target:
-            out.append(t)
+    if profile and profile in profile_targets:
+        out.append(profile_targets[profile])
+    if target:
+        out.append(target)
+        out += [t for t, lib in (library_targets or {}).items() if lib == target]
     return list(dict.fromkeys(out))
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bitnet_edge import __version__
 from bitnet_edge.packagers import codec, golden as golden_mod
+from bitnet_edge.packagers import cuda as cuda_build
 from bitnet_edge.packagers.container import CONTAINER_VERSION, encode_envelope, signed_message
 from bitnet_edge.packagers.devices import DeviceProfile, check_library_fits, load_devices
 from bitnet_edge.packagers.errors import PackagingError, UnknownDevice
@@ -54,9 +55,13 @@ __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_mod
            "source_date_epoch", "bundle_filename"]
 
 DEFAULT_NATIVE_ROOT = Path(__file__).resolve().parents[1] / "native"
-_SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h")
-_ORDER = {"library": 0, "golden": 1, "tokenizer": 2, "weights-dense": 3, "weights-ternary": 4}
-_JETSON_NOTE = ("CUDA kernels are not included yet (issue [cuda]); this bundle runs on the aarch64 CPU library")
+_SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h", "cuda/*.h", "cuda/*.cuh",
+                 "cuda/*.cu")
+_ORDER = {"library": 0, "cuda-fatbin": 1, "golden": 2, "tokenizer": 3, "weights-dense": 4, "weights-ternary": 5}
+_CUDA_NOTE = ("the device runs the CUDA kernels when its GPU is covered (SASS for the archs listed, PTX for newer "
+              "ones) and the driver loads the fatbin; otherwise the aarch64 CPU library, with the reason reported")
+_NO_CUDA_NOTE = "packaged without the CUDA fatbin (cuda=False); the device runs the aarch64 CPU library"
+_FATBINS: dict[tuple[str, str], bytes] = {}  # (native source sha256, nvcc path) -> fatbin: one build per process
 
 Progress = Callable[[str, int, int], None]  # (what is starting, steps done, steps in all)
 
@@ -70,6 +75,8 @@ class PackageOptions:
     # same toolchain); targets missing here are built.
     libraries: Mapping[str, Path] = field(default_factory=dict)
     devices_dir: Path | None = None
+    cuda: bool = True  # put the CUDA fatbin into bundles of targets with a GPU (jetson); needs nvcc
+    cuda_fatbin: Path | None = None  # a prebuilt fatbin (packagers.cuda.build_fatbin from native_root)
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
     epoch = source_date_epoch()
     created = epoch if epoch is not None else int(time.time())
     to_build = {get_target(t).cpu_library_target for t in by_target} - set(options.libraries)
-    total = 1 + options.golden + 2 * len(by_target) + len(to_build) + len(delta_from)
+    with_cuda = options.cuda and any(get_target(t).cuda_kernels for t in by_target)
+    total = 1 + options.golden + 2 * len(by_target) + len(to_build) + len(delta_from) + with_cuda
     done = 0
 
     def step(what: str) -> None:
@@ -253,9 +261,18 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 requires=list(get_target(lib_target).requires),
                 backends=[BackendInfo(name=b, requires=list(BACKEND_FEATURES[b]))
                           for b in get_target(lib_target).backends])
-            cuda = (CudaInfo(included=False, archs=list(t.cuda_archs), ptx=True, note=_JETSON_NOTE)
-                    if t.cuda_archs else None)
             tcontents = {lib_section: ("library", lib_bytes), **contents}
+            cuda, toolchains = None, toolchain_versions(target)
+            if t.cuda_kernels and options.cuda:
+                fat, toolchains["nvcc"] = _fatbin(options, source_sha, step)
+                cuda = CudaInfo(included=True, archs=list(cuda_build.FATBIN_ARCHS), ptx=True,
+                                ptx_arch=cuda_build.FATBIN_PTX, note=_CUDA_NOTE, section=f"cuda.{target}",
+                                file=cuda_build.FATBIN_NAME, size=len(fat), sha256=hashlib.sha256(fat).hexdigest(),
+                                toolchain=toolchains["nvcc"])
+                tcontents[cuda.section] = ("cuda-fatbin", fat)
+            elif t.cuda_archs:
+                cuda = CudaInfo(included=False, archs=list(cuda_build.FATBIN_ARCHS), ptx=True,
+                                ptx_arch=cuda_build.FATBIN_PTX, note=_NO_CUDA_NOTE)
 
             step(f"compressing {target}")
             encoded = {n: ("zstd", full(c), None) for n, (_, c) in tcontents.items()}
@@ -272,7 +289,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 name=model.name, version=version, release=release, target=target, created=created, model=model,
                 tensors=weights.tensors, sections=sections, libraries=[library], cuda=cuda, devices=profs,
                 build=BuildInfo(bitnet_edge=__version__, source_sha256=source_sha,
-                                toolchains=toolchain_versions(target), cflags=list(BASE_CFLAGS) + list(t.cflags),
+                                toolchains=toolchains, cflags=list(BASE_CFLAGS) + list(t.cflags),
                                 zstd=codec.zstd_version(), zstd_level=options.zstd_level,
                                 source_date_epoch=epoch),
                 golden=golden, sizes=sizes, signers=signers)
@@ -308,3 +325,17 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
     if progress is not None:
         progress("done", total, total)
     return results
+
+
+def _fatbin(options: PackageOptions, source_sha: str, step: Callable[[str], None]) -> tuple[bytes, str]:
+    """(the CUDA fatbin's bytes, the nvcc --version line): prebuilt, or built once per process."""
+    step("building the CUDA fatbin")
+    nvcc = cuda_build.find_nvcc()
+    version = cuda_build.nvcc_version(nvcc)
+    if options.cuda_fatbin is not None:
+        return Path(options.cuda_fatbin).read_bytes(), version
+    key = (source_sha, str(nvcc))
+    if key not in _FATBINS:
+        with tempfile.TemporaryDirectory(prefix="bne-fatbin-") as tmp:
+            _FATBINS[key] = cuda_build.build_fatbin(options.native_root, Path(tmp), nvcc).read_bytes()
+    return _FATBINS[key], version

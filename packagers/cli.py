@@ -3,7 +3,7 @@
     bitnet-edge devices [--json]
     bitnet-edge keys generate --out DIR [--name signing] [--passphrase]
     bitnet-edge package MODEL --device D [--device D ...] --version V --key K [--key K ...] -o DIR
-                        [--release N] [--delta-from OLD.bundle ...] [--trust PUB ...] [--no-golden] [--json]
+                        [--release N] [--delta-from OLD.bundle ...] [--trust PUB ...] [--no-golden] [--no-cuda] [--json]
     bitnet-edge inspect BUNDLE [--json]
     bitnet-edge verify BUNDLE --trust PUB [--trust PUB ...] [--base OLD] [--json]
 
@@ -161,10 +161,11 @@ def _load_signing_key(path: Path):
 @click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Extra public key that may have signed a --delta-from bundle.")
 @click.option("--no-golden", is_flag=True, help="Do not run the model to record golden vectors.")
+@click.option("--no-cuda", is_flag=True, help="Leave the CUDA fatbin out of GPU targets' bundles (jetson).")
 @click.option("--zstd-level", type=click.IntRange(1, 22), default=None, help="zstd level (default 19).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_from, trust, no_golden, zstd_level,
-                as_json) -> None:
+def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_from, trust, no_golden, no_cuda,
+                zstd_level, as_json) -> None:
     """Build signed bundles of MODEL, one per distinct target of the devices."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -175,7 +176,7 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
     try:
         skeys = [_load_signing_key(k) for k in keys]
         tkeys = [load_public_key(p) for p in trust]
-        options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden)
+        options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err_console, disable=as_json, transient=False) as bar:
             task = bar.add_task("packaging", total=None)
@@ -262,8 +263,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         t.add_row("library", f"{lib.target} {lib.binary}, {_human(lib.size)}, backends "
                              f"{', '.join(b.name for b in lib.backends)}")
     if m.cuda:
+        ptx = f" + PTX {m.cuda.ptx_arch}" if m.cuda.ptx and m.cuda.ptx_arch else (" + PTX" if m.cuda.ptx else "")
+        size = f", {m.cuda.size} bytes" if m.cuda.size is not None else ""
         t.add_row("cuda", escape(f"{'included' if m.cuda.included else 'not included'} "
-                                 f"({', '.join(m.cuda.archs)}): {m.cuda.note}"))
+                                 f"({', '.join(m.cuda.archs)}{ptx}{size}): {m.cuda.note}"))
     if m.golden:
         t.add_row("golden", f"{m.golden.method}: {', '.join(info['golden']['arrays'])}")
     t.add_row("signatures", ", ".join(k[:16] for k in info["signatures"]))

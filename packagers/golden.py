@@ -1,7 +1,7 @@
 """Golden vectors: fixed inputs and the outputs the build host computed, for the agent's health check.
 
 The packager loads the converted model with ``bitnet_edge.sdk.load_model`` and runs
-``predict`` (mlp), ``embed`` (bert, token id lists) or ``logits`` (bitnet) on inputs drawn from a
+``predict`` (mlp, graph), ``embed`` (bert, token id lists) or ``logits`` (bitnet) on inputs drawn from a
 fixed seed, so the same model always gives the same golden section.  After installing, the agent
 runs the same call and :func:`check_outputs` compares.  Tolerances are loose enough for float
 glue (exp, erf) that differs between numpy builds and the int8 activation rounding it can flip,
@@ -17,7 +17,7 @@ import numpy as np
 
 from bitnet_edge.packagers.errors import BundleFormatError
 from bitnet_edge.packagers.manifest import GoldenArray, GoldenSet, Tolerance
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, MlpConfig, ModelManifest
+from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, ModelManifest
 
 __all__ = ["SECTION", "SEED", "TOLERANCE", "GoldenCheck", "golden_inputs", "compute_golden", "read_golden",
            "run_model", "check_outputs"]
@@ -25,7 +25,7 @@ __all__ = ["SECTION", "SEED", "TOLERANCE", "GoldenCheck", "golden_inputs", "comp
 SECTION = "golden"
 SEED = 20261126
 TOLERANCE = Tolerance(atol=2e-2, rtol=2e-2, min_cosine=0.999)
-_METHOD = {"mlp": "predict", "bert": "embed", "bitnet": "logits"}
+_METHOD = {"mlp": "predict", "bert": "embed", "bitnet": "logits", "graph": "predict"}
 
 
 def golden_inputs(model: ModelManifest) -> list[np.ndarray]:
@@ -39,6 +39,9 @@ def golden_inputs(model: ModelManifest) -> list[np.ndarray]:
         if cfg.input_mean is not None:
             x = x + np.asarray(cfg.input_mean, np.float32)
         return [x.astype(np.float32)]
+    if isinstance(cfg, GraphConfig):  # two samples of the (single) input, free dimensions as 1
+        shape = [d if d > 0 else 1 for d in cfg.inputs[0].shape[1:]]
+        return [rng.standard_normal((2, *shape)).astype(np.float32)]
     if isinstance(cfg, EncoderConfig):
         lengths = [min(n, cfg.max_position_embeddings) for n in (8, 5)]
         return [rng.integers(0, cfg.vocab_size, n).astype(np.int64) for n in lengths]

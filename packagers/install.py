@@ -8,6 +8,8 @@ into a staging directory renamed into place at the end::
     DEST/bundle.envelope      header + signed manifest + signatures, verbatim (re-verifiable)
     DEST/golden.bin           the golden section's content (read with golden.read_golden)
     DEST/native/<target>/libbitnet_edge.{so,dylib}
+    DEST/native/<target>/bitnet_edge.fatbin                  the CUDA kernels (jetson bundles), found by
+                                                             bitnet_edge.sdk.cuda beside $BITNET_EDGE_LIBRARY
 
 An installed directory can serve as the base of the next delta: :func:`base_from_installed`
 rebuilds every section's content from it and checks each against the signed manifest.
@@ -95,6 +97,8 @@ def install_bundle(source: Source, dest: str | os.PathLike, trusted: Sequence[Ed
         libdir = stage / "native" / lib.target
         libdir.mkdir(parents=True)
         (libdir / lib.file).write_bytes(contents[lib.section])
+        if m.cuda is not None and m.cuda.included:  # beside the library: the runtime looks there
+            (libdir / m.cuda.file).write_bytes(contents[m.cuda.section])
         if m.golden is not None:
             read_golden(m.golden, contents[m.golden.section])  # layout check before writing
             (stage / GOLDEN_FILE).write_bytes(contents[m.golden.section])
@@ -126,6 +130,8 @@ def base_from_installed(path: str | os.PathLike, trusted: Sequence[Ed25519Public
     contents = dict(encode_weights(m.model, md.array).contents)
     lib = m.libraries[0]
     files = {lib.section: root / "native" / lib.target / lib.file}
+    if m.cuda is not None and m.cuda.included:
+        files[m.cuda.section] = root / "native" / lib.target / m.cuda.file
     if m.golden is not None:
         files[m.golden.section] = root / GOLDEN_FILE
     if m.model.tokenizer:

@@ -44,7 +44,7 @@ FORMAT = "bitnet-edge-bundle"
 FORMAT_VERSION = 1
 SHA256 = r"^[0-9a-f]{64}$"
 
-SectionKind = Literal["library", "golden", "tokenizer", "weights-dense", "weights-ternary"]
+SectionKind = Literal["library", "cuda-fatbin", "golden", "tokenizer", "weights-dense", "weights-ternary"]
 Encoding = Literal["zstd", "zstd-patch", "trit-delta"]
 
 
@@ -104,9 +104,24 @@ class NativeLibrary(Strict):
 
 class CudaInfo(Strict):
     included: bool = Field(description="whether a CUDA fatbin is in the bundle")
-    archs: list[str] = Field(description="GPU architectures the fatbin is (or will be) built for")
+    archs: list[str] = Field(description="GPU architectures the fatbin holds machine code (SASS) for")
     ptx: bool = Field(description="whether PTX is embedded for newer GPUs")
-    note: str = Field(description="what the device runs meanwhile")
+    note: str = Field(description="what the device runs: the GPU kernels, or why the CPU library")
+    ptx_arch: str | None = Field(default=None, pattern=r"^compute_[0-9]{2,3}$",
+                                 description="virtual architecture of the embedded PTX (the driver JIT-compiles it "
+                                             "for GPUs without SASS here)")
+    section: str | None = Field(default=None, description="the section that holds the fatbin (when included)")
+    file: str | None = Field(default=None, description="file name to install it under, beside the library")
+    size: int | None = Field(default=None, ge=0, description="bytes of the fatbin")
+    sha256: str | None = Field(default=None, pattern=SHA256, description="sha256 of the fatbin")
+    toolchain: str | None = Field(default=None, description="the nvcc that built it (--version)")
+
+    @model_validator(mode="after")
+    def _fatbin_iff_included(self):
+        present = [f is not None for f in (self.section, self.file, self.size, self.sha256)]
+        if (self.included and not all(present)) or (not self.included and any(present)):
+            raise ValueError("section, file, size and sha256 are required when included and not allowed otherwise")
+        return self
 
 
 class BuildInfo(Strict):
@@ -208,6 +223,7 @@ class BundleManifest(Strict):
             pos += s.stored_size
         known = set(names)
         refs = [t.section for t in self.tensors] + [lib.section for lib in self.libraries]
+        refs += [self.cuda.section] if self.cuda and self.cuda.section else []
         refs += [self.golden.section] if self.golden else []
         missing = sorted({r for r in refs if r not in known})
         if missing:

@@ -14,8 +14,8 @@ Targets:
   linux-aarch64  aarch64-linux-gnu-gcc; NEON / NEON-dotprod dispatch           -> ELF AArch64 .so
   macos-arm64    clang -target arm64-apple-macos11 -ffreestanding + ld64.lld   -> Mach-O ARM64 dylib,
                  ad-hoc signed (LC_CODE_SIGNATURE); single-threaded (BNE_NO_THREADS), no macOS SDK
-  jetson         the linux-aarch64 CPU library; the CUDA fatbin (sm_87, sm_110 + PTX) comes with
-                 issue [cuda], so ``cuda_kernels`` is False for now
+  jetson         the linux-aarch64 CPU library + the CUDA fatbin (packagers/cuda.py: SASS for sm_87,
+                 sm_90, sm_110 and compute_80 PTX, built with nvcc)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Sources every target compiles with the target's baseline flags.
-COMMON_SOURCES = ("src/api.c", "src/cpu.c", "src/pool.c", "src/kernels_ref.c")
+COMMON_SOURCES = ("src/api.c", "src/cpu.c", "src/pool.c", "src/kernels_ref.c", "src/conv.c")
 
 #: Flags every target shares: C11, no FP contraction (bit-exact float epilogues),
 #: hidden symbols except the BNE_API ones.
@@ -106,8 +106,8 @@ class Target:
     linker_package: str | None = None  # where the linker comes from
     requires: tuple[str, ...] = ()  # CPU features the library needs to load at all
     library_target: str | None = None  # reuse another target's CPU library (jetson -> linux-aarch64)
-    cuda_archs: tuple[str, ...] = ()  # GPU architectures of the CUDA fatbin, when there is one
-    cuda_kernels: bool = False  # False until issue [cuda] adds the kernels
+    cuda_archs: tuple[str, ...] = ()  # GPU architectures of the target's devices (profiles must use one)
+    cuda_kernels: bool = False  # bundles carry the CUDA fatbin (packagers/cuda.py)
     description: str = ""
 
     @property
@@ -181,8 +181,8 @@ TARGETS: dict[str, Target] = {
             requires=_LINUX_AARCH64.requires,
             library_target="linux-aarch64",
             cuda_archs=("sm_87", "sm_110"),
-            cuda_kernels=False,
-            description="NVIDIA Jetson: the linux-aarch64 CPU library (+ CUDA fatbin with issue [cuda])",
+            cuda_kernels=True,
+            description="NVIDIA Jetson: the linux-aarch64 CPU library + the CUDA fatbin (Orin sm_87, Thor sm_110)",
         ),
     )
 }

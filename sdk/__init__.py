@@ -3,11 +3,11 @@
 from bitnet_edge.sdk import errors, packing, quant, reference
 
 
-def load_model(path):
+def load_model(path, device=None):
     """Load a converted model directory (see :func:`bitnet_edge.sdk.models.load_model`)."""
     from bitnet_edge.sdk.models import load_model as _load
 
-    return _load(path)
+    return _load(path, device)
 
 
 __all__ = ["errors", "packing", "quant", "reference", "load_model"]

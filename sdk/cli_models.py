@@ -22,7 +22,7 @@ def _fail(exc: Exception) -> None:
 
 
 def import_source(src: Path, activation: str | None = None):
-    """Pick the importer from the source: HF directory, .gguf or .npz."""
+    """Pick the importer from the source: HF directory, .gguf, .npz, .tflite or .onnx."""
     if src.is_dir():
         from bitnet_edge.sdk.convert.hf import read_hf
 
@@ -35,9 +35,17 @@ def import_source(src: Path, activation: str | None = None):
         from bitnet_edge.sdk.convert.npz import read_npz
 
         return read_npz(src, activation=activation)
+    if src.suffix == ".tflite":
+        from bitnet_edge.sdk.convert.tflite import read_tflite
+
+        return read_tflite(src)
+    if src.suffix == ".onnx":
+        from bitnet_edge.sdk.convert.onnx import read_onnx
+
+        return read_onnx(src)
     from bitnet_edge.sdk.errors import FormatError
 
-    raise FormatError(f"{src}: not a Hugging Face directory, .gguf or .npz file")
+    raise FormatError(f"{src}: not a Hugging Face directory, .gguf, .npz, .tflite or .onnx file")
 
 
 def load_calibration(path: Path | None, imported):
@@ -97,7 +105,7 @@ def register(main: click.Group) -> None:
                   help="MLP activation when the .npz does not say.")
     @click.option("--json", "as_json", is_flag=True)
     def convert(src, out, precision, head, embeddings, calibration, budget, activation, as_json):
-        """Convert a Hugging Face directory, GGUF or .npz model into a bitnet-edge model directory."""
+        """Convert a Hugging Face directory, GGUF, .npz, .tflite or .onnx model into a bitnet-edge model directory."""
         from bitnet_edge.sdk.convert.convert import convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
 

@@ -17,6 +17,8 @@ __all__ = [
     "NonFiniteError",
     "RangeError",
     "FormatError",
+    "CudaError",
+    "CudaUnavailable",
 ]
 
 
@@ -79,3 +81,30 @@ class NonFiniteError(InputError):
 
 class FormatError(BitnetEdgeError, ValueError):
     """Bytes that are not a valid packed or stored format."""
+
+
+class CudaError(BitnetEdgeError):
+    """A CUDA driver API call returned a status other than CUDA_SUCCESS.
+
+    ``status`` is the CUresult number, ``status_name`` its enum name (``CUDA_ERROR_NO_BINARY_FOR_GPU``),
+    ``function`` the driver call, ``detail`` the driver's own description (cuGetErrorString).
+    """
+
+    def __init__(self, function: str, status: int, status_name: str, detail: str = ""):
+        self.function, self.status, self.status_name, self.detail = function, status, status_name, detail
+        tail = f": {detail}" if detail else ""
+        super().__init__(f"{function} failed with {status_name} ({status}){tail}")
+
+
+class CudaUnavailable(BitnetEdgeError):
+    """The CUDA backend cannot run here: no driver, no GPU, no fatbin, or a GPU the fatbin does not cover.
+
+    ``reason`` is a short code callers branch on (``no-driver``, ``no-device``, ``no-fatbin``,
+    ``no-binary-for-gpu``, ``version-mismatch``, ``driver-error``, ``unsupported-model``);
+    ``tried`` lists ``(what, why)`` for every candidate looked at.
+    """
+
+    def __init__(self, reason: str, message: str, tried: list[tuple[str, str]] | None = None):
+        self.reason, self.tried = reason, list(tried or [])
+        lines = [message] + [f"  - {p}: {why}" for p, why in self.tried]
+        super().__init__("\n".join(lines))

@@ -1,4 +1,4 @@
-"""What ``bitnet-edge info`` reports: package, native library, CPU, backend, toolchains."""
+"""What ``bitnet-edge info`` reports: package, native library, CPU, backend, model device, toolchains."""
 
 from __future__ import annotations
 
@@ -99,5 +99,17 @@ def collect_info() -> dict:
     except BitnetEdgeError as exc:
         info["backends"]["selected"] = None
         info["backends"]["error"] = str(exc)
+    from bitnet_edge.sdk import mlx_backend
+    from bitnet_edge.sdk.models.device import available_devices, resolve_device
+
+    from bitnet_edge.sdk import cuda
+
+    info["devices"] = {"available": available_devices(), "requested": os.environ.get("BITNET_EDGE_DEVICE") or "auto",
+                       "mlx": mlx_backend.info(), "cuda": cuda.probe().as_dict()}
+    try:
+        info["devices"]["selected"] = resolve_device()
+    except BitnetEdgeError as exc:
+        info["devices"]["selected"] = None
+        info["devices"]["error"] = str(exc)
     info["toolchains"] = toolchains()
     return info

@@ -26,6 +26,10 @@ __all__ = [
     "DecoderConfig",
     "EncoderConfig",
     "MlpConfig",
+    "GraphOp",
+    "GraphValue",
+    "GraphNode",
+    "GraphConfig",
     "ModelConfig",
     "TensorEntry",
     "SourceInfo",
@@ -87,7 +91,59 @@ class MlpConfig(Strict):
     class_names: list[str] | None = Field(default=None, description="label of each output")
 
 
-ModelConfig = Annotated[Union[DecoderConfig, EncoderConfig, MlpConfig], Field(discriminator="architecture")]
+GraphOp = Literal["conv_2d", "depthwise_conv_2d", "fully_connected", "add", "mul", "concat", "reshape",
+                  "transpose", "pad", "max_pool_2d", "avg_pool_2d", "mean", "relu", "relu6", "prelu",
+                  "logistic", "tanh", "hard_swish", "softmax"]
+
+
+class GraphValue(Strict):
+    """A graph input or output: its name, shape (batch first) and, for the int8 interface of a
+    quantized TFLite model, the affine quantization it had there (real = scale * (q - zero_point))."""
+
+    name: str = Field(min_length=1, description="value name")
+    shape: list[int] = Field(min_length=1, description="shape with the batch first (the batch size is free)")
+    quant_scale: float | None = Field(default=None, description="source model's int8 scale (information)")
+    quant_zero_point: int | None = Field(default=None, description="source model's int8 zero point (information)")
+
+
+class GraphNode(Strict):
+    """One operation of a ``graph`` model.  Activations are NHWC, batch first.  ``inputs`` name graph
+    inputs, outputs of earlier nodes, or constant tensors in weights.safetensors."""
+
+    name: str = Field(min_length=1, description="the source model's node / output tensor name (errors name it)")
+    op: GraphOp = Field(description="operation")
+    inputs: list[str] = Field(min_length=1, description="values or constant tensors, in the op's order")
+    output: str = Field(min_length=1, description="the value it produces")
+    weight: str | None = Field(default=None, description="conv_2d / fully_connected: (out, kh*kw*in) or (out, in) "
+                                                          "weight; depthwise_conv_2d: (c, kh*kw)")
+    bias: str | None = Field(default=None, description="(out,) float32 bias tensor")
+    kernel: list[int] | None = Field(default=None, description="window [kh, kw] (convs, pools)")
+    stride: list[int] | None = Field(default=None, description="[sh, sw] (convs, pools)")
+    dilation: list[int] | None = Field(default=None, description="[dh, dw] (convs)")
+    pads: list[int] | None = Field(default=None, description="convs, pools: [top, bottom, left, right]; pad: "
+                                                             "[before, after] per dimension")
+    activation: Literal["none", "relu", "relu6", "relu_n1_to_1", "tanh"] = Field(
+        default="none", description="fused activation applied to the output")
+    axis: int | None = Field(default=None, description="concat / softmax axis")
+    axes: list[int] | None = Field(default=None, description="mean: reduced axes; transpose: permutation")
+    shape: list[int] | None = Field(default=None, description="reshape: the new shape after the batch (-1 once)")
+    keepdims: bool = Field(default=False, description="mean: keep reduced axes as 1")
+    beta: float = Field(default=1.0, description="softmax: exp(beta * x)")
+    multiplier: int = Field(default=1, ge=1, description="depthwise_conv_2d: output channels per input channel")
+
+
+class GraphConfig(Strict):
+    """A small graph of conv / fully-connected / elementwise ops imported from TFLite or ONNX."""
+
+    architecture: Literal["graph"] = "graph"
+    inputs: list[GraphValue] = Field(min_length=1, description="graph inputs, in call order")
+    outputs: list[GraphValue] = Field(min_length=1, description="graph outputs, in order")
+    nodes: list[GraphNode] = Field(min_length=1, description="operations in execution order")
+    class_names: list[str] | None = Field(default=None, description="label of each output class")
+
+
+ModelConfig = Annotated[Union[DecoderConfig, EncoderConfig, MlpConfig, GraphConfig],
+                        Field(discriminator="architecture")]
 
 
 class TensorEntry(Strict):
@@ -102,7 +158,7 @@ class TensorEntry(Strict):
 
 
 class SourceInfo(Strict):
-    kind: Literal["hf", "gguf", "npz", "synthetic"] = Field(description="what it was converted from")
+    kind: Literal["hf", "gguf", "npz", "synthetic", "tflite", "onnx"] = Field(description="what it was converted from")
     path: str = Field(description="where it was read from")
     details: dict[str, str] = Field(default_factory=dict, description="e.g. the GGUF tensor types")
 

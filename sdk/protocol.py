@@ -68,6 +68,9 @@ class Capabilities(Strict):
     disk_free_mb: int = Field(ge=0, description="free space in the agent's data directory, MiB")
     cuda_sm: str | None = Field(default=None, description="CUDA compute capability, e.g. sm_87, when a GPU is present")
     apple_gpu: bool = Field(default=False, description="Apple Silicon GPU present")
+    runtimes: list[str] = Field(default_factory=list,
+                                description="devices load_model can run models on here (cpu, mlx, cuda), the "
+                                            "one device=auto picks first; empty from agents older than this field")
     profile: str | None = Field(default=None, description="the device profile the probe matched")
     target: str = Field(description="native build target the device needs, e.g. linux-aarch64")
     agent_version: str = Field(description="bitnet-edge version of the agent")

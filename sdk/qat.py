@@ -59,15 +59,22 @@ def accuracy(p: MlpParams, x: np.ndarray, y: np.ndarray, ternary: bool) -> float
 
 def train_mlp(x: np.ndarray, y: np.ndarray, hidden: Sequence[int] = (128,), *, ternary: bool = True,
               epochs: int = 40, batch: int = 64, lr: float = 3e-3, seed: int = 0,
-              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> MlpParams:
+              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+              init: MlpParams | None = None) -> MlpParams:
+    """Train from scratch, or fine-tune ``init`` (its weights are copied, not changed)."""
     rng = np.random.default_rng(seed)
     x = x.astype(np.float32)
     classes = int(y.max()) + 1
     sizes = [x.shape[1], *hidden, classes]
-    p = MlpParams(
-        weights=[(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])],
-        biases=[np.zeros(b, np.float32) for b in sizes[1:]],
-        mean=x.mean(axis=0).astype(np.float32), std=(x.std(axis=0) + 1e-3).astype(np.float32))
+    if init is not None:
+        p = MlpParams([w.copy() for w in init.weights], [b.copy() for b in init.biases], init.mean.copy(),
+                      init.std.copy())
+    else:
+        p = MlpParams(
+            weights=[(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
+                     for a, b in zip(sizes, sizes[1:])],
+            biases=[np.zeros(b, np.float32) for b in sizes[1:]],
+            mean=x.mean(axis=0).astype(np.float32), std=(x.std(axis=0) + 1e-3).astype(np.float32))
     params = p.weights + p.biases
     m1 = [np.zeros_like(a) for a in params]
     m2 = [np.zeros_like(a) for a in params]

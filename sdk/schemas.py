@@ -36,6 +36,8 @@ SCHEMAS: dict[str, str] = {
     "protocol-progress": "bitnet_edge.sdk.protocol:Progress",
     "device-profile": "bitnet_edge.packagers.devices:DeviceProfile",
     "bundle-manifest": "bitnet_edge.packagers.manifest:BundleManifest",
+    "fleet-config": "bitnet_edge.fleet.config:FleetConfig",
+    "fleet-rollout-spec": "bitnet_edge.fleet.rollout:RolloutSpec",
 }
 
 

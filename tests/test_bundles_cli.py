@@ -23,6 +23,7 @@ def _run(args, env=None, ok=True):
 def cli_setup(tmp_path_factory):
     require_tool("gcc", "gcc")
     require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    require_tool("nvcc", "nvidia-cuda-toolkit")  # the jetson bundle carries the CUDA fatbin
     built_library("linux-x86_64")
     root = tmp_path_factory.mktemp("cli")
     return dict(root=root, m1=make_mlp_dir(root / "m1"), m2=make_mlp_dir(root / "m2", change=0.07))
@@ -50,7 +51,7 @@ def test_keys_package_inspect_verify(cli_setup):
     assert info["verified"] is False and info["release"] == 1 and info["signatures"] == [key["key_id"]]
     assert info["manifest"]["format"] == "bitnet-edge-bundle" and info["delta"] is None
     res = _run(["inspect", next(r for r in rows if r["target"] == "jetson")["bundle"]], env={"COLUMNS": "200"})
-    assert "not included (sm_87, sm_110)" in res.output and "[cuda]" in res.output
+    assert "included (sm_87, sm_90, sm_110 + PTX compute_80" in res.output and "not included" not in res.output
     assert "bits/weight" in res.output
 
     res = _run(["verify", arm["bundle"], "--trust", root / "keys" / "signing.pub", "--json"])

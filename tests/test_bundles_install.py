@@ -31,6 +31,7 @@ def bundles(tmp_path_factory):
     for tools in TOOLS.values():
         for tool, pkg in tools:
             require_tool(tool, pkg)
+    require_tool("nvcc", "nvidia-cuda-toolkit")  # the jetson bundle carries the CUDA fatbin
     root = tmp_path_factory.mktemp("install")
     kp = generate_keypair(root / "keys")
     key, pub = load_private_key(kp.private_path), load_public_key(kp.public_path)
@@ -52,8 +53,10 @@ def test_one_bundle_per_target_family(bundles):
         assert lib.binary == expect[target]
         assert [d.target for d in vb.manifest.devices] == [target]
     jet = bt["jetson"].manifest
-    assert jet.cuda is not None and not jet.cuda.included and jet.cuda.archs == ["sm_87", "sm_110"]
-    assert "not included yet" in jet.cuda.note
+    assert jet.cuda is not None and jet.cuda.included and jet.cuda.archs == ["sm_87", "sm_90", "sm_110"]
+    assert jet.cuda.ptx and jet.cuda.ptx_arch == "compute_80" and jet.cuda.toolchain.startswith("nvcc")
+    assert jet.section(jet.cuda.section).kind == "cuda-fatbin" and jet.cuda.size > 0
+    assert all(b.manifest.cuda is None for t, b in bt.items() if t != "jetson")
     assert jet.libraries[0].target == "linux-aarch64"
     assert jet.libraries[0].sha256 == bt["linux-aarch64"].manifest.libraries[0].sha256
     mac = bt["macos-arm64"].manifest.libraries[0]
@@ -158,3 +161,22 @@ def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, tm
     ldd = subprocess.run([qv.QEMU, "-L", "/usr/aarch64-linux-gnu", "-E", "LD_TRACE_LOADED_OBJECTS=1", str(exe)],
                          capture_output=True, text=True, timeout=60)
     assert str(lib) in ldd.stdout, ldd.stdout + ldd.stderr
+
+
+def test_jetson_install_puts_the_fatbin_beside_the_library_and_is_a_delta_base(bundles, tmp_path):
+    import hashlib
+
+    from bitnet_edge.packagers.install import base_from_installed
+    from bitnet_edge.sdk.cuda import fatbin_candidates
+
+    r = bundles["by_target"]["jetson"]
+    inst = install_bundle(r.path, tmp_path / "j", [bundles["pub"]], check_host=False)
+    fat = inst.library.parent / r.manifest.cuda.file
+    assert hashlib.sha256(fat.read_bytes()).hexdigest() == r.manifest.cuda.sha256
+    assert fat.read_bytes()[:4] == bytes.fromhex("50ed55ba")  # fatbin magic 0xBA55ED50, little-endian
+    base = base_from_installed(inst.path, [bundles["pub"]])
+    assert base.contents[r.manifest.cuda.section] == fat.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:  # the agent's worker sets BITNET_EDGE_LIBRARY to the slot's library
+        mp.delenv("BITNET_EDGE_CUDA_FATBIN", raising=False)
+        mp.setenv("BITNET_EDGE_LIBRARY", str(inst.library))
+        assert fatbin_candidates()[0] == fat

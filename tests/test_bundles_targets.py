@@ -52,10 +52,10 @@ def test_macos_library_is_signed_arm64_dylib():
     assert "_bne_version" in syms and "_bne_ternary_gemm_f32" in syms and "_bne_detect_cpu" not in syms
 
 
-def test_jetson_uses_the_aarch64_cpu_library_and_no_cuda_yet(tmp_path):
+def test_jetson_uses_the_aarch64_cpu_library_and_carries_cuda(tmp_path):
     _need("linux-aarch64")
     t = get_target("jetson")
-    assert t.cpu_library_target == "linux-aarch64" and t.cuda_archs == ("sm_87", "sm_110") and not t.cuda_kernels
+    assert t.cpu_library_target == "linux-aarch64" and t.cuda_archs == ("sm_87", "sm_110") and t.cuda_kernels
     lib = build_library("jetson", NATIVE, tmp_path)
     assert lib.read_bytes() == built_library("linux-aarch64").read_bytes()
 

@@ -129,6 +129,37 @@ BNE_API int bne_int8_gemm_f32(int backend, const int8_t *w, size_t n, size_t k, 
                               float *y, size_t ldy);
 BNE_API int bne_int8_gemv_i32(int backend, const int8_t *w, size_t n, size_t k, size_t ldw,
                               const int32_t *wsum, const int8_t *x, int32_t *y);
+/* Depthwise 2-D convolution, NHWC (native/src/conv.c).
+ * x (n, h, w, c) @ taps (kh, kw, c) -> y (n, oh, ow, c) float32; output pixel (i, j) reads rows
+ * i*stride_h - pad_top + p*dil_h and columns j*stride_w - pad_left + q*dil_w; taps outside the
+ * image are skipped (zero padding).  Then bias (c,) or NULL is added and y is clamped to [lo, hi].
+ * int8:    x int8 with one scale per image xscale (n,), taps int8 with per-channel wscale (c,):
+ *          y = ((float)acc * wscale[ch]) / xscale[b] (+ bias), acc int32 (exact).
+ * float32: acc float32 summed in tap order (p, q), then + bias.  Results do not depend on threads. */
+typedef struct {
+    size_t n, h, w, c;
+    size_t kh, kw;
+    size_t stride_h, stride_w;
+    size_t dil_h, dil_w;
+    size_t pad_top, pad_left;
+    size_t oh, ow;
+} bne_dwconv_shape;
+BNE_API int bne_dwconv_i8(int backend, const bne_dwconv_shape *s, const int8_t *x, const float *xscale,
+                          const int8_t *taps, const float *wscale, const float *bias, float lo, float hi,
+                          float *y);
+BNE_API int bne_dwconv_f32(int backend, const bne_dwconv_shape *s, const float *x, const float *taps,
+                           const float *bias, float lo, float hi, float *y);
+/* Conv GEMM (many rows, few columns: the im2col rows of a convolution), native/src/conv.c:
+ * x (m, k) int8 (row stride ldx) with per-row scales xscale (m,); weights W (n, k) int8 in
+ * [-127, 127] (ternary: {-1, 0, 1}) interleaved by 4 along k, w4 (ceil(k/4), n, 4) with
+ * w4[(t4*n + j)*4 + r] = W[j][4*t4 + r] (0 past k), their row sums wsum (n,) and per-row scales
+ * wscale (n,) -> y (m, n) float32 (row stride ldy):
+ *   y[i][j] = min(max(((float)acc * wscale[j]) / xscale[i] (+ bias[j]), lo), hi),
+ *   acc = sum_t x[i][t] * W[j][t] int32 (exact for k <= BNE_MAX_K)
+ * The numbers of bne_int8_gemm_f32 / bne_ternary_gemm_f32 (+ bias, clamp); rows split over threads. */
+BNE_API int bne_conv_gemm_f32(int backend, const int8_t *w4, const int32_t *wsum, size_t k, size_t n,
+                              const float *wscale, const int8_t *x, size_t m, size_t ldx, const float *xscale,
+                              const float *bias, float lo, float hi, float *y, size_t ldy);
 /* BNE_CDEF_END */
 
 #ifdef __cplusplus

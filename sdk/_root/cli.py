@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bitnet_edge import __version__
@@ -58,6 +59,17 @@ def _print_info(data: dict) -> None:
     sel = be.get("selected")
     t.add_row("selected backend", f"[green]{sel}[/green] (requested: {be.get('requested')})" if sel
               else f"[red]{be.get('error')}[/red]")
+    dev = data.get("devices", {})
+    if dev:
+        mlx = dev["mlx"]
+        mlx_text = (f"mlx {mlx['version']} on {mlx['device']}" if mlx["available"] else f"mlx: {mlx['error']}")
+        t.add_row("model device", f"{dev.get('selected') or dev.get('error')} (requested: {dev['requested']}; "
+                                  f"available: {', '.join(dev['available'])}; {mlx_text})")
+        if "cuda" in dev:
+            cu = dev["cuda"]
+            t.add_row("cuda", escape(cu["message"].splitlines()[0].removesuffix(" Tried:") if cu["available"]
+                                     else f"unavailable ({cu['reason']}): "
+                                          f"{cu['message'].splitlines()[0].removesuffix(' Tried:')}"))
     console.print(t)
     tc = Table(title="toolchains")
     for col in ("tool", "present", "for", "version / install"):
@@ -112,6 +124,17 @@ def schemas(write: bool, as_json: bool) -> None:
         console.print(t)
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="demo-output", show_default=True,
+              help="Where every artifact and log goes (replaced).")
+@click.option("--quick", is_flag=True, help="Shorter training.")
+def demo(out: str, quick: bool) -> None:
+    """The whole loop on this machine: train, package, fleet + 3 agents, staged OTA rollouts."""
+    from bitnet_edge.demo import run_demo
+
+    run_demo(out, quick=quick)
+
+
 def _register_subcommands() -> None:
     """Each package owns its commands; they are attached here."""
     from bitnet_edge.agent import cli as agent_cli
@@ -122,6 +145,7 @@ def _register_subcommands() -> None:
 
     cli_models.register(main)
     packagers_cli.register(main)
+    __import__("bitnet_edge.fleet.cli", fromlist=["register"]).register(main)
 
 
 _register_subcommands()

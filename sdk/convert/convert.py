@@ -16,7 +16,7 @@ import numpy as np
 from bitnet_edge.sdk import packing, quant
 from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_linear_names
 from bitnet_edge.sdk.errors import InputError
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, ModelManifest, TensorEntry
+from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, ModelManifest, TensorEntry
 from bitnet_edge.sdk.modeldir import write_model_dir
 
 __all__ = ["PRECISIONS", "linear_layers", "head_name", "convert", "build_tensors"]
@@ -37,6 +37,10 @@ def linear_layers(m: ImportedModel) -> list[str]:
         from bitnet_edge.sdk.models.bert import bert_linear_names
 
         return bert_linear_names(cfg.num_hidden_layers)
+    if isinstance(cfg, GraphConfig):
+        from bitnet_edge.sdk.models.graph import graph_weight_names
+
+        return graph_weight_names(cfg)
     from bitnet_edge.sdk.models.mlp import mlp_tensor_names
 
     return [w for w, _ in mlp_tensor_names(cfg)]

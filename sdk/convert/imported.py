@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, MlpConfig, SourceInfo
+from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo
 
 __all__ = ["ImportedTensor", "ImportedModel", "decoder_linear_names", "decoder_tensor_names"]
 
@@ -28,7 +28,7 @@ class ImportedTensor:
 @dataclass
 class ImportedModel:
     name: str
-    config: DecoderConfig | EncoderConfig | MlpConfig
+    config: DecoderConfig | EncoderConfig | MlpConfig | GraphConfig
     tensors: dict[str, ImportedTensor]
     source: SourceInfo
     tokenizer_file: str | None = None

@@ -1,7 +1,9 @@
 """``--precision auto``: choose each linear layer's precision from calibration data.
 
 Quality is the mean cosine similarity between the quantized and the float model's outputs on
-the calibration set (mlp: logits; bert: sentence embeddings; decoder: logits of every position).
+the calibration set (mlp: logits; bert: sentence embeddings; decoder: logits of every position;
+graph: every output, with a final softmax's input in place of its probabilities, which stay
+near 1 in cosine whatever the logits do).
 1. measure every layer alone at ternary (the rest float): its sensitivity;
 2. walk the layers from least to most sensitive, make each ternary if the whole model stays within
    the budget, else int8 if that does, else keep it float16.
@@ -18,7 +20,7 @@ import numpy as np
 
 from bitnet_edge.sdk.convert.imported import ImportedModel
 from bitnet_edge.sdk.errors import InputError
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig
+from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig
 
 __all__ = ["auto_plan", "evaluate"]
 
@@ -30,6 +32,12 @@ def evaluate(model, calibration) -> np.ndarray:
         return np.concatenate([model.logits(seq) for seq in calibration])
     if isinstance(cfg, EncoderConfig):
         return model.embed(calibration)
+    if isinstance(cfg, GraphConfig):  # every output flattened per sample; a final softmax's logits
+        made_by = {node.output: node for node in cfg.nodes}
+        names = [made_by[v.name].inputs[0] if v.name in made_by and made_by[v.name].op == "softmax" else v.name
+                 for v in cfg.outputs]
+        outs = model.run([calibration], outputs=names).values()
+        return np.concatenate([o.reshape(len(calibration), -1) for o in outs], axis=1)
     return model.predict(calibration)
 
 

@@ -40,7 +40,7 @@ def bench_decoder(path, threads: int | None = None, prompt_tokens: int = 128, ne
                        for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
     weight_bytes += m.lm_head.weight_bytes
     d = float(np.median(decode))
-    return {"threads": kernels.get_threads(), "backend": kernels.resolve_backend(),
+    return {"threads": kernels.get_threads(), "backend": kernels.resolve_backend(), "device": m.device,
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             "prefill_tok_s": float(np.median(prefill)), "decode_tok_s": d, "ms_per_token": 1000.0 / d,
             "weights_read_per_token_bytes": weight_bytes, "effective_gb_s": weight_bytes * d / 1e9,

@@ -143,3 +143,52 @@ def int8_gemm_f32(backend: int, w: np.ndarray, wsum: np.ndarray, wscale: np.ndar
         _ptr(L.ffi, "float[]", wscale), _ptr(L.ffi, "int8_t[]", xq), m, k,
         _ptr(L.ffi, "float[]", xscale), _ptr(L.ffi, "float[]", y), n))
     return y
+
+
+_DW_FIELDS = ("n", "h", "w", "c", "kh", "kw", "stride_h", "stride_w", "dil_h", "dil_w", "pad_top", "pad_left",
+              "oh", "ow")
+
+
+def _dw_shape(L, geom: dict):
+    s = L.ffi.new("bne_dwconv_shape *")
+    for f in _DW_FIELDS:
+        setattr(s, f, geom[f])
+    return s
+
+
+def dwconv_i8(backend: int, geom: dict, xq: np.ndarray, xscale: np.ndarray, taps: np.ndarray,
+              wscale: np.ndarray, bias: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
+    """xq (n, h, w, c) int8, taps (kh, kw, c) int8 -> y (n, oh, ow, c) float32."""
+    L = load()
+    y = np.empty((geom["n"], geom["oh"], geom["ow"], geom["c"]), dtype=np.float32)
+    b = L.ffi.NULL if bias is None else _ptr(L.ffi, "float[]", bias)
+    _check("bne_dwconv_i8", L.lib.bne_dwconv_i8(
+        backend, _dw_shape(L, geom), _ptr(L.ffi, "int8_t[]", xq), _ptr(L.ffi, "float[]", xscale),
+        _ptr(L.ffi, "int8_t[]", taps), _ptr(L.ffi, "float[]", wscale), b, lo, hi, _ptr(L.ffi, "float[]", y)))
+    return y
+
+
+def dwconv_f32(backend: int, geom: dict, x: np.ndarray, taps: np.ndarray, bias: np.ndarray | None,
+               lo: float, hi: float) -> np.ndarray:
+    """x (n, h, w, c) float32, taps (kh, kw, c) float32 -> y (n, oh, ow, c) float32."""
+    L = load()
+    y = np.empty((geom["n"], geom["oh"], geom["ow"], geom["c"]), dtype=np.float32)
+    b = L.ffi.NULL if bias is None else _ptr(L.ffi, "float[]", bias)
+    _check("bne_dwconv_f32", L.lib.bne_dwconv_f32(
+        backend, _dw_shape(L, geom), _ptr(L.ffi, "float[]", x), _ptr(L.ffi, "float[]", taps), b, lo, hi,
+        _ptr(L.ffi, "float[]", y)))
+    return y
+
+
+def conv_gemm_f32(backend: int, w4: np.ndarray, wsum: np.ndarray, k: int, wscale: np.ndarray, xq: np.ndarray,
+                  xscale: np.ndarray, bias: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
+    """xq (m, k) int8 @ W (n, k) held as w4 (ceil(k/4), n, 4) -> y (m, n) float32."""
+    L = load()
+    n = w4.shape[1]
+    m = xq.shape[0]
+    y = np.empty((m, n), dtype=np.float32)
+    b = L.ffi.NULL if bias is None else _ptr(L.ffi, "float[]", bias)
+    _check("bne_conv_gemm_f32", L.lib.bne_conv_gemm_f32(
+        backend, _ptr(L.ffi, "int8_t[]", w4), _ptr(L.ffi, "int32_t[]", wsum), k, n, _ptr(L.ffi, "float[]", wscale),
+        _ptr(L.ffi, "int8_t[]", xq), m, k, _ptr(L.ffi, "float[]", xscale), b, lo, hi, _ptr(L.ffi, "float[]", y), n))
+    return y

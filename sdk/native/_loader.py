@@ -82,6 +82,8 @@ def _open(path: Path, header: Path) -> Library:
         )
     if lib.bne_ternary_block() != 128 or lib.bne_ternary_row_bytes(129) != 64:
         raise NativeLibraryError("library packs ternary blocks differently from this package")
+    if ffi.sizeof("bne_dwconv_shape") != 14 * ffi.sizeof("size_t"):
+        raise NativeLibraryError("bne_dwconv_shape has a different layout from this package's header")
     return Library(ffi=ffi, lib=lib, path=path, header=header, version=version)
 
 

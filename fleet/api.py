@@ -1,0 +1,155 @@
+"""The service's small HTTP port: the control API the CLI uses, and ``/metrics`` (docs/adr/0006).
+
+    GET  /metrics                      Prometheus text (no token)
+    GET  /v1/health                    {ok, broker_connected, leader} (no token)
+    GET  /v1/devices                   registry
+    GET  /v1/releases                  releases with their bundles and deltas
+    POST /v1/bundles                   body: a bundle file -> {sha256, size} (stored, not yet published)
+    POST /v1/releases                  {"bundles": [sha256, ...]} -> what was published
+    GET  /v1/rollouts                  summaries
+    POST /v1/rollouts                  RolloutSpec -> status
+    GET  /v1/rollouts/{id}             status with members
+    POST /v1/rollouts/{id}/{action}    pause | resume | abort | rollback
+
+Every other request needs ``Authorization: Bearer <token>`` (``DATA/control.token``).  Errors
+are JSON ``{"error": reason, "detail": text}`` with 400 (bad input), 401, 404, 409 (state); a
+bug is a 500 with a JSON body, never a dead server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError
+from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.schemas import parse_model
+
+__all__ = ["ControlServer"]
+
+log = logging.getLogger("bitnet_edge.fleet.api")
+MAX_JSON = 1 << 20  # bytes of a JSON request body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet: requests go to the debug log
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data) -> None:
+        self._send(status, json.dumps(data, sort_keys=True).encode())
+
+    def _error(self, status: int, reason: str, detail: str) -> None:
+        self._json(status, {"error": reason, "detail": detail})
+
+    def _authorized(self) -> bool:
+        got = self.headers.get("Authorization", "")
+        return hmac.compare_digest(got.encode(), f"Bearer {self.server.token}".encode())
+
+    def _body_json(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > MAX_JSON:
+            raise FormatError(f"request body of {n} bytes exceeds {MAX_JSON}")
+        try:
+            return json.loads(self.rfile.read(n) or b"{}")
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"body is not JSON ({exc})") from None
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        svc = self.server.service
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if method == "GET" and path == "/metrics":
+                return self._send(200, svc.metrics_text().encode(), "text/plain; version=0.0.4")
+            if method == "GET" and path == "/v1/health":
+                return self._json(200, svc.health())
+            if not self._authorized():
+                return self._error(401, "unauthorized", "missing or wrong bearer token (DATA/control.token)")
+            if method == "GET" and path == "/v1/devices":
+                return self._json(200, svc.devices())
+            if method == "GET" and path == "/v1/releases":
+                return self._json(200, svc.releases())
+            if method == "POST" and path == "/v1/bundles":
+                n = self.headers.get("Content-Length")
+                if n is None:
+                    return self._error(411, "length-required", "send the bundle with a Content-Length")
+                return self._json(201, svc.add_bundle(self.rfile, int(n)))
+            if method == "POST" and path == "/v1/releases":
+                body = self._body_json()
+                shas = body.get("bundles") if isinstance(body, dict) else None
+                if not isinstance(shas, list) or not shas or not all(isinstance(s, str) for s in shas):
+                    return self._error(400, "bad-request", '{"bundles": [sha256, ...]} expected')
+                return self._json(201, svc.publish(shas))
+            if method == "GET" and path == "/v1/rollouts":
+                return self._json(200, svc.rollouts())
+            if method == "POST" and path == "/v1/rollouts":
+                from bitnet_edge.fleet.rollout import RolloutSpec
+
+                spec = parse_model(RolloutSpec, self._body_json(), source="rollout spec")
+                return self._json(201, svc.create_rollout(spec))
+            if m := re.fullmatch(r"/v1/rollouts/([A-Za-z0-9_.-]+)", path):
+                if method == "GET":
+                    return self._json(200, svc.rollout(m.group(1)))
+            if m := re.fullmatch(r"/v1/rollouts/([A-Za-z0-9_.-]+)/(pause|resume|abort|rollback)", path):
+                if method == "POST":
+                    return self._json(200, svc.rollout_command(m.group(1), m.group(2)))
+            return self._error(404, "not-found", f"{method} {path}")
+        except FormatError as exc:
+            return self._error(400, "bad-request", str(exc))
+        except NotFound as exc:
+            return self._error(404, "not-found", str(exc))
+        except RolloutError as exc:
+            return self._error(404 if exc.reason == "not-found" else 409, exc.reason, str(exc))
+        except PublishError as exc:
+            return self._error(413 if exc.reason == "too-large" else 400, exc.reason, exc.detail)
+        except FleetError as exc:
+            return self._error(400, type(exc).__name__, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500, the server lives on
+            log.exception("%s %s failed", method, path)
+            return self._error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, service, token: str):
+        super().__init__(addr, _Handler)
+        self.service, self.token = service, token
+
+
+class ControlServer:
+    def __init__(self, service, host: str, port: int, token: str):
+        self._server = _Server((host, port), service, token)
+        self.host, self.port = host, self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="bne-fleet-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

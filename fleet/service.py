@@ -1,0 +1,218 @@
+"""The fleet service: wiring of broker, MQTT link, registry, chunk server, rollout driver and control API.
+
+Threads: the embedded broker (when no ``broker_url``), paho's network loop, the inbound dispatcher,
+the chunk workers, the HTTP server, and the driver loop, which runs a rollout pass every ``tick``
+seconds or sooner after a device's presence or state changed (debounced).
+
+Files in ``data_dir``: ``fleet.db`` (SQLite, WAL), ``bundles/`` (content-addressed store),
+``control.token`` (the control API's bearer token, mode 0600), ``service.json`` (where the
+control API and the broker are, for the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from bitnet_edge.fleet.api import ControlServer
+from bitnet_edge.fleet.broker import EmbeddedBroker
+from bitnet_edge.fleet.chunkserver import ChunkServer
+from bitnet_edge.fleet.config import FleetConfig
+from bitnet_edge.fleet.db import Database
+from bitnet_edge.fleet.driver import RolloutDriver
+from bitnet_edge.fleet.errors import PublishError
+from bitnet_edge.fleet.ingest import Ingest
+from bitnet_edge.fleet.link import FleetLink
+from bitnet_edge.fleet.metrics import Counters, render_metrics
+from bitnet_edge.fleet.publish import publish_bundles
+from bitnet_edge.fleet.registry import Registry
+from bitnet_edge.fleet.rollout import RolloutSpec
+from bitnet_edge.fleet.store import BundleStore
+from bitnet_edge.sdk.mqtt import parse_broker_url
+
+__all__ = ["FleetService", "load_token"]
+
+log = logging.getLogger("bitnet_edge.fleet.service")
+_DEBOUNCE = 0.2  # seconds: a burst of device changes makes one driver pass
+
+
+def load_token(data_dir: Path) -> str:
+    """The control token, created (0600) on first use."""
+    path = Path(data_dir) / "control.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+class FleetService:
+    def __init__(self, config: FleetConfig, *, on_served: Callable[[str, str, int], None] | None = None):
+        self.config = config
+        self.data = Path(config.data_dir)
+        self.counters = Counters()
+        self._on_served = on_served
+        self.broker: EmbeddedBroker | None = None
+        self.broker_url: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._republish = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self.leader = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> FleetService:
+        cfg = self.config
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.data / "fleet.db")
+        self.store = BundleStore(self.data / "bundles")
+        self.registry = Registry(self.db)
+        self.trusted = self._trusted()
+        if cfg.broker_url is None:
+            self.broker = EmbeddedBroker(cfg.embedded_host, cfg.embedded_port)
+            self.broker_url = self.broker.start()
+            with self.db.tx() as c:  # a new in-memory broker: nobody is connected yet
+                c.execute("UPDATE devices SET online=0")
+        else:
+            self.broker_url = cfg.broker_url
+        self.link = FleetLink(f"bne-fleet-{cfg.replica_id}", parse_broker_url(self.broker_url), self._handle,
+                              on_connected=self._republish.set, share_group=cfg.share_group,
+                              username=cfg.username, password=cfg.password, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert,
+                              tls_key=cfg.tls_key, max_pending_bytes=cfg.max_pending_mb << 20,
+                              counters=self.counters)
+        self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
+                                  queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
+        self.ingest = Ingest(self.registry, self.chunks, self.counters, on_change=lambda _d: self._wake.set())
+        self.driver = RolloutDriver(self.db, self.registry,
+                                    lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
+                                    chunk_size=cfg.chunk_bytes, holder=cfg.replica_id, lease_seconds=cfg.lease_seconds)
+        self.api = ControlServer(self, cfg.api_host, cfg.api_port, load_token(self.data))
+        self.chunks.start()
+        self.link.start()
+        self.api.start()
+        self._loop_thread = threading.Thread(target=self._loop, name="bne-fleet-driver", daemon=True)
+        self._loop_thread.start()
+        info = {"api": self.api.url, "broker": self.broker_url, "pid": os.getpid(), "replica": cfg.replica_id,
+                "started": time.time()}
+        tmp = self.data / f".service-{cfg.replica_id}.json"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, self.data / "service.json")
+        log.info("fleet service %s: control API %s, broker %s", cfg.replica_id, self.api.url, self.broker_url)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join(10)
+        for part in ("api", "link", "chunks"):
+            if hasattr(self, part):
+                getattr(self, part).stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.store.close()
+        self.db.close()
+
+    def __enter__(self) -> FleetService:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _trusted(self) -> list:
+        from bitnet_edge.packagers.signing import load_public_key
+
+        return [load_public_key(p) for p in self.config.trust]
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        self.ingest.handle(topic, payload)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.config.tick)
+            if self._stop.is_set():
+                return
+            self._stop.wait(_DEBOUNCE)
+            self._wake.clear()
+            try:
+                self.leader = self.driver.is_leader()
+                if not self.leader:
+                    continue
+                if self._republish.is_set() and self.link.connected.is_set():
+                    self._republish.clear()
+                    n = self.driver.republish()
+                    log.info("re-published %d desired states", n)
+                self.driver.tick()
+            except Exception:  # noqa: BLE001 - the loop outlives a failed pass (logged, retried next tick)
+                log.exception("rollout pass failed")
+                self.counters.inc("driver_errors")
+
+    def kick(self) -> None:
+        """Run a driver pass soon (tests, after publishing)."""
+        self._wake.set()
+
+    # ---- control API -----------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return {"ok": True, "broker": self.broker_url, "broker_connected": self.link.connected.is_set(),
+                "leader": self.leader, "replica": self.config.replica_id}
+
+    def devices(self) -> list[dict]:
+        progress = dict(self.ingest.progress)
+        out = []
+        for d in self.registry.devices():
+            row = d.as_dict()
+            p = progress.get(d.id)
+            row["progress"] = None if p is None else p.model_dump(mode="json")
+            out.append(row)
+        return out
+
+    def releases(self) -> list[dict]:
+        return [{"id": r.id, "model": r.model, "version": r.version, "release": r.release,
+                 "bundles": {t: {"sha256": b.sha256, "size": b.size} for t, b in r.bundles.items()},
+                 "deltas": [d.__dict__ for d in r.deltas]} for r in self.registry.releases()]
+
+    def add_bundle(self, stream: BinaryIO, length: int) -> dict:
+        limit = self.config.max_bundle_mb << 20
+        if length > limit:
+            raise PublishError("too-large", f"{length} bytes exceed max_bundle_mb={self.config.max_bundle_mb}")
+        sha, size = self.store.add_stream(stream, length, max_bytes=limit)
+        return {"sha256": sha, "size": size}
+
+    def publish(self, shas: list[str]) -> list[dict]:
+        missing = [s for s in shas if not self.store.has(s)]
+        if missing:
+            raise PublishError("not-stored", f"upload these first: {', '.join(m[:12] for m in missing)}")
+        out = [p.as_dict() for p in publish_bundles(self.registry, self.store, shas, self.trusted)]
+        self.kick()  # a new delta may serve devices claimed by a running rollout
+        return out
+
+    def rollouts(self) -> list[dict]:
+        return self.driver.list()
+
+    def create_rollout(self, spec: RolloutSpec) -> dict:
+        return self.driver.create(spec)
+
+    def rollout(self, rollout_id: str) -> dict:
+        return self.driver.status(rollout_id)
+
+    def rollout_command(self, rollout_id: str, action: str) -> dict:
+        return self.driver.command(rollout_id, action)
+
+    def metrics_text(self) -> str:
+        devices = [{"online": bool(r["online"]), "model": r["installed_model"], "version": r["version"],
+                    "release": r["installed_release"]} for r in self.db.query(
+            "SELECT online, installed_model, installed_release, json_extract(installed, '$.version') AS version "
+            "FROM devices")]
+        return render_metrics(devices, self.driver.list(), self.counters.snapshot(), self.chunks.queued)

@@ -1,0 +1,93 @@
+// common.cuh - helpers shared by the bitnet-edge CUDA kernels: block reductions, dp4a on the
+// 2-bit planes, the float epilogue.  Built with --fmad=false and without fast math, so every
+// float expression rounds exactly as written; the bit-exact paths spell their rounding out
+// anyway (__fmul_rn, __fdiv_rn, __fadd_rn), as ADR 0003 asks.
+#pragma once
+#include <stdint.h>
+#include "bne_cuda.h"
+
+#define BNE_FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ int bne_warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(BNE_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float bne_warp_sum_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(BNE_FULL_MASK, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float bne_warp_max_f(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(BNE_FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024); `red` holds 32 slots.
+// Every thread gets the result.  Integer sums and float max are exact in any order; the float
+// sum's order is fixed by the block shape (deterministic, but not numpy's pairwise order).
+__device__ __forceinline__ int bne_block_sum_i(int v, int *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = bne_warp_sum_i(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0;
+    return bne_warp_sum_i(v);
+}
+
+__device__ __forceinline__ float bne_block_sum_f(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = bne_warp_sum_f(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return bne_warp_sum_f(v);
+}
+
+__device__ __forceinline__ float bne_block_max_f(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = bne_warp_max_f(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : -INFINITY;
+    return bne_warp_max_f(v);
+}
+
+// The codes (w + 1, in {0,1,2}) of plane p of a 32-bit word of packed bytes: byte j of the word
+// holds weights j, j+32, j+64, j+96 of its block in bits 0-1, 2-3, 4-5, 6-7 (ADR 0002), so plane p
+// of 4 consecutive bytes is 4 consecutive weights, one per byte: a dp4a operand as it stands.
+__device__ __forceinline__ int bne_plane(uint32_t word, int p) {
+    return (int)((word >> (2 * p)) & 0x03030303u);
+}
+
+// dp4a with unsigned bytes in a (the masked 2-bit planes, up to 128) and signed bytes in b.
+__device__ __forceinline__ int bne_dp4a_us(uint32_t a, uint32_t b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// The ADR 0003 epilogue of one output element: ((float)acc * ws) / s, then + add if given.
+__device__ __forceinline__ float bne_epilogue(int acc, float ws, float s, const float *add, size_t idx) {
+    float y = __fdiv_rn(__fmul_rn(__int2float_rn(acc), ws), s);
+    if (add != nullptr) y = __fadd_rn(add[idx], y);
+    return y;
+}
+
+// m16n8k32 int8 tensor-core product, s32 accumulate (sm_80+).  Fragments (PTX ISA), g = lane/4,
+// t = lane%4:  A 16x32 row-major: a0 = A[g][4t..], a1 = A[g+8][4t..], a2 = A[g][16+4t..],
+// a3 = A[g+8][16+4t..];  B 32x8 col-major: b0 = B[4t..][g], b1 = B[16+4t..][g];
+// C 16x8: c0,c1 = C[g][2t, 2t+1], c2,c3 = C[g+8][2t, 2t+1].
+__device__ __forceinline__ void bne_mma_s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}

@@ -1,0 +1,106 @@
+// glue.cuh - the float32 decoder glue that keeps the activations and the KV cache on the GPU:
+// RoPE + KV-cache write, and causal GQA attention.  Same formulas as sdk/models/ops.py and
+// decoder.py; the position comes from device memory (pos0), so a captured CUDA graph of a decode
+// step stays valid at every position.
+#pragma once
+#include "common.cuh"
+
+// qkv (m, (heads + 2 kv_heads) * head_dim) float32: per token [q heads | k heads | v heads];
+// cos_t, sin_t (capacity, head_dim) as ops.rope_tables; token i sits at position *pos0 + i.
+//   q_out (m, heads * head_dim) = rope(q);  k_cache[kvh][pos] = rope(k);  v_cache[kvh][pos] = v
+// with caches (kv_heads, capacity, head_dim).  rope(x) = x * cos + rotate_half(x) * sin, each
+// product and the sum rounded once (bit-exact with numpy).  Grid (m, heads + kv_heads),
+// block min(head_dim, 1024) (threads loop over head_dim).
+BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, int head_dim, const int32_t *pos0,
+                            const float *cos_t, const float *sin_t, float *q_out, float *k_cache,
+                            float *v_cache, int capacity) {
+    const int i = blockIdx.x, hh = blockIdx.y;
+    if (i >= m || hh >= heads + kv_heads) return;
+    const int pos = *pos0 + i;
+    if (pos >= capacity) return;  // the host checks the capacity first; never write out of bounds
+    const int half = head_dim / 2, width = (heads + 2 * kv_heads) * head_dim;
+    const float *row = qkv + (size_t)i * width;
+    const float *src = row + (size_t)hh * head_dim;  // q heads then k heads
+    const float *c = cos_t + (size_t)pos * head_dim, *sn = sin_t + (size_t)pos * head_dim;
+    float *dst;
+    if (hh < heads) {
+        dst = q_out + ((size_t)i * heads + hh) * head_dim;
+    } else {
+        const int kvh = hh - heads;
+        dst = k_cache + ((size_t)kvh * capacity + pos) * head_dim;
+        const float *v = row + (size_t)(heads + kv_heads + kvh) * head_dim;
+        float *vd = v_cache + ((size_t)kvh * capacity + pos) * head_dim;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) vd[d] = v[d];
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        const float rot = d < half ? -src[d + half] : src[d - half];
+        dst[d] = __fadd_rn(__fmul_rn(src[d], c[d]), __fmul_rn(rot, sn[d]));
+    }
+}
+
+// q (m, heads * head_dim) after RoPE; caches (kv_heads, capacity, head_dim) holding positions
+// 0 .. *pos0 + m - 1.  Query i (position *pos0 + i) attends keys 0 .. *pos0 + i (causal); head h
+// reads kv head h / (heads / kv_heads) (GQA).  out (m, heads * head_dim) = softmax(q k^T * scale) v.
+// Grid (heads, m), block BNE_ATTN_THREADS; dynamic shared memory
+// (head_dim + capacity + (BNE_ATTN_THREADS / head_dim or 1) * head_dim) floats.
+BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q, int m, int heads, int kv_heads, int head_dim, const int32_t *pos0,
+                              const float *k_cache, const float *v_cache, int capacity, float scale,
+                              float *out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x, i = blockIdx.y;
+    if (h >= heads || i >= m) return;
+    const int L = min(*pos0 + i + 1, capacity);
+    const int kvh = h / (heads / kv_heads);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
+    const float *qr = q + ((size_t)i * heads + h) * head_dim;
+    for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+
+    const float *K = k_cache + (size_t)kvh * capacity * head_dim;
+    const float *V = v_cache + (size_t)kvh * capacity * head_dim;
+    // scores: a warp per group of 4 keys (4 independent loads in flight per lane), lanes over head_dim
+    for (int j0 = warp * 4; j0 < L; j0 += nw * 4) {
+        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int d = lane; d < head_dim; d += 32) {
+            const float qd = qs[d];
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, K[(size_t)(j0 + u) * head_dim + d]));
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const float v = bne_warp_sum_f(dot[u]);
+            if (lane == 0 && j0 + u < L) sc[j0 + u] = __fmul_rn(v, scale);
+        }
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = tid; j < L; j += blockDim.x) mx = fmaxf(mx, sc[j]);
+    mx = bne_block_max_f(mx, red);
+    float sum = 0.0f;
+    for (int j = tid; j < L; j += blockDim.x) {
+        const float e = expf(__fadd_rn(sc[j], -mx));
+        sc[j] = e;
+        sum = __fadd_rn(sum, e);
+    }
+    sum = bne_block_sum_f(sum, red);  // ends with a barrier-separated read: sc is complete here
+
+    // out = sum_j p_j v_j: thread (part, d) sums keys part, part + parts, ... (loads unrolled)
+    const int parts = (int)blockDim.x >= head_dim ? (int)blockDim.x / head_dim : 1;
+    for (int idx = tid; idx < parts * head_dim; idx += blockDim.x) {
+        const int d = idx % head_dim, pp = idx / head_dim;
+        float a = 0.0f;
+#pragma unroll 8
+        for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], V[(size_t)j * head_dim + d]));
+        part[idx] = a;
+    }
+    __syncthreads();
+    float *o = out + ((size_t)i * heads + h) * head_dim;
+    for (int d = tid; d < head_dim; d += blockDim.x) {
+        float a = 0.0f;
+        for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
+        o[d] = __fdiv_rn(a, sum);
+    }
+}

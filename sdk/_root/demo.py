@@ -1,0 +1,315 @@
+"""``bitnet-edge demo``: the whole loop on one machine, no external service.
+
+train (QAT) -> convert -> package signed bundles for 3 targets -> embedded broker + fleet service +
+3 agents -> staged rollout -> inference over each agent's API -> release 2 as a delta -> a tampered
+bundle (refused everywhere) and a release that fails the health gate (rollout pauses) -> summary.
+Everything lands in ``demo-output/``; every process started is stopped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from bitnet_edge.demo_procs import ProcessGroup, bne
+
+console = Console()
+
+#: (device id, profile, kernel backend forced for its model worker, tags)
+AGENTS = [("edge-v4-01", "x86-64-v4", None, ["lab"]),
+          ("edge-v3-02", "x86-64-v3", "avx2", ["lab"]),
+          ("edge-v2-03", "x86-64-v2", "ref", ["lab", "gateway"])]
+TARGET_DEVICES = ["x86-64-v3", "raspberry-pi-5", "jetson-orin-nano"]
+
+
+def _step(n: int, title: str) -> None:
+    console.rule(f"[bold cyan]{n}. {title}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(port: int, method: str, path: str, body=None, timeout: float = 60):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json",
+                                                   "Content-Length": str(len(data or b""))})
+    r = conn.getresponse()
+    raw = r.read()
+    conn.close()
+    return r.status, (json.loads(raw) if raw and "json" in (r.getheader("Content-Type") or "") else raw.decode())
+
+
+class Demo:
+    def __init__(self, out: Path, quick: bool = False):
+        self.out, self.quick = out, quick
+        self.procs = ProcessGroup(out / "logs")
+        self.summary: list[tuple[str, str]] = []
+
+    # ---- 1. train --------------------------------------------------------------------------------
+    def train(self):
+        from sklearn.datasets import load_digits
+
+        from bitnet_edge.sdk import qat
+
+        _step(1, "Train a ternary MLP with quantization-aware training (scikit-learn digits)")
+        d = load_digits()
+        x, y = d.data.astype(np.float32), d.target
+        idx = np.random.default_rng(0).permutation(len(x))
+        tr, te = idx[:1400], idx[1400:]
+        self.x_test, self.y_test = x[te], y[te]
+        epochs = 15 if self.quick else 40
+        pf = qat.train_mlp(x[tr], y[tr], (128,), ternary=False, epochs=epochs, seed=0)
+        p1 = qat.train_mlp(x[tr], y[tr], (128,), ternary=True, epochs=epochs, seed=0)
+        # release 2: release 1 fine-tuned a little further (what a field update looks like)
+        p2 = qat.train_mlp(x[tr], y[tr], (128,), ternary=True, epochs=3, lr=3e-4, seed=1, init=p1)
+        acc = {"float32": qat.accuracy(pf, x[te], y[te], False),
+               "ternary (post-training quantized)": qat.accuracy(pf, x[te], y[te], True),
+               "ternary (QAT) release 1": qat.accuracy(p1, x[te], y[te], True),
+               "ternary (QAT) release 2": qat.accuracy(p2, x[te], y[te], True)}
+        t = Table(title="held-out accuracy (397 digits)")
+        t.add_column("model")
+        t.add_column("accuracy", justify="right")
+        for k, v in acc.items():
+            t.add_row(k, f"{v:.1%}")
+        console.print(t)
+        models = self.out / "models"
+        models.mkdir(parents=True)
+        names = [str(i) for i in range(10)]
+        for r, p in (("r1", p1), ("r2", p2)):
+            (models / r).mkdir()
+            qat.save_npz(p, models / r / "digits.npz", names)
+        # release 3: a much wider model - fine on AVX2/AVX-512, too slow for the scalar x86-64-v2 gateway
+        p3 = qat.train_mlp(x[tr[:300]], y[tr[:300]], (4096, 4096, 4096), ternary=True, epochs=1, seed=0)
+        (models / "r3").mkdir()
+        qat.save_npz(p3, models / "r3" / "digits.npz", names)
+        self.summary.append(("training", f"float {acc['float32']:.1%}, ternary QAT {acc['ternary (QAT) release 1']:.1%}"))
+        self.accuracy = acc
+
+    # ---- 2. convert + package -------------------------------------------------------------------
+    def package(self):
+        _step(2, "Convert and package signed bundles (x86-64, raspberry-pi-5, jetson-orin-nano)")
+        m, dist = self.out / "models", self.out / "dist"
+        bne("keys", "generate", "--out", self.out / "keys")
+        self.key, self.pub = self.out / "keys" / "signing.key", self.out / "keys" / "signing.pub"
+        for r in ("r1", "r2", "r3"):
+            conv = bne("convert", m / r / "digits.npz", "-o", m / r / "digits", "--precision", "ternary", "--json")
+            assert conv["architecture"] == "mlp"
+        deployed = self._deployed_accuracy(m / "r1" / "digits")
+        console.print(f"release 1 converted: {deployed:.1%} through the native ternary kernels "
+                      f"(QAT measured {self.accuracy['ternary (QAT) release 1']:.1%})")
+        devs = [a for d in TARGET_DEVICES for a in ("--device", d)]
+        r1 = bne("package", m / "r1" / "digits", *devs, "--version", "1.0.0", "--release", "1", "--key", self.key,
+                 "-o", dist / "r1", "--json")
+        bases = [a for b in r1 for a in ("--delta-from", b["bundle"])]
+        r2 = bne("package", m / "r2" / "digits", *devs, "--version", "1.1.0", "--release", "2", "--key", self.key,
+                 *bases, "-o", dist / "r2", "--json")
+        r3 = bne("package", m / "r3" / "digits", "--device", "x86-64-v3", "--version", "2.0.0", "--release", "3",
+                 "--key", self.key, "-o", dist / "r3", "--json")
+        t = Table(title="bundles")
+        for col in ("release", "target", "bytes", "ternary bits/weight", "delta bytes"):
+            t.add_column(col, justify="right" if col != "target" else "left")
+        for rel, res in (("1.0.0", r1), ("1.1.0", r2), ("2.0.0", r3)):
+            for b in res:
+                t.add_row(rel, b["target"], f"{b['size']:,}", f"{b['ternary_bits_per_weight']:.3f}",
+                          f"{b['delta_size']:,}" if b.get("delta_size") else "-")
+        console.print(t)
+        self.bundles = {"r1": [Path(b["bundle"]) for b in r1],
+                        "r2": [Path(b["bundle"]) for b in r2] + [Path(b["delta_bundle"]) for b in r2
+                                                                 if b.get("delta_bundle")],
+                        "r3": [Path(b["bundle"]) for b in r3]}
+        self.r2_full = next(b for b in r2 if b["target"] == "linux-x86_64")
+        self.summary.append(("bundles", f"{sum(len(v) for v in self.bundles.values())} signed bundles, "
+                                        f"{r1[0]['ternary_bits_per_weight']:.2f} bits/weight on the wire"))
+
+    def _deployed_accuracy(self, model_dir: Path) -> float:
+        from bitnet_edge.sdk import load_model
+
+        return float((load_model(model_dir).predict(self.x_test).argmax(1) == self.y_test).mean())
+
+    # ---- 3. fleet + agents ----------------------------------------------------------------------
+    def start(self):
+        _step(3, "Start the embedded broker + fleet service and three agents")
+        fleet = self.out / "fleet"
+        self.fleet_data = fleet
+        self.procs.start("fleet", "fleet", "serve", "--data", fleet, "--mqtt-port", "0", "--api-port", "0",
+                         "--chunk-kib", "16", "--trust", self.pub, ready="control API")
+        info = json.loads((fleet / "service.json").read_text())
+        self.broker = info.get("broker") or info.get("broker_url")
+        self.ports = {}
+        t = Table(title="agents")
+        for col in ("device", "profile", "kernels", "local API", "tags"):
+            t.add_column(col)
+        for dev, profile, kernel, tags in AGENTS:
+            d = self.out / "agents" / dev
+            d.mkdir(parents=True)
+            port = _free_port()
+            self.ports[dev] = port
+            (d / "agent.toml").write_text("\n".join([
+                f'device_id = "{dev}"', f'data_dir = "{d / "data"}"', f'trust = ["{self.pub}"]',
+                f'profile = "{profile}"', "tags = [" + ", ".join(f'"{x}"' for x in tags) + "]",
+                "[api]", f"port = {port}", "[mqtt]", f'url = "{self.broker}"', "reconnect_max = 2.0",
+                "[health]", "max_latency_ms = 50"]) + "\n")
+            env = {"BITNET_EDGE_KERNEL": kernel} if kernel else {}
+            self.procs.start(f"agent-{dev}", "agent", "run", "--config", d / "agent.toml", ready='"event": "ready"',
+                             env=env)
+            t.add_row(dev, profile, kernel or "auto (avx512)", f"http://127.0.0.1:{port}", ", ".join(tags))
+        console.print(t)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            devs = bne("fleet", "devices", "--data", fleet, "--json")
+            if sum(1 for x in devs if x.get("online")) == len(AGENTS):
+                break
+            time.sleep(0.5)
+        console.print(f"fleet sees {sum(1 for x in devs if x.get('online'))} devices online (broker {self.broker})")
+
+    def rollout(self, version: str, stages: str = "34,67,100", failure: float = 0.25) -> dict:
+        fleet = self.fleet_data
+        st = bne("fleet", "rollout", "create", "digits", version, "--stages", stages, "--success", "1.0",
+                 "--failure", str(failure), "--timeout", "120", "--data", fleet, "--json")
+        rid = st["id"]
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[state]}"), console=console) as prog:
+            task = prog.add_task(f"rollout {version}", total=st["devices"], state=st["state"])
+            while True:
+                st = bne("fleet", "rollout", "status", rid, "--data", fleet, "--json")
+                stage = st["stages"][min(st["stage"], len(st["stages"]) - 1)]
+                prog.update(task, completed=st["done"], state=f"{st['state']} - stage {stage:g}% "
+                                                               f"{json.dumps(st['counts'])}")
+                if st["state"] in ("completed", "paused", "aborted", "rolled_back"):
+                    break
+                time.sleep(0.5)
+        members = Table(title=f"rollout {rid}: {st['state']}" + (f" ({st['reason']})" if st.get("reason") else ""))
+        for col in ("device", "status", "stage", "reason"):
+            members.add_column(col)
+        for m in st["members"]:
+            members.add_row(m["device_id"], m["status"], str(m["wave"]), m.get("reason") or "")
+        console.print(members)
+        return st
+
+    # ---- 4-6 ------------------------------------------------------------------------------------
+    def release1(self):
+        _step(4, "Publish release 1.0.0 and roll it out in stages; inference through each agent")
+        pub = bne("fleet", "publish", *self.bundles["r1"], "--data", self.fleet_data, "--json")
+        st = self.rollout("1.0.0")
+        t = Table(title="inference over each agent's local API (/v1/infer, 397 held-out digits)")
+        for col in ("device", "model", "accuracy", "latency (1 row)"):
+            t.add_column(col)
+        for dev, port in self.ports.items():
+            code, h = _http(port, "GET", "/v1/health")
+            code, r = _http(port, "POST", "/v1/infer", {"inputs": self.x_test.tolist()})
+            acc = float((np.array(r["classes"]) == self.y_test).mean()) if code == 200 else float("nan")
+            t0 = time.perf_counter()
+            _http(port, "POST", "/v1/infer", {"inputs": self.x_test[:1].tolist()})
+            t.add_row(dev, f"{h['model']['model']} {h['model']['version']}" if h.get("model") else "-", f"{acc:.1%}",
+                      f"{(time.perf_counter() - t0) * 1000:.1f} ms")
+        console.print(t)
+        self.summary.append(("release 1.0.0", f"{st['state']}: {st['done']}/{st['devices']} devices; "
+                                              f"{len(self.bundles['r1'])} bundles published"))
+
+    def release2(self):
+        _step(5, "Release 1.1.0 as a delta")
+        bne("fleet", "publish", *self.bundles["r2"], "--data", self.fleet_data, "--json")
+        before = self._bytes_sent()
+        st = self.rollout("1.1.0")
+        sent = self._bytes_sent() - before
+        full = self.r2_full["size"] * len(AGENTS)
+        console.print(f"bytes sent to {len(AGENTS)} devices: {sent:,} (full bundles would be {full:,}: "
+                      f"[bold green]{1 - sent / full:.0%} saved[/bold green])")
+        self.summary.append(("release 1.1.0 (delta)", f"{st['state']}; {sent:,} bytes sent instead of {full:,}"))
+
+    def _bytes_sent(self) -> int:
+        from bitnet_edge.fleet.client import ControlClient
+
+        text = ControlClient.from_data_dir(self.fleet_data).metrics()
+        return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("bne_fleet_bytes_sent_total")))
+
+    def bad_releases(self):
+        _step(6, "A tampered bundle, and a release that fails its health gate")
+        good = next(b for b in self.bundles["r3"] if b.name.endswith("linux-x86_64.bundle"))
+        tampered = self.out / "dist" / "tampered.bundle"
+        data = bytearray(good.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        tampered.write_bytes(bytes(data))
+        res = bne("fleet", "publish", tampered, "--data", self.fleet_data, "--json", check=False)
+        why = res.get("message") or (res.get("error") or {}).get("message") or res
+        console.print(f"fleet publish of the tampered bundle: [red]refused[/red] - {why}")
+        for dev, port in self.ports.items():
+            code, o = _http(port, "POST", "/v1/admin/install", {"path": str(tampered)})
+            console.print(f"  {dev}: [red]{o['result']}[/red] ({o['reason']}): {o['message'][:100]}")
+        console.print("release 2.0.0 is a much wider model: fine on AVX2/AVX-512, too slow for the scalar "
+                      "x86-64-v2 gateway's 50 ms latency budget")
+        bne("fleet", "publish", *self.bundles["r3"], "--data", self.fleet_data, "--json")
+        st = self.rollout("2.0.0", stages="34,100", failure=0.25)
+        self._serving()
+        self.summary.append(("tampered bundle", "refused by the fleet and by every agent"))
+        self.summary.append(("release 2.0.0", f"{st['state']}" + (f" ({st['reason']})" if st.get("reason") else "")))
+        if st["state"] == "paused":
+            console.print("the rollout paused by itself; the operator rolls it back:")
+            back = bne("fleet", "rollout", "rollback", st["id"], "--data", self.fleet_data, "--json")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                versions = self._serving(quiet=True)
+                if set(versions.values()) == {"1.1.0"}:
+                    break
+                time.sleep(0.5)
+            self._serving()
+            self.summary.append(("rollback", f"{back.get('state', back)}: every device serves "
+                                             f"{', '.join(sorted(set(self._serving(quiet=True).values())))}"))
+
+    def _serving(self, quiet: bool = False) -> dict[str, str]:
+        out = {}
+        for dev, port in self.ports.items():
+            code, h = _http(port, "GET", "/v1/health")
+            out[dev] = h["model"]["version"] if h.get("model") else "-"
+            if not quiet:
+                console.print(f"  {dev} serves digits {out[dev]}")
+        return out
+
+    def run(self):
+        import signal
+
+        def _term(*_):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _term)  # `kill` stops the demo's processes too, like Ctrl-C
+        try:
+            self.train()
+            self.package()
+            self.start()
+            self.release1()
+            self.release2()
+            self.bad_releases()
+        finally:
+            self.procs.stop_all()
+        _step(7, "Summary")
+        t = Table(title=f"demo - artifacts and logs in {self.out}/")
+        t.add_column("step")
+        t.add_column("result")
+        for k, v in self.summary:
+            t.add_row(k, v)
+        console.print(t)
+        (self.out / "summary.json").write_text(json.dumps(dict(self.summary), indent=2))
+
+
+def run_demo(out: str | Path = "demo-output", quick: bool = False) -> Path:
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    Demo(out.resolve(), quick).run()
+    return out

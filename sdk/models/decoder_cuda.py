@@ -1,0 +1,278 @@
+"""The BitNet decoder on an NVIDIA GPU (the ``cuda`` device): weights uploaded once, activations
+and the KV cache on the GPU, every step a fixed sequence of CUDA kernels (native/cuda/).
+
+Per layer (m tokens): norm+quantize -> fused q/k/v GEMV/GEMM -> RoPE + KV write -> attention ->
+[sub-norm]+quantize -> o_proj GEMV/GEMM adding into the residual -> norm+quantize -> fused gate/up
+-> act(gate)*up [sub-norm]+quantize -> down_proj adding into the residual; then the final norm and
+the LM head.  The host only looks up the embedding rows and reads the logits.  A decode step
+(m = 1) reads its position from device memory, so it is captured once per cache as a CUDA graph
+(copies included) and replayed: one driver call per token (``BITNET_EDGE_CUDA_GRAPHS=0`` turns
+graphs off).  On an integrated GPU (Jetson: the GPU shares the DRAM) the logits are written by the
+kernel straight into mapped page-locked host memory, so there is no device-to-host copy.
+
+Numerics: the int32 products and their float epilogue are exactly the CPU path's; the float glue
+(RMSNorm sums, softmax, exp) runs in the GPU's order, so logits match the CPU runtime closely,
+not bit for bit (tests compare with a tolerance and check the greedy tokens).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from bitnet_edge.sdk.cuda import ops as cops
+from bitnet_edge.sdk.cuda.runtime import Gpu
+from bitnet_edge.sdk.errors import BackendError, CudaUnavailable
+from bitnet_edge.sdk.modeldir import ModelDir
+from bitnet_edge.sdk.models import ops
+from bitnet_edge.sdk.models.decoder import DecoderModel
+from bitnet_edge.sdk.models.errors import ContextLengthError
+
+__all__ = ["CudaDecoderModel", "CudaKVCache", "unsupported_reason", "load_cuda_decoder"]
+
+_F = np.float32
+MAX_BATCH = 256  # prompt tokens per prefill chunk (longer prompts run in chunks)
+
+
+def _mat(gpu: Gpu, lins):
+    """One device matrix for linears of one input (fused when several)."""
+    if all(lin._t is not None for lin in lins):
+        return cops.CudaTernaryMatrix.from_matrices(gpu, [lin._t for lin in lins])
+    if all(lin._i8 is not None for lin in lins):
+        if len(lins) == 1:
+            return cops.CudaInt8Matrix.from_matrix(gpu, lins[0]._i8)
+        return cops.CudaInt8Matrix(gpu, np.concatenate([lin._i8.weights for lin in lins]),
+                                   np.concatenate([lin._i8.scales for lin in lins]))
+    raise CudaUnavailable("unsupported-model", "fused linears of mixed precision")
+
+
+def unsupported_reason(model: DecoderModel) -> str | None:
+    """Why the CUDA decoder cannot run this model (float or biased linears), or None."""
+    lins = [(f"layer {i} {n}", getattr(layer, n)) for i, layer in enumerate(model.layers)
+            for n in ("q", "k", "v", "o", "gate", "up", "down")] + [("lm_head", model.lm_head)]
+    for where, lin in lins:
+        if lin._t is None and lin._i8 is None:
+            return f"{where} is {lin.precision}; the CUDA kernels run ternary and int8 linears"
+        if lin.bias is not None:
+            return f"{where} has a bias; the CUDA decoder has none"
+    for layer in model.layers:
+        if (layer.q._t is None) != (layer.k._t is None) or (layer.q._t is None) != (layer.v._t is None) \
+                or (layer.gate._t is None) != (layer.up._t is None):
+            return "q/k/v or gate/up of mixed precision"
+    return None
+
+
+class CudaKVCache:
+    """Keys and values per layer on the GPU, (kv_heads, capacity, head_dim) float32, with the RoPE
+    tables of positions 0..capacity-1 and the captured decode-step graph."""
+
+    def __init__(self, model: CudaDecoderModel, capacity: int):
+        cfg, gpu = model.cfg, model.gpu
+        smem = cops.attention_smem(gpu, cfg.head_dim, capacity)
+        if smem > gpu.info.max_shared_optin:
+            raise ContextLengthError(capacity, (gpu.info.max_shared_optin // 4) - 3 * cfg.head_dim)
+        gpu.set_max_shared("bne_attention", smem)
+        shape = (cfg.num_key_value_heads, capacity, cfg.head_dim)
+        self.k = [gpu.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
+        self.v = [gpu.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
+        cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(capacity))
+        self.cos, self.sin = gpu.to_device(cos), gpu.to_device(sin)
+        self.capacity, self.length, self.smem = capacity, 0, smem
+        self.step = None  # the decode step: a Graph, or the list of launches when graphs are off
+
+
+class _GpuLayer:
+    def __init__(self, gpu: Gpu, layer, cfg):
+        up = lambda a: gpu.to_device(np.asarray(a, _F)) if a is not None else None  # noqa: E731
+        self.in_norm, self.post_norm = up(layer.in_norm), up(layer.post_norm)
+        self.attn_sub, self.ffn_sub = up(layer.attn_sub), up(layer.ffn_sub)
+        self.qkv = _mat(gpu, [layer.q, layer.k, layer.v])
+        self.o = _mat(gpu, [layer.o])
+        self.gate_up = _mat(gpu, [layer.gate, layer.up])
+        self.down = _mat(gpu, [layer.down])
+
+
+class CudaDecoderModel(DecoderModel):
+    """A :class:`DecoderModel` whose forward pass runs on the GPU (same API: logits, generate)."""
+
+    def __init__(self, md: ModelDir, tokenizer=None, gpu: Gpu | None = None):
+        super().__init__(md, tokenizer)  # the CPU-side views: mmap'd weights, norms, config
+        if gpu is None:
+            from bitnet_edge.sdk.cuda import gpu as _gpu
+
+            gpu = _gpu()
+        why = unsupported_reason(self)
+        if why:
+            raise CudaUnavailable("unsupported-model", f"the CUDA decoder cannot run this model: {why}")
+        cfg = self.cfg
+        self.gpu = gpu
+        self.glayers = [_GpuLayer(gpu, layer, cfg) for layer in self.layers]
+        self.gnorm = gpu.to_device(self.norm)
+        self.head = _mat(gpu, [self.lm_head])
+        self.act_name = "relu2" if cfg.hidden_act == "relu2" else "silu"
+        h, hd = cfg.hidden_size, cfg.head_dim
+        self.q_dim, self.kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+        self.use_graphs = os.environ.get("BITNET_EDGE_CUDA_GRAPHS", "1").strip() != "0"
+        self.graph_error: str | None = None  # why a decode step could not be captured (then: plain launches)
+        mapped = gpu.info.integrated or os.environ.get("BITNET_EDGE_CUDA_ZERO_COPY", "0").strip() == "1"
+        self.zero_copy = mapped and gpu.info.can_map_host_memory
+        B = MAX_BATCH
+        self.x = gpu.empty((B, h), _F)
+        self.qkv_buf = gpu.empty((B, self.q_dim + 2 * self.kv_dim), _F)
+        self.q_buf = gpu.empty((B, self.q_dim), _F)
+        self.attn_buf = gpu.empty((B, self.q_dim), _F)
+        self.gu = gpu.empty((B, 2 * cfg.intermediate_size), _F)
+        self.qh = cops.QuantizedRows(gpu, B, h)
+        self.qo = cops.QuantizedRows(gpu, B, self.q_dim)
+        self.qi = cops.QuantizedRows(gpu, B, cfg.intermediate_size)
+        self.pos = gpu.zeros(1, np.int32)
+        # page-locked host side of a decode step: the embedding row and position in, logits out
+        self.host_x = gpu.host_buffer((1, h), _F)
+        self.host_pos = gpu.host_buffer((1,), np.int32)
+        self.host_logits = gpu.host_buffer((1, cfg.vocab_size), _F, mapped=self.zero_copy)
+        self.logits1 = gpu.empty((1, cfg.vocab_size), _F)
+        self._logits_all = None
+        self._lock = threading.Lock()  # one forward at a time: the activation buffers are shared
+
+    # ---- the launch sequence -------------------------------------------------------------------
+
+    def _launches(self, cache: CudaKVCache, m: int, logits_ptr: int | None, all_logits: bool):
+        """Every kernel of a forward pass of m tokens (position in self.pos), in order, packed;
+        without the final norm and LM head when ``logits_ptr`` is None."""
+        g, cfg = self.gpu, self.cfg
+        h, inter, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+        nthr = g.geometry["norm_threads"]
+        eps = cfg.rms_norm_eps
+        L = []
+
+        def nq(x, ldx, rows, k, out, norm, x2=None, act=0):
+            L.append(g.prepare("bne_norm_quant", (rows,), nthr, (x, x2, ldx, rows, k, act, norm, eps, out.xq,
+                                                                  out.xq.shape[1], out.s, out.xsum, out.flag)))
+
+        def mm(mat, q, rows, y, add=None):
+            name, grid, block, args = mat.args(q, rows, add, None, y)
+            L.append(g.prepare(name, grid, block, args))
+
+        act = cops.ACT[self.act_name]
+        for li, gl in enumerate(self.glayers):
+            nq(self.x, h, m, h, self.qh, gl.in_norm)
+            mm(gl.qkv, self.qh, m, self.qkv_buf)
+            L.append(g.prepare("bne_rope_kv", (m, H + KV), min(hd, 1024),
+                               (self.qkv_buf, m, H, KV, hd, self.pos, cache.cos, cache.sin, self.q_buf,
+                                cache.k[li], cache.v[li], cache.capacity)))
+            L.append(g.prepare("bne_attention", (H, m), g.geometry["attn_threads"],
+                               (self.q_buf, m, H, KV, hd, self.pos, cache.k[li], cache.v[li], cache.capacity,
+                                float(self.scaling), self.attn_buf), cache.smem))
+            nq(self.attn_buf, self.q_dim, m, self.q_dim, self.qo, gl.attn_sub)
+            mm(gl.o, self.qo, m, self.x, add=self.x)
+            nq(self.x, h, m, h, self.qh, gl.post_norm)
+            mm(gl.gate_up, self.qh, m, self.gu)
+            nq(self.gu, 2 * inter, m, inter, self.qi, gl.ffn_sub, x2=self.gu.ptr + 4 * inter, act=act)
+            mm(gl.down, self.qi, m, self.x, add=self.x)
+        if logits_ptr is None:
+            return L
+        rows = m if all_logits else 1
+        last = self.x.ptr + (0 if all_logits else (m - 1) * h * 4)
+        nq(last, h, rows, h, self.qh, self.gnorm)
+        mm(self.head, self.qh, rows, logits_ptr)
+        return L
+
+    def _decode_step(self, cache: CudaKVCache):
+        """The m = 1 step: copies in, kernels, logits out; a Graph when graphs are on."""
+        g = self.gpu
+        dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
+        launches = self._launches(cache, 1, dst, False)
+
+        def body():
+            g.htod_async(self.x.ptr, self.host_x.array)
+            g.htod_async(self.pos.ptr, self.host_pos.array)
+            for launch in launches:
+                launch()
+            if not self.zero_copy:
+                g.drv.check("cuMemcpyDtoHAsync", g.drv.lib.cuMemcpyDtoHAsync_v2(
+                    g.drv.ffi.from_buffer(self.host_logits.array), self.logits1.ptr, self.host_logits.array.nbytes,
+                    g.stream))
+
+        if self.use_graphs:
+            try:
+                return g.capture(body), launches
+            except Exception as exc:  # noqa: BLE001 - a driver without graph capture: replay the launches
+                self.graph_error = f"{type(exc).__name__}: {exc}"
+                g.synchronize()
+        return body, launches
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def new_cache(self, capacity: int | None = None) -> CudaKVCache:
+        return CudaKVCache(self, capacity or self.cfg.max_position_embeddings)
+
+    def forward(self, ids: np.ndarray, cache: CudaKVCache, all_logits: bool = False) -> np.ndarray:
+        """Run ``ids`` after what ``cache`` holds; logits of every new position or only the last."""
+        with self._lock:
+            return self._forward(ids, cache, all_logits)
+
+    def _forward(self, ids: np.ndarray, cache: CudaKVCache, all_logits: bool) -> np.ndarray:
+        cfg, g = self.cfg, self.gpu
+        n, pos0 = len(ids), cache.length
+        if pos0 + n > cache.capacity:
+            raise ContextLengthError(pos0 + n, cache.capacity)
+        x = np.asarray(self.embed_tokens[ids], dtype=_F)
+        if self.embed_scale is not None:  # int8 rows with their absmax scale
+            x *= self.embed_scale[ids][:, None]
+        g.current()
+        if n == 1 and not all_logits:
+            if cache.step is None:
+                cache.step = self._decode_step(cache)
+            self.host_x.array[...] = x
+            self.host_pos.array[0] = pos0
+            cache.step[0]()
+            g.synchronize()
+            cache.length = pos0 + 1
+            return self.host_logits.array.copy()
+        outs = []
+        for c0 in range(0, n, MAX_BATCH):
+            m = min(MAX_BATCH, n - c0)
+            last_chunk = c0 + m == n
+            g.htod(self.x.ptr, np.ascontiguousarray(x[c0 : c0 + m]))
+            g.htod(self.pos.ptr, np.array([pos0 + c0], np.int32))
+            if all_logits:
+                if self._logits_all is None:
+                    self._logits_all = g.empty((MAX_BATCH, cfg.vocab_size), _F)
+                dst, rows = self._logits_all, m
+            else:
+                dst, rows = self.logits1, 1
+            head = all_logits or last_chunk
+            for launch in self._launches(cache, m, dst.ptr if head else None, all_logits):
+                launch()
+            if head:
+                out = np.empty((rows, cfg.vocab_size), _F)
+                g.dtoh(out, dst.ptr)
+                outs.append(out)
+        g.synchronize()
+        cache.length = pos0 + n
+        return np.concatenate(outs) if all_logits else outs[-1]
+
+    @property
+    def device_weight_bytes(self) -> int:
+        mats = [m for gl in self.glayers for m in (gl.qkv, gl.o, gl.gate_up, gl.down)] + [self.head]
+        return sum(m.nbytes for m in mats)
+
+
+def load_cuda_decoder(md: ModelDir, tokenizer, explicit: bool) -> tuple[CudaDecoderModel | None, str | None]:
+    """(the model on the GPU, None), or (None, why) when this model cannot run there; with
+    ``explicit`` (the ``cuda`` device was asked for by name) the reason is raised instead."""
+    arch = md.manifest.architecture
+    if arch != "bitnet":
+        why = f"the CUDA backend runs decoder models; this one is {arch!r}, so it runs on the CPU"
+        if explicit:
+            raise BackendError("cuda", why)
+        return None, why
+    try:
+        return CudaDecoderModel(md, tokenizer), None
+    except CudaUnavailable as exc:
+        if explicit:
+            raise
+        return None, f"CUDA ({exc.reason}): {str(exc).splitlines()[0]}; running on the CPU"
