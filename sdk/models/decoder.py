@@ -113,6 +113,10 @@ class DecoderModel:
 
     def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run ``ids`` after what ``cache`` holds; logits of every new position or only the last."""
+        with ops.single_threaded_blas():
+            return self._forward(ids, cache, all_logits)
+
+    def _forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool) -> np.ndarray:
         cfg, n, pos0 = self.cfg, len(ids), cache.length
         if pos0 + n > cache.capacity:
             raise ContextLengthError(pos0 + n, cache.capacity)
