@@ -95,7 +95,8 @@ class BertModel:
     def embed(self, inputs: str | Sequence[str] | Sequence[Sequence[int]]) -> np.ndarray:
         """Texts (needs the tokenizer) or token id lists -> float32 (n, hidden)."""
         ids, mask = self._batch(inputs)
-        h = self.hidden_states(ids, mask)
+        with ops.single_threaded_blas():  # see ops.single_threaded_blas
+            h = self.hidden_states(ids, mask)
         if self.cfg.pooling == "cls":
             pooled = h[:, 0]
         else:
