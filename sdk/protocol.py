@@ -23,6 +23,7 @@ __all__ = [
     "DeltaRef", "ReleaseRef", "DesiredState", "ChunkRequest", "Progress",
     "device_topic", "parse_device_topic", "pack_chunk", "unpack_chunk", "ChunkHeader", "parse_message",
     "DEVICE_ID",
+    "TufRequest", "TufPartHeader", "pack_tuf_part", "unpack_tuf_part", "MAX_TUF_PART_BYTES", "TUF_FILE",
 ]
 
 PROTOCOL_VERSION = 1
@@ -38,9 +39,11 @@ SHA256 = r"^[0-9a-f]{64}$"
 ReasonCode = Literal[
     "ok", "bad_signature", "untrusted_key", "downgrade", "wrong_target", "corrupt", "too_large",
     "no_space", "load_failed", "health_failed", "transfer_failed", "timeout", "superseded", "internal",
+    "tuf_rejected",  # TUF: not in the signed targets metadata, or the metadata failed to verify (docs/security.md)
+    "tuf_expired",  # TUF: the newest metadata the fleet serves has expired (freeze / offline policy)
 ]
 
-LEAVES = ("presence", "state", "desired", "chunk/req", "chunk/data", "events")
+LEAVES = ("presence", "state", "desired", "chunk/req", "chunk/data", "events", "tuf/req", "tuf/data")
 
 
 def device_topic(device_id: str, leaf: str) -> str:
@@ -166,8 +169,24 @@ class Progress(Strict):
     ts: float = Field(description="unix time")
 
 
+# ---- TUF metadata over MQTT (docs/protocol.md "TUF metadata", ADR 0010) ---------------------------
+
+MAX_TUF_PART_BYTES = 64 * 1024  # bytes of metadata per tuf/data message
+#: the files a device may ask for: top-level TUF roles, versioned (consistent snapshots) or not
+TUF_FILE = r"^([1-9][0-9]{0,9}\.)?(root|timestamp|snapshot|targets)\.json$"
+
+
+class TufRequest(Strict):
+    """Device -> fleet on .../tuf/req: one TUF metadata file, answered in parts on .../tuf/data."""
+
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    request_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="random; echoed in every part of the answer")
+    file: str = Field(pattern=TUF_FILE, description="metadata file name, e.g. 2.root.json or timestamp.json")
+    max_bytes: int = Field(gt=0, description="the device reads at most this many bytes of it (its limit)")
+
+
 _MODELS = {"presence": Presence, "state": ReportedState, "desired": DesiredState, "chunk/req": ChunkRequest,
-           "events": Progress}
+           "events": Progress, "tuf/req": TufRequest}
 
 
 def parse_message(leaf: str, payload: bytes):
@@ -215,3 +234,35 @@ def unpack_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
     if hashlib.sha256(data).digest() != dsha:
         raise FormatError(f"chunk at offset {offset} fails its sha256")
     return ChunkHeader(file_sha256=fsha.hex(), offset=offset, length=length, sha256=dsha.hex()), data
+
+
+# ---- binary TUF metadata parts ------------------------------------------------------------------
+
+_TUF_PART = struct.Struct("!4sB16sHIB")  # magic, version, request id, status, part index, last (0/1)
+TUF_MAGIC = b"BNET"
+
+
+class TufPartHeader(Strict):
+    request_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the TufRequest answered")
+    status: int = Field(ge=100, le=599, description="HTTP-like: 200 found, 404 no such file, 503 not served")
+    index: int = Field(ge=0, description="part number, from 0")
+    last: bool = Field(description="no part follows")
+
+
+def pack_tuf_part(request_id: str, status: int, index: int, last: bool, data: bytes = b"") -> bytes:
+    if len(data) > MAX_TUF_PART_BYTES:
+        raise ValueError(f"TUF part of {len(data)} bytes exceeds {MAX_TUF_PART_BYTES}")
+    return _TUF_PART.pack(TUF_MAGIC, PROTOCOL_VERSION, bytes.fromhex(request_id), status, index, int(last)) + data
+
+
+def unpack_tuf_part(payload: bytes) -> tuple[TufPartHeader, bytes]:
+    """Header and data of a tuf/data message; FormatError on anything malformed."""
+    if len(payload) < _TUF_PART.size:
+        raise FormatError(f"TUF part of {len(payload)} bytes is shorter than its {_TUF_PART.size}-byte header")
+    magic, version, rid, status, index, last = _TUF_PART.unpack_from(payload)
+    if magic != TUF_MAGIC or version != PROTOCOL_VERSION or last > 1 or not 100 <= status <= 599:
+        raise FormatError("TUF part has a bad magic number, version, status or last flag")
+    data = payload[_TUF_PART.size:]
+    if len(data) > MAX_TUF_PART_BYTES:
+        raise FormatError(f"TUF part carries {len(data)} bytes, more than {MAX_TUF_PART_BYTES}")
+    return TufPartHeader(request_id=rid.hex(), status=status, index=index, last=bool(last)), data

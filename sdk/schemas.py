@@ -34,6 +34,8 @@ SCHEMAS: dict[str, str] = {
     "protocol-chunk-request": "bitnet_edge.sdk.protocol:ChunkRequest",
     "protocol-chunk-header": "bitnet_edge.sdk.protocol:ChunkHeader",
     "protocol-progress": "bitnet_edge.sdk.protocol:Progress",
+    "protocol-tuf-request": "bitnet_edge.sdk.protocol:TufRequest",
+    "protocol-tuf-part-header": "bitnet_edge.sdk.protocol:TufPartHeader",
     "device-profile": "bitnet_edge.packagers.devices:DeviceProfile",
     "bundle-manifest": "bitnet_edge.packagers.manifest:BundleManifest",
     "fleet-config": "bitnet_edge.fleet.config:FleetConfig",
