@@ -46,6 +46,15 @@ def _daemon(cfg):
     return None
 
 
+def _config_and_daemon(config_path: Path):
+    """The loaded config (or exit 2 naming the problem) and a connection to a running agent, or None."""
+    try:
+        cfg = load_config(config_path)
+    except AgentError as exc:
+        _fail(exc)
+    return cfg, _daemon(cfg)
+
+
 def _call(conn, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     conn.request(method, path, body=data, headers={"Content-Type": "application/json",
@@ -118,11 +127,7 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def install(bundle, config_path, allow_downgrade, as_json):
         """Install a bundle (USB / offline path): the same pipeline as an OTA update."""
-        try:
-            cfg = load_config(config_path)
-        except AgentError as exc:
-            _fail(exc)
-        conn = _daemon(cfg)
+        cfg, conn = _config_and_daemon(config_path)
         if conn is not None:  # a running agent hot-swaps it
             code, out = _call(conn, "POST", "/v1/admin/install",
                               {"path": str(bundle.resolve()), "allow_downgrade": allow_downgrade})
@@ -142,11 +147,7 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def status(config_path, as_json):
         """What the device serves, its slots and capabilities."""
-        try:
-            cfg = load_config(config_path)
-        except AgentError as exc:
-            _fail(exc)
-        conn = _daemon(cfg)
+        cfg, conn = _config_and_daemon(config_path)
         if conn is not None:
             _, st = _call(conn, "GET", "/v1/admin/status")
             st["daemon"] = True
@@ -183,11 +184,7 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def rollback(config_path, as_json):
         """Serve the previous release again (the other slot)."""
-        try:
-            cfg = load_config(config_path)
-        except AgentError as exc:
-            _fail(exc)
-        conn = _daemon(cfg)
+        cfg, conn = _config_and_daemon(config_path)
         if conn is not None:
             _, out = _call(conn, "POST", "/v1/admin/rollback", {})
         else:
