@@ -92,11 +92,25 @@ def match_profile(caps: Capabilities, wanted: str | None = None):
     return max(ok, key=lambda p: (len(p.isa_required), p.accelerator.kind != "none"), default=None)
 
 
+def model_runtimes() -> list[str]:
+    """Where models can run here (cpu, mlx, cuda), asked of a short-lived child process: finding
+    out imports mlx / libcuda, which would stay in the agent's memory though only model workers
+    use them (the agent without a model stays small)."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import json; from bitnet_edge.sdk.models.device import available_devices as a; print(json.dumps(a()))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        return list(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else ["cpu"]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return ["cpu"]
+
+
 def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabilities:
     from bitnet_edge.packagers.targets import host_target
     from bitnet_edge.sdk import kernels
-    from bitnet_edge.sdk.models.device import available_devices
-
     machine = platform.machine().lower()
     system = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -106,7 +120,7 @@ def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabiliti
         memory_mb=memory_mb(), disk_free_mb=shutil.disk_usage(data_dir).free // (1024 * 1024),
         cuda_sm=cuda_compute_capability(), apple_gpu=system == "macos" and machine == "arm64",
         target=host_target().replace("darwin-arm64", "macos-arm64"), agent_version=__version__,
-        runtimes=available_devices(),
+        runtimes=model_runtimes(),
     )
     found = match_profile(caps, profile)
     return caps.model_copy(update={"profile": found.name if found else None})
