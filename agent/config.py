@@ -49,6 +49,12 @@ class AgentConfig(Strict):
     device_id: str = Field(pattern=DEVICE_ID, description="this device's id on the fleet")
     data_dir: str = Field(description="slots, downloads and state live here")
     trust: list[str] = Field(min_length=1, description="trusted Ed25519 public key files (release signers)")
+    tuf_root: str | None = Field(default=None, description="the fleet's TUF root metadata installed at provisioning "
+                                                           "(1.root.json from `fleet tuf init`); set: every fleet "
+                                                           "update must be in the signed TUF targets (ADR 0010)")
+    device_key: str | None = Field(default=None, description="this device's X25519 private key file (mode 0600) "
+                                                             "for encrypted bundles (ADR 0011), or "
+                                                             "python:module:factory for a TPM / secure-element hook")
     profile: str | None = Field(default=None, description="device profile name; default: matched by the probe")
     tags: list[str] = Field(default_factory=list, description="operator labels reported to the fleet")
     api: ApiConfig = Field(default_factory=ApiConfig, description="local inference API")
@@ -71,4 +77,7 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(str(path), str(exc).split(": ", 1)[-1]) from None
     base = path.parent
     fix = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
-    return cfg.model_copy(update={"data_dir": fix(cfg.data_dir), "trust": [fix(t) for t in cfg.trust]})
+    dk = cfg.device_key
+    return cfg.model_copy(update={"data_dir": fix(cfg.data_dir), "trust": [fix(t) for t in cfg.trust],
+                                  "tuf_root": fix(cfg.tuf_root),
+                                  "device_key": dk if dk is None or dk.startswith("python:") else fix(dk)})

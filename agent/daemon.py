@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bitnet_edge.agent import policy
 from bitnet_edge.agent.config import AgentConfig
-from bitnet_edge.agent.errors import InstallRejected, StoreError
+from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError
 from bitnet_edge.agent.fsutil import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
@@ -41,6 +41,19 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _device_keys(cfg: AgentConfig) -> list:
+    """The configured device key (file or TPM / secure-element hook), as a list; ConfigError if unusable."""
+    if cfg.device_key is None:
+        return []
+    from bitnet_edge.packagers.crypt import load_device_key
+    from bitnet_edge.packagers.errors import PackagerError
+
+    try:
+        return [load_device_key(cfg.device_key)]
+    except PackagerError as exc:
+        raise ConfigError(cfg.device_key, f"device_key: {exc}") from None
+
+
 def _tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -59,6 +72,7 @@ class Agent:
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
         self.trusted = [load_public_key(p) for p in cfg.trust]
+        self.device_keys = _device_keys(cfg)  # X25519, for encrypted bundles (ADR 0011)
         self._install_lock = threading.Lock()
         self._lock = threading.Condition()
         self._worker: WorkerHandle | None = None
@@ -147,18 +161,24 @@ class Agent:
             return outcome
 
     def _install(self, path: Path, sha: str, allow_downgrade: bool, rollout_id: str | None, base) -> Outcome:
+        from bitnet_edge.packagers.crypt import check_recipient
         from bitnet_edge.packagers.errors import BundleError, InstallError
         from bitnet_edge.packagers.install import install_bundle
         from bitnet_edge.packagers.signing import check_signatures
-        from bitnet_edge.packagers.verify import read_unverified
+        from bitnet_edge.packagers.container import read_envelope
+        from bitnet_edge.packagers.manifest import parse_manifest
 
         size = path.stat().st_size
         if size > self.cfg.limits.max_bundle_mb * 1024 * 1024:
             raise InstallRejected("too_large", f"bundle of {size} bytes exceeds max_bundle_mb="
                                   f"{self.cfg.limits.max_bundle_mb}", "limits")
         try:
-            env, m = read_unverified(path)  # manifest and signatures only: reject before the payload
+            with open(path, "rb") as f:  # envelope only: reject before the payload
+                env = read_envelope(f)
             check_signatures(env.message, env.signatures, self.trusted)
+            m = parse_manifest(env.manifest_bytes)  # parsed only once a trusted key signed it (ADR 0005)
+            if m.encryption is not None:  # sealed to other devices: not_recipient, before the payload
+                check_recipient(m.encryption, self.device_keys)
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         state = self.store.load()
@@ -186,7 +206,8 @@ class Agent:
         try:
             if base is None and m.delta is not None and state.active:
                 base = self.store.slot_dir(state.active)
-            install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True)
+            install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True,
+                           device_keys=self.device_keys)
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         except InstallError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "ConfigError", "InstallRejected", "StoreError", "TransferError"]
+__all__ = ["AgentError", "ConfigError", "InstallRejected", "StoreError", "TransferError", "TufRejected"]
 
 
 class AgentError(Exception):
@@ -34,3 +34,14 @@ class TransferError(AgentError):
     def __init__(self, reason: str, message: str):
         self.reason, self.message = reason, message
         super().__init__(f"{reason}: {message}")
+
+
+class TufRejected(AgentError):
+    """A desired release the TUF metadata does not vouch for (ADR 0010); nothing is installed.
+    ``reason``: ``tuf_rejected``, ``tuf_expired`` or ``transfer_failed`` (metadata unreachable);
+    ``kind``: ``not-in-targets``, ``mismatch``, ``metadata``, ``expired``, ``too-long``,
+    ``length-or-hash``, ``unavailable``, ``not-approved``."""
+
+    def __init__(self, reason: str, kind: str, message: str):
+        self.reason, self.kind, self.message = reason, kind, message
+        super().__init__(f"{reason} ({kind}): {message}")

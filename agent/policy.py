@@ -38,6 +38,8 @@ def reason_for(exc: Exception) -> str:
     """Map a packager error to the protocol's reason code."""
     from bitnet_edge.packagers import errors as pe
 
+    if isinstance(exc, pe.DecryptionError):  # an encrypted bundle (ADR 0011)
+        return "not_recipient" if exc.reason in ("not-recipient", "no-device-key") else "corrupt"
     if isinstance(exc, pe.SignatureError):
         return "untrusted_key" if exc.reason in ("untrusted-key", "no-trusted-keys") else "bad_signature"
     if isinstance(exc, pe.TargetMismatch):

@@ -98,6 +98,12 @@ class FleetSync:
         self.device_id = config.device_id
         self._kinds = {device_topic(self.device_id, "desired"): "desired",
                        device_topic(self.device_id, "chunk/data"): "chunk"}
+        self.trust = None  # TUF (ADR 0010): with config.tuf_root every update must be in the signed targets
+        if config.tuf_root:
+            from bitnet_edge.agent.tuf_client import DeviceTrust
+
+            self.trust = DeviceTrust.from_config(config, capabilities, self._publish_tuf)
+            self._kinds[device_topic(self.device_id, "tuf/data")] = "tuf"
         self.downloads = Path(config.data_dir) / "downloads"
         self._state_file = Path(config.data_dir) / "sync.json"
         self.stats: Counter[str] = Counter()
@@ -185,7 +191,8 @@ class FleetSync:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
-        client.subscribe([(device_topic(self.device_id, "desired"), 1), (device_topic(self.device_id, "chunk/data"), 1)])
+        client.subscribe([(device_topic(self.device_id, "desired"), 1), (device_topic(self.device_id, "chunk/data"), 1)]
+                         + ([(device_topic(self.device_id, "tuf/data"), 1)] if self.trust is not None else []))
         state = self._state()
         birth = Presence(type="birth", device_id=self.device_id, ts=time.time(), capabilities=self.capabilities,
                          installed=state.installed, tags=self.config.tags)
@@ -204,12 +211,19 @@ class FleetSync:
         if kind is None:
             self.stats["dropped_messages"] += 1
             return
+        if kind == "tuf":  # straight to the fetcher: the worker may be blocked waiting for it
+            self.trust.fetcher.deliver(bytes(msg.payload))
+            return
         self._events.put((kind, bytes(msg.payload)))
 
     def _publish(self, leaf: str, payload: str | bytes, qos: int, retain: bool = False) -> None:
         c = self._client
         if c is not None:
             c.publish(device_topic(self.device_id, leaf), payload, qos=qos, retain=retain)
+
+    def _publish_tuf(self, topic: str, payload: str) -> bool:
+        c = self._client
+        return c is not None and self._connected.is_set() and c.publish(topic, payload, qos=1).rc == 0
 
     # ---- worker --------------------------------------------------------------------------------
 
@@ -280,13 +294,24 @@ class FleetSync:
             self._finish(d, key, "rejected", "downgrade", f"release {rel.release} is below the installed "
                                                           f"release {inst.release} and no downgrade is allowed")
             return
+        trusted_delta = False
+        if self.trust is not None:  # refresh the TUF metadata; refuse what the signed targets do not list
+            from bitnet_edge.agent.errors import TufRejected
+
+            try:
+                trusted_delta = self.trust.admit(d, self._installed_sha())
+            except TufRejected as exc:  # unreachable metadata: tried again when the desired state comes again
+                retry = exc.reason == "transfer_failed"
+                self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.message)
+                return
         prev = state.previous
         if self._activate_previous is not None and prev is not None and (
                 prev.bundle_sha256 == rel.bundle_sha256
                 or (prev.model, prev.release, prev.target) == (rel.model, rel.release, rel.target)):
             self._run_install(d, key, lambda: self._activate_previous(d))
             return
-        use_delta = rel.delta is not None and self._installed_sha() == rel.delta.base_sha256
+        use_delta = rel.delta is not None and self._installed_sha() == rel.delta.base_sha256 and (
+            self.trust is None or trusted_delta)
         sha, size = (rel.delta.sha256, rel.delta.size) if use_delta else (rel.bundle_sha256, rel.bundle_size)
         if size > self.config.limits.max_bundle_mb * MiB:
             self._finish(d, key, "rejected", "too_large", f"{size} bytes exceed max_bundle_mb="
@@ -359,6 +384,15 @@ class FleetSync:
 
     def _install_file(self, d: DesiredState, key: str, path: Path, is_delta: bool) -> None:
         size = path.stat().st_size
+        if self.trust is not None:  # length and hashes against the admitted TUF targets entry
+            from bitnet_edge.agent.errors import TufRejected
+
+            try:
+                self.trust.check_file(path)
+            except TufRejected as exc:
+                path.unlink(missing_ok=True)
+                self._finish(d, key, "rejected", exc.reason, exc.message)
+                return
         self._publish_progress(d, path.stem, "installing", size, size)
         try:
             self._run_install(d, key, lambda: self._install(path, d, is_delta), path.stem)

@@ -10,6 +10,9 @@
     POST /v1/rollouts                  RolloutSpec -> status
     GET  /v1/rollouts/{id}             status with members
     POST /v1/rollouts/{id}/{action}    pause | resume | abort | rollback
+    GET  /v1/tuf                       TUF repository status (versions, expiry, keys)
+    GET  /v1/tuf/{file}                a metadata file (root.json, 3.targets.json, timestamp.json, ...)
+    POST /v1/tuf                       {"root": text?, "targets": text?}: offline-signed metadata (ADR 0010)
 
 Every other request needs ``Authorization: Bearer <token>`` (``DATA/control.token``).  Errors
 are JSON ``{"error": reason, "detail": text}`` with 400 (bad input), 401, 404, 409 (state); a
@@ -25,7 +28,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError
+from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError, TufError
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import parse_model
 
@@ -58,6 +61,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         got = self.headers.get("Authorization", "")
         return hmac.compare_digest(got.encode(), f"Bearer {self.server.token}".encode())
+
+    def _actor(self) -> str:
+        """Who to record in the audit log: the caller's ``X-BNE-Actor`` (user@host, sent by the CLI;
+        self-declared: the API has one token) and its address."""
+        who = re.sub(r"[^\w.@:+-]", "_", self.headers.get("X-BNE-Actor", "") or "unknown")[:128]
+        return f"{who} via {self.client_address[0]}"
 
     def _body_json(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -98,21 +107,37 @@ class _Handler(BaseHTTPRequestHandler):
                 shas = body.get("bundles") if isinstance(body, dict) else None
                 if not isinstance(shas, list) or not shas or not all(isinstance(s, str) for s in shas):
                     return self._error(400, "bad-request", '{"bundles": [sha256, ...]} expected')
-                return self._json(201, svc.publish(shas))
+                return self._json(201, svc.publish(shas, actor=self._actor()))
             if method == "GET" and path == "/v1/rollouts":
                 return self._json(200, svc.rollouts())
             if method == "POST" and path == "/v1/rollouts":
                 from bitnet_edge.fleet.rollout import RolloutSpec
 
                 spec = parse_model(RolloutSpec, self._body_json(), source="rollout spec")
-                return self._json(201, svc.create_rollout(spec))
+                return self._json(201, svc.create_rollout(spec, actor=self._actor()))
             if m := re.fullmatch(r"/v1/rollouts/([A-Za-z0-9_.-]+)", path):
                 if method == "GET":
                     return self._json(200, svc.rollout(m.group(1)))
             if m := re.fullmatch(r"/v1/rollouts/([A-Za-z0-9_.-]+)/(pause|resume|abort|rollback)", path):
                 if method == "POST":
-                    return self._json(200, svc.rollout_command(m.group(1), m.group(2)))
+                    return self._json(200, svc.rollout_command(m.group(1), m.group(2), actor=self._actor()))
+            if path == "/v1/tuf" and method == "GET":
+                return self._json(200, svc.tuf_status())
+            if path == "/v1/tuf" and method == "POST":
+                body = self._body_json()
+                docs = {k: body.get(k) for k in ("root", "targets")} if isinstance(body, dict) else {}
+                if not any(docs.values()) or not all(v is None or isinstance(v, str) for v in docs.values()):
+                    return self._error(400, "bad-request", '{"root": text, "targets": text} expected')
+                return self._json(200, svc.tuf_update(*(v.encode() if v else None for v in docs.values()),
+                                                      actor=self._actor()))
+            if (m := re.fullmatch(r"/v1/tuf/([0-9a-z.]+)", path)) and method == "GET":
+                data = svc.tuf.read(m.group(1))
+                if data is None:
+                    return self._error(404, "not-found", f"no TUF metadata {m.group(1)}")
+                return self._send(200, data)
             return self._error(404, "not-found", f"{method} {path}")
+        except TufError as exc:
+            return self._error(409 if exc.reason in ("version", "exists") else 400, exc.reason, exc.detail)
         except FormatError as exc:
             return self._error(400, "bad-request", str(exc))
         except NotFound as exc:

@@ -4,11 +4,14 @@
                             [--chunk-kib N] [--trust PUB ...] [--share-group G --replica-id ID]
     bitnet-edge fleet devices [--json]
     bitnet-edge fleet releases [--json]
-    bitnet-edge fleet publish BUNDLE... [--json]          (a release's bundles and its deltas)
+    bitnet-edge fleet publish BUNDLE... [--json] [--targets-key K ...]   (a release's bundles and its deltas;
+                                                          with --targets-key also signed into TUF targets)
+    bitnet-edge fleet tuf online-key|init|push|status|sign-targets|rotate-root   (fleet/tuf_cli.py, ADR 0010)
     bitnet-edge fleet rollout create MODEL VERSION [--tag T ...] [--profile P] [--device ID ...]
                               [--stages 1,10,50,100] [--success 0.9] [--failure 0.1] [--timeout S]
     bitnet-edge fleet rollout status [ID] [--watch]
     bitnet-edge fleet rollout pause|resume|abort|rollback ID
+    bitnet-edge fleet enroll|revoke|certs|broker-config|audit [verify]    (fleet/security_cli.py, docs/security.md)
 
 Every command but ``serve`` talks to the running service's control API, found in
 ``DATA/service.json`` (``--data``, default ``$BNE_FLEET_DATA`` or ``./fleet-data``) or given with
@@ -177,8 +180,10 @@ def releases_cmd(client, as_json) -> None:
 
 @fleet_group.command("publish")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--targets-key", "targets_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Offline TUF targets key: also add the bundles to the signed targets (repeatable; ADR 0010).")
 @_client_options
-def publish_cmd(client, as_json, bundles) -> None:
+def publish_cmd(client, as_json, bundles, targets_keys) -> None:
     """Upload bundles (a release's full bundles and its deltas) and publish them as a release."""
     total = sum(os.path.getsize(b) for b in bundles)
     shas = []
@@ -188,6 +193,11 @@ def publish_cmd(client, as_json, bundles) -> None:
         for b in bundles:
             shas.append(client.upload(b, progress=lambda n: bar.advance(task, n))["sha256"])
     done = client.post("/v1/releases", {"bundles": shas})
+    if targets_keys:
+        from bitnet_edge.fleet.tuf_cli import sign_and_push_targets
+
+        tuf = sign_and_push_targets(client, bundles, targets_keys)
+        err_console.print(f"TUF targets version {tuf['version']} ({tuf['targets']} bundles) pushed", highlight=False)
     if as_json:
         return _emit_json({"ok": True, "published": done})
     t = Table(title="published")
@@ -306,4 +316,8 @@ for _action in ("pause", "resume", "abort", "rollback"):
 
 def register(main: click.Group) -> None:
     """Add ``fleet`` to ``main``."""
+    from bitnet_edge.fleet.tuf_cli import tuf_group
+
+    fleet_group.add_command(tuf_group)
+    __import__("bitnet_edge.fleet.security_cli", fromlist=["register"]).register(fleet_group)  # enroll, audit ...
     main.add_command(fleet_group)

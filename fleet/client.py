@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bitnet_edge.fleet.audit import default_actor
 from bitnet_edge.fleet.errors import ControlError
 
 __all__ = ["ControlClient"]
 
 _BLOCK = 1 << 20  # bytes per upload write
+_ACTOR = default_actor()  # user@host, recorded in the service's audit log
 
 
 class ControlClient:
@@ -51,7 +53,7 @@ class ControlClient:
                  ctype: str = "application/json", progress: Callable[[int], None] | None = None):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": ctype}
+            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": ctype, "X-BNE-Actor": _ACTOR}
             if stream is not None:
                 conn.putrequest(method, path)
                 for k, v in {**headers, "Content-Length": str(length)}.items():

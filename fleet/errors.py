@@ -7,13 +7,20 @@
     ├── RolloutError         rollout_id, reason  (``not-found``, ``bad-state``, ``no-release``,
     │                                             ``no-previous``, ``bad-spec``)
     ├── NotFound             kind, key           (also LookupError)
-    └── ControlError         reason, status      (the CLI and the service's control API:
-                                                  ``unreachable``, ``http``, ``no-service``)
+    ├── ControlError         reason, status      (the CLI and the service's control API:
+    │                                             ``unreachable``, ``http``, ``no-service``)
+    ├── TufError             reason, detail      (the TUF repository, ADR 0010: ``no-repository``,
+    │                                             ``bad-metadata``, ``unsigned``, ``version``,
+    │                                             ``expired``, ``online-key``, ``exists``, ``key``)
+    ├── PkiError             reason, detail      (the fleet CA, fleet/pki.py: ``bad-name``, ``bad-csr``,
+    │                                             ``bad-ca``, ``not-enrolled``, ``exists``)
+    └── AuditError           reason, detail      (the audit log, fleet/audit.py: ``unreadable``)
 """
 
 from __future__ import annotations
 
-__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError"]
+__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError", "PkiError",
+           "AuditError"]
 
 
 class FleetError(Exception):
@@ -47,4 +54,22 @@ class NotFound(FleetError, LookupError):
 class ControlError(FleetError):
     def __init__(self, reason: str, detail: str, status: int | None = None):
         self.reason, self.detail, self.status = reason, detail, status
+        super().__init__(f"{reason}: {detail}")
+
+
+class TufError(FleetError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class PkiError(FleetError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class AuditError(FleetError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")

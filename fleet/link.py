@@ -28,8 +28,8 @@ __all__ = ["FleetLink", "DEVICE_SUBSCRIPTIONS"]
 log = logging.getLogger("bitnet_edge.fleet.link")
 
 #: device -> fleet leaves the service listens to
-DEVICE_SUBSCRIPTIONS = ("presence", "state", "events", "chunk/req")
-SHARED = ("events", "chunk/req")  # split between replicas of a share group
+DEVICE_SUBSCRIPTIONS = ("presence", "state", "events", "chunk/req", "tuf/req")
+SHARED = ("events", "chunk/req", "tuf/req")  # split between replicas of a share group
 
 
 class FleetLink:

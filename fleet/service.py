@@ -6,7 +6,9 @@ seconds or sooner after a device's presence or state changed (debounced).
 
 Files in ``data_dir``: ``fleet.db`` (SQLite, WAL), ``bundles/`` (content-addressed store),
 ``control.token`` (the control API's bearer token, mode 0600), ``service.json`` (where the
-control API and the broker are, for the CLI).
+control API and the broker are, for the CLI), ``tuf/`` (the TUF repository and the online key,
+ADR 0010), ``audit.jsonl`` (the hash-chained log of operator actions, fleet/audit.py), and from
+the security commands ``pki/`` (the fleet CA), ``broker/`` and ``enroll/`` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bitnet_edge.fleet.api import ControlServer
+from bitnet_edge.fleet.audit import AuditLog
 from bitnet_edge.fleet.broker import EmbeddedBroker
 from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.config import FleetConfig
@@ -35,6 +38,8 @@ from bitnet_edge.fleet.publish import publish_bundles
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.store import BundleStore
+from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
+from bitnet_edge.fleet.tuf_server import TufResponder
 from bitnet_edge.sdk.mqtt import parse_broker_url
 
 __all__ = ["FleetService", "load_token"]
@@ -93,10 +98,14 @@ class FleetService:
                               counters=self.counters)
         self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
                                   queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
+        self.tuf = TufRepository(self.data / "tuf")
+        online_key(self.tuf.dir)  # the key ceremony needs its public half (DATA/tuf/online.pub)
+        self.tuf_responder = TufResponder(self.tuf, lambda t, p: self.link.publish(t, p, qos=1), self.counters)
         self.ingest = Ingest(self.registry, self.chunks, self.counters, on_change=lambda _d: self._wake.set())
         self.driver = RolloutDriver(self.db, self.registry,
                                     lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
                                     chunk_size=cfg.chunk_bytes, holder=cfg.replica_id, lease_seconds=cfg.lease_seconds)
+        self.audit = AuditLog(self.data / "audit.jsonl")  # operator actions, hash-chained (fleet/audit.py)
         self.api = ControlServer(self, cfg.api_host, cfg.api_port, load_token(self.data))
         self.chunks.start()
         self.link.start()
@@ -136,6 +145,9 @@ class FleetService:
         return [load_public_key(p) for p in self.config.trust]
 
     def _handle(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/tuf/req"):
+            self.tuf_responder.handle(topic, payload)
+            return
         self.ingest.handle(topic, payload)
 
     def _loop(self) -> None:
@@ -153,10 +165,19 @@ class FleetService:
                     self._republish.clear()
                     n = self.driver.republish()
                     log.info("re-published %d desired states", n)
+                self._refresh_tuf()
                 self.driver.tick()
             except Exception:  # noqa: BLE001 - the loop outlives a failed pass (logged, retried next tick)
                 log.exception("rollout pass failed")
                 self.counters.inc("driver_errors")
+
+    def _refresh_tuf(self) -> None:
+        """Re-sign timestamp/snapshot before they expire; a failure is logged, never stops rollouts."""
+        try:
+            self.tuf.refresh()
+        except Exception:  # noqa: BLE001 - e.g. a damaged metadata file: the operator must see it, rollouts go on
+            log.exception("TUF timestamp/snapshot refresh failed")
+            self.counters.inc("tuf_errors")
 
     def kick(self) -> None:
         """Run a driver pass soon (tests, after publishing)."""
@@ -190,25 +211,41 @@ class FleetService:
         sha, size = self.store.add_stream(stream, length, max_bytes=limit)
         return {"sha256": sha, "size": size}
 
-    def publish(self, shas: list[str]) -> list[dict]:
+    def publish(self, shas: list[str], actor: str = "local") -> list[dict]:
         missing = [s for s in shas if not self.store.has(s)]
         if missing:
             raise PublishError("not-stored", f"upload these first: {', '.join(m[:12] for m in missing)}")
         out = [p.as_dict() for p in publish_bundles(self.registry, self.store, shas, self.trusted)]
+        self.audit.append("publish", actor, ", ".join(sorted({f"{p['model']} {p['version']}" for p in out})),
+                          {"bundles": out})
         self.kick()  # a new delta may serve devices claimed by a running rollout
         return out
+
+    def tuf_status(self) -> dict:
+        return self.tuf.status()
+
+    def tuf_update(self, root: bytes | None, targets: bytes | None, actor: str = "local") -> dict:
+        st = self.tuf.update(root=root, targets=targets)
+        self.audit.append("tuf-update", actor, ", ".join(f"{r} {st[r]['version']}" for r, d in
+                                                         (("root", root), ("targets", targets)) if d),
+                          {r: st[r] for r in ("root", "targets")})
+        return st
 
     def rollouts(self) -> list[dict]:
         return self.driver.list()
 
-    def create_rollout(self, spec: RolloutSpec) -> dict:
-        return self.driver.create(spec)
+    def create_rollout(self, spec: RolloutSpec, actor: str = "local") -> dict:
+        st = self.driver.create(spec)
+        self.audit.append("rollout-create", actor, st["id"], {"spec": spec.model_dump(mode="json")})
+        return st
 
     def rollout(self, rollout_id: str) -> dict:
         return self.driver.status(rollout_id)
 
-    def rollout_command(self, rollout_id: str, action: str) -> dict:
-        return self.driver.command(rollout_id, action)
+    def rollout_command(self, rollout_id: str, action: str, actor: str = "local") -> dict:
+        st = self.driver.command(rollout_id, action)
+        self.audit.append(f"rollout-{action}", actor, rollout_id, {"state": st["state"]})
+        return st
 
     def metrics_text(self) -> str:
         devices = [{"online": bool(r["online"]), "model": r["installed_model"], "version": r["version"],

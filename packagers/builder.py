@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bitnet_edge import __version__
-from bitnet_edge.packagers import codec, golden as golden_mod
+from bitnet_edge.packagers import codec, crypt, golden as golden_mod
 from bitnet_edge.packagers import cuda as cuda_build
 from bitnet_edge.packagers.container import CONTAINER_VERSION, encode_envelope, signed_message
 from bitnet_edge.packagers.devices import DeviceProfile, check_library_fits, load_devices
@@ -32,6 +32,7 @@ from bitnet_edge.packagers.manifest import (
     BundleManifest,
     CudaInfo,
     DeltaInfo,
+    EncryptionInfo,
     NativeLibrary,
     Section,
     Sizes,
@@ -77,6 +78,11 @@ class PackageOptions:
     devices_dir: Path | None = None
     cuda: bool = True  # put the CUDA fatbin into bundles of targets with a GPU (jetson); needs nvcc
     cuda_fatbin: Path | None = None  # a prebuilt fatbin (packagers.cuda.build_fatbin from native_root)
+    # Encryption (ADR 0011): seal the payload of every bundle written to these device X25519 public
+    # keys (empty: not encrypted); base_keys open encrypted --delta-from bases (a recipient's key).
+    encrypt_to: tuple = ()  # X25519PublicKey, ...
+    aead: str = "aes-256-gcm"  # or chacha20-poly1305
+    base_keys: tuple = ()  # crypt.DeviceKey, ...
 
 
 @dataclass(frozen=True)
@@ -146,11 +152,21 @@ def _sections(contents: Mapping[str, tuple[str, bytes]], encoded: Mapping[str, t
     return out
 
 
+def _seal(encoded: Mapping[str, tuple[str, bytes, str | None]], options: PackageOptions
+          ) -> tuple[dict[str, tuple[str, bytes, str | None]], EncryptionInfo | None]:
+    """The stored bytes as written: sealed to ``options.encrypt_to`` under a fresh content key (one
+    per file), or unchanged when it is empty."""
+    if not options.encrypt_to:
+        return dict(encoded), None
+    sealer = crypt.Sealer(list(options.encrypt_to), options.aead)
+    return {n: (enc, sealer.seal(n, data), base) for n, (enc, data, base) in encoded.items()}, sealer.info
+
+
 def _load_bases(paths: Sequence[str | os.PathLike], trusted: list[Ed25519PublicKey], name: str,
-                targets: Sequence[str]) -> dict[str, BaseContents]:
+                targets: Sequence[str], device_keys: Sequence = ()) -> dict[str, BaseContents]:
     bases: dict[str, BaseContents] = {}
     for p in paths:
-        b = base_from_bundle(p, trusted)
+        b = base_from_bundle(p, trusted, device_keys=device_keys)
         t = b.manifest.target
         if b.manifest.name != name:
             raise PackagingError("base-other-model", f"{p} is model {b.manifest.name!r}, not {name!r}")
@@ -224,7 +240,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
         contents[golden.section] = ("golden", gdata)
 
     signer_pubs = [k.public_key() for k in keys]
-    bases = _load_bases(delta_from, signer_pubs + list(trust), model.name, list(by_target))
+    bases = _load_bases(delta_from, signer_pubs + list(trust), model.name, list(by_target), options.base_keys)
     if release is None:
         release = max((b.manifest.release for b in bases.values()), default=0) + 1
     for b in bases.values():
@@ -276,7 +292,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
 
             step(f"compressing {target}")
             encoded = {n: ("zstd", full(c), None) for n, (_, c) in tcontents.items()}
-            sections = _sections(tcontents, encoded)
+            sealed, encryption = _seal(encoded, options)
+            sections = _sections(tcontents, sealed)
             stored_total = sum(s.stored_size for s in sections)
             tern = next((s for s in sections if s.name == TERNARY_SECTION), None)
             sizes = Sizes(
@@ -292,10 +309,10 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                                 toolchains=toolchains, cflags=list(BASE_CFLAGS) + list(t.cflags),
                                 zstd=codec.zstd_version(), zstd_level=options.zstd_level,
                                 source_date_epoch=epoch),
-                golden=golden, sizes=sizes, signers=signers)
+                golden=golden, sizes=sizes, signers=signers, encryption=encryption)
             step(f"signing and writing {target}")
             path = out / bundle_filename(model.name, version, target)
-            size = _write_bundle(path, manifest, {n: e[1] for n, e in encoded.items()}, keys)
+            size = _write_bundle(path, manifest, {n: e[1] for n, e in sealed.items()}, keys)
             result = BundleResult(target, path, size, manifest)
 
             base = bases.get(target)
@@ -310,16 +327,18 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                     enc, data = codec.best_delta(c, old, options.zstd_level, ternary=n == TERNARY_SECTION)
                     dencoded[n] = ((enc, data, hashlib.sha256(old).hexdigest()) if len(data) < len(encoded[n][1])
                                    else encoded[n])
-                dsections = _sections(tcontents, dencoded)
+                dsealed, dencryption = _seal(dencoded, options)
+                dsections = _sections(tcontents, dsealed)
                 dmanifest = BundleManifest.model_validate({
                     **manifest.model_dump(),
+                    "encryption": dencryption.model_dump() if dencryption else None,
                     "sections": [s.model_dump() for s in dsections],
                     "sizes": {**sizes.model_dump(), "payload_stored_bytes": sum(s.stored_size for s in dsections)},
                     "delta": DeltaInfo(base_release_sha256=base.release_sha256, base_version=base.manifest.version,
                                        base_release=base.manifest.release).model_dump(),
                 })
                 dpath = out / bundle_filename(model.name, version, target, base.manifest.release)
-                dsize = _write_bundle(dpath, dmanifest, {n: e[1] for n, e in dencoded.items()}, keys)
+                dsize = _write_bundle(dpath, dmanifest, {n: e[1] for n, e in dsealed.items()}, keys)
                 result = BundleResult(target, path, size, manifest, dpath, dsize)
             results.append(result)
     if progress is not None:

@@ -2,10 +2,13 @@
 
     bitnet-edge devices [--json]
     bitnet-edge keys generate --out DIR [--name signing] [--passphrase]
+    bitnet-edge keys generate-device --out DIR [--name device]          (X25519, for encrypted bundles)
     bitnet-edge package MODEL --device D [--device D ...] --version V --key K [--key K ...] -o DIR
-                        [--release N] [--delta-from OLD.bundle ...] [--trust PUB ...] [--no-golden] [--no-cuda] [--json]
+                        [--release N] [--delta-from OLD.bundle ...] [--trust PUB ...] [--no-golden] [--no-cuda]
+                        [--encrypt-to DEVICE.pub ...] [--aead aes-256-gcm|chacha20-poly1305] [--base-key KEY]
+                        [--json]
     bitnet-edge inspect BUNDLE [--json]
-    bitnet-edge verify BUNDLE --trust PUB [--trust PUB ...] [--base OLD] [--json]
+    bitnet-edge verify BUNDLE --trust PUB [--trust PUB ...] [--base OLD] [--device-key KEY] [--json]
 
 Failures print one line naming what failed and exit with status 1 (``--json``: an ``error`` object
 with ``type``, ``reason``, ``part`` and ``message``).
@@ -128,6 +131,31 @@ def keys_generate(out_dir: Path, name: str, ask: bool, as_json: bool) -> None:
                       f"public key   {kp.public_path}\nkey id       {kp.key_id}", highlight=False)
 
 
+@keys_group.command("generate-device")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for NAME.key (X25519 private, mode 0600) and NAME.pub.")
+@click.option("--name", default="device", show_default=True, help="File name stem.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def keys_generate_device(out_dir: Path, name: str, as_json: bool) -> None:
+    """Generate a device's X25519 key pair: bundles encrypted to NAME.pub only it can open.
+
+    Run it on the device (the private key need not leave it); give NAME.pub to the release
+    engineer (`bitnet-edge package --encrypt-to NAME.pub`) and set `device_key` in agent.toml.
+    """
+    from bitnet_edge.packagers.crypt import generate_device_key
+
+    try:
+        kp = generate_device_key(out_dir, name)
+    except _handled() as exc:
+        _fail(exc, as_json)
+    data = {"private_key": str(kp.private_path), "public_key": str(kp.public_path), "key_id": kp.key_id}
+    if as_json:
+        _emit_json(data)
+    else:
+        console.print(f"private key  {kp.private_path} (X25519, mode 0600)\npublic key   {kp.public_path}\n"
+                      f"key id       {kp.key_id}", highlight=False)
+
+
 # ---- package -------------------------------------------------------------------------------------
 
 def _load_signing_key(path: Path):
@@ -163,9 +191,16 @@ def _load_signing_key(path: Path):
 @click.option("--no-golden", is_flag=True, help="Do not run the model to record golden vectors.")
 @click.option("--no-cuda", is_flag=True, help="Leave the CUDA fatbin out of GPU targets' bundles (jetson).")
 @click.option("--zstd-level", type=click.IntRange(1, 22), default=None, help="zstd level (default 19).")
+@click.option("--encrypt-to", "encrypt_to", multiple=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Device X25519 public key: encrypt the payload so only these devices can "
+                                    "install it (repeatable).")
+@click.option("--aead", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"]), default="aes-256-gcm",
+              show_default=True, help="Cipher of an encrypted bundle.")
+@click.option("--base-key", "base_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="X25519 private key of a recipient of an encrypted --delta-from bundle (to read its base).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_from, trust, no_golden, no_cuda,
-                zstd_level, as_json) -> None:
+                zstd_level, encrypt_to, aead, base_keys, as_json) -> None:
     """Build signed bundles of MODEL, one per distinct target of the devices."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -176,7 +211,11 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
     try:
         skeys = [_load_signing_key(k) for k in keys]
         tkeys = [load_public_key(p) for p in trust]
-        options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda)
+        from bitnet_edge.packagers.crypt import load_device_key, load_device_public_key
+
+        options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda,
+                                 encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
+                                 base_keys=tuple(load_device_key(p) for p in base_keys))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err_console, disable=as_json, transient=False) as bar:
             task = bar.add_task("packaging", total=None)
@@ -192,7 +231,9 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
              "devices": [d.name for d in r.manifest.devices],
              "ternary_bits_per_weight": r.manifest.sizes.ternary_bits_per_weight,
              "delta_bundle": str(r.delta_path) if r.delta_path else None, "delta_size": r.delta_size,
-             "delta_ratio": r.delta_ratio} for r in results]
+             "delta_ratio": r.delta_ratio,
+             "encrypted_to": [x.key_id for x in r.manifest.encryption.recipients] if r.manifest.encryption else None}
+            for r in results]
     if as_json:
         _emit_json(rows)
         return
@@ -227,6 +268,8 @@ def _summary(env, m, file_size: int) -> dict:
                                                  "arrays": [a.name for a in m.golden.arrays]},
         "sections": [{"name": x.name, "encoding": x.encoding, "stored": x.stored_size, "content": x.size}
                      for x in m.sections],
+        "encryption": None if m.encryption is None else {
+            "aead": m.encryption.aead, "recipients": [r.key_id for r in m.encryption.recipients]},
     }
 
 
@@ -269,6 +312,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
                                  f"({', '.join(m.cuda.archs)}{ptx}{size}): {m.cuda.note}"))
     if m.golden:
         t.add_row("golden", f"{m.golden.method}: {', '.join(info['golden']['arrays'])}")
+    if m.encryption:
+        t.add_row("encrypted", f"{m.encryption.aead} to {len(m.encryption.recipients)} device key(s): "
+                               + ", ".join(r.key_id[:16] for r in m.encryption.recipients[:8])
+                               + (" ..." if len(m.encryption.recipients) > 8 else ""))
     t.add_row("signatures", ", ".join(k[:16] for k in info["signatures"]))
     t.add_row("toolchains", "; ".join(m.build.toolchains.values()))
     console.print(t)
@@ -288,28 +335,35 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
               path_type=Path), help="Trusted public key (repeatable).")
 @click.option("--base", type=click.Path(exists=True, path_type=Path), default=None,
               help="For a delta bundle: the full bundle (or install directory) of its base release.")
+@click.option("--device-key", "device_keys", multiple=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="X25519 private key of a recipient: decrypt and check an encrypted bundle's "
+                                    "contents too.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def verify_cmd(bundle: Path, trust, base: Path | None, as_json: bool) -> None:
+def verify_cmd(bundle: Path, trust, base: Path | None, device_keys, as_json: bool) -> None:
     """Check a bundle's signatures and every byte of it against the signed manifest."""
+    from bitnet_edge.packagers.crypt import load_device_key
     from bitnet_edge.packagers.install import open_base
     from bitnet_edge.packagers.signing import load_public_key
     from bitnet_edge.packagers.verify import verify_bundle
 
     try:
         keys = [load_public_key(p) for p in trust]
-        base_contents = open_base(base, keys) if base is not None else None
-        vb = verify_bundle(bundle, keys, base=base_contents)
+        dkeys = [load_device_key(p) for p in device_keys]
+        base_contents = open_base(base, keys, dkeys) if base is not None else None
+        vb = verify_bundle(bundle, keys, base=base_contents, device_keys=dkeys)
     except _handled() as exc:
         _fail(exc, as_json)
     m = vb.manifest
     data = {"ok": True, "name": m.name, "version": m.version, "release": m.release, "target": m.target,
             "signed_by": vb.signers, "manifest_sha256": vb.manifest_sha256,
             "release_sha256": vb.release_sha256, "contents_checked": vb.deep,
-            "delta": m.delta is not None}
+            "delta": m.delta is not None, "encrypted": m.encryption is not None}
     if as_json:
         _emit_json(data)
         return
-    what = "every stored and decoded byte" if vb.deep else "every stored byte (a delta: pass --base to decode)"
+    what = ("every stored and decoded byte" if vb.deep else
+            "every stored byte (encrypted: pass --device-key to decrypt)" if m.encryption and not dkeys else
+            "every stored byte (a delta: pass --base to decode)")
     console.print(f"[green]OK[/green] {bundle.name}: {m.name} {m.version} (release {m.release}, {m.target}); "
                   f"signed by {', '.join(k[:16] for k in vb.signers)}; {what} matches the signed manifest",
                   highlight=False)

@@ -20,7 +20,9 @@ errors) by path before any dependency is importable.
         ├── SignatureError          key_ids
         ├── IntegrityError          section, stage, expected, found
         ├── DeltaError              expected, found
-        └── TargetMismatch          bundle_target, host_target
+        ├── TargetMismatch          bundle_target, host_target
+        └── DecryptionError         an encrypted bundle this reader cannot open
+            └── NotRecipient            key_ids, recipients
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "IntegrityError",
     "DeltaError",
     "TargetMismatch",
+    "DecryptionError",
+    "NotRecipient",
 ]
 
 
@@ -100,7 +104,7 @@ class KeyFileError(PackagerError):
     """A signing or trust key that cannot be written or read.
 
     ``reason``: ``exists`` | ``unreadable`` | ``bad-format`` | ``passphrase-required`` |
-    ``bad-passphrase``.
+    ``bad-passphrase`` | ``insecure-permissions`` (a device private key readable by others).
     """
 
     def __init__(self, path: str, reason: str, detail: str = ""):
@@ -203,3 +207,24 @@ class TargetMismatch(BundleError):
         self.bundle_target, self.host_target = bundle_target, host_target
         super().__init__("target", "wrong-target",
                          f"the bundle's library is for {bundle_target}, this machine is {host_target}")
+
+
+class DecryptionError(BundleError):
+    """An encrypted bundle (docs/adr/0011-encrypted-bundles.md) this reader cannot open.  ``reason``:
+    ``no-device-key`` (none configured) | ``not-recipient`` (:class:`NotRecipient`) |
+    ``unwrap-failed`` | ``bad-ciphertext`` (a sealed chunk fails authentication)."""
+
+    def __init__(self, reason: str, message: str, part: str = "encryption"):
+        super().__init__(part, reason, message)
+
+
+class NotRecipient(DecryptionError):
+    """The bundle is sealed to other devices: none of ``key_ids`` (this reader's X25519 key ids)
+    is among ``recipients``."""
+
+    def __init__(self, key_ids: list[str], recipients: list[str]):
+        self.key_ids, self.recipients = list(key_ids), list(recipients)
+        super().__init__("not-recipient",
+                         f"this device (key {', '.join(k[:16] for k in self.key_ids)}) is not a recipient of the "
+                         f"encrypted bundle ({len(self.recipients)} recipient(s)); ask for a bundle encrypted to "
+                         "its key (bitnet-edge package --encrypt-to DEVICE.pub)")

@@ -28,6 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bitnet_edge.packagers.container import Limits, encode_envelope, read_envelope
+from bitnet_edge.packagers.crypt import DeviceKey
 from bitnet_edge.packagers.errors import DeltaError, InstallError, TargetMismatch
 from bitnet_edge.packagers.golden import read_golden
 from bitnet_edge.packagers.manifest import BundleManifest, parse_manifest, release_digest
@@ -59,23 +60,28 @@ def library_host_target() -> str:
     return host_target()
 
 
-def open_base(path: str | os.PathLike, trusted: Sequence[Ed25519PublicKey]) -> BaseContents:
-    """A delta's base: a full bundle file, or a directory a bundle was installed into."""
+def open_base(path: str | os.PathLike, trusted: Sequence[Ed25519PublicKey],
+              device_keys: Sequence[DeviceKey] = ()) -> BaseContents:
+    """A delta's base: a full bundle file (encrypted: needs a recipient's key), or a directory a
+    bundle was installed into."""
     p = Path(path)
-    return base_from_installed(p, trusted) if p.is_dir() else base_from_bundle(p, trusted)
+    return base_from_installed(p, trusted) if p.is_dir() else base_from_bundle(p, trusted, device_keys=device_keys)
 
 
 def install_bundle(source: Source, dest: str | os.PathLike, trusted: Sequence[Ed25519PublicKey], *,
                    base: BaseContents | str | os.PathLike | None = None, check_host: bool = True,
-                   overwrite: bool = False, limits: Limits = Limits()) -> Installed:
+                   overwrite: bool = False, limits: Limits = Limits(),
+                   device_keys: Sequence[DeviceKey] = ()) -> Installed:
     """Verify ``source`` and install it at ``dest`` (which must not exist unless ``overwrite``).
 
     ``base`` (a BaseContents, bundle path or installed directory) is needed for delta bundles.
     ``check_host`` refuses a bundle whose library is for another target than this machine.
+    ``device_keys``: this device's X25519 keys, for encrypted bundles (ADR 0011); the installed
+    files are plaintext.
     """
     if base is not None and not isinstance(base, BaseContents):
-        base = open_base(base, trusted)
-    vb = verify_bundle(source, trusted, base=base, keep_contents=True, limits=limits)
+        base = open_base(base, trusted, device_keys)
+    vb = verify_bundle(source, trusted, base=base, keep_contents=True, limits=limits, device_keys=device_keys)
     m = vb.manifest
     if m.delta is not None and base is None:
         raise DeltaError("base-required", f"this is a delta against release {m.delta.base_release} "

@@ -34,6 +34,8 @@ __all__ = [
     "GoldenSet",
     "Sizes",
     "DeltaInfo",
+    "Recipient",
+    "EncryptionInfo",
     "BundleManifest",
     "canonical_json",
     "release_digest",
@@ -178,6 +180,36 @@ class DeltaInfo(Strict):
     base_release: int = Field(ge=1, description="release counter of the base")
 
 
+class Recipient(Strict):
+    """One device a bundle is encrypted to (docs/adr/0011-encrypted-bundles.md)."""
+
+    key_id: str = Field(pattern=SHA256, description="sha256 of the device's raw 32-byte X25519 public key, hex")
+    ephemeral: str = Field(pattern=r"^[0-9a-f]{64}$", description="raw X25519 public key of the one-time "
+                                                                  "ephemeral key used for this recipient, hex")
+    wrapped_key: str = Field(pattern=r"^[0-9a-f]{96}$", description="the bundle's content key sealed with the "
+                                                                    "AEAD under HKDF(X25519(ephemeral, device)), hex")
+
+
+class EncryptionInfo(Strict):
+    """Set when the payload sections are encrypted: every section's stored bytes are sealed chunks
+    (stored_size / stored_sha256 describe the ciphertext; size / sha256 the decoded content)."""
+
+    scheme: Literal["x25519-hkdf-sha256"] = Field(description="key agreement and key derivation")
+    aead: Literal["aes-256-gcm", "chacha20-poly1305"] = Field(description="cipher of the key wrap and the chunks")
+    chunk_bytes: int = Field(ge=1024, le=16 * 2**20, description="plaintext bytes per sealed chunk (each chunk "
+                                                                 "grows by a 16-byte tag)")
+    salt: str = Field(pattern=SHA256, description="32 random bytes of this file, hex: mixed into every section key")
+    recipients: list[Recipient] = Field(min_length=1, max_length=100_000,
+                                        description="devices that can decrypt, sorted by key id")
+
+    @model_validator(mode="after")
+    def _sorted_recipients(self):
+        ids = [r.key_id for r in self.recipients]
+        if ids != sorted(set(ids)):
+            raise ValueError("recipients must be sorted by key id and distinct")
+        return self
+
+
 class BundleManifest(Strict):
     format: Literal["bitnet-edge-bundle"] = Field(default=FORMAT, description="file kind")
     format_version: Literal[1] = Field(default=FORMAT_VERSION, description="bumped on incompatible change")
@@ -198,6 +230,10 @@ class BundleManifest(Strict):
     golden: GoldenSet | None = Field(default=None, description="health-check vectors")
     sizes: Sizes = Field(description="sizes and bits per weight")
     delta: DeltaInfo | None = Field(default=None, description="set when sections are encoded against a base bundle")
+    encryption: EncryptionInfo | None = Field(default=None, description="set when the payload is encrypted to "
+                                                                        "device keys (left out of the JSON when "
+                                                                        "not: readers older than it stay able to "
+                                                                        "read unencrypted bundles)")
     signers: list[str] = Field(min_length=1, description="key ids (sha256 of the raw Ed25519 public key, hex) of "
                                                          "every signature in the signature block, sorted")
 
@@ -237,19 +273,22 @@ class BundleManifest(Strict):
 
 def canonical_json(model: Strict) -> bytes:
     """The signed byte form: sorted keys, no whitespace, ASCII only."""
-    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, allow_nan=False).encode("ascii")
+    d = model.model_dump(mode="json")
+    if isinstance(model, BundleManifest) and model.encryption is None:
+        d.pop("encryption")  # unencrypted bundles keep the bytes they had before the field existed
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def release_digest(m: BundleManifest) -> str:
     """sha256 naming a release's content, not how its sections are encoded: the full bundle and a
     delta bundle of one release share it, so a delta can name its base whichever way the base was
     delivered.  Canonical JSON of the manifest with each section reduced to (name, kind, size,
-    sha256) and without ``delta`` and ``sizes.payload_stored_bytes``."""
+    sha256) and without ``delta``, ``encryption`` and ``sizes.payload_stored_bytes``."""
     d = m.model_dump(mode="json")
     d["sections"] = [{k: s[k] for k in ("name", "kind", "size", "sha256")} for s in d["sections"]]
     d["sizes"].pop("payload_stored_bytes")
     d.pop("delta")
+    d.pop("encryption")  # each bundle file has its own content key: the full and delta bundles still share it
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                                      allow_nan=False).encode("ascii")).hexdigest()
 

@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bitnet_edge.packagers import codec
+from bitnet_edge.packagers import codec, crypt
+from bitnet_edge.packagers.crypt import DeviceKey
 from bitnet_edge.packagers.container import Envelope, Limits, read_envelope, read_exact
 from bitnet_edge.packagers.errors import (
     BundleFormatError,
@@ -107,11 +108,15 @@ def _read_section(f: BinaryIO, name: str, size: int, limits: Limits, keep: bool)
 
 
 def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: BaseContents | None = None,
-                  deep: bool = True, keep_contents: bool = False, limits: Limits = Limits()) -> VerifiedBundle:
+                  deep: bool = True, keep_contents: bool = False, limits: Limits = Limits(),
+                  device_keys: Sequence[DeviceKey] = ()) -> VerifiedBundle:
     """Verify ``source`` (path, bytes or binary stream) against the ``trusted`` public keys.
 
     A delta bundle needs ``base`` for a deep check; without it only the stored bytes are checked
-    (``deep`` is then False in the result).  Raises a BundleError subclass on any failure.
+    (``deep`` is then False in the result).  An encrypted bundle likewise needs one of
+    ``device_keys`` among its recipients (``keep_contents`` without one: DecryptionError
+    ``no-device-key``; with keys none of which is a recipient: NotRecipient, before the payload is
+    read).  Raises a BundleError subclass on any failure.
     """
     if not trusted:
         raise SignatureError("no-trusted-keys", "verification needs at least one trusted public key")
@@ -129,6 +134,12 @@ def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: 
                              f"({base.manifest.version}, digest {base.release_sha256[:16]})",
                              delta.base_release_sha256, base.release_sha256)
         deep = deep and (manifest.delta is None or base is not None)
+        sealed, content_key = manifest.encryption, None
+        if sealed is not None and deep:
+            if device_keys or keep_contents:
+                content_key = crypt.open_content_key(sealed, device_keys)
+            else:
+                deep = False
         contents: dict[str, bytes] = {}
         for s in manifest.sections:
             if max(s.stored_size, s.size) > limits.max_section_bytes:
@@ -146,6 +157,8 @@ def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: 
                 if found != s.base_sha256:
                     raise DeltaError("base-mismatch", f"section {s.name!r} of the base is {found[:16]}, the delta "
                                                       f"was made against {s.base_sha256[:16]}", s.base_sha256, found)
+            if content_key is not None:
+                stored = crypt.open_section(sealed, content_key, s.name, stored)
             content = codec.decode(s.name, s.encoding, stored, s.size, base_content)
             digest = hashlib.sha256(content).hexdigest()
             if digest != s.sha256:
@@ -159,9 +172,10 @@ def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: 
                           contents if keep_contents else None)
 
 
-def base_from_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], limits: Limits = Limits()) -> BaseContents:
-    """A full bundle, verified, as the base of a delta."""
-    vb = verify_bundle(source, trusted, keep_contents=True, limits=limits)
+def base_from_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], limits: Limits = Limits(),
+                     device_keys: Sequence[DeviceKey] = ()) -> BaseContents:
+    """A full bundle, verified, as the base of a delta (an encrypted one needs a recipient's key)."""
+    vb = verify_bundle(source, trusted, keep_contents=True, limits=limits, device_keys=device_keys)
     if vb.manifest.delta is not None:
         raise DeltaError("base-is-delta", "a delta bundle cannot be a base: use the full bundle of that release, "
                                           "or the directory it was installed into")

@@ -39,6 +39,7 @@ SHA256 = r"^[0-9a-f]{64}$"
 ReasonCode = Literal[
     "ok", "bad_signature", "untrusted_key", "downgrade", "wrong_target", "corrupt", "too_large",
     "no_space", "load_failed", "health_failed", "transfer_failed", "timeout", "superseded", "internal",
+    "not_recipient",  # an encrypted bundle (ADR 0011) not sealed to this device's key, or no device key
     "tuf_rejected",  # TUF: not in the signed targets metadata, or the metadata failed to verify (docs/security.md)
     "tuf_expired",  # TUF: the newest metadata the fleet serves has expired (freeze / offline policy)
 ]

@@ -36,6 +36,7 @@ SCHEMAS: dict[str, str] = {
     "protocol-progress": "bitnet_edge.sdk.protocol:Progress",
     "protocol-tuf-request": "bitnet_edge.sdk.protocol:TufRequest",
     "protocol-tuf-part-header": "bitnet_edge.sdk.protocol:TufPartHeader",
+    "tuf-bundle-target": "bitnet_edge.sdk.tuf_meta:BundleTarget",
     "device-profile": "bitnet_edge.packagers.devices:DeviceProfile",
     "bundle-manifest": "bitnet_edge.packagers.manifest:BundleManifest",
     "fleet-config": "bitnet_edge.fleet.config:FleetConfig",
