@@ -248,7 +248,7 @@ class Device:
         wait_for(lambda: self.sync.connected, 10, what="device connected")
         return self
 
-    def outcome(self, after: float, timeout: float = 20.0):
+    def outcome(self, after: float, timeout: float = 60.0):  # generous: CI runs on 2 busy cores
         """The next install outcome (from FleetSync) newer than ``after``."""
         from _fleet_helpers import wait_for
 
