@@ -30,6 +30,8 @@ import threading
 import time
 
 import click
+
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -39,11 +41,9 @@ __all__ = ["register"]
 
 console = Console()
 err_console = Console(stderr=True)
-DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
+from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
 
 
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _fail(exc: Exception, as_json: bool) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from pydantic import Field
 
 from bitnet_edge.sdk.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from bitnet_edge.sdk.schemas import Strict
+
+#: the fleet data directory the CLI uses when --data is not given
+DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
 
 __all__ = ["FleetConfig"]
 

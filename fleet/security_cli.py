@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -34,11 +36,9 @@ __all__ = ["register"]
 
 console = Console()
 err_console = Console(stderr=True)
-DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
+from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
 
 
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _when(ts: float | None) -> str:

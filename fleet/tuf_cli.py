@@ -28,7 +28,7 @@ import click
 __all__ = ["tuf_group", "sign_and_push_targets"]
 
 PASSPHRASE_ENV = "BITNET_EDGE_KEY_PASSPHRASE"
-DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
+from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
 
 
 def _fail(exc: Exception) -> None:

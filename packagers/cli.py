@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -35,8 +37,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _error_dict(exc: Exception) -> dict:

@@ -6,6 +6,8 @@ import json
 import sys
 
 import click
+
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -15,8 +17,6 @@ from bitnet_edge import __version__
 console = Console()
 
 
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
