@@ -38,7 +38,7 @@ class FetchLimits:
     part_timeout: float = 10.0  # seconds: longest wait for the next part of a metadata file
     file_timeout: float = 60.0  # seconds: longest fetch of one metadata file
     max_file_bytes: int = 8 * 1024 * 1024  # bytes: no metadata file is read past this (ngclient's are lower)
-    max_queued_parts: int = 256  # parts waiting for the reader; more are dropped (the fetch then fails)
+    max_queued_bytes: int = 8 * 1024 * 1024  # bytes waiting for the reader; past this the fetch fails
 
 
 class MqttFetcher(FetcherInterface):
@@ -57,14 +57,17 @@ class MqttFetcher(FetcherInterface):
             self.stats["malformed_parts"] += 1
             return
         with self._lock:
-            q = self._pending.get(head.request_id)
-        if q is None:
-            self.stats["stray_parts"] += 1
-            return
-        try:
-            q.put_nowait((head, data))
-        except queue.Full:
-            self.stats["overflow_parts"] += 1
+            entry = self._pending.get(head.request_id)
+            if entry is None:
+                self.stats["stray_parts"] += 1
+                return
+            # bounded by bytes, not parts: a flood is held until the reader's length check cuts it off
+            if entry[1] + len(data) > self.limits.max_queued_bytes:
+                self.stats["overflow_parts"] += 1
+                entry[2] = True
+                return
+            entry[1] += len(data)
+        entry[0].put_nowait((head, data))
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         file = url.rsplit("/", 1)[-1]
@@ -75,9 +78,10 @@ class MqttFetcher(FetcherInterface):
     def _stream(self, file: str) -> Iterator[bytes]:
         lim = self.limits
         rid = secrets.token_hex(16)
-        q: queue.Queue = queue.Queue(maxsize=lim.max_queued_parts)
+        q: queue.Queue = queue.Queue()
+        entry = [q, 0, False]  # queue, bytes queued, overflowed
         with self._lock:
-            self._pending[rid] = q
+            self._pending[rid] = entry
         try:
             req = TufRequest(device_id=self.device_id, request_id=rid, file=file, max_bytes=lim.max_file_bytes)
             if not self._publish(device_topic(self.device_id, "tuf/req"), req.model_dump_json()):
@@ -92,7 +96,11 @@ class MqttFetcher(FetcherInterface):
                         raise queue.Empty
                     head, data = q.get(timeout=wait)
                 except queue.Empty:
+                    if entry[2]:
+                        raise DownloadLengthMismatchError(f"{file}: more than {lim.max_queued_bytes} bytes queued")
                     raise SlowRetrievalError(f"{file}: no answer from the fleet in time") from None
+                with self._lock:
+                    entry[1] -= len(data)
                 if head.index != expect:
                     raise DownloadError(f"{file}: part {head.index} arrived, part {expect} expected (lost or forged)")
                 if head.status != 200:
