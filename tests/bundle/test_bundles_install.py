@@ -1,0 +1,182 @@
+"""Installing bundles: the model directory comes back bit for bit, the golden vectors pass on the
+installed model, and the aarch64 library taken out of a bundle runs the kernel test vectors
+under qemu-aarch64 (cortex-a72: NEON, cortex-a76: NEON + dotprod) bit for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import tests.native.test_aarch64_qemu as qv
+from tests.support.bundle_models import NATIVE, TOOLS, make_mlp_dir, prebuilt
+from tests.support.tools import require_tool
+
+from bitnet_edge.packagers.builder import PackageOptions, package_model
+from bitnet_edge.packagers.errors import InstallError, TargetMismatch
+from bitnet_edge.packagers.golden import check_outputs, read_golden, run_model
+from bitnet_edge.packagers.install import ENVELOPE_FILE, install_bundle, library_host_target
+from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
+from bitnet_edge.packagers.targets import binary_kind
+from bitnet_edge.packagers.verify import verify_bundle
+from bitnet_edge.sdk import load_model
+
+ALL_DEVICES = ["x86-64-v4", "raspberry-pi-4", "apple-m", "jetson-orin-nano"]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """One model packaged for all four target families."""
+    for tools in TOOLS.values():
+        for tool, pkg in tools:
+            require_tool(tool, pkg)
+    require_tool("nvcc", "nvidia-cuda-toolkit")  # the jetson bundle carries the CUDA fatbin
+    root = tmp_path_factory.mktemp("install")
+    kp = generate_keypair(root / "keys")
+    key, pub = load_private_key(kp.private_path), load_public_key(kp.public_path)
+    model = make_mlp_dir(root / "mlp")
+    results = package_model(model, ALL_DEVICES, "1.0.0", [key], root / "dist",
+                            options=PackageOptions(libraries=prebuilt(["linux-x86_64", "linux-aarch64",
+                                                                       "macos-arm64"])))
+    return dict(root=root, pub=pub, model=model, by_target={r.target: r for r in results})
+
+
+def test_one_bundle_per_target_family(bundles):
+    bt = bundles["by_target"]
+    assert set(bt) == {"linux-x86_64", "linux-aarch64", "macos-arm64", "jetson"}
+    expect = {"linux-x86_64": "elf/x86-64", "linux-aarch64": "elf/aarch64", "macos-arm64": "mach-o/arm64",
+              "jetson": "elf/aarch64"}
+    for target, r in bt.items():
+        vb = verify_bundle(r.path, [bundles["pub"]])
+        lib = vb.manifest.libraries[0]
+        assert lib.binary == expect[target]
+        assert [d.target for d in vb.manifest.devices] == [target]
+    jet = bt["jetson"].manifest
+    assert jet.cuda is not None and jet.cuda.included and jet.cuda.archs == ["sm_87", "sm_90", "sm_110"]
+    assert jet.cuda.ptx and jet.cuda.ptx_arch == "compute_80" and jet.cuda.toolchain.startswith("nvcc")
+    assert jet.section(jet.cuda.section).kind == "cuda-fatbin" and jet.cuda.size > 0
+    assert all(b.manifest.cuda is None for t, b in bt.items() if t != "jetson")
+    assert jet.libraries[0].target == "linux-aarch64"
+    assert jet.libraries[0].sha256 == bt["linux-aarch64"].manifest.libraries[0].sha256
+    mac = bt["macos-arm64"].manifest.libraries[0]
+    assert mac.file == "libbitnet_edge.dylib" and mac.requires == ["neon", "dotprod"]
+
+
+def test_install_gives_back_the_model_and_the_golden_check_passes(bundles, tmp_path):
+    host = library_host_target()
+    if host not in bundles["by_target"]:
+        pytest.skip(f"no bundle for this host ({host})")
+    inst = install_bundle(bundles["by_target"][host].path, tmp_path / "m", [bundles["pub"]])
+    for f in ("manifest.json", "weights.safetensors"):
+        assert (inst.path / f).read_bytes() == (bundles["model"] / f).read_bytes()
+    assert binary_kind(inst.library.read_bytes()[:64])[0] == "elf"
+    assert (inst.path / ENVELOPE_FILE).is_file()
+    g = inst.manifest.golden
+    arrays = read_golden(g, inst.golden.read_bytes())
+    model = load_model(inst.path)
+    out = run_model(model, g.method, [arrays["input"]])
+    check = check_outputs(out, arrays["output"], g.tolerance)
+    assert check.ok and check.max_abs_error == 0.0, check  # same host, bit-exact kernels
+    original = load_model(bundles["model"]).predict(arrays["input"])
+    assert np.array_equal(out, original)
+    # a garbage result fails the health check
+    assert not check_outputs(out[::-1], arrays["output"], g.tolerance).ok
+    with pytest.raises(InstallError) as e:
+        install_bundle(bundles["by_target"][host].path, tmp_path / "m", [bundles["pub"]])
+    assert e.value.reason == "dest-exists"
+    install_bundle(bundles["by_target"][host].path, tmp_path / "m", [bundles["pub"]], overwrite=True)
+
+
+def test_install_refuses_another_target(bundles, tmp_path):
+    other = "linux-aarch64" if library_host_target() != "linux-aarch64" else "linux-x86_64"
+    with pytest.raises(TargetMismatch) as e:
+        install_bundle(bundles["by_target"][other].path, tmp_path / "x", [bundles["pub"]])
+    assert e.value.bundle_target == other and e.value.host_target == library_host_target()
+    assert not (tmp_path / "x").exists()
+
+
+def test_tokenizer_travels_and_an_install_is_a_delta_base(bundles, tmp_path):
+    from bitnet_edge.packagers.install import base_from_installed
+
+    tok = tmp_path / "tok.json"
+    tok.write_text('{"version": "1.0", "model": {"type": "WordLevel"}}')
+    model = make_mlp_dir(tmp_path / "m", tokenizer=tok)
+    key = load_private_key(bundles["root"] / "keys" / "signing.key")
+    (r,) = package_model(model, ["raspberry-pi-5"], "1.0.0", [key], tmp_path / "d",
+                         options=PackageOptions(libraries=prebuilt(["linux-aarch64"]), golden=False))
+    assert [s.name for s in r.manifest.sections] == ["lib.linux-aarch64", "tokenizer", "weights.dense",
+                                                     "weights.ternary"]
+    inst = install_bundle(r.path, tmp_path / "i", [bundles["pub"]], check_host=False)
+    assert (inst.path / "tokenizer.json").read_bytes() == tok.read_bytes() and inst.golden is None
+    base = base_from_installed(inst.path, [bundles["pub"]])
+    assert base.contents["tokenizer"] == tok.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def harness_from_bundle(bundles, tmp_path_factory):
+    """native/tests/harness.c linked dynamically against the library installed from the bundle."""
+    cc = require_tool(qv.CC, "gcc-aarch64-linux-gnu")
+    require_tool(qv.QEMU, "qemu-user")
+    inst = install_bundle(bundles["by_target"]["linux-aarch64"].path, tmp_path_factory.mktemp("arm") / "m",
+                          [bundles["pub"]], check_host=False)
+    libdir = inst.library.parent
+    exe = libdir.parent / "harness"
+    proc = subprocess.run([cc, "-O2", "-std=c11", f"-I{NATIVE / 'include'}", str(NATIVE / "tests" / "harness.c"),
+                           f"-L{libdir}", "-lbitnet_edge", f"-Wl,-rpath,{libdir}", "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return exe, inst.library
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("cpu,best,backends", qv.CPUS, ids=[c[0] for c in qv.CPUS])
+def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, tmp_path, cpu, best, backends):
+    exe, lib = harness_from_bundle
+    cases = qv._all_cases()
+    vin, vout = tmp_path / "cases.bnev", tmp_path / "results.bner"
+    qv._write_vectors(vin, cases)
+    proc = subprocess.run([qv.QEMU, "-L", "/usr/aarch64-linux-gnu", "-cpu", cpu, str(exe), str(vin), str(vout)],
+                          capture_output=True, text=True, timeout=qv.QEMU_TIMEOUT)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output (rc={proc.returncode}): {proc.stderr}"
+    report = json.loads(lines[-1])
+    assert "error" not in report, report
+    assert (report["target"], report["best"], report["backends"]) == ("aarch64-linux", best, backends)
+    failures, seen = [], set()
+    for c, backend, threads, status, got_a, got_b in qv._read_results(vout, cases):
+        seen.add((backend, threads))
+        if status != c.expect:
+            failures.append(f"{c.name} [{backend}, {threads}]: status {status}, expected {c.expect}")
+            continue
+        if c.expect != qv.BNE_OK:
+            continue
+        want_a, want_b = qv._expected(c)
+        if not (qv._same_bits(got_a, want_a) and qv._same_bits(got_b, want_b)):
+            failures.append(f"{c.name} [{backend}, {threads}]: differs")
+    assert seen == {(b, t) for b in backends for t in (1, 2)}
+    assert not failures, "\n".join(failures[:20])
+    assert proc.returncode == 0, report
+    # the harness really ran the bundle's library, not a static copy of the sources
+    ldd = subprocess.run([qv.QEMU, "-L", "/usr/aarch64-linux-gnu", "-E", "LD_TRACE_LOADED_OBJECTS=1", str(exe)],
+                         capture_output=True, text=True, timeout=60)
+    assert str(lib) in ldd.stdout, ldd.stdout + ldd.stderr
+
+
+def test_jetson_install_puts_the_fatbin_beside_the_library_and_is_a_delta_base(bundles, tmp_path):
+    import hashlib
+
+    from bitnet_edge.packagers.install import base_from_installed
+    from bitnet_edge.sdk.cuda import fatbin_candidates
+
+    r = bundles["by_target"]["jetson"]
+    inst = install_bundle(r.path, tmp_path / "j", [bundles["pub"]], check_host=False)
+    fat = inst.library.parent / r.manifest.cuda.file
+    assert hashlib.sha256(fat.read_bytes()).hexdigest() == r.manifest.cuda.sha256
+    assert fat.read_bytes()[:4] == bytes.fromhex("50ed55ba")  # fatbin magic 0xBA55ED50, little-endian
+    base = base_from_installed(inst.path, [bundles["pub"]])
+    assert base.contents[r.manifest.cuda.section] == fat.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:  # the agent's worker sets BITNET_EDGE_LIBRARY to the slot's library
+        mp.delenv("BITNET_EDGE_CUDA_FATBIN", raising=False)
+        mp.setenv("BITNET_EDGE_LIBRARY", str(inst.library))
+        assert fatbin_candidates()[0] == fat

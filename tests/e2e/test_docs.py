@@ -1,0 +1,132 @@
+"""Every command in the README runs (docs test).
+
+The README's journeys (blocks marked ``<!-- docs-test: journey NAME -->``) run in order in one
+workspace, as a reader would type them: backslash continuations, heredocs and ``&`` background
+processes included.  The workspace holds what the commands assume exists (a digits .npz, a tiny
+Hugging Face BitNet checkpoint, calibration data).  ``make demo`` is run by tests/e2e/test_demo.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+BLOCK = re.compile(r"<!-- docs-test: journey (\w+) -->\n```(sh|python)\n(.*?)```", re.S)
+#: background commands and the port that tells they are up
+READY = {"agent run": 8700, "fleet serve": 8780}
+
+
+def journeys() -> list[tuple[str, str, str]]:
+    return BLOCK.findall(README)
+
+
+def commands(block: str) -> list[str]:
+    """Shell commands of a block: continuations joined, heredocs kept whole, comments kept (bash drops them)."""
+    out, lines, i = [], block.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.search(r"<<'?(\w+)'?\s*$", line)
+        if m:
+            end = lines.index(m.group(1), i + 1)
+            out.append("\n".join(lines[i:end + 1]))
+            i = end + 1
+            continue
+        while line.rstrip().endswith("\\"):
+            i += 1
+            line = line.rstrip()[:-1] + " " + lines[i].strip()
+        if line.strip():
+            out.append(line)
+        i += 1
+    return out
+
+
+def _port_open(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", "/v1/health")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tests.hf_fixtures import save_bitnet_float
+    from bitnet_edge.sdk import qat
+
+    ws = tmp_path_factory.mktemp("readme")
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((10, 64)) * 4
+    y = rng.integers(0, 10, 600)
+    x = (centers[y] + rng.standard_normal((600, 64))).astype(np.float32)
+    qat.save_npz(qat.train_mlp(x[:500], y[:500], (32,), epochs=8), ws / "digits.npz", [str(i) for i in range(10)])
+    qat.save_npz(qat.train_mlp(x[:500], y[:500], (48, 48), ternary=False, epochs=4), ws / "sensor.npz")
+    np.save(ws / "calib.npy", x[:64])
+    np.save(ws / "digits-test.npy", x[500:510])
+    (ws / "digit.json").write_text(json.dumps({"inputs": x[500:502].tolist()}))
+    save_bitnet_float(ws / "hf-bitnet")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    bg: list[subprocess.Popen] = []
+    yield ws, env, bg
+    for p in bg:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in bg:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_readme_marks_every_command_block():
+    blocks = re.findall(r"```(sh|python)\n", README)
+    assert len(journeys()) == len(blocks) - 1, "every sh/python block but the `make` one is a docs-test journey"
+    assert [j[0] for j in journeys()] == ["build", "models", "python", "agent", "fleet"]
+
+
+@pytest.mark.parametrize("name", ["build", "models", "python", "agent", "fleet"])
+def test_journey(name, workspace):
+    ws, env, bg = workspace
+    lang, block = next((lang, b) for n, lang, b in journeys() if n == name)
+    if lang == "python":
+        res = subprocess.run([sys.executable, "-c", block], cwd=ws, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+        return
+    for cmd in commands(block):
+        if cmd.rstrip().split("#")[0].rstrip().endswith("&"):
+            line = cmd.split("#")[0].rstrip()[:-1]
+            p = subprocess.Popen(["bash", "-c", line], cwd=ws, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=open(ws / f"bg-{len(bg)}.log", "w"), start_new_session=True)
+            bg.append(p)
+            port = next(v for k, v in READY.items() if k in line)
+            deadline = time.monotonic() + 60
+            while not _port_open(port):
+                assert p.poll() is None and time.monotonic() < deadline, (ws / f"bg-{len(bg) - 1}.log").read_text()
+                time.sleep(0.2)
+            continue
+        res = subprocess.run(["bash", "-c", cmd], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"$ {cmd}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+        if cmd.startswith("curl") and "/v1/infer" in cmd:
+            assert len(json.loads(res.stdout)["classes"]) == 2
+    if name == "fleet":  # the rollout reaches the README's agent
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = json.loads(subprocess.run(["bitnet-edge", "fleet", "rollout", "status", "--data", "fleet-data",
+                                            "--json"], cwd=ws, env=env, capture_output=True, text=True).stdout)
+            if st and st[0]["state"] in ("completed", "paused"):
+                break
+            time.sleep(0.5)
+        assert st[0]["devices"] >= 1
