@@ -113,13 +113,15 @@ def serve_cmd(data_dir, broker, mqtt_port, api_host, api_port, chunk_kib, trust,
     from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.service import FleetService
     from bitnet_edge.sdk.errors import BitnetEdgeError
+    from bitnet_edge.sdk.wire.broker import BrokerConnection
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        cfg = FleetConfig(data_dir=os.path.abspath(data_dir), broker_url=broker, embedded_port=mqtt_port,
+        conn = BrokerConnection(url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
+                                tls_key=tls_key)
+        cfg = FleetConfig(data_dir=os.path.abspath(data_dir), broker=conn, embedded_port=mqtt_port,
                           api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
-                          trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
-                          username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+                          trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id)
         svc = FleetService(cfg).start()
     except (FleetError, BitnetEdgeError, RuntimeError, OSError, ValueError) as exc:
         _fail(exc, as_json)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bitnet_edge.sdk.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from bitnet_edge.sdk.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from bitnet_edge.sdk.schemas import Strict
+from bitnet_edge.sdk.wire.broker import BrokerConnection
 
 #: the fleet data directory the CLI uses when --data is not given
 DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
@@ -19,19 +20,16 @@ __all__ = ["FleetConfig"]
 
 class FleetConfig(Strict):
     data_dir: str = Field(description="database, bundle store, service.json and control.token live here")
-    broker_url: str | None = Field(default=None, description="mqtt[s]://host:port of an external broker; "
-                                                              "None: start the embedded broker")
+    broker: BrokerConnection = Field(default_factory=BrokerConnection,
+                                     description="the broker the service connects to; url None: start the "
+                                                 "embedded broker")
     embedded_host: str = Field(default="127.0.0.1", description="listen address of the embedded broker")
     embedded_port: int = Field(default=1883, ge=0, le=65535, description="TCP port of the embedded broker (0: any)")
-    username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
-    tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
-    tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
-    tls_key: str | None = Field(default=None, description="client key (mTLS)")
     api_host: str = Field(default="127.0.0.1", description="listen address of the control API and /metrics")
     api_port: int = Field(default=8780, ge=0, le=65535, description="TCP port of the control API (0: any)")
     replica_id: str = Field(default="fleet-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                            description="this service's name; its MQTT client id is bne-fleet-<replica_id>")
+                            description="this service's name; its MQTT client id is bne-fleet-<replica_id> "
+                                        "unless broker.client_id is set")
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                     description="MQTT 5 shared-subscription group: replicas in one group split "
                                                 "the device messages; None: a single service (MQTT 3.1.1)")

@@ -43,7 +43,7 @@ def _m1_initial(c: sqlite3.Connection) -> None:
     CREATE TABLE bundles (
         sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,
         model TEXT NOT NULL, version TEXT NOT NULL, release INTEGER NOT NULL, target TEXT NOT NULL,
-        release_digest TEXT NOT NULL,          -- packagers.manifest.release_digest
+        release_digest TEXT NOT NULL,          -- sdk.bundle.manifest.release_digest
         delta_base_digest TEXT,                -- set for delta bundles
         added_at REAL NOT NULL
     );

@@ -23,8 +23,8 @@ from tests.support.tools import require_tool
 from tests.support.bundle_models import built_library, make_mlp_dir
 from bitnet_edge.agent.chunks import _HEADER
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-from bitnet_edge.packagers.targets import host_target
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.native.targets import host_target
 
 HOST_DEVICE = "x86-64-v3" if os.uname().machine == "x86_64" else "raspberry-pi-5"
 

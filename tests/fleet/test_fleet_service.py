@@ -19,13 +19,13 @@ from tests.support.tools import require_tool
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bitnet_edge.agent.chunks import PartialFile
-from bitnet_edge.agent.config import MqttConfig
 from bitnet_edge.agent.sync import SyncLimits
 from bitnet_edge.cli import main
 from bitnet_edge.fleet.config import FleetConfig
 from bitnet_edge.fleet.rollout import RolloutSpec, Selector
 from bitnet_edge.fleet.service import FleetService
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
+from bitnet_edge.sdk.wire.broker import BrokerConnection
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def stack(tmp_path, request):
     services, agents = [], []
 
     def start(broker_url=None, **kw):
-        cfg = dict(data_dir=str(tmp_path / "fleet"), broker_url=broker_url, embedded_port=0, api_port=0,
-                   chunk_bytes=4096, tick=0.2, lease_seconds=2.0)
+        cfg = dict(data_dir=str(tmp_path / "fleet"), broker=BrokerConnection(url=broker_url), embedded_port=0,
+                   api_port=0, chunk_bytes=4096, tick=0.2, lease_seconds=2.0)
         cfg.update(kw)
         svc = FleetService(FleetConfig(**cfg))
         services.append(svc)
@@ -397,9 +397,9 @@ def test_mutual_tls_between_agent_fleet_and_broker(stack, tmp_path):
         svc = start(url, **tls).start()
         _publish(svc, b.r1)
         a = FakeAgent("tls-dev", tmp_path / "tls-dev", None,
-                      mqtt=MqttConfig(url=url, keepalive=5, reconnect_max=1.0, **tls))
+                      mqtt=BrokerConnection(url=url, keepalive=5, reconnect_max=1.0, **tls))
         no_cert = FakeAgent("no-cert", tmp_path / "no-cert", None,
-                            mqtt=MqttConfig(url=url, reconnect_max=1.0, tls_ca=str(certs["ca"])))
+                            mqtt=BrokerConnection(url=url, reconnect_max=1.0, tls_ca=str(certs["ca"])))
         for x in (a, no_cert):
             x.start()
         try:
