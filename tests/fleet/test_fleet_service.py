@@ -394,7 +394,7 @@ def test_mutual_tls_between_agent_fleet_and_broker(stack, tmp_path):
     try:
         url = f"mqtts://127.0.0.1:{m.port}"
         tls = dict(tls_ca=str(certs["ca"]), tls_cert=str(certs["client"]), tls_key=str(certs["client_key"]))
-        svc = start(url, **tls).start()
+        svc = start(broker=BrokerConnection(url=url, **tls)).start()
         _publish(svc, b.r1)
         a = FakeAgent("tls-dev", tmp_path / "tls-dev", None,
                       mqtt=BrokerConnection(url=url, keepalive=5, reconnect_max=1.0, **tls))

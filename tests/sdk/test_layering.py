@@ -137,7 +137,8 @@ def test_the_checker_sees_function_level_relative_and_dynamic_imports(tmp_path):
                    "def f():\n"
                    "    from bitnet_edge.packagers.builder import package_model\n"
                    "    from ..fleet import client\n"
-                   "    return importlib.import_module('bitnet_edge.fleet.service'), 'bitnet_edge.packagers.cli:main'\n")
+                   "    svc = importlib.import_module('bitnet_edge.fleet.service')\n"
+                   "    return svc, 'bitnet_edge.packagers.cli:main'\n")
     mods = [m for _, m in imports(src, "bitnet_edge.agent.probe_module")]
     assert "bitnet_edge.packagers.builder" in mods and "bitnet_edge.fleet.client" in mods
     assert "bitnet_edge.fleet.service" in mods and "bitnet_edge.packagers.cli" in mods
