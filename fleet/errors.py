@@ -14,13 +14,14 @@
     │                                             ``expired``, ``online-key``, ``exists``, ``key``)
     ├── PkiError             reason, detail      (the fleet CA, fleet/pki.py: ``bad-name``, ``bad-csr``,
     │                                             ``bad-ca``, ``not-enrolled``, ``exists``)
-    └── AuditError           reason, detail      (the audit log, fleet/audit.py: ``unreadable``)
+    ├── AuditError           reason, detail      (the audit log, fleet/audit.py: ``unreadable``)
+    └── ConfigError          reason, detail      (service settings: ``exposed-broker``)
 """
 
 from __future__ import annotations
 
 __all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError", "PkiError",
-           "AuditError"]
+           "AuditError", "ConfigError"]
 
 
 class FleetError(Exception):
@@ -70,6 +71,12 @@ class PkiError(FleetError):
 
 
 class AuditError(FleetError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ConfigError(FleetError):
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")
