@@ -67,7 +67,7 @@ class RolloutDriver:
         self.chunk_size, self.holder, self.lease_seconds, self.clock = chunk_size, holder, lease_seconds, clock
         self.profile_targets, self.library_targets = _profile_targets()
         self._lock = threading.RLock()
-        self._held = False
+        self._held: bool | None = None  # None: not asked yet (the first answer is logged)
 
     # ---- leadership ------------------------------------------------------------------------------
 
