@@ -53,7 +53,8 @@ def _fail(exc: Exception, as_json: bool) -> None:
         _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
                                            **{k: getattr(exc, k) for k in ("reason", "status") if hasattr(exc, k)}}})
     else:
-        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
+        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # one line, whatever the terminal width
     sys.exit(1)
 
 

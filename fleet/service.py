@@ -82,14 +82,16 @@ class FleetService:
         problem = embedded_broker_exposure(cfg)
         if problem:
             raise ConfigError("exposed-broker", problem)
+        broker = None if cfg.broker_url is not None else EmbeddedBroker(  # checks its settings, starts nothing
+            cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert, tls_key=cfg.embedded_tls_key,
+            auth=cfg.embedded_auth)
         self.data.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.database or self.data / "fleet.db")
         self.store = BundleStore(self.data / "bundles")
         self.registry = Registry(self.db)
         self.trusted = self._trusted()
-        if cfg.broker_url is None:
-            self.broker = EmbeddedBroker(cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert,
-                                         tls_key=cfg.embedded_tls_key, auth=cfg.embedded_auth)
+        if broker is not None:
+            self.broker = broker
             self.broker_url = self.broker.start()
             with self.db.tx() as c:  # a new in-memory broker: nobody is connected yet
                 c.execute("UPDATE devices SET online=0")
