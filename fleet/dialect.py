@@ -175,9 +175,13 @@ class PostgresEngine:
             raise DatabaseError(self.where, "no-driver", "PostgreSQL needs psycopg 3: "
                                                          "pip install 'bitnet-edge[fleet]'") from None
         try:
+            # a replica that hangs (or is cut off) inside a transaction must not hold the write lock
+            # forever: the server ends such a session after a minute, and waiting for the lock
+            # gives up after 30 s (the pass fails, is logged, and runs again)
             return psycopg.connect(self.url, autocommit=True, row_factory=_pg_rows,
                                    connect_timeout=max(1, int(self.connect_timeout)),
-                                   application_name="bitnet-edge-fleet")
+                                   application_name="bitnet-edge-fleet",
+                                   options="-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s")
         except psycopg.Error as exc:
             lines = str(exc).strip().splitlines()
             detail = lines[0] if lines else type(exc).__name__

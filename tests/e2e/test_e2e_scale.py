@@ -29,7 +29,7 @@ VERSION = "1.0.0"
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A signed ~1 MB bundle of a ternary MLP for this machine (about 1100 chunks of 1 KiB)."""
+    """A signed ~1 MB bundle of a ternary MLP for this machine (about 550 chunks of 2 KiB)."""
     root = tmp_path_factory.mktemp("scale-release")
     generate_keypair(root / "keys", "release")
     key = load_private_key(root / "keys" / "release.key")
@@ -64,7 +64,7 @@ def test_two_replicas_on_postgresql_hand_the_driver_lease_over(postgres_server, 
     procs.append(broker)
     db_url = postgres_server.new_database()
     data = tmp_path / "fleet"  # the shared bundle store (a shared filesystem between hosts)
-    lease = 3.0
+    lease = 4.0  # renewed every second (tick): a loaded machine may stall a pass for a while
     args = ("--broker", broker.url, "--share-group", "bne-fleet", "--lease-seconds", lease, "--chunk-kib", 16,
             "--trust", release["pub"])
     env = {"BNE_FLEET_DB": db_url}  # the password stays off the command line
@@ -129,7 +129,7 @@ def test_a_rollout_crosses_a_bridge_and_survives_the_site_broker_restarting(rele
         "remote_clientid bne-site-1", "cleansession false", "restart_timeout 1", "notifications false", ""]))
     site.start()
     procs.append(site)
-    fleet = FleetProc(tmp_path, tmp_path / "fleet", "--broker", core.url, "--chunk-kib", 1,
+    fleet = FleetProc(tmp_path, tmp_path / "fleet", "--broker", core.url, "--chunk-kib", 2,
                       "--trust", release["pub"])  # the fleet knows only the core broker
     procs.append(fleet)
     agents = [AgentProc(tmp_path / "agents", f"site-{i}", release["pub"], site.url, wait=False) for i in range(2)]
@@ -140,7 +140,7 @@ def test_a_rollout_crosses_a_bridge_and_survives_the_site_broker_restarting(rele
     wait_for(lambda: sum(d["online"] for d in fleet.get("/v1/devices")) == 2, 30, what="births across the bridge")
     fleet.cli("publish", release["bundle"].path)
     st = fleet.cli("rollout", "create", "scale-mlp", VERSION, "--stages", "100", "--timeout", "300")
-    n_chunks = -(-release["bundle"].size // 1024)
+    n_chunks = -(-release["bundle"].size // 2048)
     assert n_chunks > 500
 
     # the site broker goes down in the middle of the transfer and comes back on the same port
@@ -156,7 +156,8 @@ def test_a_rollout_crosses_a_bridge_and_survives_the_site_broker_restarting(rele
     st = _status(fleet, st["id"])
     assert st["done"] == 2, st
     # nothing lost: the fleet sent each chunk about once (the requests in flight at the restart, a window
-    # of 64 per agent, may have gone twice); a download that started over would add 30% or more
+    # of 64 per agent, may have gone twice); downloads that started over would add what they held
+    # (over 30% of all chunks, more than that slack)
     sent = fleet.metrics()["bne_fleet_chunks_sent_total"]
     assert 2 * n_chunks <= sent <= 2 * n_chunks + 2 * 2 * 64, (sent, n_chunks, before)
     devices = {d["id"]: d for d in fleet.cli("devices")}  # what the operator sees

@@ -40,6 +40,11 @@ def test_a_fresh_database_gets_every_migration(target):
     assert d.tables() >= TABLES
     if d.kind == "sqlite":
         assert d.one("PRAGMA journal_mode")[0] == "wal"
+    else:  # PostgreSQL's INTEGER and REAL are 32-bit: sizes past 2 GiB and timestamps would not fit
+        narrow = d.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                         "WHERE table_schema = current_schema() AND data_type IN ('integer', 'real') "
+                         "AND table_name <> 'schema_version'")
+        assert not narrow, [tuple(r) for r in narrow]
     d.close()
     again = Database(target)
     assert again.version() == dbmod.SCHEMA_VERSION  # reopening changes nothing
@@ -83,6 +88,24 @@ def test_a_failed_migration_leaves_the_schema_where_it_was(target, monkeypatch):
     if d.kind == "sqlite":
         raw = sqlite3.connect(target)
         assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == dbmod.SCHEMA_VERSION
+
+
+def test_the_fleet_writes_portable_sql():
+    """SQLite-only spellings break the PostgreSQL registry (fleet/dialect.py says what to write)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import bitnet_edge.fleet as fleet_pkg
+
+    sqlite_only = re.compile(r"INSERT OR (IGNORE|REPLACE)|\.lastrowid|json_extract\(|sqlite_master|PRAGMA ")
+    offenders = [f"{p.name}:{i}" for p in Path(fleet_pkg.__file__).parent.glob("*.py")
+                 if p.name not in ("dialect.py",)
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if sqlite_only.search(line)]
+    assert not offenders, offenders
+    raw_types = re.compile(r"\b(INTEGER|REAL|BLOB|AUTOINCREMENT|SERIAL|BYTEA)\b")
+    for m in dbmod.MIGRATIONS:  # column types as tokens: {int} {real} {blob} {id}
+        assert not raw_types.search(inspect.getsource(m)), m.__name__
 
 
 def test_replicas_starting_together_apply_each_migration_once(target):
