@@ -50,12 +50,13 @@ class Dialect:
     paramstyle: str  # "qmark" or "format"
 
     def ddl(self, sql: str) -> str:
-        """Replace the column type tokens of a migration."""
-        for token, spelling in self.types.items():
-            sql = sql.replace("{" + token + "}", spelling)
-        if "{" in sql:
-            raise ValueError(f"unknown type token in migration: {sql[sql.index('{'):][:20]!r}")
-        return sql
+        """Replace the column type tokens (``{int}`` ...) of a migration; an unknown token raises."""
+        def spell(m: re.Match) -> str:
+            if m.group(1) not in self.types:
+                raise ValueError(f"unknown column type token {m.group(0)} in a migration")
+            return self.types[m.group(1)]
+
+        return re.sub(r"\{([a-z]+)\}", spell, sql)
 
     def sql(self, sql: str) -> str:
         """The statement with this engine's placeholders (``?`` must not occur inside literals)."""
@@ -87,13 +88,14 @@ def is_url(target: str | Path) -> bool:
 def redact(url: str) -> str:
     """The URL without its password, for logs and error messages."""
     parts = urlsplit(url)
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts._replace(query=query))
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 # ---- engines: how to connect, list tables, read the clock, tell a broken connection -------------------
