@@ -121,9 +121,9 @@ def fleet_group() -> None:
 @click.option("--tls-cert", default=None, help="Client certificate (mTLS).")
 @click.option("--tls-key", default=None, help="Client key (mTLS).")
 @click.option("--json", "as_json", is_flag=True, help="Print where the service listens as JSON, then serve.")
-def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, mqtt_tls_key, mqtt_auth, lease_seconds,
-              api_host, api_port, chunk_kib, trust, share_group, replica_id, username, password, tls_ca, tls_cert, tls_key,
-              as_json) -> None:
+def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, mqtt_tls_key, mqtt_auth,
+              lease_seconds, api_host, api_port, chunk_kib, trust, share_group, replica_id, username, password, tls_ca,
+              tls_cert, tls_key, as_json) -> None:
     """Run the fleet service until interrupted (SIGINT / SIGTERM)."""
     import logging
 
@@ -135,14 +135,15 @@ def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, m
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        cfg = parse_model(FleetConfig, dict(data_dir=os.path.abspath(data_dir), database=database, broker_url=broker,
-                          embedded_host=mqtt_host, embedded_port=mqtt_port, embedded_auth=mqtt_auth,
-                          embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
-                          embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
-                          api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
-                          trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
-                          username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key),
-                          source="fleet serve options")
+        options = dict(
+            data_dir=os.path.abspath(data_dir), database=database, broker_url=broker, embedded_host=mqtt_host,
+            embedded_port=mqtt_port, embedded_auth=mqtt_auth,
+            embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
+            embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
+            api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
+            trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
+            username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        cfg = parse_model(FleetConfig, options, source="fleet serve options")
         svc = FleetService(cfg).start()
     except (FleetError, BitnetEdgeError, RuntimeError, OSError, ValueError) as exc:
         _fail(exc, as_json)

@@ -1,7 +1,8 @@
 """The error hierarchy of :mod:`bitnet_edge.fleet`.  Callers branch on the class and ``reason``.
 
     FleetError
-    ├── DatabaseError        path, reason        (``newer-schema``, ``corrupt``)
+    ├── DatabaseError        path, reason        (``newer-schema``, ``corrupt``, ``unreachable``, ``no-driver``;
+    │                                             path: the file, or the URL without its password)
     ├── PublishError         reason, detail      (``not-a-bundle``, ``bad-signature``, ``no-base``,
     │                                             ``conflict``, ``too-large``, ``no-full-bundle``)
     ├── RolloutError         rollout_id, reason  (``not-found``, ``bad-state``, ``no-release``,
@@ -20,8 +21,8 @@
 
 from __future__ import annotations
 
-__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError", "PkiError",
-           "AuditError", "ConfigError"]
+__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError",
+           "PkiError", "AuditError", "ConfigError"]
 
 
 class FleetError(Exception):

@@ -4,10 +4,10 @@ Threads: the embedded broker (when no ``broker_url``), paho's network loop, the 
 the chunk workers, the HTTP server, and the driver loop, which runs a rollout pass every ``tick``
 seconds or sooner after a device's presence or state changed (debounced).
 
-Files in ``data_dir``: ``fleet.db`` (SQLite, WAL; unless ``database`` names a PostgreSQL server), ``bundles/`` (content-addressed store),
-``control.token`` (the control API's bearer token, mode 0600), ``service.json`` (where the
-control API and the broker are, for the CLI), ``tuf/`` (the TUF repository and the online key,
-ADR 0010), ``audit.jsonl`` (the hash-chained log of operator actions, fleet/audit.py), and from
+Files in ``data_dir``: ``fleet.db`` (SQLite, WAL; unless ``database`` names a PostgreSQL server,
+ADR 0012), ``bundles/`` (content-addressed store), ``control.token`` (the control API's bearer
+token, mode 0600), ``service.json`` (where the control API and the broker are, for the CLI),
+``tuf/`` (the TUF repository and the online key, ADR 0010), ``audit.jsonl`` (the hash-chained log of operator actions, fleet/audit.py), and from
 the security commands ``pki/`` (the fleet CA), ``broker/`` and ``enroll/`` (docs/security.md).
 """
 
@@ -100,8 +100,9 @@ class FleetService:
         self.link = FleetLink(f"bne-fleet-{cfg.replica_id}", parse_broker_url(self.broker_url), self._handle,
                               on_connected=self._republish.set, share_group=cfg.share_group,
                               username=cfg.username, password=cfg.password,
-                              tls_ca=cfg.tls_ca or (cfg.embedded_tls_cert if self.broker else None), tls_cert=cfg.tls_cert,
-                              tls_key=cfg.tls_key, max_pending_bytes=cfg.max_pending_mb << 20,
+                              # our own TLS embedded broker: its certificate is the trust anchor unless a CA is given
+                              tls_ca=cfg.tls_ca or (cfg.embedded_tls_cert if self.broker else None),
+                              tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, max_pending_bytes=cfg.max_pending_mb << 20,
                               counters=self.counters)
         self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
                                   queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
@@ -136,6 +137,7 @@ class FleetService:
         if self.leader and hasattr(self, "driver"):
             try:
                 self.driver.release_lease()  # hand over now rather than after lease_seconds
+                self.leader = False
             except Exception as exc:  # noqa: BLE001 - stopping anyway; the lease expires by itself
                 log.warning("could not release the driver lease: %s", exc)
         for part in ("api", "link", "chunks"):
