@@ -1,4 +1,4 @@
-"""The contract between the build host and the device: signed bundles (docs/adr/0005, 0011, 0012).
+"""The contract between the build host and the device: signed bundles (docs/adr/0005, 0011, 0013).
 
 Everything a device needs to take a bundle made elsewhere, and nothing that makes one:
 

@@ -1,4 +1,4 @@
-"""The contract between the fleet and the device (docs/protocol.md, docs/adr/0007, 0010, 0012).
+"""The contract between the fleet and the device (docs/protocol.md, docs/adr/0007, 0010, 0013).
 
     protocol     the MQTT topics and every message (pydantic), chunk and TUF part framing
     mqtt         broker URLs and the paho client (credentials, TLS, backoff)

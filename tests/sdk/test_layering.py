@@ -1,4 +1,4 @@
-"""The roles stay apart in code (docs/adr/0012-roles-and-layering.md).
+"""The roles stay apart in code (docs/adr/0013-roles-and-layering.md).
 
 Every ``import`` of every module is read with ``ast`` (module level and inside functions,
 relative imports resolved) together with dotted ``bitnet_edge.*`` string literals (what
