@@ -112,12 +112,26 @@ class SqliteEngine:
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(self.where, "corrupt", str(exc)) from None
         return conn
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+        """Switch the file to WAL.  Changing the journal mode takes an exclusive lock that SQLite does
+        not wait for (no busy handler), so replicas opening a new file together retry here."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @staticmethod
     def tables(conn) -> set[str]:
