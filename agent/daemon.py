@@ -14,12 +14,12 @@ from pathlib import Path
 
 from bitnet_edge.agent import policy
 from bitnet_edge.agent.config import AgentConfig
-from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError
+from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError, WorkerFailed
 from bitnet_edge.agent.fsutil import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
-from bitnet_edge.agent.workers import WorkerFailed, WorkerHandle, start_worker
+from bitnet_edge.agent.workers import WorkerHandle, start_worker
 from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
@@ -46,11 +46,11 @@ def _device_keys(cfg: AgentConfig) -> list:
     if cfg.device_key is None:
         return []
     from bitnet_edge.sdk.bundle.crypt import load_device_key
-    from bitnet_edge.sdk.bundle.errors import PackagerError
+    from bitnet_edge.sdk.errors import BitnetEdgeError
 
     try:
         return [load_device_key(cfg.device_key)]
-    except PackagerError as exc:
+    except BitnetEdgeError as exc:
         raise ConfigError(cfg.device_key, f"device_key: {exc}") from None
 
 
@@ -147,7 +147,7 @@ class Agent:
             except InstallRejected as exc:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected" if exc.stage in
                                   ("verify", "policy", "limits") else "failed", reason=exc.reason,
-                                  message=exc.message, ts=time.time())
+                                  message=exc.detail, ts=time.time())
             except FileNotFoundError:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected", reason="corrupt",
                                   message=f"{path}: no such file", ts=time.time())
@@ -217,7 +217,7 @@ class Agent:
         try:
             new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}")
         except WorkerFailed as exc:
-            raise InstallRejected("load_failed", exc.message, "load") from None
+            raise InstallRejected("load_failed", exc.detail, "load") from None
         try:
             _fault("loaded")
             self._health_gate(new.report)
@@ -263,7 +263,7 @@ class Agent:
             except WorkerFailed as exc:
                 self.store.rollback()  # back to where we were
                 return Outcome(bundle_sha256=info.release.bundle_sha256, result="failed", reason="load_failed",
-                               message=exc.message, ts=time.time())
+                               message=exc.detail, ts=time.time())
             self._swap(w)
             self._set_model_metrics(info.release, state.active)
             self.metrics.install("rolled_back", "ok")

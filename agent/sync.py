@@ -299,7 +299,7 @@ class FleetSync:
                 trusted_delta = self.trust.admit(d, self._installed_sha())
             except TufRejected as exc:  # unreachable metadata: tried again when the desired state comes again
                 retry = exc.reason == "transfer_failed"
-                self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.message)
+                self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.detail)
                 return
         prev = state.previous
         if self._activate_previous is not None and prev is not None and (
@@ -374,7 +374,7 @@ class FleetSync:
             path = j.partial.finish()
         except TransferError as exc:
             self._job = None
-            self._finish(j.desired, j.key, "failed", exc.reason, exc.message)
+            self._finish(j.desired, j.key, "failed", exc.reason, exc.detail)
             return
         self._job = None
         self._install_file(j.desired, j.key, path, j.is_delta)
@@ -388,7 +388,7 @@ class FleetSync:
                 self.trust.check_file(path)
             except TufRejected as exc:
                 path.unlink(missing_ok=True)
-                self._finish(d, key, "rejected", exc.reason, exc.message)
+                self._finish(d, key, "rejected", exc.reason, exc.detail)
                 return
         self._publish_progress(d, path.stem, "installing", size, size)
         try:

@@ -37,6 +37,7 @@ from bitnet_edge.sdk.bundle.manifest import (
     CudaInfo,
     DeltaInfo,
     EncryptionInfo,
+    RELEASE_VERSION,
     NativeLibrary,
     Section,
     Sizes,
@@ -49,7 +50,7 @@ from bitnet_edge.sdk.modeldir import open_model_dir
 from bitnet_edge.sdk.native.targets import BACKEND_FEATURES, binary_kind, library_filename
 
 __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_model", "native_source_sha256",
-           "source_date_epoch", "bundle_filename", "check_library_fits"]
+           "source_date_epoch", "bundle_filename", "check_library_fits", "check_version"]
 
 DEFAULT_NATIVE_ROOT = Path(__file__).resolve().parents[1] / "native"
 _SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h", "cuda/*.h", "cuda/*.cuh",
@@ -179,6 +180,14 @@ def check_library_fits(profile: DeviceProfile, target: str) -> list[str]:
     return sorted(set(get_target(target).requires) - set(profile.isa_required))
 
 
+def check_version(version: str) -> None:
+    """PackagingError ``bad-version`` unless ``version`` follows the manifest's rule (RELEASE_VERSION)."""
+    if len(version) > 64 or not re.fullmatch(RELEASE_VERSION, version):
+        raise PackagingError("bad-version", f"version {version!r} is not a release version: use 1 to 4 "
+                                            "dot-separated numbers with an optional -PRERELEASE and +BUILD, "
+                                            "e.g. 1.2.0, 2.0.0-rc.1, 1.4.2+jetson")
+
+
 def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DeviceProfile], version: str,
                   keys: Sequence[Ed25519PrivateKey], out_dir: str | os.PathLike, *, release: int | None = None,
                   delta_from: Sequence[str | os.PathLike] = (), trust: Sequence[Ed25519PublicKey] = (),
@@ -192,8 +201,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
         raise PackagingError("no-keys", "at least one signing key is needed")
     if not devices:
         raise PackagingError("no-devices", "at least one device profile is needed")
-    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z.+-]*", version):
-        raise PackagingError("bad-version", f"version {version!r} must match [0-9A-Za-z][0-9A-Za-z.+-]*")
+    check_version(version)
     known = load_devices(options.devices_dir) if any(isinstance(d, str) for d in devices) else {}
     by_target: dict[str, list[DeviceProfile]] = {}
     for p in devices:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -11,14 +10,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bitnet_edge.sdk.errors import BitnetEdgeError
+from bitnet_edge.sdk.cliutil import json_option
 
 console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)  # unwrapped: messages carry paths
-    sys.exit(2)
 
 
 def import_source(src: Path, activation: str | None = None):
@@ -103,22 +97,19 @@ def register(main: click.Group) -> None:
     @click.option("--budget", type=float, default=0.99, show_default=True, help="Cosine to float that auto keeps.")
     @click.option("--activation", type=click.Choice(["relu", "gelu", "tanh"]), default=None,
                   help="MLP activation when the .npz does not say.")
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def convert(src, out, precision, head, embeddings, calibration, budget, activation, as_json):
         """Convert a Hugging Face directory, GGUF, .npz, .tflite or .onnx model into a bitnet-edge model directory."""
         from bitnet_edge.sdk.convert.convert import convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
 
-        try:
-            with console.status(f"reading {src}"):
-                imported = import_source(src, activation)
-            calib = load_calibration(calibration, imported)
-            with console.status(f"converting ({precision})"):
-                path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
-                                  embeddings=embeddings)
-            summary = _manifest_summary(open_model_dir(path))
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        with console.status(f"reading {src}"):
+            imported = import_source(src, activation)
+        calib = load_calibration(calibration, imported)
+        with console.status(f"converting ({precision})"):
+            path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
+                              embeddings=embeddings)
+        summary = _manifest_summary(open_model_dir(path))
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
@@ -139,30 +130,27 @@ def register(main: click.Group) -> None:
     @click.option("--top-k", type=int, default=None)
     @click.option("--top-p", type=float, default=None)
     @click.option("--seed", type=int, default=None)
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of streaming.")
+    @json_option("Print the result as JSON instead of streaming.")
     def run(model, prompt, tokens, max_new_tokens, temperature, top_k, top_p, seed, as_json):
         """Generate from a decoder model, streaming tokens as they come."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "generate"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "generate"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "generate")
-            ids = _prompt_ids(m, prompt, tokens)
-            tok = m.tokenizer
-            out: list[int] = []
+            raise UnsupportedOperation(m.architecture, "generate")
+        ids = _prompt_ids(m, prompt, tokens)
+        tok = m.tokenizer
+        out: list[int] = []
 
-            def stream(t: int) -> None:
-                out.append(t)
-                if not as_json:
-                    click.echo(tok.decode([t]) if tok else f"{t} ", nl=False)
+        def stream(t: int) -> None:
+            out.append(t)
+            if not as_json:
+                click.echo(tok.decode([t]) if tok else f"{t} ", nl=False)
 
-            m.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                       on_token=stream)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        m.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                   on_token=stream)
         if as_json:
             click.echo(json.dumps({"prompt_ids": list(map(int, ids)), "ids": out,
                                    "text": tok.decode(out) if tok else None}))
@@ -172,20 +160,17 @@ def register(main: click.Group) -> None:
     @main.command()
     @click.argument("model", type=click.Path(exists=True, path_type=Path))
     @click.argument("texts", nargs=-1, required=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def embed(model, texts, as_json):
         """Sentence embeddings from an encoder model."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "embed"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "embed"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "embed")
-            e = m.embed(list(texts))
-        except BitnetEdgeError as exc:
-            _fail(exc)
+            raise UnsupportedOperation(m.architecture, "embed")
+        e = m.embed(list(texts))
         if as_json:
             click.echo(json.dumps({"dim": int(e.shape[1]), "embeddings": e.tolist()}))
         else:
@@ -200,21 +185,18 @@ def register(main: click.Group) -> None:
     @click.argument("model", type=click.Path(exists=True, path_type=Path))
     @click.option("--input", "inp", type=click.Path(exists=True, path_type=Path), required=True,
                   help=".npy (n, features) or .npz with array x")
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def predict(model, inp, as_json):
         """Batch inference with an MLP classifier."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "predict"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "predict"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "predict")
-            x = load_calibration(inp, None) if inp.suffix in (".npy", ".npz") else None
-            logits = m.predict(x)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+            raise UnsupportedOperation(m.architecture, "predict")
+        x = load_calibration(inp, None) if inp.suffix in (".npy", ".npz") else None
+        logits = m.predict(x)
         names = m.cfg.class_names
         classes = logits.argmax(1).tolist()
         if as_json:
@@ -229,15 +211,12 @@ def register(main: click.Group) -> None:
     @click.option("--threads", type=int, default=None, help="Kernel threads (default: all cores).")
     @click.option("--prompt-tokens", type=int, default=128, show_default=True)
     @click.option("--new-tokens", type=int, default=128, show_default=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def bench(model, threads, prompt_tokens, new_tokens, as_json):
         """Prefill and decode speed of a decoder model (tokens/s, ms/token, peak RSS, GB/s)."""
         from bitnet_edge.sdk.models.bench import bench_decoder
 
-        try:
-            res = bench_decoder(model, threads=threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        res = bench_decoder(model, threads=threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
         if as_json:
             click.echo(json.dumps(res, indent=2))
             return
