@@ -15,7 +15,7 @@ from pathlib import Path
 from bitnet_edge.agent import policy
 from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError, WorkerFailed
-from bitnet_edge.agent.fsutil import fsync_tree
+from bitnet_edge.sdk.durable import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore

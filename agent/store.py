@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from bitnet_edge.agent.errors import StoreError
-from bitnet_edge.agent.fsutil import fsync_dir, write_atomic
+from bitnet_edge.sdk.durable import fsync_dir, write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -33,6 +32,7 @@ from bitnet_edge.agent.chunks import PartialFile, finished_path, remove_others
 from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.errors import TransferError
 from bitnet_edge.agent.transfer import Window
+from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
@@ -440,12 +440,9 @@ class FleetSync:
     def _record(self, key: str | None, outcome: Outcome) -> None:
         with self._lock:
             self._last_attempt, self._last_outcome = key, outcome
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")}))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state_file)
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._state_file, json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")})
+                         .encode())
 
     def _load_attempt(self) -> tuple[str | None, Outcome | None]:
         try:

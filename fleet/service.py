@@ -40,6 +40,7 @@ from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.store import BundleStore
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
+from bitnet_edge.sdk.durable import write_atomic
 
 __all__ = ["FleetService", "load_token"]
 
@@ -119,9 +120,7 @@ class FleetService:
         self._loop_thread.start()
         info = {"api": self.api.url, "broker": self.broker_url, "pid": os.getpid(), "replica": cfg.replica_id,
                 "database": self.db.where, "started": time.time()}
-        tmp = self.data / f".service-{cfg.replica_id}.json"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.data / "service.json")
+        write_atomic(self.data / "service.json", json.dumps(info, indent=2).encode())
         log.info("fleet service %s: control API %s, broker %s, database %s (%s)", cfg.replica_id, self.api.url,
                  self.broker_url, self.db.where, self.db.kind)
         return self

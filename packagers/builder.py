@@ -46,6 +46,7 @@ from bitnet_edge.sdk.bundle.manifest import (
 from bitnet_edge.sdk.bundle.payload import TERNARY_SECTION, encode_weights
 from bitnet_edge.sdk.bundle.signing import key_id
 from bitnet_edge.sdk.bundle.verify import BaseContents, base_from_bundle
+from bitnet_edge.sdk.durable import atomic_file
 from bitnet_edge.sdk.modeldir import open_model_dir
 from bitnet_edge.sdk.native.targets import BACKEND_FEATURES, binary_kind, library_filename
 
@@ -126,12 +127,10 @@ def _write_bundle(path: Path, manifest: BundleManifest, stored: Mapping[str, byt
                   keys: Sequence[Ed25519PrivateKey]) -> int:
     mbytes = canonical_json(manifest)
     envelope = encode_envelope(mbytes, sign(signed_message(CONTAINER_VERSION, mbytes), keys))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(envelope)
         for s in manifest.sections:
             f.write(stored[s.name])
-    os.replace(tmp, path)
     return len(envelope) + manifest.payload_size
 
 
