@@ -183,7 +183,10 @@ class Agent:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         state = self.store.load()
         installed = state.slots[state.active].release if state.active else None
-        policy.check_release(m.release, m.version, installed, allow_downgrade)
+        verdict = policy.decide(InstalledRelease(model=m.name, version=m.version, release=m.release, bundle_sha256=sha,
+                                                 target=m.target), installed, allow_downgrade=allow_downgrade)
+        if verdict.action in ("current", "reject"):  # reinstalling what serves is refused too: nothing to do
+            raise InstallRejected("downgrade", verdict.message, "policy")
         lib = m.libraries[0]
         policy.check_target(lib.target, self.caps.target, lib.requires, self.caps.cpu_features)
         # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet_edge.agent import policy
 from bitnet_edge.agent.chunks import PartialFile, finished_path, remove_others
 from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.errors import TransferError
@@ -38,6 +39,7 @@ from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
     ChunkRequest,
     DesiredState,
+    InstalledRelease,
     Outcome,
     Presence,
     Progress,
@@ -280,16 +282,21 @@ class FleetSync:
             return  # the same desired state again (a reconnect re-delivers retained messages)
         self._drop_job()
         rel, state = d.release, self._state()
-        inst = state.installed
-        if self._installed_sha() == rel.bundle_sha256 or (
-                inst is not None and (inst.model, inst.release, inst.target) == (rel.model, rel.release, rel.target)):
+        installed = state.installed
+        sha = self._installed_sha()
+        if installed is not None and sha:
+            installed = installed.model_copy(update={"bundle_sha256": sha})
+        verdict = policy.decide(InstalledRelease(model=rel.model, version=rel.version, release=rel.release,
+                                                 bundle_sha256=rel.bundle_sha256, target=rel.target), installed,
+                                allow_downgrade=d.allow_downgrade,
+                                previous=state.previous if self._activate_previous is not None else None)
+        if verdict.action == "current":
             self.publish_state()  # already serving it
             return
         if key == self._last_attempt:
             return  # tried and failed already; the fleet re-issues it to try again
-        if inst is not None and rel.release < inst.release and not d.allow_downgrade:
-            self._finish(d, key, "rejected", "downgrade", f"release {rel.release} is below the installed "
-                                                          f"release {inst.release} and no downgrade is allowed")
+        if verdict.action == "reject":
+            self._finish(d, key, "rejected", verdict.reason, verdict.message)
             return
         trusted_delta = False
         if self.trust is not None:  # refresh the TUF metadata; refuse what the signed targets do not list
@@ -301,10 +308,7 @@ class FleetSync:
                 retry = exc.reason == "transfer_failed"
                 self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.detail)
                 return
-        prev = state.previous
-        if self._activate_previous is not None and prev is not None and (
-                prev.bundle_sha256 == rel.bundle_sha256
-                or (prev.model, prev.release, prev.target) == (rel.model, rel.release, rel.target)):
+        if verdict.action == "activate_previous":
             self._run_install(d, key, lambda: self._activate_previous(d))
             return
         use_delta = rel.delta is not None and self._installed_sha() == rel.delta.base_sha256 and (
