@@ -81,7 +81,11 @@ def register(main: click.Group) -> None:
         cfg = load_config(config_path)
         ag = Agent(cfg)
         ag.start_serving()
-        servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+        try:
+            servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+        except BaseException:  # a port in use: stop the worker the agent started, then say which port
+            ag.shutdown()
+            raise
         for s in servers:
             addr = s.server_address
             click.echo(json.dumps({"event": "listening", "address": addr if isinstance(addr, str) else list(addr)}),

@@ -51,7 +51,18 @@ def _device_keys(cfg: AgentConfig) -> list:
     try:
         return [load_device_key(cfg.device_key)]
     except BitnetEdgeError as exc:
-        raise ConfigError(cfg.device_key, f"device_key: {exc}") from None
+        raise ConfigError("device_key", exc.detail, reason=exc.reason) from None
+
+
+def _trusted_keys(cfg: AgentConfig) -> list:
+    """The release signers' public keys (``trust``); ConfigError naming the file that is missing or not a key."""
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.signing import load_public_key
+
+    try:
+        return [load_public_key(p) for p in cfg.trust]
+    except KeyFileError as exc:
+        raise ConfigError("trust", exc.detail, reason=exc.reason) from None
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -60,8 +71,6 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 
 class Agent:
     def __init__(self, cfg: AgentConfig):
-        from bitnet_edge.sdk.bundle.signing import load_public_key
-
         self.cfg = cfg
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
@@ -71,7 +80,7 @@ class Agent:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
-        self.trusted = [load_public_key(p) for p in cfg.trust]
+        self.trusted = _trusted_keys(cfg)
         self.device_keys = _device_keys(cfg)  # X25519, for encrypted bundles (ADR 0011)
         self._install_lock = threading.Lock()
         self._lock = threading.Condition()

@@ -29,7 +29,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bitnet_edge.fleet.errors import NotFound, PublishError, RolloutError, TufError
-from bitnet_edge.sdk.errors import BitnetEdgeError, FormatError
+from bitnet_edge.sdk.errors import BitnetEdgeError, FormatError, listen_error
 from bitnet_edge.sdk.schemas import parse_model
 
 __all__ = ["ControlServer"]
@@ -167,7 +167,10 @@ class _Server(ThreadingHTTPServer):
 
 class ControlServer:
     def __init__(self, service, host: str, port: int, token: str):
-        self._server = _Server((host, port), service, token)
+        try:
+            self._server = _Server((host, port), service, token)
+        except OSError as exc:
+            raise listen_error(exc, "fleet control API", host, port, "--api-port") from None
         self.host, self.port = host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="bne-fleet-api", daemon=True)
 

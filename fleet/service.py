@@ -78,6 +78,14 @@ class FleetService:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FleetService:
+        """Start every part; if one cannot start (a port in use, a bad key ...), stop the ones that did."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> FleetService:
         cfg = self.config
         problem = embedded_broker_exposure(cfg)
         if problem:
@@ -141,8 +149,9 @@ class FleetService:
                 getattr(self, part).stop()
         if self.broker is not None:
             self.broker.stop()
-        self.store.close()
-        self.db.close()
+        for part in ("store", "db"):
+            if hasattr(self, part):
+                getattr(self, part).close()
 
     def __enter__(self) -> FleetService:
         return self.start()

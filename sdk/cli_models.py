@@ -47,21 +47,32 @@ def load_calibration(path: Path | None, imported):
     if path is None:
         return None
     from bitnet_edge.sdk.errors import FormatError
+    from bitnet_edge.sdk.npfiles import load_npy, load_npz
 
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            return z["x" if "x" in z.files else z.files[0]].astype(np.float32)
+    if path.suffix in (".npy", ".npz"):
+        arrays = {"x": load_npy(path)} if path.suffix == ".npy" else load_npz(path)
+        if not arrays:
+            raise FormatError(f"{path}: the archive holds no arrays (expected x: samples by features)")
+        x = arrays.get("x", next(iter(arrays.values())))
+        if x.dtype.kind not in "fiu" or x.ndim < 2:
+            raise FormatError(f"{path}: samples must be a numeric array (samples, ...), got {x.dtype} {x.shape}")
+        return x.astype(np.float32)
     if path.suffix == ".json":
-        return json.loads(path.read_text())
+        try:
+            ids = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"{path}: not JSON ({exc})") from None
+        if not (isinstance(ids, list) and all(isinstance(seq, list) and all(type(t) is int and t >= 0 for t in seq)
+                                              for seq in ids)):
+            raise FormatError(f"{path}: token-id calibration must be a JSON list of lists of token ids")
+        return ids
     if path.suffix == ".txt":
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         if imported.tokenizer_file is None:
             raise FormatError(f"{path}: text calibration needs a model with tokenizer.json")
-        from tokenizers import Tokenizer
+        from bitnet_edge.sdk.tokenizer import load_tokenizer
 
-        tok = Tokenizer.from_file(imported.tokenizer_file)
+        tok = load_tokenizer(imported.tokenizer_file)
         ids = [e.ids for e in tok.encode_batch(lines)]
         return ids if imported.config.architecture == "bitnet" else ids
     raise FormatError(f"{path}: calibration must be .npy, .npz, .json or .txt")
@@ -195,8 +206,11 @@ def register(main: click.Group) -> None:
             from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
             raise UnsupportedOperation(m.architecture, "predict")
-        x = load_calibration(inp, None) if inp.suffix in (".npy", ".npz") else None
-        logits = m.predict(x)
+        if inp.suffix not in (".npy", ".npz"):
+            from bitnet_edge.sdk.errors import InputError
+
+            raise InputError("--input", f"{inp}: give a .npy array or a .npz archive with array x")
+        logits = m.predict(load_calibration(inp, None))
         names = m.cfg.class_names
         classes = logits.argmax(1).tolist()
         if as_json:
@@ -230,7 +244,12 @@ def _prompt_ids(m, prompt, tokens):
     from bitnet_edge.sdk.errors import InputError
 
     if tokens:
-        return [int(t) for t in tokens.split(",")]
+        parts = [t.strip() for t in tokens.split(",")]
+        bad = [t for t in parts if not (t.isascii() and t.isdigit())]
+        if bad:
+            raise InputError("--tokens", f"{bad[0]!r} is not a token id: give comma-separated non-negative "
+                                         "integers, e.g. 1,15043,3186")
+        return [int(t) for t in parts]
     if prompt is None:
         raise InputError("prompt", "give --prompt TEXT or --tokens 1,2,3")
     if m.tokenizer is None:

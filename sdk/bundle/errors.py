@@ -92,6 +92,13 @@ class KeyFileError(BitnetEdgeError):
         head = _KEY_REASONS.get(reason, reason)
         super().__init__(reason, f"{path}: {head}" + (f" ({why})" if why else ""))
 
+    @classmethod
+    def unreadable(cls, path: str, exc: OSError) -> KeyFileError:
+        """A key file that cannot be read: ``missing`` when it does not exist, else ``unreadable``."""
+        if isinstance(exc, FileNotFoundError):
+            return cls(path, "missing")
+        return cls(path, "unreadable", exc.strerror or str(exc))
+
 
 class InstallError(BitnetEdgeError):
     """An install destination that cannot be used.  ``reason``: ``dest-exists``."""
