@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bitnet_edge.agent.config import load_config
+from bitnet_edge.agent.errors import AgentError
 from bitnet_edge.sdk.cliutil import EXIT_FAILED, emit_json, json_option
 
 __all__ = ["register"]
@@ -52,7 +53,17 @@ def _call(conn, method: str, path: str, body: dict | None = None) -> tuple[int, 
     conn.request(method, path, body=data, headers={"Content-Type": "application/json",
                                                    "Content-Length": str(len(data or b""))})
     resp = conn.getresponse()
-    return resp.status, json.loads(resp.read() or b"{}")
+    raw = resp.read()
+    try:
+        out = json.loads(raw or b"{}")
+    except ValueError:
+        out = None
+    if resp.status >= 400 or not isinstance(out, dict):  # the running agent refused the request itself
+        err = out.get("error") if isinstance(out, dict) and isinstance(out.get("error"), dict) else {}
+        raise AgentError(str(err.get("type") or "agent-api"),
+                         f"the running agent answered {path} with HTTP {resp.status}: "
+                         f"{err.get('message') or raw[:200].decode(errors='replace')}")
+    return resp.status, out
 
 
 def _print_outcome(o: dict, as_json: bool) -> None:
