@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 
 from bitnet_edge.fleet.config import DEFAULT_DATA
+from bitnet_edge.sdk.durable import write_atomic
 
 __all__ = ["tuf_group", "sign_and_push_targets"]
 
@@ -82,7 +83,7 @@ def sign_and_push_targets(client, bundles, key_paths, *, remove=(), days: int = 
     add = dict(bundle_target(b) for b in bundles)
     data = sign_targets(current, _signers(key_paths), add=add, remove=[target_path(s) for s in remove], days=days)
     if out is not None:
-        Path(out).write_bytes(data)
+        write_atomic(Path(out), data)
         return {"written": out, **describe(data)}
     _push(client, {"targets": data})
     return {"pushed": True, **describe(data)}
@@ -217,10 +218,10 @@ def rotate_root_cmd(keys, add_root, remove_root, root_threshold, targets_pub, ta
         Path(out).mkdir(parents=True, exist_ok=True)
         v = describe(data)["version"]
         written = [Path(out) / f"{v}.root.json"]
-        written[0].write_bytes(data)
+        write_atomic(written[0], data)
         if "targets" in files:
             written.append(Path(out) / f"{describe(files['targets'])['version']}.targets.json")
-            written[1].write_bytes(files["targets"])
+            write_atomic(written[1], files["targets"])
         click.echo(json.dumps({"written": [str(w) for w in written]}, indent=2))
         return
     click.echo(json.dumps(_push(_client(*args), files), indent=2))
