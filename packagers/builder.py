@@ -49,6 +49,7 @@ from bitnet_edge.sdk.bundle.verify import BaseContents, base_from_bundle
 from bitnet_edge.sdk.durable import atomic_file
 from bitnet_edge.sdk.modeldir import open_model_dir
 from bitnet_edge.sdk.native.targets import BACKEND_FEATURES, binary_kind, library_filename
+from bitnet_edge.sdk.tokenizer import load_tokenizer
 
 __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_model", "native_source_sha256",
            "source_date_epoch", "bundle_filename", "check_library_fits", "check_version"]
@@ -236,6 +237,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
         name: ("weights-ternary" if name == TERNARY_SECTION else "weights-dense", data)
         for name, data in weights.contents.items()}
     if model.tokenizer:
+        load_tokenizer(md.path / model.tokenizer)  # a tokenizer devices could not load is never shipped
         contents["tokenizer"] = ("tokenizer", (md.path / model.tokenizer).read_bytes())
     golden = None
     if options.golden:

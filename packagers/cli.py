@@ -186,7 +186,7 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
                              encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
                              base_keys=tuple(load_device_key(p) for p in base_keys))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=as_json, transient=False) as bar:
+                  console=err_console, disable=as_json, transient=True) as bar:
         tasks = []  # the bar appears with the first step: inputs refused before it show no empty bar
 
         def progress(what: str, done: int, total: int) -> None:

@@ -129,7 +129,7 @@ def test_a_garbage_tokenizer_is_refused_at_convert_time(hf_dir, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written for run or package to trip on
 
 
-def test_a_model_directory_with_a_broken_tokenizer_fails_run_in_one_line(decoder_dir, tmp_path):
+def test_a_model_directory_with_a_broken_tokenizer_fails_run_and_package_in_one_line(decoder_dir, tmp_path):
     import shutil
 
     m = tmp_path / "model"
@@ -140,6 +140,12 @@ def test_a_model_directory_with_a_broken_tokenizer_fails_run_in_one_line(decoder
     (m / "tokenizer.json").write_text("not json")
     one_line_error(CliRunner().invoke(main, ["run", str(m), "--prompt", "hi"]), "tokenizer.json",
                    reason="bad-tokenizer")
+    from bitnet_edge.packagers.keys import generate_keypair
+
+    kp = generate_keypair(tmp_path / "keys", "k")
+    res = CliRunner().invoke(main, ["package", str(m), "--device", "x86-64-v3", "--version", "1.0.0", "--no-golden",
+                                    "--key", str(kp.private_path), "-o", str(tmp_path / "dist")])
+    one_line_error(res, "tokenizer.json", reason="bad-tokenizer")
 
 
 def test_fake_npz_and_npy_files_say_what_they_are_not(tmp_path, rng):
