@@ -91,10 +91,10 @@ def register(main: click.Group) -> None:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = load_config(config_path)
         ag = Agent(cfg)
-        ag.start_serving()
         try:
+            ag.start_serving()
             servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
-        except BaseException:  # a port in use: stop the worker the agent started, then say which port
+        except BaseException:  # e.g. a port in use: stop the worker the agent started, then say which port
             ag.shutdown()
             raise
         for s in servers:
