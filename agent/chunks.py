@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 
 from bitnet_edge.agent.errors import TransferError
+from bitnet_edge.sdk.durable import commit, fsync_dir
 
 __all__ = ["PartialFile", "finished_path", "remove_others"]
 
@@ -66,7 +67,7 @@ class PartialFile:
         if fresh:
             os.pwrite(self._bfd, _HEADER.pack(_MAGIC, _VERSION, size, chunk_size, self.n_chunks) + self._bits, 0)
             os.fsync(self._bfd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._count = sum(bin(b).count("1") for b in self._bits)
 
     def _load_bitmap(self) -> bool:
@@ -138,12 +139,11 @@ class PartialFile:
             self.discard()
             raise TransferError("corrupt", f"the assembled file hashes to {h.hexdigest()[:16]}, the release "
                                            f"announced {self.sha256[:16]}")
-        os.fsync(self._fd)
         self.close()
         dest = finished_path(self.directory, self.sha256)
-        os.replace(self.part, dest)
+        commit(self.part, dest)
         self.bitmap_path.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return dest
 
     def close(self) -> None:
@@ -158,10 +158,3 @@ class PartialFile:
         self.part.unlink(missing_ok=True)
         self.bitmap_path.unlink(missing_ok=True)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

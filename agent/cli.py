@@ -15,13 +15,9 @@ from rich.table import Table
 
 from bitnet_edge.agent.config import load_config
 from bitnet_edge.agent.errors import AgentError
+from bitnet_edge.sdk.cliutil import EXIT_FAILED, emit_json, json_option
 
 __all__ = ["register"]
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
 
 
 def _daemon(cfg):
@@ -47,11 +43,8 @@ def _daemon(cfg):
 
 
 def _config_and_daemon(config_path: Path):
-    """The loaded config (or exit 2 naming the problem) and a connection to a running agent, or None."""
-    try:
-        cfg = load_config(config_path)
-    except AgentError as exc:
-        _fail(exc)
+    """The loaded config (ConfigError naming the problem) and a connection to a running agent, or None."""
+    cfg = load_config(config_path)
     return cfg, _daemon(cfg)
 
 
@@ -60,12 +53,22 @@ def _call(conn, method: str, path: str, body: dict | None = None) -> tuple[int, 
     conn.request(method, path, body=data, headers={"Content-Type": "application/json",
                                                    "Content-Length": str(len(data or b""))})
     resp = conn.getresponse()
-    return resp.status, json.loads(resp.read() or b"{}")
+    raw = resp.read()
+    try:
+        out = json.loads(raw or b"{}")
+    except ValueError:
+        out = None
+    if resp.status >= 400 or not isinstance(out, dict):  # the running agent refused the request itself
+        err = out.get("error") if isinstance(out, dict) and isinstance(out.get("error"), dict) else {}
+        raise AgentError(str(err.get("type") or "agent-api"),
+                         f"the running agent answered {path} with HTTP {resp.status}: "
+                         f"{err.get('message') or raw[:200].decode(errors='replace')}")
+    return resp.status, out
 
 
 def _print_outcome(o: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(o, indent=2))
+        emit_json(o)
         return
     color = "green" if o["result"] in ("installed", "rolled_back") else "red"
     Console().print(f"[{color}]{o['result']}[/{color}] ({o['reason']}): {o['message']}")
@@ -86,13 +89,14 @@ def register(main: click.Group) -> None:
 
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        cfg = load_config(config_path)
+        ag = Agent(cfg)
         try:
-            cfg = load_config(config_path)
-            ag = Agent(cfg)
             ag.start_serving()
-        except AgentError as exc:
-            _fail(exc)
-        servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+            servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+        except BaseException:  # e.g. a port in use: stop the worker the agent started, then say which port
+            ag.shutdown()
+            raise
         for s in servers:
             addr = s.server_address
             click.echo(json.dumps({"event": "listening", "address": addr if isinstance(addr, str) else list(addr)}),
@@ -124,7 +128,7 @@ def register(main: click.Group) -> None:
     @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
     @click.option("--allow-downgrade", is_flag=True, help="Accept a lower release counter (explicit downgrade).")
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def install(bundle, config_path, allow_downgrade, as_json):
         """Install a bundle (USB / offline path): the same pipeline as an OTA update."""
         cfg, conn = _config_and_daemon(config_path)
@@ -140,11 +144,11 @@ def register(main: click.Group) -> None:
             finally:
                 ag.shutdown()
         _print_outcome(out, as_json)
-        sys.exit(0 if out["result"] == "installed" else 1)
+        sys.exit(0 if out["result"] == "installed" else EXIT_FAILED)
 
     @agent.command()
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def status(config_path, as_json):
         """What the device serves, its slots and capabilities."""
         cfg, conn = _config_and_daemon(config_path)
@@ -161,7 +165,7 @@ def register(main: click.Group) -> None:
                   "state": json.loads(state.model_dump_json()),
                   "capabilities": probe(cfg.data_dir, cfg.profile).model_dump()}
         if as_json:
-            click.echo(json.dumps(st, indent=2))
+            emit_json(st)
             return
         t = Table(title=f"agent {st['device_id']}", show_header=False)
         caps = st["capabilities"]
@@ -181,7 +185,7 @@ def register(main: click.Group) -> None:
 
     @agent.command()
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def rollback(config_path, as_json):
         """Serve the previous release again (the other slot)."""
         cfg, conn = _config_and_daemon(config_path)
@@ -190,9 +194,6 @@ def register(main: click.Group) -> None:
         else:
             from bitnet_edge.agent.store import SlotStore
 
-            try:
-                out = SlotStore(cfg.data_dir).rollback().last_outcome.model_dump()
-            except AgentError as exc:
-                _fail(exc)
+            out = SlotStore(cfg.data_dir).rollback().last_outcome.model_dump()
         _print_outcome(out, as_json)
-        sys.exit(0 if out["result"] == "rolled_back" else 1)
+        sys.exit(0 if out["result"] == "rolled_back" else EXIT_FAILED)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from bitnet_edge.agent import policy
 from bitnet_edge.agent.config import AgentConfig
-from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError
-from bitnet_edge.agent.fsutil import fsync_tree
+from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError, WorkerFailed
+from bitnet_edge.sdk.durable import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
-from bitnet_edge.agent.workers import WorkerFailed, WorkerHandle, start_worker
+from bitnet_edge.agent.workers import WorkerHandle, start_worker
 from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
@@ -46,12 +46,23 @@ def _device_keys(cfg: AgentConfig) -> list:
     if cfg.device_key is None:
         return []
     from bitnet_edge.sdk.bundle.crypt import load_device_key
-    from bitnet_edge.sdk.bundle.errors import PackagerError
+    from bitnet_edge.sdk.errors import BitnetEdgeError
 
     try:
         return [load_device_key(cfg.device_key)]
-    except PackagerError as exc:
-        raise ConfigError(cfg.device_key, f"device_key: {exc}") from None
+    except BitnetEdgeError as exc:
+        raise ConfigError("device_key", exc.detail, reason=exc.reason) from None
+
+
+def _trusted_keys(cfg: AgentConfig) -> list:
+    """The release signers' public keys (``trust``); ConfigError naming the file that is missing or not a key."""
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.signing import load_public_key
+
+    try:
+        return [load_public_key(p) for p in cfg.trust]
+    except KeyFileError as exc:
+        raise ConfigError("trust", exc.detail, reason=exc.reason) from None
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -60,8 +71,6 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 
 class Agent:
     def __init__(self, cfg: AgentConfig):
-        from bitnet_edge.sdk.bundle.signing import load_public_key
-
         self.cfg = cfg
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
@@ -71,7 +80,7 @@ class Agent:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
-        self.trusted = [load_public_key(p) for p in cfg.trust]
+        self.trusted = _trusted_keys(cfg)
         self.device_keys = _device_keys(cfg)  # X25519, for encrypted bundles (ADR 0011)
         self._install_lock = threading.Lock()
         self._lock = threading.Condition()
@@ -147,7 +156,7 @@ class Agent:
             except InstallRejected as exc:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected" if exc.stage in
                                   ("verify", "policy", "limits") else "failed", reason=exc.reason,
-                                  message=exc.message, ts=time.time())
+                                  message=exc.detail, ts=time.time())
             except FileNotFoundError:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected", reason="corrupt",
                                   message=f"{path}: no such file", ts=time.time())
@@ -183,7 +192,10 @@ class Agent:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         state = self.store.load()
         installed = state.slots[state.active].release if state.active else None
-        policy.check_release(m.release, m.version, installed, allow_downgrade)
+        verdict = policy.decide(InstalledRelease(model=m.name, version=m.version, release=m.release, bundle_sha256=sha,
+                                                 target=m.target), installed, allow_downgrade=allow_downgrade)
+        if verdict.action in ("current", "reject"):  # reinstalling what serves is refused too: nothing to do
+            raise InstallRejected("downgrade", verdict.message, "policy")
         lib = m.libraries[0]
         policy.check_target(lib.target, self.caps.target, lib.requires, self.caps.cpu_features)
         # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more
@@ -217,7 +229,7 @@ class Agent:
         try:
             new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}")
         except WorkerFailed as exc:
-            raise InstallRejected("load_failed", exc.message, "load") from None
+            raise InstallRejected("load_failed", exc.detail, "load") from None
         try:
             _fault("loaded")
             self._health_gate(new.report)
@@ -263,7 +275,7 @@ class Agent:
             except WorkerFailed as exc:
                 self.store.rollback()  # back to where we were
                 return Outcome(bundle_sha256=info.release.bundle_sha256, result="failed", reason="load_failed",
-                               message=exc.message, ts=time.time())
+                               message=exc.detail, ts=time.time())
             self._swap(w)
             self._set_model_metrics(info.release, state.active)
             self.metrics.install("rolled_back", "ok")

@@ -1,39 +1,58 @@
-"""The agent's error hierarchy.  ``reason`` is the protocol's ReasonCode that callers branch on."""
+"""The agent's errors, under the distribution's one root
+:class:`~bitnet_edge.sdk.errors.BitnetEdgeError` (``reason``, ``detail``).  ``reason`` is the wire
+protocol's ReasonCode (snake_case) where the error becomes an install outcome.
+
+    BitnetEdgeError (sdk.errors)
+    └── AgentError
+        ├── ConfigError         path                (also ValueError)     bad-config
+        ├── InstallRejected     stage               the outcome's ReasonCode
+        ├── StoreError                              bad-state | no-previous
+        ├── TransferError                           corrupt | too_large | no_space | transfer_failed
+        ├── TufRejected         kind                tuf_rejected | tuf_expired | transfer_failed
+        └── WorkerFailed        slot, report        load_failed
+"""
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "ConfigError", "InstallRejected", "StoreError", "TransferError", "TufRejected"]
+from bitnet_edge.sdk.errors import BitnetEdgeError
+
+__all__ = ["AgentError", "ConfigError", "InstallRejected", "StoreError", "TransferError", "TufRejected",
+           "WorkerFailed"]
 
 
-class AgentError(Exception):
+class AgentError(BitnetEdgeError):
     """Base of every error raised by bitnet_edge.agent."""
 
 
 class ConfigError(AgentError, ValueError):
-    def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}")
+    """An agent config (or a file it names) that cannot be used; ``path`` is the file."""
+
+    fields = ("path",)
+
+    def __init__(self, path: str, problem: str, reason: str = "bad-config"):
+        self.path = path
+        super().__init__(reason, f"{path}: {problem}")
 
 
 class InstallRejected(AgentError):
-    """An install that did not happen; the previous model keeps serving."""
+    """An install that did not happen; the previous model keeps serving.  ``stage``: where
+    (``verify``, ``policy``, ``limits``, ``unpack``, ``load``, ``health``)."""
 
-    def __init__(self, reason: str, message: str, stage: str):
-        self.reason, self.message, self.stage = reason, message, stage
-        super().__init__(f"{reason} at {stage}: {message}")
+    fields = ("stage",)
+
+    def __init__(self, reason: str, detail: str, stage: str):
+        self.stage = stage
+        super().__init__(reason, detail)
 
 
 class StoreError(AgentError):
-    """The slot store on disk is unusable (e.g. a corrupt state file with no valid slot)."""
+    """The slot store on disk is unusable (``bad-state``: a corrupt state file with no valid slot),
+    or has no previous release (``no-previous``)."""
 
 
 class TransferError(AgentError):
     """A download from the fleet that cannot go on (``reason``: ``corrupt``, ``too_large``,
     ``no_space`` or ``transfer_failed``); the partial file is discarded."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason, self.message = reason, message
-        super().__init__(f"{reason}: {message}")
 
 
 class TufRejected(AgentError):
@@ -42,6 +61,18 @@ class TufRejected(AgentError):
     ``kind``: ``not-in-targets``, ``mismatch``, ``metadata``, ``expired``, ``too-long``,
     ``length-or-hash``, ``unavailable``, ``not-approved``."""
 
-    def __init__(self, reason: str, kind: str, message: str):
-        self.reason, self.kind, self.message = reason, kind, message
-        super().__init__(f"{reason} ({kind}): {message}")
+    fields = ("kind",)
+
+    def __init__(self, reason: str, kind: str, detail: str):
+        self.kind = kind
+        super().__init__(reason, detail)
+
+
+class WorkerFailed(AgentError):
+    """A model worker that did not start or did not report; ``report`` is what it said, if anything."""
+
+    fields = ("slot",)
+
+    def __init__(self, slot: str, detail: str, report: dict | None = None):
+        self.slot, self.report = slot, report or {}
+        super().__init__("load_failed", f"worker for slot {slot}: {detail}")

@@ -1,25 +1,57 @@
-"""Pure install decisions (no I/O): what to refuse, and the reason code for every failure."""
+"""Pure install decisions (no I/O): whether to install a release, and the reason code for every failure.
+
+:func:`decide` is the one place the release rule is written; the fleet sync (a desired state from
+MQTT) and the install pipeline (every install, OTA or USB) both ask it:
+
+- the installed bundle itself, or the same model, release counter and target: ``current``;
+- a release counter not above the installed one (lower, or equal with other bytes): ``reject``
+  (``downgrade``) unless the install explicitly allows a downgrade (rollback protection);
+- the release held in the other slot: ``activate_previous`` (a rollback switches slots, no download);
+- anything else: ``install``.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 from bitnet_edge.agent.errors import InstallRejected
 from bitnet_edge.sdk.wire.protocol import InstalledRelease
 
-__all__ = ["check_release", "check_target", "reason_for", "FAULT_POINTS"]
+__all__ = ["Decision", "decide", "check_target", "reason_for", "FAULT_POINTS"]
 
 #: Where a test may make the agent SIGKILL itself (BITNET_EDGE_FAULT=<point>), in pipeline order.
 FAULT_POINTS = ("received", "verified", "prepared", "unpacked", "loaded", "healthy", "switched")
 
 
-def check_release(release: int, version: str, installed: InstalledRelease | None, allow_downgrade: bool) -> None:
-    """Refuse a release counter that is not higher than the installed one, unless explicitly allowed."""
-    if installed is None or release > installed.release:
-        return
-    if allow_downgrade and release != installed.release:
-        return
-    what = "the same release" if release == installed.release else "a downgrade"
-    raise InstallRejected("downgrade", f"release {release} ({version}) is {what}: release {installed.release} "
-                          f"({installed.version}) is installed", "policy")
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a release: ``action`` and, for ``reject``, the ReasonCode and a message."""
+
+    action: Literal["install", "current", "activate_previous", "reject"]
+    reason: str = "ok"
+    message: str = ""
+
+
+def _same(a: InstalledRelease, b: InstalledRelease) -> bool:
+    return a.bundle_sha256 == b.bundle_sha256 or (a.model, a.release, a.target) == (b.model, b.release, b.target)
+
+
+def decide(candidate: InstalledRelease, installed: InstalledRelease | None, *, allow_downgrade: bool,
+           previous: InstalledRelease | None = None) -> Decision:
+    """The install decision for ``candidate`` on a device serving ``installed`` (None: nothing)
+    with ``previous`` in its other slot (None: empty, or not usable by the caller)."""
+    if installed is not None and _same(candidate, installed):
+        return Decision("current", "ok", f"release {candidate.release} ({candidate.version}) is already installed")
+    if installed is not None and candidate.release <= installed.release and not allow_downgrade:
+        what = "the same release counter as" if candidate.release == installed.release else "below"
+        return Decision("reject", "downgrade", f"release {candidate.release} ({candidate.version}) is {what} the "
+                                               f"installed release {installed.release} ({installed.version}) and "
+                                               "no downgrade is allowed")
+    if previous is not None and _same(candidate, previous):
+        return Decision("activate_previous", "ok", f"release {candidate.release} ({candidate.version}) is in the "
+                                                   "other slot")
+    return Decision("install")
 
 
 def check_target(library_target: str, device_target: str, requires: list[str], features: list[str]) -> None:

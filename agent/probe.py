@@ -78,13 +78,23 @@ def cuda_compute_capability() -> str | None:
 
 
 def match_profile(caps: Capabilities, wanted: str | None = None):
-    """The device profile for these capabilities: ``wanted`` if given (checked), else the most
+    """The device profile for these capabilities: ``wanted`` if given (ConfigError ``unknown-profile``
+    when no profile has that name, ``wrong-profile`` when it is for another OS/arch), else the most
     specific profile of the same OS/arch whose required ISA features the CPU has."""
+    from bitnet_edge.agent.errors import ConfigError
     from bitnet_edge.sdk.bundle.devices import load_devices
 
     profiles = list(load_devices().values())
     if wanted:
-        return next((p for p in profiles if p.name == wanted), None)
+        p = next((p for p in profiles if p.name == wanted), None)
+        if p is None:
+            raise ConfigError("profile", f"no device profile {wanted!r}; known: "
+                                         f"{', '.join(sorted(x.name for x in profiles))}", reason="unknown-profile")
+        arch = "aarch64" if caps.arch == "arm64" else caps.arch
+        if (p.os, p.arch) != (caps.os, arch):
+            raise ConfigError("profile", f"{wanted!r} is a {p.os}/{p.arch} profile; this device is "
+                                         f"{caps.os}/{arch}", reason="wrong-profile")
+        return p
     feats = set(caps.cpu_features)
     ok = [p for p in profiles if p.os == caps.os and p.arch == ("aarch64" if caps.arch == "arm64" else caps.arch)
           and set(p.isa_required) <= feats

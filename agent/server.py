@@ -8,7 +8,9 @@ import json
 import threading
 import time
 
+from bitnet_edge.agent.errors import ConfigError
 from bitnet_edge.agent.httpbase import JsonHandler, TCPServer, UnixHTTPConnection, UnixServer
+from bitnet_edge.sdk.errors import listen_error
 
 __all__ = ["make_handler", "serve", "PROXIED"]
 
@@ -140,10 +142,22 @@ def serve(agent, host: str, port: int, unix_socket: str | None) -> list:
     """Start the TCP (and Unix socket) servers in daemon threads; returns them (for .shutdown())."""
     servers = []
     handler = make_handler(agent)
-    if port is not None and port >= 0 and host:
-        servers.append(TCPServer((host, port), handler))
-    if unix_socket:
-        servers.append(UnixServer(unix_socket, handler))
+    try:
+        if port is not None and port >= 0 and host:
+            try:
+                servers.append(TCPServer((host, port), handler))
+            except OSError as exc:
+                raise listen_error(exc, "agent API", host, port, "[api] port in the agent config") from None
+        if unix_socket:
+            try:
+                servers.append(UnixServer(unix_socket, handler))
+            except OSError as exc:
+                raise ConfigError(unix_socket, f"the agent API cannot listen on this Unix socket: "
+                                               f"{exc.strerror or exc}", reason="socket-unusable") from None
+    except BaseException:
+        for s in servers:
+            s.server_close()
+        raise
     for s in servers:
         threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                          name=f"api-{type(s).__name__}").start()

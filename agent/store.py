@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from bitnet_edge.agent.errors import StoreError
-from bitnet_edge.agent.fsutil import fsync_dir, write_atomic
+from bitnet_edge.sdk.durable import fsync_dir, write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome
@@ -59,7 +59,7 @@ class SlotStore:
         try:
             return parse_model(StoreState, json.loads(raw), source=str(self.state_file))
         except (json.JSONDecodeError, FormatError) as exc:
-            raise StoreError(f"{self.state_file}: unreadable state ({exc}); the agent will not guess "
+            raise StoreError("bad-state", f"{self.state_file}: unreadable state ({exc}); the agent will not guess "
                              "which slot is safe: restore it or reinstall with `bitnet-edge agent install`") from None
 
     def save(self, state: StoreState) -> None:
@@ -101,7 +101,7 @@ class SlotStore:
         other = self.other(state.active)
         info = state.slots.get(other)
         if info is None:
-            raise StoreError("no previous release to roll back to (the other slot is empty)")
+            raise StoreError("no-previous", "no previous release to roll back to (the other slot is empty)")
         outcome = Outcome(bundle_sha256=info.release.bundle_sha256, result="rolled_back", reason="ok",
                           message=f"rolled back to {info.release.model} {info.release.version}", ts=time.time())
         new = state.model_copy(update={"active": other, "last_outcome": outcome})

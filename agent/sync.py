@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -29,15 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet_edge.agent import policy
 from bitnet_edge.agent.chunks import PartialFile, finished_path, remove_others
 from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.errors import TransferError
 from bitnet_edge.agent.transfer import Window
+from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
     ChunkRequest,
     DesiredState,
+    InstalledRelease,
     Outcome,
     Presence,
     Progress,
@@ -280,16 +282,21 @@ class FleetSync:
             return  # the same desired state again (a reconnect re-delivers retained messages)
         self._drop_job()
         rel, state = d.release, self._state()
-        inst = state.installed
-        if self._installed_sha() == rel.bundle_sha256 or (
-                inst is not None and (inst.model, inst.release, inst.target) == (rel.model, rel.release, rel.target)):
+        installed = state.installed
+        sha = self._installed_sha()
+        if installed is not None and sha:
+            installed = installed.model_copy(update={"bundle_sha256": sha})
+        verdict = policy.decide(InstalledRelease(model=rel.model, version=rel.version, release=rel.release,
+                                                 bundle_sha256=rel.bundle_sha256, target=rel.target), installed,
+                                allow_downgrade=d.allow_downgrade,
+                                previous=state.previous if self._activate_previous is not None else None)
+        if verdict.action == "current":
             self.publish_state()  # already serving it
             return
         if key == self._last_attempt:
             return  # tried and failed already; the fleet re-issues it to try again
-        if inst is not None and rel.release < inst.release and not d.allow_downgrade:
-            self._finish(d, key, "rejected", "downgrade", f"release {rel.release} is below the installed "
-                                                          f"release {inst.release} and no downgrade is allowed")
+        if verdict.action == "reject":
+            self._finish(d, key, "rejected", verdict.reason, verdict.message)
             return
         trusted_delta = False
         if self.trust is not None:  # refresh the TUF metadata; refuse what the signed targets do not list
@@ -299,12 +306,9 @@ class FleetSync:
                 trusted_delta = self.trust.admit(d, self._installed_sha())
             except TufRejected as exc:  # unreachable metadata: tried again when the desired state comes again
                 retry = exc.reason == "transfer_failed"
-                self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.message)
+                self._finish(d, None if retry else key, "failed" if retry else "rejected", exc.reason, exc.detail)
                 return
-        prev = state.previous
-        if self._activate_previous is not None and prev is not None and (
-                prev.bundle_sha256 == rel.bundle_sha256
-                or (prev.model, prev.release, prev.target) == (rel.model, rel.release, rel.target)):
+        if verdict.action == "activate_previous":
             self._run_install(d, key, lambda: self._activate_previous(d))
             return
         use_delta = rel.delta is not None and self._installed_sha() == rel.delta.base_sha256 and (
@@ -374,7 +378,7 @@ class FleetSync:
             path = j.partial.finish()
         except TransferError as exc:
             self._job = None
-            self._finish(j.desired, j.key, "failed", exc.reason, exc.message)
+            self._finish(j.desired, j.key, "failed", exc.reason, exc.detail)
             return
         self._job = None
         self._install_file(j.desired, j.key, path, j.is_delta)
@@ -388,7 +392,7 @@ class FleetSync:
                 self.trust.check_file(path)
             except TufRejected as exc:
                 path.unlink(missing_ok=True)
-                self._finish(d, key, "rejected", exc.reason, exc.message)
+                self._finish(d, key, "rejected", exc.reason, exc.detail)
                 return
         self._publish_progress(d, path.stem, "installing", size, size)
         try:
@@ -440,12 +444,9 @@ class FleetSync:
     def _record(self, key: str | None, outcome: Outcome) -> None:
         with self._lock:
             self._last_attempt, self._last_outcome = key, outcome
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")}))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state_file)
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._state_file, json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")})
+                         .encode())
 
     def _load_attempt(self) -> tuple[str | None, Outcome | None]:
         try:

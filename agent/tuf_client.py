@@ -123,7 +123,7 @@ class DeviceTrust:
                              delta=True, size=d.size)
                 approved[d.sha256] = info
             except TufRejected as exc:
-                log.warning("not using delta %s: %s", d.sha256[:12], exc.message)
+                log.warning("not using delta %s: %s", d.sha256[:12], exc.detail)
         with self._lock:
             self._approved = approved
         return d is not None and d.sha256 in approved

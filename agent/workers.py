@@ -12,13 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["WorkerHandle", "start_worker", "WorkerFailed"]
+from bitnet_edge.agent.errors import WorkerFailed
 
-
-class WorkerFailed(Exception):
-    def __init__(self, slot: str, message: str, report: dict | None = None):
-        self.slot, self.message, self.report = slot, message, report or {}
-        super().__init__(f"worker for slot {slot}: {message}")
+__all__ = ["WorkerHandle", "start_worker"]
 
 
 @dataclass

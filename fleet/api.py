@@ -28,14 +28,27 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError, TufError
-from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.fleet.errors import NotFound, PublishError, RolloutError, TufError
+from bitnet_edge.sdk.errors import BitnetEdgeError, FormatError, listen_error
 from bitnet_edge.sdk.schemas import parse_model
 
 __all__ = ["ControlServer"]
 
 log = logging.getLogger("bitnet_edge.fleet.api")
 MAX_JSON = 1 << 20  # bytes of a JSON request body
+
+
+def _status(exc: BitnetEdgeError) -> int:
+    """The HTTP status of a typed error: 404 (not found), 409 (state), 413 (too large), else 400."""
+    if isinstance(exc, NotFound) or exc.reason == "not-found":
+        return 404
+    if isinstance(exc, RolloutError):
+        return 409
+    if isinstance(exc, TufError) and exc.reason in ("version", "exists"):
+        return 409
+    if isinstance(exc, PublishError) and exc.reason == "too-large":
+        return 413
+    return 400
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,18 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(404, "not-found", f"no TUF metadata {m.group(1)}")
                 return self._send(200, data)
             return self._error(404, "not-found", f"{method} {path}")
-        except TufError as exc:
-            return self._error(409 if exc.reason in ("version", "exists") else 400, exc.reason, exc.detail)
-        except FormatError as exc:
-            return self._error(400, "bad-request", str(exc))
-        except NotFound as exc:
-            return self._error(404, "not-found", str(exc))
-        except RolloutError as exc:
-            return self._error(404 if exc.reason == "not-found" else 409, exc.reason, str(exc))
-        except PublishError as exc:
-            return self._error(413 if exc.reason == "too-large" else 400, exc.reason, exc.detail)
-        except FleetError as exc:
-            return self._error(400, type(exc).__name__, str(exc))
+        except BitnetEdgeError as exc:
+            return self._error(_status(exc), exc.reason, exc.detail)
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the server lives on
             log.exception("%s %s failed", method, path)
             return self._error(500, "internal", f"{type(exc).__name__}: {exc}")
@@ -164,7 +167,10 @@ class _Server(ThreadingHTTPServer):
 
 class ControlServer:
     def __init__(self, service, host: str, port: int, token: str):
-        self._server = _Server((host, port), service, token)
+        try:
+            self._server = _Server((host, port), service, token)
+        except OSError as exc:
+            raise listen_error(exc, "fleet control API", host, port, "--api-port") from None
         self.host, self.port = host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="bne-fleet-api", daemon=True)
 

@@ -13,10 +13,21 @@ import logging
 import threading
 
 from bitnet_edge.fleet.errors import ConfigError
+from bitnet_edge.sdk.errors import BitnetEdgeError, listen_error
 
 __all__ = ["EmbeddedBroker"]
 
 log = logging.getLogger("bitnet_edge.fleet.broker")
+
+
+def _start_error(exc: BaseException, host: str, port: int) -> BitnetEdgeError:
+    """amqtt's start failure as a typed error: the OSError it wraps (a port in use ...) names the port."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return listen_error(seen, "embedded MQTT broker", host, port, "--mqtt-port")
+        seen = seen.__cause__ or seen.__context__
+    return ConfigError("broker-failed", f"the embedded MQTT broker did not start on {host}:{port}: {exc}")
 
 
 class EmbeddedBroker:
@@ -46,6 +57,7 @@ class EmbeddedBroker:
 
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # a failed start is raised here, not logged there
         ready, failure = threading.Event(), []
         self._loop = asyncio.new_event_loop()
 
@@ -74,9 +86,13 @@ class EmbeddedBroker:
         self._thread = threading.Thread(target=run, name="bne-amqtt", daemon=True)
         self._thread.start()
         if not ready.wait(timeout):
-            raise RuntimeError("the embedded MQTT broker did not start")
+            raise ConfigError("broker-failed", f"the embedded MQTT broker did not start within {timeout:.0f} s")
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
         if failure:
-            raise RuntimeError(f"the embedded MQTT broker did not start: {failure[0]}") from failure[0]
+            self._thread.join(5)
+            self._loop.close()
+            self._loop = None
+            raise _start_error(failure[0], self.host, self.port) from failure[0]
         log.info("embedded MQTT broker on %s", self.url)
         return self.url
 

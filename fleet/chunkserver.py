@@ -52,7 +52,8 @@ class ChunkServer:
             except queue.Full:
                 pass
         for w in self._workers:
-            w.join(5)
+            if w.ident is not None:  # started (a service that failed to start stops parts it never started)
+                w.join(5)
 
     def submit(self, req: ChunkRequest) -> None:
         size = self._file_size(req.file_sha256)

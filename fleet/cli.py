@@ -17,14 +17,14 @@
 
 Every command but ``serve`` talks to the running service's control API, found in
 ``DATA/service.json`` (``--data``, default ``$BNE_FLEET_DATA`` or ``./fleet-data``) or given with
-``--api`` and ``--token``.  Failures print one line and exit 1 (``--json``: an ``error`` object).
+``--api`` and ``--token``.  Failures are typed errors; the root group prints them (one line, or
+``--json`` an ``error`` object) and exits 2 (bitnet_edge.sdk.cliutil).
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
-import json
 import os
 import signal
 import sys
@@ -32,30 +32,19 @@ import threading
 import time
 
 import click
-
-from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from bitnet_edge.fleet.config import DEFAULT_DATA
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
+from bitnet_edge.sdk.cliutil import json_option
+
 __all__ = ["register"]
 
 console = Console()
 err_console = Console(stderr=True)
-from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
-
-
-
-
-def _fail(exc: Exception, as_json: bool) -> None:
-    if as_json:
-        _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
-                                           **{k: getattr(exc, k) for k in ("reason", "status") if hasattr(exc, k)}}})
-    else:
-        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)  # one line, whatever the terminal width
-    sys.exit(1)
 
 
 def _client_options(fn):
@@ -63,17 +52,13 @@ def _client_options(fn):
                   help="The service's data directory (service.json, control.token).")
     @click.option("--api", default=None, help="Control API URL (default: from DATA/service.json).")
     @click.option("--token", default=None, envvar="BNE_FLEET_TOKEN", help="Control token (default: DATA/control.token).")
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @json_option()
     @functools.wraps(fn)
     def wrapper(data_dir, api, token, as_json, **kw):
         from bitnet_edge.fleet.client import ControlClient
-        from bitnet_edge.fleet.errors import FleetError
 
-        try:
-            client = ControlClient.from_data_dir(data_dir, api, token)
-            return fn(client=client, as_json=as_json, **kw)
-        except FleetError as exc:
-            _fail(exc, as_json)
+        client = ControlClient.from_data_dir(data_dir, api, token)
+        return fn(client=client, as_json=as_json, **kw)
     return wrapper
 
 
@@ -120,7 +105,7 @@ def fleet_group() -> None:
 @click.option("--tls-ca", default=None, help="CA bundle for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate (mTLS).")
 @click.option("--tls-key", default=None, help="Client key (mTLS).")
-@click.option("--json", "as_json", is_flag=True, help="Print where the service listens as JSON, then serve.")
+@json_option("Print where the service listens as JSON, then serve.")
 def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, mqtt_tls_key, mqtt_auth,
               lease_seconds, api_host, api_port, chunk_kib, trust, share_group, replica_id, username, password, tls_ca,
               tls_cert, tls_key, as_json) -> None:
@@ -128,26 +113,21 @@ def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, m
     import logging
 
     from bitnet_edge.fleet.config import FleetConfig
-    from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.service import FleetService
-    from bitnet_edge.sdk.errors import BitnetEdgeError
     from bitnet_edge.sdk.schemas import parse_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        options = dict(
-            data_dir=os.path.abspath(data_dir), database=database, embedded_host=mqtt_host,
-            embedded_port=mqtt_port, embedded_auth=mqtt_auth,
-            embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
-            embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
-            api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
-            trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
-            broker=dict(url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
-                        tls_key=tls_key))
-        cfg = parse_model(FleetConfig, options, source="fleet serve options")
-        svc = FleetService(cfg).start()
-    except (FleetError, BitnetEdgeError, RuntimeError, OSError, ValueError) as exc:
-        _fail(exc, as_json)
+    options = dict(
+        data_dir=os.path.abspath(data_dir), database=database, embedded_host=mqtt_host,
+        embedded_port=mqtt_port, embedded_auth=mqtt_auth,
+        embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
+        embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
+        api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
+        trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
+        broker=dict(url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
+                    tls_key=tls_key))
+    cfg = parse_model(FleetConfig, options, source="fleet serve options")
+    svc = FleetService(cfg).start()
     info = {"api": svc.api.url, "broker": svc.broker_url, "data": cfg.data_dir, "database": svc.db.where,
             "replica": cfg.replica_id}
     if as_json:

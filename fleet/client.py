@@ -74,9 +74,11 @@ class ControlClient:
         ctype_back = resp.getheader("Content-Type", "")
         data = json.loads(raw) if raw and ctype_back.startswith("application/json") else raw.decode()
         if resp.status >= 400:
-            code = data.get("error") if isinstance(data, dict) else "http"
-            detail = data.get("detail") if isinstance(data, dict) else str(data)
-            raise ControlError("http", f"{code}: {detail}", resp.status)
+            code = data.get("error") if isinstance(data, dict) else None
+            detail = data.get("detail") if isinstance(data, dict) else None
+            raise ControlError(code if isinstance(code, str) and code else "http",
+                               detail if isinstance(detail, str) and detail else f"{self.api}: HTTP {resp.status}",
+                               resp.status)
         return data
 
     def get(self, path: str):

@@ -59,6 +59,13 @@ def _profile_targets() -> tuple[dict[str, str], dict[str, str]]:
     return profiles, {name: t.cpu_library_target for name, t in TARGETS.items()}
 
 
+def _selector_text(sel) -> str:
+    parts = [f"tags {','.join(sel.tags)}"] if sel.tags else []
+    parts += [f"profile {sel.profile}"] if sel.profile else []
+    parts += [f"devices {','.join(sel.devices)}"] if sel.devices is not None else []
+    return "; ".join(parts) or "every device"
+
+
 class RolloutDriver:
     def __init__(self, db: Database, registry: Registry, publish: Callable[[str, bytes], bool], *,
                  chunk_size: int, holder: str = "fleet-1", lease_seconds: float = 10.0,
@@ -134,6 +141,12 @@ class RolloutDriver:
             rel = self.registry.find_release(spec.model, spec.version)
         except NotFound:
             raise RolloutError(None, "no-release", f"{spec.model} {spec.version} was not published") from None
+        known = self._devices()
+        if not any(sm.selector_matches(spec.selector, d.id, d.tags, d.profile) for d in known.values()):
+            raise RolloutError(None, "no-devices", f"no device the fleet knows matches the selector "
+                                                   f"({_selector_text(spec.selector)}; "
+                                                   f"{len(known)} device(s) known): a rollout to nobody is refused; "
+                                                   "check the tags, profile and ids (bitnet-edge fleet devices)")
         now = self.clock()
         rid = f"ro-{secrets.token_hex(4)}"
         with self._lock, self.db.tx() as c:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bitnet_edge.fleet.errors import PkiError
+from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.wire.protocol import DEVICE_ID
 
 __all__ = ["CertAuthority", "Issued", "CertRecord", "fleet_identity", "FLEET_PREFIX", "BROKER_NAME", "CRL_DAYS"]
@@ -84,15 +85,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically (write, fsync, rename) with ``mode`` from the start."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    """Atomically (sdk.durable) with ``mode`` from the start."""
+    write_atomic(path, data, mode=mode)
 
 
 def _name(cn: str) -> x509.Name:

@@ -12,7 +12,8 @@ the audit log are files there), so they run with or without the service.
     bitnet-edge fleet audit verify [--expect-head HASH] [--json]
 
 Every command takes ``--data`` (default ``$BNE_FLEET_DATA`` or ``./fleet-data``) and ``--json``;
-failures print one line and exit 1.
+failures are typed errors, printed by the root group (one line, or ``--json`` an ``error`` object;
+exit 2: bitnet_edge.sdk.cliutil).
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import click
-
-from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from bitnet_edge.fleet.config import DEFAULT_DATA
+from bitnet_edge.sdk.cliutil import EXIT_FAILED, json_option
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 
 __all__ = ["register"]
 
 console = Console()
 err_console = Console(stderr=True)
-from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
 
 
 
@@ -49,22 +50,10 @@ def _when(ts: float | None) -> str:
 def _options(fn):
     @click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True,
                   type=click.Path(file_okay=False, path_type=Path), help="The fleet's data directory.")
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @json_option()
     @functools.wraps(fn)
     def wrapper(data_dir, as_json, **kw):
-        from bitnet_edge.fleet.errors import FleetError
-        from bitnet_edge.sdk.bundle.errors import PackagerError
-        from bitnet_edge.sdk.errors import BitnetEdgeError
-
-        try:
-            return fn(data=data_dir, as_json=as_json, **kw)
-        except (FleetError, PackagerError, BitnetEdgeError, OSError) as exc:
-            if as_json:
-                _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
-                                                   "reason": getattr(exc, "reason", None)}})
-            else:
-                err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
-            sys.exit(1)
+        return fn(data=data_dir, as_json=as_json, **kw)
     return wrapper
 
 
@@ -259,7 +248,7 @@ def audit_verify_cmd(data, as_json, expect_head) -> None:
         err_console.print(f"audit log does not verify: {len(res.problems)} problem(s) in {res.entries} entries",
                           highlight=False)
     if not res.ok:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def register(fleet_group: click.Group) -> None:

@@ -40,6 +40,7 @@ from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.store import BundleStore
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
+from bitnet_edge.sdk.durable import write_atomic
 
 __all__ = ["FleetService", "load_token"]
 
@@ -77,6 +78,14 @@ class FleetService:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FleetService:
+        """Start every part; if one cannot start (a port in use, a bad key ...), stop the ones that did."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> FleetService:
         cfg = self.config
         problem = embedded_broker_exposure(cfg)
         if problem:
@@ -119,9 +128,7 @@ class FleetService:
         self._loop_thread.start()
         info = {"api": self.api.url, "broker": self.broker_url, "pid": os.getpid(), "replica": cfg.replica_id,
                 "database": self.db.where, "started": time.time()}
-        tmp = self.data / f".service-{cfg.replica_id}.json"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.data / "service.json")
+        write_atomic(self.data / "service.json", json.dumps(info, indent=2).encode())
         log.info("fleet service %s: control API %s, broker %s, database %s (%s)", cfg.replica_id, self.api.url,
                  self.broker_url, self.db.where, self.db.kind)
         return self
@@ -142,8 +149,9 @@ class FleetService:
                 getattr(self, part).stop()
         if self.broker is not None:
             self.broker.stop()
-        self.store.close()
-        self.db.close()
+        for part in ("store", "db"):
+            if hasattr(self, part):
+                getattr(self, part).close()
 
     def __enter__(self) -> FleetService:
         return self.start()

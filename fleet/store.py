@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bitnet_edge.fleet.errors import NotFound, PublishError
+from bitnet_edge.sdk.durable import commit
 
 __all__ = ["BundleStore"]
 
@@ -61,18 +62,15 @@ class BundleStore:
                         raise PublishError("too-large", f"more than {max_bytes} bytes")
                     h.update(block)
                     out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
             if length is not None and n != length:
                 raise PublishError("truncated", f"got {n} of {length} bytes")
             sha = h.hexdigest()
             dest = self.path(sha)
             dest.parent.mkdir(exist_ok=True)
-            if dest.exists():
-                os.unlink(tmp)
-            else:
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dest)
+            try:
+                commit(tmp, dest, mode=0o444, overwrite=False)
+            except FileExistsError:
+                pass  # content-addressed: the same bytes are already there
             return sha, n
         except BaseException:
             if os.path.exists(tmp):

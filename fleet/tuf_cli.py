@@ -13,27 +13,24 @@
 
 Commands that read current metadata take it from ``--current`` or from the running service
 (``--data``/``--api``/``--token``); with ``--out`` they only write files (air-gapped signing: carry
-them to the service and ``push`` them).  Failures print one line and exit 1.
+them to the service and ``push`` them).  Failures are typed errors, printed by the root group (one
+line, exit 2: bitnet_edge.sdk.cliutil).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
 
+from bitnet_edge.fleet.config import DEFAULT_DATA
+from bitnet_edge.sdk.durable import write_atomic
+
 __all__ = ["tuf_group", "sign_and_push_targets"]
 
 PASSPHRASE_ENV = "BITNET_EDGE_KEY_PASSPHRASE"
-from bitnet_edge.fleet.config import DEFAULT_DATA  # noqa: E402  (one definition)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error ({type(exc).__name__}): {exc}", err=True)
-    sys.exit(1)
 
 
 def _signers(paths):
@@ -86,7 +83,7 @@ def sign_and_push_targets(client, bundles, key_paths, *, remove=(), days: int = 
     add = dict(bundle_target(b) for b in bundles)
     data = sign_targets(current, _signers(key_paths), add=add, remove=[target_path(s) for s in remove], days=days)
     if out is not None:
-        Path(out).write_bytes(data)
+        write_atomic(Path(out), data)
         return {"written": out, **describe(data)}
     _push(client, {"targets": data})
     return {"pushed": True, **describe(data)}
@@ -130,20 +127,15 @@ def online_key_cmd(data_dir, rotate) -> None:
 def init_cmd(out_dir, online_pub, root_keys, root_threshold, targets_keys, targets_threshold, root_days,
              targets_days, ask) -> None:
     """Offline: root and targets keys, 1.root.json (provision on devices) and 1.targets.json."""
-    from bitnet_edge.fleet.errors import TufError
     from bitnet_edge.fleet.tuf_sign import init_repository
-    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     pw = None
     if ask:
         pw = (os.environ.get(PASSPHRASE_ENV) or click.prompt("passphrase", hide_input=True, confirmation_prompt=True,
                                                              err=True)).encode()
-    try:
-        c = init_repository(out_dir, online_pub, root_keys=root_keys, root_threshold=root_threshold,
-                            targets_keys=targets_keys, targets_threshold=targets_threshold, root_days=root_days,
-                            targets_days=targets_days, passphrase=pw)
-    except (TufError, KeyFileError) as exc:
-        _fail(exc)
+    c = init_repository(out_dir, online_pub, root_keys=root_keys, root_threshold=root_threshold,
+                        targets_keys=targets_keys, targets_threshold=targets_threshold, root_days=root_days,
+                        targets_days=targets_days, passphrase=pw)
     click.echo(json.dumps({"root": str(c.root), "targets": str(c.targets), "root_keys": [str(k) for k in c.root_keys],
                            "targets_keys": [str(k) for k in c.targets_keys]}, indent=2))
 
@@ -153,29 +145,21 @@ def init_cmd(out_dir, online_pub, root_keys, root_threshold, targets_keys, targe
 @_client_options
 def push_cmd(files, data_dir, api, token) -> None:
     """Send offline-signed root and/or targets metadata to the service (verified there)."""
-    from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.tuf_sign import load_metadata
 
-    try:
-        docs = {}
-        for f in files:
-            data = Path(f).read_bytes()
-            docs[load_metadata(data).signed.type] = data
-        click.echo(json.dumps(_push(_client(data_dir, api, token), docs), indent=2))
-    except FleetError as exc:
-        _fail(exc)
+    docs = {}
+    for f in files:
+        data = Path(f).read_bytes()
+        docs[load_metadata(data).signed.type] = data
+    click.echo(json.dumps(_push(_client(data_dir, api, token), docs), indent=2))
 
 
 @tuf_group.command("status")
 @_client_options
 def status_cmd(data_dir, api, token) -> None:
     """Versions, expiry and keys of the service's TUF metadata."""
-    from bitnet_edge.fleet.errors import FleetError
 
-    try:
-        click.echo(json.dumps(_client(data_dir, api, token).get("/v1/tuf"), indent=2))
-    except FleetError as exc:
-        _fail(exc)
+    click.echo(json.dumps(_client(data_dir, api, token).get("/v1/tuf"), indent=2))
 
 
 @tuf_group.command("sign-targets")
@@ -190,16 +174,10 @@ def status_cmd(data_dir, api, token) -> None:
 @_client_options
 def sign_targets_cmd(bundles, keys, remove, days, current, out, data_dir, api, token) -> None:
     """Offline: the next targets version with these bundles (none: just renew the expiry)."""
-    from bitnet_edge.fleet.errors import FleetError
-    from bitnet_edge.sdk.bundle.errors import KeyFileError
-
-    try:
-        client = None if (out and current) else _client(data_dir, api, token)
-        cur = Path(current).read_bytes() if current else None
-        click.echo(json.dumps(sign_and_push_targets(client, bundles, keys, remove=remove, days=days, current=cur,
-                                                    out=out), indent=2))
-    except (FleetError, KeyFileError) as exc:
-        _fail(exc)
+    client = None if (out and current) else _client(data_dir, api, token)
+    cur = Path(current).read_bytes() if current else None
+    click.echo(json.dumps(sign_and_push_targets(client, bundles, keys, remove=remove, days=days, current=cur,
+                                                out=out), indent=2))
 
 
 @tuf_group.command("rotate-root")
@@ -224,31 +202,26 @@ def sign_targets_cmd(bundles, keys, remove, days, current, out, data_dir, api, t
 def rotate_root_cmd(keys, add_root, remove_root, root_threshold, targets_pub, targets_threshold, targets_keys,
                     online_pub, days, current, current_targets, out, data_dir, api, token) -> None:
     """Offline: root N+1 (root keys, thresholds, targets keys, online key)."""
-    from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.tuf_sign import describe, key_from_file, rotate_root, sign_targets
-    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     args = (data_dir, api, token)
-    try:
-        cur = _current(args, "root", current)
-        data = rotate_root(cur, _signers(keys), add_root=[key_from_file(p) for p in add_root],
-                           remove_root=[key_from_file(p).keyid for p in remove_root], root_threshold=root_threshold,
-                           targets_keys=[key_from_file(p) for p in targets_pub] or None,
-                           targets_threshold=targets_threshold,
-                           online_key=key_from_file(online_pub) if online_pub else None, days=days)
-        files = {"root": data}
-        if targets_keys:
-            files["targets"] = sign_targets(_current(args, "targets", current_targets), _signers(targets_keys))
-        if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            v = describe(data)["version"]
-            written = [Path(out) / f"{v}.root.json"]
-            written[0].write_bytes(data)
-            if "targets" in files:
-                written.append(Path(out) / f"{describe(files['targets'])['version']}.targets.json")
-                written[1].write_bytes(files["targets"])
-            click.echo(json.dumps({"written": [str(w) for w in written]}, indent=2))
-            return
-        click.echo(json.dumps(_push(_client(*args), files), indent=2))
-    except (FleetError, KeyFileError) as exc:
-        _fail(exc)
+    cur = _current(args, "root", current)
+    data = rotate_root(cur, _signers(keys), add_root=[key_from_file(p) for p in add_root],
+                       remove_root=[key_from_file(p).keyid for p in remove_root], root_threshold=root_threshold,
+                       targets_keys=[key_from_file(p) for p in targets_pub] or None,
+                       targets_threshold=targets_threshold,
+                       online_key=key_from_file(online_pub) if online_pub else None, days=days)
+    files = {"root": data}
+    if targets_keys:
+        files["targets"] = sign_targets(_current(args, "targets", current_targets), _signers(targets_keys))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        v = describe(data)["version"]
+        written = [Path(out) / f"{v}.root.json"]
+        write_atomic(written[0], data)
+        if "targets" in files:
+            written.append(Path(out) / f"{describe(files['targets'])['version']}.targets.json")
+            write_atomic(written[1], files["targets"])
+        click.echo(json.dumps({"written": [str(w) for w in written]}, indent=2))
+        return
+    click.echo(json.dumps(_push(_client(*args), files), indent=2))

@@ -34,6 +34,7 @@ from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timest
 
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_sign import ONLINE_ROLES, describe, key_from_file, load_metadata, signer_from_file
+from bitnet_edge.sdk.durable import commit, write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.wire.protocol import TUF_FILE
 from bitnet_edge.sdk.schemas import parse_model
@@ -62,13 +63,6 @@ def online_key(tuf_dir: str | os.PathLike, *, rotate: bool = False) -> Path:
     return d / f"{name}.pub"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TufRepository:
@@ -171,13 +165,13 @@ class TufRepository:
                                                "targets signed by the new targets keys together with it") from None
             signer, next_key = self._online_signer(trusted.signed)
             if new_root is not None:
-                _atomic_write(self.meta / f"{new_root.signed.version}.root.json", root)
+                write_atomic(self.meta / f"{new_root.signed.version}.root.json", root)
             if new_targets is not None:
-                _atomic_write(self.meta / f"{new_targets.signed.version}.targets.json", targets)
+                write_atomic(self.meta / f"{new_targets.signed.version}.targets.json", targets)
             self._sign_online(signer, snapshot=True)
             if next_key:
-                os.replace(self.dir / "online-next.key", self.dir / "online.key")
-                os.replace(self.dir / "online-next.pub", self.dir / "online.pub")
+                commit(self.dir / "online-next.key", self.dir / "online.key")
+                commit(self.dir / "online-next.pub", self.dir / "online.pub")
         return self.status()
 
     def _check_root(self, cur: Metadata | None, new: Metadata) -> None:
@@ -230,7 +224,7 @@ class TufRepository:
             md = Metadata(snap)
             md.sign(signer)
             snap_v = snap.version
-            _atomic_write(self.meta / f"{snap_v}.snapshot.json", md.to_bytes())
+            write_atomic(self.meta / f"{snap_v}.snapshot.json", md.to_bytes())
         sdata = (self.meta / f"{snap_v}.snapshot.json").read_bytes()
         cur_ts = self._current("timestamp")
         ts = Timestamp(version=(cur_ts.signed.version + 1) if cur_ts else 1,
@@ -238,7 +232,7 @@ class TufRepository:
                        snapshot_meta=MetaFile.from_data(snap_v, sdata, ["sha256"]))
         md = Metadata(ts)
         md.sign(signer)
-        _atomic_write(self.meta / "timestamp.json", md.to_bytes())
+        write_atomic(self.meta / "timestamp.json", md.to_bytes())
 
     def refresh(self, force: bool = False) -> bool:
         """Re-sign timestamp (and snapshot) when less than half of its lifetime is left; True if it did."""

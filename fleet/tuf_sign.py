@@ -30,6 +30,7 @@ from tuf.api.metadata import Metadata, Root, Targets, TargetFile
 from tuf.api.serialization import DeserializationError
 
 from bitnet_edge.fleet.errors import TufError
+from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, BundleTarget, target_path
 
 __all__ = ["Ceremony", "DEFAULT_DAYS", "ONLINE_ROLES", "init_repository", "bundle_target", "sign_targets",
@@ -68,15 +69,11 @@ def load_metadata(data: bytes, role: str | None = None) -> Metadata:
 
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file that must not exist yet (metadata versions are never rewritten)."""
+    """Write a file that must not exist yet (metadata versions are never rewritten), durably."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        write_atomic(path, data, mode=mode, overwrite=False)
     except FileExistsError:
         raise TufError("exists", f"{path} exists; metadata versions are never overwritten") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _sign(md: Metadata, signers: Sequence[Signer]) -> bytes:

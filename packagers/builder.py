@@ -37,6 +37,7 @@ from bitnet_edge.sdk.bundle.manifest import (
     CudaInfo,
     DeltaInfo,
     EncryptionInfo,
+    RELEASE_VERSION,
     NativeLibrary,
     Section,
     Sizes,
@@ -45,11 +46,13 @@ from bitnet_edge.sdk.bundle.manifest import (
 from bitnet_edge.sdk.bundle.payload import TERNARY_SECTION, encode_weights
 from bitnet_edge.sdk.bundle.signing import key_id
 from bitnet_edge.sdk.bundle.verify import BaseContents, base_from_bundle
+from bitnet_edge.sdk.durable import atomic_file
 from bitnet_edge.sdk.modeldir import open_model_dir
 from bitnet_edge.sdk.native.targets import BACKEND_FEATURES, binary_kind, library_filename
+from bitnet_edge.sdk.tokenizer import load_tokenizer
 
 __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_model", "native_source_sha256",
-           "source_date_epoch", "bundle_filename", "check_library_fits"]
+           "source_date_epoch", "bundle_filename", "check_library_fits", "check_version"]
 
 DEFAULT_NATIVE_ROOT = Path(__file__).resolve().parents[1] / "native"
 _SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h", "cuda/*.h", "cuda/*.cuh",
@@ -125,12 +128,10 @@ def _write_bundle(path: Path, manifest: BundleManifest, stored: Mapping[str, byt
                   keys: Sequence[Ed25519PrivateKey]) -> int:
     mbytes = canonical_json(manifest)
     envelope = encode_envelope(mbytes, sign(signed_message(CONTAINER_VERSION, mbytes), keys))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(envelope)
         for s in manifest.sections:
             f.write(stored[s.name])
-    os.replace(tmp, path)
     return len(envelope) + manifest.payload_size
 
 
@@ -179,6 +180,14 @@ def check_library_fits(profile: DeviceProfile, target: str) -> list[str]:
     return sorted(set(get_target(target).requires) - set(profile.isa_required))
 
 
+def check_version(version: str) -> None:
+    """PackagingError ``bad-version`` unless ``version`` follows the manifest's rule (RELEASE_VERSION)."""
+    if len(version) > 64 or not re.fullmatch(RELEASE_VERSION, version):
+        raise PackagingError("bad-version", f"version {version!r} is not a release version: use 1 to 4 "
+                                            "dot-separated numbers with an optional -PRERELEASE and +BUILD, "
+                                            "e.g. 1.2.0, 2.0.0-rc.1, 1.4.2+jetson")
+
+
 def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DeviceProfile], version: str,
                   keys: Sequence[Ed25519PrivateKey], out_dir: str | os.PathLike, *, release: int | None = None,
                   delta_from: Sequence[str | os.PathLike] = (), trust: Sequence[Ed25519PublicKey] = (),
@@ -192,8 +201,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
         raise PackagingError("no-keys", "at least one signing key is needed")
     if not devices:
         raise PackagingError("no-devices", "at least one device profile is needed")
-    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z.+-]*", version):
-        raise PackagingError("bad-version", f"version {version!r} must match [0-9A-Za-z][0-9A-Za-z.+-]*")
+    check_version(version)
     known = load_devices(options.devices_dir) if any(isinstance(d, str) for d in devices) else {}
     by_target: dict[str, list[DeviceProfile]] = {}
     for p in devices:
@@ -229,6 +237,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
         name: ("weights-ternary" if name == TERNARY_SECTION else "weights-dense", data)
         for name, data in weights.contents.items()}
     if model.tokenizer:
+        load_tokenizer(md.path / model.tokenizer)  # a tokenizer devices could not load is never shipped
         contents["tokenizer"] = ("tokenizer", (md.path / model.tokenizer).read_bytes())
     golden = None
     if options.golden:

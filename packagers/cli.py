@@ -10,24 +10,23 @@
     bitnet-edge inspect BUNDLE [--json]
     bitnet-edge verify BUNDLE --trust PUB [--trust PUB ...] [--base OLD] [--device-key KEY] [--json]
 
-Failures print one line naming what failed and exit with status 1 (``--json``: an ``error`` object
-with ``type``, ``reason``, ``part`` and ``message``).
+Failures are typed errors; the root group prints them (one line, or ``--json`` an ``error`` object)
+and exits 2 (bitnet_edge.sdk.cliutil).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import sys
 from pathlib import Path
 
 import click
-
-from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
+from bitnet_edge.sdk.cliutil import json_option
 
 __all__ = ["register"]
 
@@ -35,28 +34,6 @@ PASSPHRASE_ENV = "BITNET_EDGE_KEY_PASSPHRASE"
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-
-
-def _error_dict(exc: Exception) -> dict:
-    return {"type": type(exc).__name__, "message": str(exc),
-            **{k: getattr(exc, k) for k in ("reason", "part", "section", "stage") if hasattr(exc, k)}}
-
-
-def _fail(exc: Exception, as_json: bool) -> None:
-    if as_json:
-        _emit_json({"ok": False, "error": _error_dict(exc)})
-    else:
-        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
-    sys.exit(1)
-
-
-def _handled():
-    from bitnet_edge.sdk.bundle.errors import PackagerError
-    from bitnet_edge.sdk.errors import BitnetEdgeError
-
-    return (PackagerError, BitnetEdgeError)
 
 
 def _human(n: int) -> str:
@@ -72,15 +49,12 @@ def _human(n: int) -> str:
 @click.command("devices")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Profile directory (default: devices/ of the checkout, or $BITNET_EDGE_DEVICES).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def devices_cmd(directory: Path | None, as_json: bool) -> None:
     """List the device profiles and the build target of each."""
     from bitnet_edge.sdk.bundle.devices import load_devices
 
-    try:
-        profiles = load_devices(directory)
-    except _handled() as exc:
-        _fail(exc, as_json)
+    profiles = load_devices(directory)
     if as_json:
         _emit_json([p.model_dump(mode="json") for p in profiles.values()])
         return
@@ -108,7 +82,7 @@ def keys_group() -> None:
 @click.option("--name", default="signing", show_default=True, help="File name stem.")
 @click.option("--passphrase", "ask", is_flag=True,
               help=f"Encrypt the private key with a passphrase (prompted, or ${PASSPHRASE_ENV}).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def keys_generate(out_dir: Path, name: str, ask: bool, as_json: bool) -> None:
     """Generate an Ed25519 key pair for signing bundles."""
     from bitnet_edge.packagers.keys import generate_keypair
@@ -118,10 +92,7 @@ def keys_generate(out_dir: Path, name: str, ask: bool, as_json: bool) -> None:
         passphrase = os.environ.get(PASSPHRASE_ENV) or click.prompt(
             "passphrase", hide_input=True, confirmation_prompt=True, err=True)
         passphrase = passphrase.encode()
-    try:
-        kp = generate_keypair(out_dir, name, passphrase)
-    except _handled() as exc:
-        _fail(exc, as_json)
+    kp = generate_keypair(out_dir, name, passphrase)
     data = {"private_key": str(kp.private_path), "public_key": str(kp.public_path), "key_id": kp.key_id,
             "encrypted": passphrase is not None}
     if as_json:
@@ -135,7 +106,7 @@ def keys_generate(out_dir: Path, name: str, ask: bool, as_json: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for NAME.key (X25519 private, mode 0600) and NAME.pub.")
 @click.option("--name", default="device", show_default=True, help="File name stem.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def keys_generate_device(out_dir: Path, name: str, as_json: bool) -> None:
     """Generate a device's X25519 key pair: bundles encrypted to NAME.pub only it can open.
 
@@ -144,10 +115,7 @@ def keys_generate_device(out_dir: Path, name: str, as_json: bool) -> None:
     """
     from bitnet_edge.packagers.keys import generate_device_key
 
-    try:
-        kp = generate_device_key(out_dir, name)
-    except _handled() as exc:
-        _fail(exc, as_json)
+    kp = generate_device_key(out_dir, name)
     data = {"private_key": str(kp.private_path), "public_key": str(kp.public_path), "key_id": kp.key_id}
     if as_json:
         _emit_json(data)
@@ -198,36 +166,36 @@ def _load_signing_key(path: Path):
               show_default=True, help="Cipher of an encrypted bundle.")
 @click.option("--base-key", "base_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="X25519 private key of a recipient of an encrypted --delta-from bundle (to read its base).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_from, trust, no_golden, no_cuda,
                 zstd_level, encrypt_to, aead, base_keys, as_json) -> None:
     """Build signed bundles of MODEL, one per distinct target of the devices."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bitnet_edge.sdk.bundle import codec
-    from bitnet_edge.packagers.builder import PackageOptions, package_model
+    from bitnet_edge.packagers.builder import PackageOptions, check_version, package_model
     from bitnet_edge.sdk.bundle.signing import load_public_key
 
-    try:
-        skeys = [_load_signing_key(k) for k in keys]
-        tkeys = [load_public_key(p) for p in trust]
-        from bitnet_edge.packagers.seal import load_device_public_key
-        from bitnet_edge.sdk.bundle.crypt import load_device_key
+    check_version(version)  # before any passphrase prompt
+    skeys = [_load_signing_key(k) for k in keys]
+    tkeys = [load_public_key(p) for p in trust]
+    from bitnet_edge.packagers.seal import load_device_public_key
+    from bitnet_edge.sdk.bundle.crypt import load_device_key
 
-        options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda,
-                                 encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
-                                 base_keys=tuple(load_device_key(p) for p in base_keys))
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=err_console, disable=as_json, transient=False) as bar:
-            task = bar.add_task("packaging", total=None)
+    options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda,
+                             encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
+                             base_keys=tuple(load_device_key(p) for p in base_keys))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=as_json, transient=True) as bar:
+        tasks = []  # the bar appears with the first step: inputs refused before it show no empty bar
 
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
+        def progress(what: str, done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(bar.add_task(what, total=total))
+            bar.update(tasks[0], description=what, completed=done, total=total)
 
-            results = package_model(model, list(devices), version, skeys, out_dir, release=release,
-                                    delta_from=list(delta_from), trust=tkeys, options=options, progress=progress)
-    except _handled() as exc:
-        _fail(exc, as_json)
+        results = package_model(model, list(devices), version, skeys, out_dir, release=release,
+                                delta_from=list(delta_from), trust=tkeys, options=options, progress=progress)
     rows = [{"target": r.target, "bundle": str(r.path), "size": r.size, "release": r.manifest.release,
              "devices": [d.name for d in r.manifest.devices],
              "ternary_bits_per_weight": r.manifest.sizes.ternary_bits_per_weight,
@@ -276,15 +244,12 @@ def _summary(env, m, file_size: int) -> dict:
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (with the full manifest).")
+@json_option("Print machine-readable JSON (with the full manifest).")
 def inspect_cmd(bundle: Path, as_json: bool) -> None:
     """Show a bundle's manifest and sizes (NOT verified: use `bitnet-edge verify`)."""
     from bitnet_edge.sdk.bundle.verify import read_unverified
 
-    try:
-        env, m = read_unverified(bundle)
-    except _handled() as exc:
-        _fail(exc, as_json)
+    env, m = read_unverified(bundle)
     info = _summary(env, m, bundle.stat().st_size)
     if as_json:
         _emit_json({**info, "verified": False, "manifest": m.model_dump(mode="json")})
@@ -339,7 +304,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
 @click.option("--device-key", "device_keys", multiple=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="X25519 private key of a recipient: decrypt and check an encrypted bundle's "
                                     "contents too.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def verify_cmd(bundle: Path, trust, base: Path | None, device_keys, as_json: bool) -> None:
     """Check a bundle's signatures and every byte of it against the signed manifest."""
     from bitnet_edge.sdk.bundle.crypt import load_device_key
@@ -347,13 +312,10 @@ def verify_cmd(bundle: Path, trust, base: Path | None, device_keys, as_json: boo
     from bitnet_edge.sdk.bundle.signing import load_public_key
     from bitnet_edge.sdk.bundle.verify import verify_bundle
 
-    try:
-        keys = [load_public_key(p) for p in trust]
-        dkeys = [load_device_key(p) for p in device_keys]
-        base_contents = open_base(base, keys, dkeys) if base is not None else None
-        vb = verify_bundle(bundle, keys, base=base_contents, device_keys=dkeys)
-    except _handled() as exc:
-        _fail(exc, as_json)
+    keys = [load_public_key(p) for p in trust]
+    dkeys = [load_device_key(p) for p in device_keys]
+    base_contents = open_base(base, keys, dkeys) if base is not None else None
+    vb = verify_bundle(bundle, keys, base=base_contents, device_keys=dkeys)
     m = vb.manifest
     data = {"ok": True, "name": m.name, "version": m.version, "release": m.release, "target": m.target,
             "signed_by": vb.signers, "manifest_sha256": vb.manifest_sha256,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing
+from bitnet_edge.sdk.durable import copy_atomic
 from bitnet_edge.sdk.native.targets import find_tool
 
 __all__ = ["FATBIN_ARCHS", "FATBIN_PTX", "FATBIN_NAME", "NVCC_FLAGS", "CUDA_SOURCES", "find_nvcc", "find_cuobjdump",
@@ -91,9 +91,7 @@ def build_fatbin(native_root: Path, out_dir: Path, nvcc: str | None = None) -> P
         if proc.returncode != 0 or not staged.is_file():
             raise BuildFailed("jetson", cmd, proc.stdout + proc.stderr)
         final = out_dir / FATBIN_NAME
-        tmp_out = out_dir / (FATBIN_NAME + ".tmp")
-        shutil.copyfile(staged, tmp_out)
-        os.replace(tmp_out, final)
+        copy_atomic(staged, final)
     return final
 
 

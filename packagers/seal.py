@@ -37,7 +37,7 @@ def load_device_public_key(path: str | os.PathLike) -> X25519PublicKey:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise KeyFileError(str(path), "unreadable", exc.strerror or str(exc)) from None
+        raise KeyFileError.unreadable(str(path), exc) from None
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:

@@ -15,12 +15,12 @@ Silicon core has NEON and dotprod).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing, UnknownTarget
+from bitnet_edge.sdk.durable import copy_atomic
 from bitnet_edge.sdk.native.targets import TARGETS, Target, binary_kind, find_tool, host_target, library_filename
 
 __all__ = [
@@ -100,9 +100,7 @@ def build_library(target: str, native_root: Path, out_dir: Path, cc: str | None 
         if kind != want:
             raise BuildFailed(target, [compiler_path], f"the linker produced {kind}, expected {want} "
                                                        f"(is $BITNET_EDGE_CC set to another target's compiler?)")
-        tmp_out = out_dir / (name + ".tmp")
-        shutil.copyfile(staged, tmp_out)
-        os.replace(tmp_out, out_dir / name)  # never leave a half-written library behind
+        copy_atomic(staged, out_dir / name)  # never leave a half-written library behind
     return out_dir / name
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -11,14 +10,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bitnet_edge.sdk.errors import BitnetEdgeError
+from bitnet_edge.sdk.cliutil import json_option
 
 console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)  # unwrapped: messages carry paths
-    sys.exit(2)
 
 
 def import_source(src: Path, activation: str | None = None):
@@ -53,21 +47,32 @@ def load_calibration(path: Path | None, imported):
     if path is None:
         return None
     from bitnet_edge.sdk.errors import FormatError
+    from bitnet_edge.sdk.npfiles import load_npy, load_npz
 
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            return z["x" if "x" in z.files else z.files[0]].astype(np.float32)
+    if path.suffix in (".npy", ".npz"):
+        arrays = {"x": load_npy(path)} if path.suffix == ".npy" else load_npz(path)
+        if not arrays:
+            raise FormatError(f"{path}: the archive holds no arrays (expected x: samples by features)")
+        x = arrays.get("x", next(iter(arrays.values())))
+        if x.dtype.kind not in "fiu" or x.ndim < 2:
+            raise FormatError(f"{path}: samples must be a numeric array (samples, ...), got {x.dtype} {x.shape}")
+        return x.astype(np.float32)
     if path.suffix == ".json":
-        return json.loads(path.read_text())
+        try:
+            ids = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"{path}: not JSON ({exc})") from None
+        if not (isinstance(ids, list) and all(isinstance(seq, list) and all(type(t) is int and t >= 0 for t in seq)
+                                              for seq in ids)):
+            raise FormatError(f"{path}: token-id calibration must be a JSON list of lists of token ids")
+        return ids
     if path.suffix == ".txt":
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         if imported.tokenizer_file is None:
             raise FormatError(f"{path}: text calibration needs a model with tokenizer.json")
-        from tokenizers import Tokenizer
+        from bitnet_edge.sdk.tokenizer import load_tokenizer
 
-        tok = Tokenizer.from_file(imported.tokenizer_file)
+        tok = load_tokenizer(imported.tokenizer_file)
         ids = [e.ids for e in tok.encode_batch(lines)]
         return ids if imported.config.architecture == "bitnet" else ids
     raise FormatError(f"{path}: calibration must be .npy, .npz, .json or .txt")
@@ -103,22 +108,19 @@ def register(main: click.Group) -> None:
     @click.option("--budget", type=float, default=0.99, show_default=True, help="Cosine to float that auto keeps.")
     @click.option("--activation", type=click.Choice(["relu", "gelu", "tanh"]), default=None,
                   help="MLP activation when the .npz does not say.")
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def convert(src, out, precision, head, embeddings, calibration, budget, activation, as_json):
         """Convert a Hugging Face directory, GGUF, .npz, .tflite or .onnx model into a bitnet-edge model directory."""
         from bitnet_edge.sdk.convert.convert import convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
 
-        try:
-            with console.status(f"reading {src}"):
-                imported = import_source(src, activation)
-            calib = load_calibration(calibration, imported)
-            with console.status(f"converting ({precision})"):
-                path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
-                                  embeddings=embeddings)
-            summary = _manifest_summary(open_model_dir(path))
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        with console.status(f"reading {src}"):
+            imported = import_source(src, activation)
+        calib = load_calibration(calibration, imported)
+        with console.status(f"converting ({precision})"):
+            path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
+                              embeddings=embeddings)
+        summary = _manifest_summary(open_model_dir(path))
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
@@ -139,30 +141,27 @@ def register(main: click.Group) -> None:
     @click.option("--top-k", type=int, default=None)
     @click.option("--top-p", type=float, default=None)
     @click.option("--seed", type=int, default=None)
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of streaming.")
+    @json_option("Print the result as JSON instead of streaming.")
     def run(model, prompt, tokens, max_new_tokens, temperature, top_k, top_p, seed, as_json):
         """Generate from a decoder model, streaming tokens as they come."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "generate"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "generate"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "generate")
-            ids = _prompt_ids(m, prompt, tokens)
-            tok = m.tokenizer
-            out: list[int] = []
+            raise UnsupportedOperation(m.architecture, "generate")
+        ids = _prompt_ids(m, prompt, tokens)
+        tok = m.tokenizer
+        out: list[int] = []
 
-            def stream(t: int) -> None:
-                out.append(t)
-                if not as_json:
-                    click.echo(tok.decode([t]) if tok else f"{t} ", nl=False)
+        def stream(t: int) -> None:
+            out.append(t)
+            if not as_json:
+                click.echo(tok.decode([t]) if tok else f"{t} ", nl=False)
 
-            m.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                       on_token=stream)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        m.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                   on_token=stream)
         if as_json:
             click.echo(json.dumps({"prompt_ids": list(map(int, ids)), "ids": out,
                                    "text": tok.decode(out) if tok else None}))
@@ -172,20 +171,17 @@ def register(main: click.Group) -> None:
     @main.command()
     @click.argument("model", type=click.Path(exists=True, path_type=Path))
     @click.argument("texts", nargs=-1, required=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def embed(model, texts, as_json):
         """Sentence embeddings from an encoder model."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "embed"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "embed"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "embed")
-            e = m.embed(list(texts))
-        except BitnetEdgeError as exc:
-            _fail(exc)
+            raise UnsupportedOperation(m.architecture, "embed")
+        e = m.embed(list(texts))
         if as_json:
             click.echo(json.dumps({"dim": int(e.shape[1]), "embeddings": e.tolist()}))
         else:
@@ -200,21 +196,21 @@ def register(main: click.Group) -> None:
     @click.argument("model", type=click.Path(exists=True, path_type=Path))
     @click.option("--input", "inp", type=click.Path(exists=True, path_type=Path), required=True,
                   help=".npy (n, features) or .npz with array x")
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def predict(model, inp, as_json):
         """Batch inference with an MLP classifier."""
         from bitnet_edge.sdk import load_model
 
-        try:
-            m = load_model(model)
-            if not hasattr(m, "predict"):
-                from bitnet_edge.sdk.models.errors import UnsupportedOperation
+        m = load_model(model)
+        if not hasattr(m, "predict"):
+            from bitnet_edge.sdk.models.errors import UnsupportedOperation
 
-                raise UnsupportedOperation(m.architecture, "predict")
-            x = load_calibration(inp, None) if inp.suffix in (".npy", ".npz") else None
-            logits = m.predict(x)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+            raise UnsupportedOperation(m.architecture, "predict")
+        if inp.suffix not in (".npy", ".npz"):
+            from bitnet_edge.sdk.errors import InputError
+
+            raise InputError("--input", f"{inp}: give a .npy array or a .npz archive with array x")
+        logits = m.predict(load_calibration(inp, None))
         names = m.cfg.class_names
         classes = logits.argmax(1).tolist()
         if as_json:
@@ -229,15 +225,12 @@ def register(main: click.Group) -> None:
     @click.option("--threads", type=int, default=None, help="Kernel threads (default: all cores).")
     @click.option("--prompt-tokens", type=int, default=128, show_default=True)
     @click.option("--new-tokens", type=int, default=128, show_default=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option()
     def bench(model, threads, prompt_tokens, new_tokens, as_json):
         """Prefill and decode speed of a decoder model (tokens/s, ms/token, peak RSS, GB/s)."""
         from bitnet_edge.sdk.models.bench import bench_decoder
 
-        try:
-            res = bench_decoder(model, threads=threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
-        except BitnetEdgeError as exc:
-            _fail(exc)
+        res = bench_decoder(model, threads=threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
         if as_json:
             click.echo(json.dumps(res, indent=2))
             return
@@ -251,7 +244,12 @@ def _prompt_ids(m, prompt, tokens):
     from bitnet_edge.sdk.errors import InputError
 
     if tokens:
-        return [int(t) for t in tokens.split(",")]
+        parts = [t.strip() for t in tokens.split(",")]
+        bad = [t for t in parts if not (t.isascii() and t.isdigit())]
+        if bad:
+            raise InputError("--tokens", f"{bad[0]!r} is not a token id: give comma-separated non-negative "
+                                         "integers, e.g. 1,15043,3186")
+        return [int(t) for t in parts]
     if prompt is None:
         raise InputError("prompt", "give --prompt TEXT or --tokens 1,2,3")
     if m.tokenizer is None:

@@ -82,16 +82,18 @@ def _resolve(backend: str | None) -> str:
     name = backend.strip().lower()
     if name not in _ALL_NAMES:
         raise BackendError(backend, f"unknown (from {source}); known: {', '.join(_ALL_NAMES)}",
-                           available_backends())
+                           available_backends(), reason="unknown-backend")
     if name == "numpy":
         return name
     if name == "auto":
         return _best()
     _, compiled, supported = nb.backend_id_info(NATIVE_BACKENDS[name])
     if not compiled:
-        raise BackendError(name, f"not compiled into this library (from {source})", available_backends())
+        raise BackendError(name, f"not compiled into this library (from {source})", available_backends(),
+                           reason="not-compiled")
     if not supported:
-        raise BackendError(name, f"this CPU lacks its instructions (from {source})", available_backends())
+        raise BackendError(name, f"this CPU lacks its instructions (from {source})", available_backends(),
+                           reason="cpu-lacks-isa")
     return name
 
 

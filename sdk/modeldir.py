@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bitnet_edge.sdk import packing
+from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.manifest import FORMAT, FORMAT_VERSION, ModelManifest
 from bitnet_edge.sdk.safetensors_io import SafetensorsFile, write_safetensors
@@ -94,7 +95,5 @@ def write_model_dir(path: str | os.PathLike, manifest: ModelManifest, tensors: M
     write_safetensors(path / WEIGHTS, tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, path / "tokenizer.json")
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path / MANIFEST)
+    write_atomic(path / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
     return path

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet_edge.sdk.durable import atomic_file
 from bitnet_edge.sdk.errors import FormatError
 
 __all__ = ["SafetensorsFile", "write_safetensors", "bf16_to_f32", "DTYPES"]
@@ -116,7 +117,7 @@ class SafetensorsFile:
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (sorted by name) atomically: a temp file, fsync, rename."""
+    """Write ``tensors`` (sorted by name) atomically (:func:`bitnet_edge.sdk.durable.atomic_file`)."""
     path = Path(path)
     header: dict = {}
     if metadata:
@@ -134,12 +135,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         arrays.append(a)
     hbytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     hbytes += b" " * (-len(hbytes) % 8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(struct.pack("<Q", len(hbytes)))
         f.write(hbytes)
         for a in arrays:
             f.write(memoryview(a).cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,32 +1,34 @@
-"""The ``bitnet-edge`` command line (also ``python -m bitnet_edge``)."""
+"""The ``bitnet-edge`` command line (also ``python -m bitnet_edge``).
+
+Every command group is attached to the root group here; the root (:class:`CliGroup`) is the one
+failure path: a typed error prints ``error: <detail> [<reason>]`` (``--json``: an ``error``
+object) and exits 2 (:mod:`bitnet_edge.sdk.cliutil`).
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
-
-from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from bitnet_edge import __version__
+from bitnet_edge.sdk.cliutil import EXIT_FAILED, CliGroup, json_option
+from bitnet_edge.sdk.cliutil import emit_json as _emit_json
 
 console = Console()
 
 
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bitnet-edge")
 def main() -> None:
     """bitnet-edge: 1.58-bit models on edge devices, and fleets of them kept up to date."""
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def info(as_json: bool) -> None:
     """Package, native library, CPU features, kernel backend and toolchains."""
     from bitnet_edge.sdk.info import collect_info
@@ -37,7 +39,7 @@ def info(as_json: bool) -> None:
     else:
         _print_info(data)
     if not data["native"]["loaded"] or data["backends"].get("selected") is None:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def _print_info(data: dict) -> None:
@@ -81,7 +83,7 @@ def _print_info(data: dict) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def selfcheck(as_json: bool) -> None:
     """Check every kernel backend this machine runs against the numpy reference."""
     from bitnet_edge.sdk.selfcheck import run_selfcheck
@@ -97,12 +99,12 @@ def selfcheck(as_json: bool) -> None:
             t.add_row(r["backend"], str(r["cases"]), "[green]exact[/green]" if r["ok"] else f"[red]{r['error']}[/red]")
         console.print(t)
     if not results["ok"]:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
 @click.option("--write", is_flag=True, help="Regenerate docs/schemas/*.json from the pydantic models.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 def schemas(write: bool, as_json: bool) -> None:
     """List (or regenerate) the committed JSON schemas of every manifest and message."""
     from bitnet_edge import schemas as sch

@@ -247,7 +247,7 @@ class Demo:
         data[len(data) // 2] ^= 0x01
         tampered.write_bytes(bytes(data))
         res = bne("fleet", "publish", tampered, "--data", self.fleet_data, "--json", check=False)
-        why = res.get("message") or (res.get("error") or {}).get("message") or res
+        why = res.get("message") or (res.get("error") or {}).get("detail") or res
         console.print(f"fleet publish of the tampered bundle: [red]refused[/red] - {why}")
         for dev, port in self.ports.items():
             code, o = _http(port, "POST", "/v1/admin/install", {"path": str(tampered)})

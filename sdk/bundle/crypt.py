@@ -112,7 +112,7 @@ class FileDeviceKey(DeviceKey):
             st = os.stat(self.path)
             data = self.path.read_bytes()
         except OSError as exc:
-            raise KeyFileError(str(self.path), "unreadable", exc.strerror or str(exc)) from None
+            raise KeyFileError.unreadable(str(self.path), exc) from None
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise KeyFileError(str(self.path), "insecure-permissions",
                                f"mode {stat.S_IMODE(st.st_mode):04o}; a device key must be 0600 (chmod 600)")

@@ -1,17 +1,18 @@
-"""The error hierarchy of the bundle contract (:mod:`bitnet_edge.sdk.bundle`: device profiles, keys,
-bundles); the build host's own errors (:mod:`bitnet_edge.packagers.errors`) derive from the same root.
+"""The errors of the bundle contract (:mod:`bitnet_edge.sdk.bundle`: device profiles, keys,
+bundles), under the distribution's one root :class:`~bitnet_edge.sdk.errors.BitnetEdgeError`
+(``reason``: machine code, ``detail``: one human line).  The build host's own errors are
+:mod:`bitnet_edge.packagers.errors`.
 
 Callers branch on the class and its attributes (``reason``, ``part``, ``section`` ...), never on
 message text.  Standard library only: ``setup.py`` loads ``packagers/targets.py`` (which raises
 the build errors) from the source tree before any dependency is importable.
 
-    PackagerError
-    ├── (packagers.errors: ToolchainMissing, BuildFailed, UnknownTarget, PackagingError)
-    ├── DeviceProfileError      path, problem               (also ValueError)
-    ├── UnknownDevice           name, known                 (also LookupError)
-    ├── KeyFileError            path, reason
-    ├── InstallError            path, reason
-    └── BundleError             part, reason                (reading, verifying, installing)
+    BitnetEdgeError (sdk.errors)
+    ├── DeviceProfileError      path                        (also ValueError)     bad-profile
+    ├── UnknownDevice           name, known                 (also LookupError)    unknown-device
+    ├── KeyFileError            path                        exists, unreadable, bad-format, ...
+    ├── InstallError            path                        dest-exists
+    └── BundleError             part                        (reading, verifying, installing)
         ├── BundleFormatError       structure: bad magic, bad lengths, bad manifest JSON ...
         │   ├── TruncatedBundle         expected, got
         │   └── UnsupportedVersion      what ("container" | "manifest"), found, supported
@@ -25,8 +26,9 @@ the build errors) from the source tree before any dependency is importable.
 
 from __future__ import annotations
 
+from bitnet_edge.sdk.errors import BitnetEdgeError
+
 __all__ = [
-    "PackagerError",
     "DeviceProfileError",
     "UnknownDevice",
     "KeyFileError",
@@ -44,53 +46,79 @@ __all__ = [
 ]
 
 
-class PackagerError(Exception):
-    """Base of every error raised by the bundle contract and by bitnet-edge's packager."""
-
-
-class DeviceProfileError(PackagerError, ValueError):
+class DeviceProfileError(BitnetEdgeError, ValueError):
     """A device profile file that cannot be read or does not validate."""
 
+    fields = ("path",)
+
     def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}")
+        self.path = path
+        super().__init__("bad-profile", f"{path}: {problem}")
 
 
-class UnknownDevice(PackagerError, LookupError):
+class UnknownDevice(BitnetEdgeError, LookupError):
     """A device name with no profile in devices/."""
+
+    fields = ("name", "known")
 
     def __init__(self, name: str, known: list[str]):
         self.name, self.known = name, list(known)
-        super().__init__(f"no device profile {name!r}; known: {', '.join(self.known)}")
+        super().__init__("unknown-device", f"no device profile {name!r}; known: {', '.join(self.known)}")
 
 
-class KeyFileError(PackagerError):
-    """A signing or trust key that cannot be written or read.
+#: What each KeyFileError reason means, for the human line.
+_KEY_REASONS = {
+    "exists": "a key file is already there",
+    "unreadable": "cannot read the key file",
+    "missing": "no such key file",
+    "bad-format": "not a key file bitnet-edge reads",
+    "passphrase-required": "the private key is encrypted and no passphrase was given",
+    "bad-passphrase": "wrong passphrase for the private key",
+    "insecure-permissions": "the private key is readable by other users",
+}
 
-    ``reason``: ``exists`` | ``unreadable`` | ``bad-format`` | ``passphrase-required`` |
-    ``bad-passphrase`` | ``insecure-permissions`` (a device private key readable by others).
+
+class KeyFileError(BitnetEdgeError):
+    """A signing, trust or device key file that cannot be written or read.
+
+    ``reason``: ``exists`` | ``missing`` | ``unreadable`` | ``bad-format`` | ``passphrase-required`` |
+    ``bad-passphrase`` | ``insecure-permissions`` (a private key readable by others).
     """
 
-    def __init__(self, path: str, reason: str, detail: str = ""):
-        self.path, self.reason, self.detail = path, reason, detail
-        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+    fields = ("path",)
+
+    def __init__(self, path: str, reason: str, why: str = ""):
+        self.path = path
+        head = _KEY_REASONS.get(reason, reason)
+        super().__init__(reason, f"{path}: {head}" + (f" ({why})" if why else ""))
+
+    @classmethod
+    def unreadable(cls, path: str, exc: OSError) -> KeyFileError:
+        """A key file that cannot be read: ``missing`` when it does not exist, else ``unreadable``."""
+        if isinstance(exc, FileNotFoundError):
+            return cls(path, "missing")
+        return cls(path, "unreadable", exc.strerror or str(exc))
 
 
-class InstallError(PackagerError):
+class InstallError(BitnetEdgeError):
     """An install destination that cannot be used.  ``reason``: ``dest-exists``."""
 
-    def __init__(self, path: str, reason: str, detail: str):
-        self.path, self.reason, self.detail = path, reason, detail
-        super().__init__(f"{path}: {reason} ({detail})")
+    fields = ("path",)
+
+    def __init__(self, path: str, reason: str, why: str):
+        self.path = path
+        super().__init__(reason, f"{path}: {why}")
 
 
-class BundleError(PackagerError):
+class BundleError(BitnetEdgeError):
     """A bundle that is rejected.  ``part`` names where: ``header``, ``manifest``, ``signatures``,
     ``section:<name>``, ``tensor:<name>``, ``delta-base``, ``target``; ``reason`` is a short code."""
 
+    fields = ("part",)
+
     def __init__(self, part: str, reason: str, message: str):
-        self.part, self.reason = part, reason
-        super().__init__(f"bundle rejected ({part}: {reason}): {message}")
+        self.part = part
+        super().__init__(reason, f"bundle rejected ({part}): {message}")
 
 
 class BundleFormatError(BundleError):
@@ -101,6 +129,8 @@ class BundleFormatError(BundleError):
 
 class TruncatedBundle(BundleFormatError):
     """The file ends before ``part`` does."""
+
+    fields = ("part", "expected", "got")
 
     def __init__(self, part: str, expected: int, got: int):
         self.expected, self.got = expected, got
@@ -124,6 +154,8 @@ class SignatureError(BundleError):
     or the signature was altered) | ``signer-mismatch`` (the signature block's key ids are not the
     signers the manifest names)."""
 
+    fields = ("part", "key_ids")
+
     def __init__(self, reason: str, message: str, key_ids: list[str] | None = None):
         self.key_ids = list(key_ids or [])
         super().__init__("signatures", reason, message)
@@ -135,6 +167,8 @@ class IntegrityError(BundleError):
     ``stage``: ``stored`` (the bytes in the file), ``content`` (after decompression) or
     ``tensor`` (one tensor of a weights section).
     """
+
+    fields = ("part", "section", "stage")
 
     def __init__(self, section: str, stage: str, expected: str, found: str):
         self.section, self.stage, self.expected, self.found = section, stage, expected, found
@@ -154,6 +188,8 @@ class DeltaError(BundleError):
 
 class TargetMismatch(BundleError):
     """A bundle built for another target than the machine it is installed on."""
+
+    fields = ("part", "bundle_target", "host_target")
 
     def __init__(self, bundle_target: str, host_target: str):
         self.bundle_target, self.host_target = bundle_target, host_target

@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "SHA256",
+    "RELEASE_VERSION",
     "Section",
     "WireTensor",
     "NativeLibrary",
@@ -45,6 +46,9 @@ __all__ = [
 FORMAT = "bitnet-edge-bundle"
 FORMAT_VERSION = 1
 SHA256 = r"^[0-9a-f]{64}$"
+#: A release version: 1 to 4 dot-separated numbers, an optional -PRERELEASE and +BUILD of dot-separated
+#: [0-9A-Za-z-] identifiers (semver 2.0's shape with 1 to 4 numbers): 1, 1.2.0, 2.0.0-rc.1, 1.4.2+jetson.
+RELEASE_VERSION = r"^[0-9]+(\.[0-9]+){0,3}(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
 
 SectionKind = Literal["library", "cuda-fatbin", "golden", "tokenizer", "weights-dense", "weights-ternary"]
 Encoding = Literal["zstd", "zstd-patch", "trit-delta"]
@@ -176,7 +180,7 @@ class Sizes(Strict):
 class DeltaInfo(Strict):
     base_release_sha256: str = Field(pattern=SHA256, description="release digest (release_digest()) of the base: "
                                                                  "the same for its full bundle and any delta of it")
-    base_version: str = Field(description="version of the base release")
+    base_version: str = Field(pattern=RELEASE_VERSION, max_length=64, description="version of the base release")
     base_release: int = Field(ge=1, description="release counter of the base")
 
 
@@ -214,7 +218,9 @@ class BundleManifest(Strict):
     format: Literal["bitnet-edge-bundle"] = Field(default=FORMAT, description="file kind")
     format_version: Literal[1] = Field(default=FORMAT_VERSION, description="bumped on incompatible change")
     name: str = Field(min_length=1, description="model name")
-    version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]*$", description="release version, e.g. 1.2.0")
+    version: str = Field(pattern=RELEASE_VERSION, max_length=64,
+                         description="release version: 1 to 4 dot-separated numbers, then an optional -PRERELEASE "
+                                     "and +BUILD (semver style), e.g. 1.2.0, 2.0.0-rc.1, 1.4.2+jetson")
     release: int = Field(ge=1, description="release counter; strictly increases from one release to the next "
                                            "(agents refuse a lower one: rollback protection)")
     target: str = Field(description="build target, e.g. linux-aarch64, macos-arm64, jetson")

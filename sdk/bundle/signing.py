@@ -39,7 +39,7 @@ def read_key_file(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise KeyFileError(str(path), "unreadable", exc.strerror or str(exc)) from None
+        raise KeyFileError.unreadable(str(path), exc) from None
 
 
 def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:

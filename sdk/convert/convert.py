@@ -126,6 +126,10 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
     embeddings and an int8 head, one int8 matrix serves both (no second copy).
     """
+    if m.tokenizer_file is not None:  # a tokenizer that does not load never reaches a model directory
+        from bitnet_edge.sdk.tokenizer import load_tokenizer
+
+        load_tokenizer(m.tokenizer_file)
     calib_metrics: dict[str, float] = {}
     if precision == "auto":
         from bitnet_edge.sdk.convert.plan import auto_plan

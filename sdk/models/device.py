@@ -67,7 +67,7 @@ def resolve_device(device: str | None = None) -> str:
     name = device.strip().lower()
     if name not in DEVICES:
         raise BackendError(device, f"unknown device (from {source}); known: {', '.join(DEVICES)}",
-                           available_devices())
+                           available_devices(), reason="unknown-backend")
     if name == "auto":
         return available_devices()[0]
     if name == "cuda" and not (probe := _cuda_probe()).available:

@@ -8,6 +8,8 @@ __all__ = ["ContextLengthError", "UnsupportedOperation"]
 class ContextLengthError(InputError):
     """A prompt plus generation longer than the model's context limit."""
 
+    code = "context-too-long"
+
     def __init__(self, needed: int, limit: int):
         self.needed, self.limit = needed, limit
         super().__init__("token_ids", f"{needed} tokens exceed the context limit of {limit}")
@@ -18,4 +20,4 @@ class UnsupportedOperation(BitnetEdgeError, TypeError):
 
     def __init__(self, architecture: str, operation: str):
         self.architecture, self.operation = architecture, operation
-        super().__init__(f"a {architecture!r} model has no {operation}()")
+        super().__init__("unsupported-operation", f"a {architecture!r} model has no {operation}()")

@@ -13,9 +13,9 @@ __all__ = ["load_model"]
 def _tokenizer(md):
     if not md.manifest.tokenizer:
         return None
-    from tokenizers import Tokenizer
+    from bitnet_edge.sdk.tokenizer import load_tokenizer
 
-    return Tokenizer.from_file(str(md.path / md.manifest.tokenizer))
+    return load_tokenizer(md.path / md.manifest.tokenizer)
 
 
 def load_model(path: str | os.PathLike, device: str | None = None):

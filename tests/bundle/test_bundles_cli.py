@@ -36,7 +36,7 @@ def test_keys_package_inspect_verify(cli_setup):
     assert (root / "keys" / "signing.key").stat().st_mode & 0o777 == 0o600
     assert len(key["key_id"]) == 64 and not key["encrypted"]
     bad = _run(["keys", "generate", "--out", root / "keys", "--json"], ok=False)
-    assert bad.exit_code == 1 and json.loads(bad.output)["error"]["reason"] == "exists"
+    assert bad.exit_code == 2 and json.loads(bad.output)["error"]["reason"] == "exists"
 
     res = _run(["package", cli_setup["m1"], "--device", "raspberry-pi-5", "--device", "jetson-orin-nano",
                 "--device", "raspberry-pi-4", "--version", "1.0.0", "--key", root / "keys" / "signing.key",
@@ -71,11 +71,11 @@ def test_keys_package_inspect_verify(cli_setup):
     res = _run(["inspect", r2["delta_bundle"], "--json"])
     assert json.loads(res.output)["delta"]["base_release"] == 1
 
-    # failures: exit 1 and a typed error
+    # failures: exit 2 and a typed error
     other = _run(["keys", "generate", "--out", root / "other", "--json"])
     res = _run(["verify", arm["bundle"], "--trust", json.loads(other.output)["public_key"], "--json"], ok=False)
     err = json.loads(res.output)["error"]
-    assert res.exit_code == 1 and (err["type"], err["reason"], err["part"]) == ("SignatureError", "untrusted-key",
+    assert res.exit_code == 2 and (err["type"], err["reason"], err["part"]) == ("SignatureError", "untrusted-key",
                                                                                  "signatures")
     data = bytearray(open(arm["bundle"], "rb").read())
     data[-10] ^= 0x40
@@ -86,7 +86,7 @@ def test_keys_package_inspect_verify(cli_setup):
     assert (err["type"], err["part"], err["section"]) == ("IntegrityError", "section:weights.ternary",
                                                           "weights.ternary")
     res = _run(["verify", tampered, "--trust", root / "keys" / "signing.pub"], ok=False)
-    assert res.exit_code == 1 and "weights.ternary" in res.output
+    assert res.exit_code == 2 and "weights.ternary" in res.output
     res = _run(["package", cli_setup["m1"], "--device", "pi-9", "--version", "1", "--key",
                 root / "keys" / "signing.key", "-o", root / "x", "--json"], ok=False)
     assert json.loads(res.output)["error"]["type"] == "UnknownDevice"

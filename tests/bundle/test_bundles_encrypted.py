@@ -265,4 +265,4 @@ def test_cli_generate_device_package_encrypt_to_inspect_verify(enc, tmp_path):
     assert deep["contents_checked"]
     res = CliRunner().invoke(main, ["verify", bundle, "--trust", str(k.pub_path), "--device-key",
                                     str(k.files["c"].private_path), "--json"])
-    assert res.exit_code == 1 and json.loads(res.output)["error"]["reason"] == "not-recipient"
+    assert res.exit_code == 2 and json.loads(res.output)["error"]["reason"] == "not-recipient"

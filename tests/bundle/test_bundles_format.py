@@ -317,7 +317,7 @@ def test_key_files(tmp_path):
     assert e.value.reason == "bad-format"
     with pytest.raises(KeyFileError) as e:
         load_private_key(tmp_path / "missing.key")
-    assert e.value.reason == "unreadable"
+    assert e.value.reason == "missing"
 
 
 def test_packaging_input_errors(model, keys, tmp_path):

@@ -12,7 +12,7 @@ from tests.support.tools import require_tool
 
 from bitnet_edge.packagers import targets
 from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing, UnknownTarget
-from bitnet_edge.sdk.bundle.errors import PackagerError
+from bitnet_edge.packagers.errors import PackagerError
 from bitnet_edge.packagers.targets import build_library, get_target
 from bitnet_edge.sdk.native.targets import TARGETS, binary_kind
 

@@ -66,7 +66,7 @@ def test_unknown_field_and_bad_values_are_typed_errors(tmp_path):
     (d / "raspberry-pi-5.toml").write_text(src.replace('name = "raspberry-pi-5"', 'name = "raspberry-pi-5"\ncolour = 1'))
     with pytest.raises(DeviceProfileError) as e:
         load_devices(d)
-    assert "colour" in e.value.problem and e.value.path.endswith("raspberry-pi-5.toml")
+    assert "colour" in e.value.detail and e.value.path.endswith("raspberry-pi-5.toml")
 
     (d / "raspberry-pi-5.toml").write_text(src.replace('target = "linux-aarch64"', 'target = "linux-x86_64"'))
     with pytest.raises(DeviceProfileError, match="builds for linux/x86_64"):

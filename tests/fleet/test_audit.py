@@ -132,6 +132,10 @@ def test_the_service_records_operator_actions_with_their_actor(tmp_path):
         return json.loads(res.output)
 
     try:
+        from bitnet_edge.sdk.wire.protocol import Presence
+        from tests.support.fleet_helpers import capabilities
+
+        svc.registry.on_presence(Presence(type="birth", device_id="dev-a", ts=1.0, capabilities=capabilities()), 1.0)
         run("fleet", "publish", bundles().r1)
         rid = run("fleet", "rollout", "create", "test-mlp", "1.0.0")["id"]
         for action in ("pause", "resume", "abort", "rollback"):

@@ -278,7 +278,7 @@ def test_a_revoked_certificate_cannot_connect(broker):
     again = broker.peer(cert, key, "dev-r")
     assert not again.connect()
     assert _device(broker, "dev-ok")  # the others still connect
-    assert CliRunner().invoke(main, ["fleet", "revoke", "dev-r", "--data", str(broker.data)]).exit_code == 1
+    assert CliRunner().invoke(main, ["fleet", "revoke", "dev-r", "--data", str(broker.data)]).exit_code == 2
     actions = [(e.action, e.target) for e in AuditLog(broker.data / "audit.jsonl").entries()]
     assert ("revoke", "dev-r") in actions
 
@@ -358,4 +358,4 @@ def test_enroll_signs_a_request_made_on_the_device(tmp_path):
     assert cert.public_key().public_numbers() == key.public_key().public_numbers()
     again = CliRunner().invoke(main, ["fleet", "enroll", "dev-csr", "--data", str(tmp_path / "fleet"), "--broker",
                                       "mqtts://broker.example:8883", "--trust", str(bundles().pub_path)])
-    assert again.exit_code == 1 and "--force" in again.output
+    assert again.exit_code == 2 and "--force" in again.output

@@ -310,4 +310,4 @@ def test_cli_key_ceremony_offline(tmp_path, bundles):
     assert json.loads((tmp_path / "next" / "2.root.json").read_text())["signed"]["version"] == 2
     res = r.invoke(main, ["fleet", "tuf", "rotate-root", "--key", str(keys / "root-1.key"), "--current",
                           out["root"], "--out", str(tmp_path / "next2")])
-    assert res.exit_code == 1 and "unsigned" in res.output  # one key, threshold two
+    assert res.exit_code == 2 and "unsigned" in res.output  # one key, threshold two

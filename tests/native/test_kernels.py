@@ -201,7 +201,7 @@ def test_backend_this_cpu_cannot_run_is_refused():
     foreign = "neon" if "avx2" in kernels.available_backends() else "avx2"
     with pytest.raises(BackendError, match=foreign) as exc:
         kernels.resolve_backend(foreign)
-    assert exc.value.reason.startswith(("not compiled", "this CPU lacks"))
+    assert exc.value.reason in ("not-compiled", "cpu-lacks-isa")
 
 
 def test_env_override_in_a_fresh_process():
