@@ -57,7 +57,10 @@ def _options(fn):
         from bitnet_edge.packagers.errors import PackagerError
         from bitnet_edge.sdk.errors import BitnetEdgeError
 
+        from bitnet_edge.fleet.datadir import private_dir
+
         try:
+            private_dir(data_dir)
             return fn(data=data_dir, as_json=as_json, **kw)
         except (FleetError, PackagerError, BitnetEdgeError, AgentError, OSError) as exc:
             if as_json:

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from bitnet_edge.fleet.api import ControlServer
 from bitnet_edge.fleet.audit import AuditLog
 from bitnet_edge.fleet.broker import EmbeddedBroker
+from bitnet_edge.fleet.datadir import private_dir
 from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.config import FleetConfig, embedded_broker_exposure
 from bitnet_edge.fleet.db import Database
@@ -85,7 +86,7 @@ class FleetService:
         broker = None if cfg.broker_url is not None else EmbeddedBroker(  # checks its settings, starts nothing
             cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert, tls_key=cfg.embedded_tls_key,
             auth=cfg.embedded_auth)
-        self.data.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data)  # 0700: tokens, keys, credentials, registry (fleet/datadir.py)
         self.db = Database(cfg.database or self.data / "fleet.db")
         self.store = BundleStore(self.data / "bundles")
         self.registry = Registry(self.db)
