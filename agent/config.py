@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.protocol import DEVICE_ID
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
-__all__ = ["AgentConfig", "ApiConfig", "MqttConfig", "LimitsConfig", "HealthConfig", "load_config"]
+__all__ = ["AgentConfig", "ApiConfig", "MqttConfig", "LimitsConfig", "HealthConfig", "load_config",
+           "check_secret_file"]
 
 
 class ApiConfig(Strict):
@@ -81,3 +84,18 @@ def load_config(path: str | Path) -> AgentConfig:
     return cfg.model_copy(update={"data_dir": fix(cfg.data_dir), "trust": [fix(t) for t in cfg.trust],
                                   "tuf_root": fix(cfg.tuf_root),
                                   "device_key": dk if dk is None or dk.startswith("python:") else fix(dk)})
+
+
+def check_secret_file(path: str | None, what: str) -> None:
+    """A secret the agent reads (mTLS client key, MQTT password file) must exist and be readable by
+    its owner only (0600 or stricter), like ``device_key``; ConfigError naming ``what`` otherwise."""
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(path, f"{what}: {exc.strerror or exc}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(path, f"{what}: mode {mode:04o} lets other users read this secret; it must be 0600 "
+                                f"or stricter (chmod 600 {path})")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bitnet_edge.agent import policy
-from bitnet_edge.agent.config import AgentConfig
+from bitnet_edge.agent.config import AgentConfig, check_secret_file
 from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError
 from bitnet_edge.agent.fsutil import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
@@ -63,6 +63,7 @@ class Agent:
         from bitnet_edge.packagers.signing import load_public_key
 
         self.cfg = cfg
+        check_secret_file(cfg.mqtt.tls_key, "mqtt.tls_key")  # like device_key: the owner's alone
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
         # worker sockets: a short private directory (AF_UNIX paths are limited to ~107 bytes)

@@ -104,7 +104,8 @@ class KeyFileError(PackagerError):
     """A signing or trust key that cannot be written or read.
 
     ``reason``: ``exists`` | ``unreadable`` | ``bad-format`` | ``passphrase-required`` |
-    ``bad-passphrase`` | ``insecure-permissions`` (a device private key readable by others).
+    ``bad-passphrase`` | ``insecure-permissions`` (a signing or device private key readable by
+    group or others).
     """
 
     def __init__(self, path: str, reason: str, detail: str = ""):
