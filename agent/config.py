@@ -28,7 +28,9 @@ class ApiConfig(Strict):
 class MqttConfig(Strict):
     url: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port; None: offline only")
     username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
+    password: str | None = Field(default=None, description="broker password (prefer password_file)")
+    password_file: str | None = Field(default=None, description="file holding the broker password (mode 0600), "
+                                                                "written by `fleet enroll` as mqtt.password")
     tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
     tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
     tls_key: str | None = Field(default=None, description="client key (mTLS)")
@@ -58,6 +60,11 @@ class AgentConfig(Strict):
     device_key: str | None = Field(default=None, description="this device's X25519 private key file (mode 0600) "
                                                              "for encrypted bundles (ADR 0011), or "
                                                              "python:module:factory for a TPM / secure-element hook")
+    fleet_keys: list[str] = Field(default_factory=list, description="the fleet's desired-state public keys "
+                                                                    "(desired.pub from `fleet enroll`): set, only "
+                                                                    "desired states signed by one are accepted; "
+                                                                    "unset, allow_downgrade from the network is "
+                                                                    "never honoured")
     profile: str | None = Field(default=None, description="device profile name; default: matched by the probe")
     tags: list[str] = Field(default_factory=list, description="operator labels reported to the fleet")
     api: ApiConfig = Field(default_factory=ApiConfig, description="local inference API")
@@ -81,7 +88,10 @@ def load_config(path: str | Path) -> AgentConfig:
     base = path.parent
     fix = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
     dk = cfg.device_key
+    mqtt = cfg.mqtt.model_copy(update={k: fix(getattr(cfg.mqtt, k)) for k in ("password_file", "tls_ca", "tls_cert",
+                                                                             "tls_key")})
     return cfg.model_copy(update={"data_dir": fix(cfg.data_dir), "trust": [fix(t) for t in cfg.trust],
+                                  "fleet_keys": [fix(k) for k in cfg.fleet_keys], "mqtt": mqtt,
                                   "tuf_root": fix(cfg.tuf_root),
                                   "device_key": dk if dk is None or dk.startswith("python:") else fix(dk)})
 

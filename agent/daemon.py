@@ -64,6 +64,7 @@ class Agent:
 
         self.cfg = cfg
         check_secret_file(cfg.mqtt.tls_key, "mqtt.tls_key")  # like device_key: the owner's alone
+        check_secret_file(cfg.mqtt.password_file, "mqtt.password_file")
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
         # worker sockets: a short private directory (AF_UNIX paths are limited to ~107 bytes)

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from bitnet_edge.agent.chunks import PartialFile, finished_path, remove_others
 from bitnet_edge.agent.config import AgentConfig
-from bitnet_edge.agent.errors import TransferError
+from bitnet_edge.agent.errors import ConfigError, TransferError
 from bitnet_edge.agent.transfer import Window
+from bitnet_edge.sdk.desired_sig import load_fleet_keys, verify_desired
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.mqtt import make_client, parse_broker_url
 from bitnet_edge.sdk.protocol import (
@@ -113,8 +114,12 @@ class FleetSync:
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._client = None
-        self._lock = threading.Lock()  # guards _last_attempt / _last_outcome
-        self._last_attempt, self._last_outcome = self._load_attempt()
+        self._lock = threading.Lock()  # guards _last_attempt / _last_outcome / _desired_ts
+        try:  # desired states must be signed by one of these (sdk/desired_sig.py)
+            self._fleet_keys = load_fleet_keys(config.fleet_keys)
+        except FormatError as exc:
+            raise ConfigError("fleet_keys", str(exc)) from None
+        self._last_attempt, self._last_outcome, self._desired_ts = self._load_attempt()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -132,7 +137,13 @@ class FleetSync:
             return
         m = self.config.mqtt
         url = parse_broker_url(m.url)
-        c = make_client(self.device_id, url, clean_session=False, username=m.username, password=m.password,
+        password = m.password
+        if m.password_file is not None:  # the per-device credential from `fleet enroll` (mode 0600)
+            try:
+                password = Path(m.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(m.password_file, f"mqtt.password_file: {exc.strerror or exc}") from None
+        c = make_client(self.device_id, url, clean_session=False, username=m.username, password=password,
                         tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key,
                         reconnect_min=min(self.limits.reconnect_min, m.reconnect_max), reconnect_max=m.reconnect_max)
         death = Presence(type="death", device_id=self.device_id, ts=time.time(), tags=self.config.tags)
@@ -278,6 +289,9 @@ class FleetSync:
         if d.device_id != self.device_id:
             self.stats["dropped_messages"] += 1
             return
+        d, note = self._authentic(d)
+        if d is None:
+            return
         key = _desired_key(d)
         if self._job is not None and self._job.key == key:
             return  # the same desired state again (a reconnect re-delivers retained messages)
@@ -292,7 +306,7 @@ class FleetSync:
             return  # tried and failed already; the fleet re-issues it to try again
         if inst is not None and rel.release < inst.release and not d.allow_downgrade:
             self._finish(d, key, "rejected", "downgrade", f"release {rel.release} is below the installed "
-                                                          f"release {inst.release} and no downgrade is allowed")
+                                                          f"release {inst.release} and no downgrade is allowed{note}")
             return
         trusted_delta = False
         if self.trust is not None:  # refresh the TUF metadata; refuse what the signed targets do not list
@@ -335,6 +349,33 @@ class FleetSync:
         self._progress(self._job, "downloading", force=True)
         if partial.complete:
             self._complete()
+
+    def _authentic(self, d: DesiredState) -> tuple[DesiredState | None, str]:
+        """The desired state to act on, or None to drop it: with ``fleet_keys`` it must carry the
+        fleet's signature and be no older than the last signed one accepted (a replay); without
+        them its ``allow_downgrade`` is not honoured (a downgrade flag from the network must be signed)."""
+        signed = verify_desired(d, self._fleet_keys)
+        if self._fleet_keys and not signed:
+            log.warning("dropped a desired state for %s %s: %s", d.release.model, d.release.version,
+                        "not signed by a fleet key" if d.signature is None else "its signature does not verify")
+            self.stats["unsigned_desired"] += 1
+            return None, ""
+        if signed:
+            with self._lock:
+                if self._desired_ts is not None and d.issued_at < self._desired_ts:
+                    log.warning("dropped a signed desired state issued at %s, older than the one accepted at %s "
+                                "(a replay)", d.issued_at, self._desired_ts)
+                    self.stats["replayed_desired"] += 1
+                    return None, ""
+                if d.issued_at != self._desired_ts:
+                    self._desired_ts = d.issued_at
+                    self._save()
+            return d, ""
+        if d.allow_downgrade:
+            return d.model_copy(update={"allow_downgrade": False}), (
+                " (allow_downgrade is honoured only in a desired state signed by the fleet: set fleet_keys in the "
+                "agent config)")
+        return d, ""
 
     def _drop_job(self) -> None:
         if self._job is not None:
@@ -443,16 +484,29 @@ class FleetSync:
     def _record(self, key: str | None, outcome: Outcome) -> None:
         with self._lock:
             self._last_attempt, self._last_outcome = key, outcome
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")}))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state_file)
+            self._save()
 
-    def _load_attempt(self) -> tuple[str | None, Outcome | None]:
+    def _save(self) -> None:
+        """Write sync.json (under ``_lock``): the last attempt, its outcome, the newest signed desired state's time."""
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        out = self._last_outcome
+        tmp.write_text(json.dumps({"attempt": self._last_attempt, "desired_ts": self._desired_ts,
+                                   "outcome": None if out is None else out.model_dump(mode="json")}))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_file)
+
+    def _load_attempt(self) -> tuple[str | None, Outcome | None, float | None]:
         try:
             raw = json.loads(self._state_file.read_text())
-            return raw.get("attempt"), Outcome.model_validate(raw["outcome"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, None
+        except (OSError, ValueError):
+            return None, None, None
+        if not isinstance(raw, dict):
+            return None, None, None
+        ts = raw.get("desired_ts")
+        try:
+            out = Outcome.model_validate(raw["outcome"]) if raw.get("outcome") is not None else None
+        except (ValueError, TypeError):
+            out = None
+        return raw.get("attempt"), out, float(ts) if isinstance(ts, (int, float)) else None

@@ -32,8 +32,9 @@ class FleetConfig(Strict):
                                                                     "(PEM); with embedded_tls_key: MQTT over TLS")
     embedded_tls_key: str | None = Field(default=None, description="private key of embedded_tls_cert (PEM)")
     embedded_auth: Literal["anonymous", "per-device"] = Field(
-        default="anonymous", description="who may connect to the embedded broker: anonymous (loopback only) or "
-                                         "per-device credentials from enrollment with per-device topic ACLs")
+        default="per-device", description="who may connect to the embedded broker: per-device credentials from "
+                                          "`fleet enroll` with per-device topic ACLs, or anonymous (development "
+                                          "on loopback only: any local process reads and forges all traffic)")
     username: str | None = Field(default=None, description="broker user name")
     password: str | None = Field(default=None, description="broker password")
     tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")

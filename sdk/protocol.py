@@ -142,8 +142,13 @@ class DesiredState(Strict):
     device_id: str = Field(pattern=DEVICE_ID, description="the device")
     rollout_id: str | None = Field(description="the rollout that set it (None: operator pin)")
     release: ReleaseRef = Field(description="the release to serve")
-    allow_downgrade: bool = Field(default=False, description="a rollback: accept a lower release counter")
+    allow_downgrade: bool = Field(default=False, description="a rollback: accept a lower release counter "
+                                                             "(honoured only when signed by a fleet key)")
     issued_at: float = Field(description="unix time")
+    signature: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]{86}==$",
+                                  description="base64 Ed25519 signature by the fleet's desired-state key over "
+                                              "the canonical JSON of the other fields (sdk/desired_sig.py); "
+                                              "devices with fleet_keys accept only signed desired states")
 
 
 class ChunkRequest(Strict):

@@ -13,7 +13,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
-from tests.support.fleet_helpers import FakeAgent, Mosquitto, bundles, capabilities, make_certs, wait_for
+from tests.support.fleet_helpers import FakeAgent, Mosquitto, bundles, capabilities, enroll, make_certs, wait_for
 from click.testing import CliRunner
 from tests.support.tools import require_tool
 from paho.mqtt.enums import CallbackAPIVersion
@@ -61,6 +61,8 @@ def stack(tmp_path, request):
         return svc
 
     def agent(device_id, url, **kw):
+        svc = next(s for s in reversed(services) if hasattr(s, "db"))  # the service it belongs to (started)
+        kw = {**enroll(svc, device_id), **kw}
         a = FakeAgent(device_id, tmp_path / device_id, url, **kw).start()
         agents.append(a)
         return a
