@@ -62,15 +62,15 @@ class ChunkServer:
         if size is None:
             self.counters.inc("dropped:unknown-file")
             return
-        if self._may_fetch is not None and not self._may_fetch(req.device_id, req.file_sha256):
-            self.counters.inc("dropped:not-desired")
-            return
         if not MIN_CHUNK_BYTES <= req.chunk_size <= MAX_CHUNK_BYTES:
             self.counters.inc("dropped:chunk-size")
             return
         n = -(-size // req.chunk_size)
         if any(not 0 <= i < n for i in req.chunks):
             self.counters.inc("dropped:bad-range")
+            return
+        if self._may_fetch is not None and not self._may_fetch(req.device_id, req.file_sha256):
+            self.counters.inc("dropped:not-desired")
             return
         with self._lock:  # a device asking again for chunks still queued (its timeout < our queue)
             fresh = [i for i in dict.fromkeys(req.chunks) if (req.device_id, req.file_sha256, i) not in self._queued]

@@ -27,7 +27,9 @@ def desired_public_path(data_dir: str | os.PathLike) -> Path:
 
 
 def desired_key(data_dir: str | os.PathLike) -> Ed25519PrivateKey:
-    data = Path(data_dir)
+    from bitnet_edge.fleet.datadir import private_dir
+
+    data = private_dir(data_dir)
     path = data / KEY_FILE
     if not path.exists():
         key = Ed25519PrivateKey.generate()

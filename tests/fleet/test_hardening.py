@@ -158,3 +158,82 @@ def test_the_embedded_broker_admits_enrolled_devices_to_their_own_topics_only(fl
         a.stop()
         for p in peers:
             p.close()
+
+
+def _desired_for(device_id: str, bundle, *, issued_at: float, allow_downgrade: bool = True) -> P.DesiredState:
+    import hashlib
+
+    from bitnet_edge.packagers.verify import read_unverified
+
+    _, m = read_unverified(bundle)
+    ref = P.ReleaseRef(model=m.name, version=m.version, release=m.release, target=m.target,
+                       bundle_sha256=hashlib.sha256(bundle.read_bytes()).hexdigest(),
+                       bundle_size=bundle.stat().st_size, chunk_size=4096)
+    return P.DesiredState(device_id=device_id, rollout_id="r-x", release=ref, allow_downgrade=allow_downgrade,
+                          issued_at=issued_at)
+
+
+def test_a_downgrade_flag_from_the_network_counts_only_when_the_fleet_signed_it(tmp_path):
+    from bitnet_edge.fleet.desired_key import desired_key, desired_public_path
+    from bitnet_edge.sdk.desired_sig import sign_desired
+
+    b = bundles()
+    key = desired_key(tmp_path / "fleet")
+    evil = desired_key(tmp_path / "evil")
+    forged = _desired_for("d1", b.r1, issued_at=100.0)  # back to release 1, 'allow_downgrade': true
+
+    # no fleet keys configured: the flag is not honoured
+    plain = FakeAgent("d1", tmp_path / "plain", None, installed=b.r1, slot_rollback=True)
+    plain._adopt(b.r2)
+    plain.sync._on_desired(forged.model_dump_json().encode())
+    out = plain.sync._last_outcome
+    assert (out.result, out.reason) == ("rejected", "downgrade") and "signed by the fleet" in out.message
+    assert plain.installed.release == 2 and plain.slot_switches == 0
+
+    # fleet keys configured: unsigned, or signed by another key: dropped; signed: honoured; replayed: dropped
+    dev = FakeAgent("d1", tmp_path / "dev", None, installed=b.r1, slot_rollback=True,
+                    fleet_keys=[desired_public_path(tmp_path / "fleet")])
+    dev._adopt(b.r2)
+    for payload in (forged, sign_desired(forged, evil),
+                    sign_desired(forged, key).model_copy(update={"issued_at": 101.0})):  # tampered after signing
+        dev.sync._on_desired(payload.model_dump_json().encode())
+    assert dev.sync.stats["unsigned_desired"] == 3 and dev.sync._last_outcome is None
+    assert dev.installed.release == 2
+    dev.sync._on_desired(sign_desired(forged, key).model_dump_json().encode())
+    assert dev.installed.release == 1 and dev.slot_switches == 1  # the fleet's own rollback
+    older = sign_desired(_desired_for("d1", b.r2, issued_at=50.0, allow_downgrade=False), key)
+    dev.sync._on_desired(older.model_dump_json().encode())  # an old signed message replayed
+    assert dev.sync.stats["replayed_desired"] == 1 and dev.installed.release == 1
+
+
+# ---- 7. chunk/req serves only what the device was told to install ------------------------------------
+
+def test_chunks_are_served_only_for_the_files_a_devices_desired_state_names(fleet, tmp_path):
+    import hashlib
+
+    from bitnet_edge.fleet.rollout import Selector
+
+    b = bundles()
+    fleet.publish([fleet.store.add_file(b.r1)[0]])
+    port = int(fleet.broker_url.rsplit(":", 1)[1])
+    a = FakeAgent("dev-a", tmp_path / "dev-a", fleet.broker_url, **enroll(fleet, "dev-a")).start()
+    login = enroll(fleet, "dev-b")["login"]
+    other = Peer(port, "dev-b", *login)
+    try:
+        caps = a.sync.capabilities
+        other.c.publish(P.device_topic("dev-b", "presence"), P.Presence(
+            type="birth", device_id="dev-b", ts=time.time(), capabilities=caps).model_dump_json(), qos=1)
+        assert other.subscribe(P.device_topic("dev-b", "chunk/data"))
+        wait_for(lambda: len(fleet.devices()) == 2, what="both births")
+        rid = fleet.create_rollout(RolloutSpec(model="test-mlp", version="1.0.0", stages=[100],
+                                               selector=Selector(devices=["dev-a"])))["id"]
+        wait_for(lambda: fleet.rollout(rid)["state"] == "completed", timeout=20, what="the rollout to dev-a")
+        sha = hashlib.sha256(b.r1.read_bytes()).hexdigest()
+        req = P.ChunkRequest(device_id="dev-b", file_sha256=sha, chunk_size=4096, chunks=[0, 1, 2])
+        other.c.publish(P.device_topic("dev-b", "chunk/req"), req.model_dump_json(), qos=1)
+        wait_for(lambda: fleet.counters["dropped:not-desired"] == 1, what="the request dropped")
+        time.sleep(0.5)
+        assert other.got == [] and a.installed.release == 1  # dev-a got it; dev-b, never told to, gets nothing
+    finally:
+        a.stop()
+        other.close()

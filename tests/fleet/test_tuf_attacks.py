@@ -42,8 +42,9 @@ def net(tmp_path, bundles):
     broker = Mosquitto(require_tool("mosquitto", "mosquitto"), tmp_path).start()
     world = make_world(tmp_path)
     world.publish(bundles.v1, bundles.v2)
-    fleet = ScriptedFleet(broker.port, world.repo.read)
-    dev = Device(tmp_path, bundles, broker.url, world.root_file, profile=HOST_DEVICE, initial=bundles.v1).start()
+    fleet = ScriptedFleet(broker.port, world.repo.read, key_dir=tmp_path / "fleet-key")
+    dev = Device(tmp_path, bundles, broker.url, world.root_file, profile=HOST_DEVICE, initial=bundles.v1,
+                 fleet_keys=[fleet.key_pub]).start()
     yield types.SimpleNamespace(broker=broker, world=world, fleet=fleet, dev=dev, tmp=tmp_path)
     dev.stop()
     fleet.close()
