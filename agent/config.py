@@ -15,14 +15,30 @@ from bitnet_edge.sdk.protocol import DEVICE_ID
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
 __all__ = ["AgentConfig", "ApiConfig", "MqttConfig", "LimitsConfig", "HealthConfig", "load_config",
-           "check_secret_file"]
+           "check_secret_file", "admin_socket"]
 
 
 class ApiConfig(Strict):
     host: str = Field(default="127.0.0.1", description="listen address of the local inference API")
     port: int = Field(default=8700, ge=0, le=65535, description="TCP port (0: any free port)")
-    unix_socket: str | None = Field(default=None, description="also (or only, with port 0) listen on this Unix socket")
+    unix_socket: str | None = Field(default=None, description="the admin socket (mode 0600): the only place the "
+                                                               "admin routes (install, rollback, status) answer; "
+                                                               "default data_dir/admin.sock")
     enabled: bool = Field(default=True, description="serve the local API")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values the TCP API accepts "
+                                                                       "besides localhost, 127.0.0.1, ::1 and host "
+                                                                       "(anything else is refused: DNS rebinding)")
+    allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host[:port]) whose "
+                                                                         "pages may call the TCP API; default none "
+                                                                         "(a request with any other Origin is "
+                                                                         "refused)")
+    install_dirs: list[str] = Field(default_factory=list, description="directories the admin install route takes "
+                                                                      "bundle files from, besides data_dir/incoming "
+                                                                      "(e.g. a USB mount point)")
+    threads: int = Field(default=8, ge=1, le=64, description="requests the TCP API handles at once")
+    max_connections: int = Field(default=64, ge=4, le=4096, description="open TCP connections at most")
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="an idle or half-sent connection is "
+                                                                           "closed after this many seconds")
 
 
 class MqttConfig(Strict):
@@ -42,6 +58,12 @@ class LimitsConfig(Strict):
     disk_budget_mb: int = Field(default=8192, gt=0, description="space the agent may use for slots and downloads, MiB")
     max_bundle_mb: int = Field(default=4096, gt=0, description="largest bundle accepted, MiB")
     memory_budget_mb: int | None = Field(default=None, description="largest model loaded, MiB (default: 80% of RAM)")
+    max_concurrent_requests: int = Field(default=4, ge=1, le=256, description="inference requests a model worker "
+                                                                               "takes at once; more get 429")
+    max_inflight_prompt_mb: float | None = Field(default=None, gt=0, description="request bytes (prompts, inputs) "
+                                                                                  "in flight in the worker at once, "
+                                                                                  "MiB; more get 503 (default: "
+                                                                                  "memory budget / 64, at least 1)")
 
 
 class HealthConfig(Strict):
@@ -94,6 +116,11 @@ def load_config(path: str | Path) -> AgentConfig:
                                   "fleet_keys": [fix(k) for k in cfg.fleet_keys], "mqtt": mqtt,
                                   "tuf_root": fix(cfg.tuf_root),
                                   "device_key": dk if dk is None or dk.startswith("python:") else fix(dk)})
+
+
+def admin_socket(cfg: AgentConfig) -> str:
+    """The admin Unix socket: ``api.unix_socket``, or ``data_dir/admin.sock``."""
+    return cfg.api.unix_socket or str(Path(cfg.data_dir) / "admin.sock")
 
 
 def check_secret_file(path: str | None, what: str) -> None:

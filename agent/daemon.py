@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -19,7 +20,7 @@ from bitnet_edge.agent.fsutil import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
-from bitnet_edge.agent.workers import WorkerFailed, WorkerHandle, start_worker
+from bitnet_edge.agent.workers import WorkerBudget, WorkerFailed, WorkerHandle, start_worker
 from bitnet_edge.sdk.protocol import InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
@@ -71,6 +72,8 @@ class Agent:
         tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
         self.run_dir = Path(tempfile.gettempdir()) / f"bne-{os.getuid()}-{tag}"
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "incoming").mkdir(mode=0o700, exist_ok=True)  # where `agent install` hands bundles over
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
         self.trusted = [load_public_key(p) for p in cfg.trust]
@@ -80,6 +83,15 @@ class Agent:
         self._worker: WorkerHandle | None = None
         self._inflight: dict[int, int] = {}
         self.sync = None
+        self.worker_budget = self._worker_budget()
+
+    def _worker_budget(self) -> WorkerBudget:
+        """Concurrency and in-flight request bytes of a worker, from limits and the memory budget
+        (by default 1/64 of it: tokenizing a prompt takes many times its size)."""
+        lim = self.cfg.limits
+        mem_mb = lim.memory_budget_mb or max(64, int(self.caps.memory_mb * 0.8))
+        mb = lim.max_inflight_prompt_mb if lim.max_inflight_prompt_mb is not None else max(1.0, mem_mb / 64)
+        return WorkerBudget(max_requests=lim.max_concurrent_requests, max_inflight_bytes=int(mb * 1024 * 1024))
 
     # ---- serving --------------------------------------------------------------------------------
     def acquire_worker(self) -> WorkerHandle | None:
@@ -118,7 +130,7 @@ class Agent:
                 log.error("slot %s does not match its recorded hashes; not serving it", slot)
                 continue
             try:
-                w = start_worker(slot, d, self.run_dir, tag="serve")
+                w = start_worker(slot, d, self.run_dir, tag="serve", budget=self.worker_budget)
             except WorkerFailed as exc:
                 log.error("%s", exc)
                 continue
@@ -143,12 +155,13 @@ class Agent:
         with self._install_lock:
             sha = "0" * 64
             try:
+                self._check_file(path)  # a regular file of a bundle's size and magic, before hashing it
                 sha = release_sha256 or sha256_file(path)
                 _fault("received")
                 outcome = self._install(path, sha, allow_downgrade, rollout_id, base)
             except InstallRejected as exc:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected" if exc.stage in
-                                  ("verify", "policy", "limits") else "failed", reason=exc.reason,
+                                  ("verify", "policy", "limits", "file") else "failed", reason=exc.reason,
                                   message=exc.message, ts=time.time())
             except FileNotFoundError:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected", reason="corrupt",
@@ -161,6 +174,58 @@ class Agent:
                 self.store.record_outcome(outcome)
             self.metrics.install(outcome.result, outcome.reason)
             return outcome
+
+    def install_local(self, path: str, *, allow_downgrade: bool = False) -> Outcome:
+        """An install asked for on the admin socket (``agent install``): ``path`` must be absolute and,
+        symlinks resolved, inside ``data_dir/incoming`` or an ``api.install_dirs`` directory; never
+        hashed or echoed unless it is a regular file that starts like a bundle."""
+        try:
+            real = self._allowed_path(path)
+        except InstallRejected as exc:
+            outcome = Outcome(bundle_sha256="0" * 64, result="rejected", reason=exc.reason, message=exc.message,
+                              ts=time.time())
+            self.metrics.install(outcome.result, outcome.reason)
+            return outcome
+        return self.install_file(real, allow_downgrade=allow_downgrade)
+
+    def install_dirs(self) -> list[Path]:
+        return [self.root / "incoming"] + [Path(d) for d in self.cfg.api.install_dirs]
+
+    def _allowed_path(self, path: str) -> Path:
+        p = Path(path)
+        if not p.is_absolute():
+            raise InstallRejected("forbidden", f"{path!r}: an absolute path is required", "file")
+        real = Path(os.path.realpath(p))
+        for d in self.install_dirs():
+            base = Path(os.path.realpath(d))
+            if real != base and real.is_relative_to(base):
+                return real
+        raise InstallRejected("forbidden", f"{path}: not inside an install directory ("
+                              f"{', '.join(str(d) for d in self.install_dirs())}; api.install_dirs adds more)", "file")
+
+    def _check_file(self, path: Path) -> None:
+        """InstallRejected unless ``path`` is a regular file within max_bundle_mb starting with the
+        bundle magic (a device file, FIFO or directory is never read; nothing of a non-bundle is echoed)."""
+        from bitnet_edge.packagers.container import MAGIC
+
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise InstallRejected("forbidden", f"{path}: cannot be opened ({exc.strerror})", "file") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InstallRejected("forbidden", f"{path}: not a regular file", "file")
+            cap = self.cfg.limits.max_bundle_mb * 1024 * 1024
+            if st.st_size > cap:
+                raise InstallRejected("too_large", f"bundle of {st.st_size} bytes exceeds max_bundle_mb="
+                                      f"{self.cfg.limits.max_bundle_mb}", "limits")
+            if os.pread(fd, len(MAGIC), 0) != MAGIC:
+                raise InstallRejected("corrupt", f"{path}: not a bitnet-edge bundle", "file")
+        finally:
+            os.close(fd)
 
     def _install(self, path: Path, sha: str, allow_downgrade: bool, rollout_id: str | None, base) -> Outcome:
         from bitnet_edge.packagers.crypt import check_recipient
@@ -217,7 +282,7 @@ class Agent:
         fsync_tree(dest)
         _fault("unpacked")
         try:
-            new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}")
+            new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}", budget=self.worker_budget)
         except WorkerFailed as exc:
             raise InstallRejected("load_failed", exc.message, "load") from None
         try:
@@ -261,7 +326,8 @@ class Agent:
                 return out
             info = state.slots[state.active]
             try:
-                w = start_worker(state.active, self.store.slot_dir(state.active), self.run_dir, tag="rollback")
+                w = start_worker(state.active, self.store.slot_dir(state.active), self.run_dir, tag="rollback",
+                                 budget=self.worker_budget)
             except WorkerFailed as exc:
                 self.store.rollback()  # back to where we were
                 return Outcome(bundle_sha256=info.release.bundle_sha256, result="failed", reason="load_failed",

@@ -42,6 +42,7 @@ ReasonCode = Literal[
     "not_recipient",  # an encrypted bundle (ADR 0011) not sealed to this device's key, or no device key
     "tuf_rejected",  # TUF: not in the signed targets metadata, or the metadata failed to verify (docs/security.md)
     "tuf_expired",  # TUF: the newest metadata the fleet serves has expired (freeze / offline policy)
+    "forbidden",  # a local install of a file outside the allowed directories, or not a regular file
 ]
 
 LEAVES = ("presence", "state", "desired", "chunk/req", "chunk/data", "events", "tuf/req", "tuf/data")
