@@ -174,15 +174,27 @@ class ScriptedFleet:
             self.publish(P.device_topic(req.device_id, "chunk/data"),
                          P.pack_chunk(req.file_sha256, off, data[off:off + req.chunk_size]))
 
-    def endless(self, req, part: int = 1024, limit: int = 5000) -> None:
-        """Answer ``req`` with parts that never end (stops at ``limit`` or at close)."""
+    def endless(self, req, part: int = 1024, limit: int | None = None) -> threading.Thread:
+        """Answer ``req`` with parts that never end: no part is the last one, and there are ``limit``
+        of them (default: four times what ngclient reads of a timestamp at most), so the device
+        must cut the stream itself.  Returns the sending thread (join it before the next offer:
+        a flood of thousands of parts left running delays, and with Mosquitto's 1000-message
+        client queue can drop, the next messages to the device -- the cause of this test's old
+        flakiness under load)."""
+        if limit is None:
+            from tuf.ngclient import UpdaterConfig
+
+            limit = 4 * UpdaterConfig().timestamp_max_length // part + 1
+
         def run():
             topic = P.device_topic(req.device_id, "tuf/data")
             for i in range(limit):
                 if self._stop.is_set():
                     return
                 self.publish(topic, P.pack_tuf_part(req.request_id, 200, i, False, b"{" * part))
-        threading.Thread(target=run, daemon=True).start()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
 
     def offer(self, device_id: str, path: Path, *, allow_downgrade: bool = False, size: int | None = None,
               data: bytes | None = None, rollout_id: str = "r-test", **ref) -> str:
