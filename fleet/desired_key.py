@@ -2,7 +2,7 @@
 
 Created on first use (replicas sharing DATA race safely: the file is created exclusively, the
 loser loads the winner's).  ``fleet enroll`` gives devices ``desired.pub`` as their ``fleet_keys``;
-the agent then accepts only desired states this key signed (sdk/desired_sig.py).
+the agent then accepts only desired states this key signed (sdk/wire/desired_sig.py).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pathlib import Path
 from bitnet_edge.fleet.brokerconf import DEVICE_READS, DEVICE_WRITES
 from bitnet_edge.fleet.errors import PkiError
 from bitnet_edge.fleet.pki import FLEET_PREFIX, CertAuthority, fleet_identity
-from bitnet_edge.sdk.protocol import DEVICE_ID, PREFIX, parse_device_topic
+from bitnet_edge.sdk.wire.protocol import DEVICE_ID, PREFIX, parse_device_topic
 
 __all__ = ["Identity", "DeviceCredentials", "identity_for", "may_publish", "may_subscribe", "may_receive",
            "USERS_FILE"]

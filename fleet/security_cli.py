@@ -52,9 +52,8 @@ def _options(fn):
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @functools.wraps(fn)
     def wrapper(data_dir, as_json, **kw):
-        from bitnet_edge.agent.errors import AgentError
         from bitnet_edge.fleet.errors import FleetError
-        from bitnet_edge.packagers.errors import PackagerError
+        from bitnet_edge.sdk.bundle.errors import PackagerError
         from bitnet_edge.sdk.errors import BitnetEdgeError
 
         from bitnet_edge.fleet.datadir import private_dir
@@ -62,7 +61,7 @@ def _options(fn):
         try:
             private_dir(data_dir)
             return fn(data=data_dir, as_json=as_json, **kw)
-        except (FleetError, PackagerError, BitnetEdgeError, AgentError, OSError) as exc:
+        except (FleetError, PackagerError, BitnetEdgeError, OSError) as exc:
             if as_json:
                 _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
                                                    "reason": getattr(exc, "reason", None)}})
@@ -78,7 +77,8 @@ def _audit(data: Path, action: str, target: str, details: dict) -> None:
     AuditLog(data / "audit.jsonl").append(action, default_actor(), target, details)
 
 
-def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, install: Path, tls: bool) -> str:
+def _agent_toml(device_id: str, conn, trust: list[str], agent_data: str, install: Path) -> str:
+    """The device's agent.toml; its ``[mqtt]`` section is ``conn`` (a :class:`BrokerConnection`)."""
     q = json.dumps  # TOML basic strings are JSON strings for these characters
     return "\n".join([
         f"# written by `bitnet-edge fleet enroll {device_id}`: copy this directory to the device as {install}",
@@ -91,15 +91,10 @@ def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, 
         '# device_key = "device.key"  (and give device.pub to the release engineer: package --encrypt-to)',
         "",
         "[mqtt]",
-        f"url = {q(broker)}",
-        "# the embedded broker's per-device credentials (Mosquitto takes the identity from the certificate)",
-        f"username = {q(device_id)}",
-        f"password_file = {q(str(install / 'mqtt.password'))}",
-    ] + ([
-        f"tls_ca = {q(str(install / 'ca.pem'))}",
-        f"tls_cert = {q(str(install / 'device.pem'))}",
-        f"tls_key = {q(str(install / 'device.key'))}",
-    ] if tls else [])) + "\n"
+        "# user name and password_file: the embedded broker's per-device credentials (Mosquitto takes the",
+        "# identity from the client certificate instead)",
+        *(f"{k} = {q(v)}" for k, v in conn.model_dump(exclude_defaults=True).items()),
+    ]) + "\n"
 
 
 @click.command("enroll")
@@ -122,13 +117,15 @@ def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, 
 def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, agent_data, csr, days, force) -> None:
     """Issue DEVICE_ID a client certificate from the fleet CA and a broker password, and write its
     agent config (mTLS with Mosquitto; user name and password with the embedded broker)."""
-    from bitnet_edge.agent.config import load_config
+    import tomllib
+
     from bitnet_edge.fleet.config import is_loopback
     from bitnet_edge.fleet.desired_key import desired_public_path
     from bitnet_edge.fleet.errors import PkiError
     from bitnet_edge.fleet.mqtt_auth import DeviceCredentials
     from bitnet_edge.fleet.pki import CertAuthority, _write
-    from bitnet_edge.sdk.mqtt import parse_broker_url
+    from bitnet_edge.sdk.wire.broker import BrokerConnection
+    from bitnet_edge.sdk.wire.mqtt import parse_broker_url
 
     url = parse_broker_url(broker)
     if not url.tls and not is_loopback(url.host):
@@ -151,8 +148,13 @@ def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, ag
     shutil.copyfile(ca.ca_path, out / "ca.pem")
     shutil.copyfile(desired_public_path(data), out / "desired.pub")
     install = Path(install_dir) if install_dir else out
-    _write(out / "agent.toml", _agent_toml(device_id, broker, names, agent_data, install, url.tls).encode(), 0o644)
-    load_config(out / "agent.toml")  # what we wrote must load
+    tls = dict(tls_ca=str(install / "ca.pem"), tls_cert=str(install / "device.pem"),
+               tls_key=str(install / "device.key")) if url.tls else {}
+    conn = BrokerConnection(url=broker, username=device_id, password_file=str(install / "mqtt.password"), **tls)
+    text = _agent_toml(device_id, conn, names, agent_data, install)
+    if BrokerConnection.model_validate(tomllib.loads(text)["mqtt"]) != conn:  # what we write must read back
+        raise PkiError("bad-name", f"{broker}: the agent config would not read back the same broker connection")
+    _write(out / "agent.toml", text.encode(), 0o644)
     info = {"ok": True, "device_id": device_id, "serial": f"{got.serial:x}", "not_after": got.not_after,
             "dir": str(out), "config": str(out / "agent.toml"), "key_generated": got.key_pem is not None}
     _audit(data, "enroll", device_id, {"serial": info["serial"], "not_after": got.not_after, "csr": csr is not None})

@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from bitnet_edge.agent.config import AgentConfig, MqttConfig
+from bitnet_edge.agent.config import AgentConfig
+from bitnet_edge.sdk.wire.broker import BrokerConnection
 from bitnet_edge.agent.daemon import Agent
 from bitnet_edge.agent.errors import ConfigError
-from bitnet_edge.packagers.signing import generate_keypair
+from bitnet_edge.packagers.keys import generate_keypair
 
 
 def test_an_mtls_key_other_users_can_read_is_refused(tmp_path):
@@ -19,7 +20,7 @@ def test_an_mtls_key_other_users_can_read_is_refused(tmp_path):
     key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
     os.chmod(key, 0o644)
     cfg = AgentConfig(device_id="d1", data_dir=str(tmp_path / "data"), trust=[str(kp.public_path)],
-                      mqtt=MqttConfig(url="mqtts://127.0.0.1:8883", tls_cert=str(key), tls_key=str(key)))
+                      mqtt=BrokerConnection(url="mqtts://127.0.0.1:8883", tls_cert=str(key), tls_key=str(key)))
     with pytest.raises(ConfigError, match="mqtt.tls_key: mode 0644"):
         Agent(cfg)
     os.chmod(key, 0o600)

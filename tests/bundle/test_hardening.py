@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from tests.support.bundle_models import make_mlp_dir
 
 from bitnet_edge.cli import main
-from bitnet_edge.packagers.signing import generate_keypair
+from bitnet_edge.packagers.keys import generate_keypair
 
 
 def test_package_refuses_a_signing_key_other_users_can_read(tmp_path):

@@ -52,7 +52,7 @@ from bitnet_edge.fleet.config import FleetConfig  # noqa: E402
 from bitnet_edge.fleet.mqtt_auth import DeviceCredentials  # noqa: E402
 from bitnet_edge.fleet.rollout import RolloutSpec  # noqa: E402
 from bitnet_edge.fleet.service import FleetService  # noqa: E402
-from bitnet_edge.sdk import protocol as P  # noqa: E402
+from bitnet_edge.sdk.wire import protocol as P  # noqa: E402
 
 
 class Peer:
@@ -163,7 +163,7 @@ def test_the_embedded_broker_admits_enrolled_devices_to_their_own_topics_only(fl
 def _desired_for(device_id: str, bundle, *, issued_at: float, allow_downgrade: bool = True) -> P.DesiredState:
     import hashlib
 
-    from bitnet_edge.packagers.verify import read_unverified
+    from bitnet_edge.sdk.bundle.verify import read_unverified
 
     _, m = read_unverified(bundle)
     ref = P.ReleaseRef(model=m.name, version=m.version, release=m.release, target=m.target,
@@ -175,7 +175,7 @@ def _desired_for(device_id: str, bundle, *, issued_at: float, allow_downgrade: b
 
 def test_a_downgrade_flag_from_the_network_counts_only_when_the_fleet_signed_it(tmp_path):
     from bitnet_edge.fleet.desired_key import desired_key, desired_public_path
-    from bitnet_edge.sdk.desired_sig import sign_desired
+    from bitnet_edge.sdk.wire.desired_sig import sign_desired
 
     b = bundles()
     key = desired_key(tmp_path / "fleet")

@@ -26,8 +26,8 @@ from bitnet_edge.agent.sync import FleetSync, SyncLimits
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
-from bitnet_edge.packagers.verify import read_unverified
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.bundle.verify import read_unverified
+from bitnet_edge.sdk.wire import protocol as P
 
 DAY = 86400.0
 
@@ -209,7 +209,7 @@ class ScriptedFleet:
         d = P.DesiredState(device_id=device_id, rollout_id=rollout_id, release=P.ReleaseRef(**fields),
                            allow_downgrade=allow_downgrade, issued_at=time.time())
         if self.signing_key is not None:
-            from bitnet_edge.sdk.desired_sig import sign_desired
+            from bitnet_edge.sdk.wire.desired_sig import sign_desired
 
             d = sign_desired(d, self.signing_key)
         self.last_desired = d.model_dump_json()

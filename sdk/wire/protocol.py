@@ -148,7 +148,7 @@ class DesiredState(Strict):
     issued_at: float = Field(description="unix time")
     signature: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]{86}==$",
                                   description="base64 Ed25519 signature by the fleet's desired-state key over "
-                                              "the canonical JSON of the other fields (sdk/desired_sig.py); "
+                                              "the canonical JSON of the other fields (sdk/wire/desired_sig.py); "
                                               "devices with fleet_keys accept only signed desired states")
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import DesiredState
+from bitnet_edge.sdk.wire.protocol import DesiredState
 
 __all__ = ["signing_bytes", "sign_desired", "verify_desired", "load_fleet_keys", "DOMAIN"]
 
