@@ -232,7 +232,7 @@ class Agent:
         from bitnet_edge.sdk.bundle.errors import BundleError, InstallError
         from bitnet_edge.sdk.bundle.install import install_bundle
         from bitnet_edge.sdk.bundle.signing import check_signatures
-        from bitnet_edge.sdk.bundle.container import read_envelope
+        from bitnet_edge.sdk.bundle.container import Limits, read_envelope
         from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
         size = path.stat().st_size
@@ -253,17 +253,21 @@ class Agent:
         policy.check_release(m.release, m.version, installed, allow_downgrade)
         lib = m.libraries[0]
         policy.check_target(lib.target, self.caps.target, lib.requires, self.caps.cpu_features)
-        # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more
-        need = int(m.sizes.payload_content_bytes * 1.25) * 2 + size
+        # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more.
+        # What decoding produces is the sections' sizes (the decoder never writes more; the manifest's
+        # own sizes.payload_content_bytes must equal their sum), and the decoder is held to the budget.
+        content = sum(sec.size for sec in m.sections)
+        need = int(content * 1.25) * 2 + size
         budget = self.cfg.limits.disk_budget_mb * 1024 * 1024 - self._used_bytes()
         free = shutil.disk_usage(self.root).free
         if need > min(free, budget):
             raise InstallRejected("no_space", f"install needs about {need} bytes; {min(free, budget)} available "
                                   f"(disk_budget_mb={self.cfg.limits.disk_budget_mb})", "limits")
         mem_cap = (self.cfg.limits.memory_budget_mb or int(self.caps.memory_mb * 0.8)) * 1024 * 1024
-        if mem_cap and m.sizes.payload_content_bytes * 1.25 > mem_cap:
-            raise InstallRejected("too_large", f"model of {m.sizes.payload_content_bytes} bytes cannot fit the "
-                                  f"memory budget of {mem_cap} bytes", "limits")
+        if mem_cap and content * 1.25 > mem_cap:
+            raise InstallRejected("too_large", f"model of {content} bytes cannot fit the memory budget of {mem_cap} "
+                                  "bytes", "limits")
+        decode_cap = int(min(mem_cap or content, (min(free, budget) - size) / 2.5))
         _fault("verified")
         slot = self.store.prepare_inactive()
         dest = self.store.slot_dir(slot)
@@ -274,7 +278,7 @@ class Agent:
             if base is None and m.delta is not None and state.active:
                 base = self.store.slot_dir(state.active)
             install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True,
-                           device_keys=self.device_keys)
+                           device_keys=self.device_keys, limits=Limits(max_content_bytes=max(0, decode_cap)))
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         except InstallError as exc:
