@@ -310,3 +310,27 @@ def test_a_seed_out_of_range_is_a_validation_error():
     for bad in (-1e23, -1, 2**64):
         with pytest.raises(ValidationError):
             CompletionRequest.model_validate({"prompt": [1, 2], "seed": bad})
+
+
+def test_a_worker_that_fails_to_start_in_any_way_is_stopped(tmp_path, monkeypatch):
+    import subprocess
+
+    from bitnet_edge.agent import workers
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording(*a, **kw):
+        p = real_popen(*a, **kw)
+        started.append(p)
+        return p
+
+    def broken(text):  # an unexpected error while reading the report (the old select() ValueError)
+        raise ValueError("injected")
+
+    monkeypatch.setattr(workers.subprocess, "Popen", recording)
+    monkeypatch.setattr(workers.json, "loads", broken)
+    (tmp_path / "slot").mkdir()
+    with pytest.raises(ValueError, match="injected"):
+        workers.start_worker("a", tmp_path / "slot", tmp_path / "run", timeout=60)
+    assert started and started[0].poll() is not None  # no orphan worker left behind
