@@ -41,7 +41,7 @@ class CompletionRequest(Strict):
     temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="0: greedy")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling")
     top_k: int | None = Field(default=None, ge=1, description="top-k sampling (extension)")
-    seed: int | None = Field(default=None, description="sampling seed")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="sampling seed (0 .. 2^63-1)")
     stop: str | list[str] | None = Field(default=None, description="text that ends the completion")
     stream: bool = Field(default=False, description="server-sent events, one per token")
     model: str | None = Field(default=None, description="ignored: the device serves one model")

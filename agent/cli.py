@@ -21,25 +21,44 @@ __all__ = ["register"]
 
 
 def _daemon(cfg):
-    """An HTTP connection to a running agent's local API, or None when none answers."""
-    import http.client
-
+    """An HTTP connection to a running agent's admin socket, or None when none answers."""
+    from bitnet_edge.agent.config import admin_socket
     from bitnet_edge.agent.httpbase import UnixHTTPConnection
 
-    candidates = []
-    if cfg.api.unix_socket and Path(cfg.api.unix_socket).exists():
-        candidates.append(lambda: UnixHTTPConnection(cfg.api.unix_socket, timeout=600))
-    if cfg.api.enabled and cfg.api.port:
-        candidates.append(lambda: http.client.HTTPConnection(cfg.api.host, cfg.api.port, timeout=600))
-    for make in candidates:
-        conn = make()
-        try:
-            conn.request("GET", "/v1/health")
-            conn.getresponse().read()
-            return make()
-        except OSError:
-            continue
-    return None
+    sock = admin_socket(cfg)
+    if not Path(sock).exists():
+        return None
+    conn = UnixHTTPConnection(sock, timeout=600)
+    try:
+        conn.request("GET", "/v1/health")
+        conn.getresponse().read()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    return UnixHTTPConnection(sock, timeout=600)
+
+
+def _handed_over(cfg, bundle: Path):
+    """(path for the daemon, temporary copy or None): a bundle outside the install directories is
+    copied (hard-linked when it can be) into data_dir/incoming, which the daemon reads from."""
+    import os
+    import shutil
+
+    real = Path(os.path.realpath(bundle))
+    for d in [Path(cfg.data_dir) / "incoming"] + [Path(x) for x in cfg.api.install_dirs]:
+        base = Path(os.path.realpath(d))
+        if real != base and real.is_relative_to(base):
+            return real, None
+    incoming = Path(cfg.data_dir) / "incoming"
+    incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = incoming / f".cli-{os.getpid()}-{real.name}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(real, tmp)
+    except OSError:
+        shutil.copyfile(real, tmp)
+    return tmp, tmp
 
 
 def _config_and_daemon(config_path: Path):
@@ -93,7 +112,7 @@ def register(main: click.Group) -> None:
         ag = Agent(cfg)
         try:
             ag.start_serving()
-            servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
+            servers = serve(ag, cfg)
         except BaseException:  # e.g. a port in use: stop the worker the agent started, then say which port
             ag.shutdown()
             raise
@@ -132,9 +151,14 @@ def register(main: click.Group) -> None:
     def install(bundle, config_path, allow_downgrade, as_json):
         """Install a bundle (USB / offline path): the same pipeline as an OTA update."""
         cfg, conn = _config_and_daemon(config_path)
-        if conn is not None:  # a running agent hot-swaps it
-            code, out = _call(conn, "POST", "/v1/admin/install",
-                              {"path": str(bundle.resolve()), "allow_downgrade": allow_downgrade})
+        if conn is not None:  # a running agent hot-swaps it (over its admin socket)
+            path, tmp = _handed_over(cfg, bundle)
+            try:
+                code, out = _call(conn, "POST", "/v1/admin/install",
+                                  {"path": str(path), "allow_downgrade": allow_downgrade})
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
         else:
             from bitnet_edge.agent.daemon import Agent
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 
@@ -13,20 +15,43 @@ from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.broker import BrokerConnection
 from bitnet_edge.sdk.wire.protocol import DEVICE_ID
 
-__all__ = ["AgentConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config"]
+__all__ = ["AgentConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config", "check_secret_file",
+           "admin_socket"]
 
 
 class ApiConfig(Strict):
     host: str = Field(default="127.0.0.1", description="listen address of the local inference API")
     port: int = Field(default=8700, ge=0, le=65535, description="TCP port (0: any free port)")
-    unix_socket: str | None = Field(default=None, description="also (or only, with port 0) listen on this Unix socket")
+    unix_socket: str | None = Field(default=None, description="the admin socket (mode 0600): the only place the "
+                                                               "admin routes (install, rollback, status) answer; "
+                                                               "default data_dir/admin.sock")
     enabled: bool = Field(default=True, description="serve the local API")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header values the TCP API accepts "
+                                                                       "besides localhost, 127.0.0.1, ::1 and host "
+                                                                       "(anything else is refused: DNS rebinding)")
+    allowed_origins: list[str] = Field(default_factory=list, description="web origins (scheme://host[:port]) whose "
+                                                                         "pages may call the TCP API; default none "
+                                                                         "(a request with any other Origin is "
+                                                                         "refused)")
+    install_dirs: list[str] = Field(default_factory=list, description="directories the admin install route takes "
+                                                                      "bundle files from, besides data_dir/incoming "
+                                                                      "(e.g. a USB mount point)")
+    threads: int = Field(default=8, ge=1, le=64, description="requests the TCP API handles at once")
+    max_connections: int = Field(default=64, ge=4, le=4096, description="open TCP connections at most")
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="an idle or half-sent connection is "
+                                                                           "closed after this many seconds")
 
 
 class LimitsConfig(Strict):
     disk_budget_mb: int = Field(default=8192, gt=0, description="space the agent may use for slots and downloads, MiB")
     max_bundle_mb: int = Field(default=4096, gt=0, description="largest bundle accepted, MiB")
     memory_budget_mb: int | None = Field(default=None, description="largest model loaded, MiB (default: 80% of RAM)")
+    max_concurrent_requests: int = Field(default=4, ge=1, le=256, description="inference requests a model worker "
+                                                                               "takes at once; more get 429")
+    max_inflight_prompt_mb: float | None = Field(default=None, gt=0, description="request bytes (prompts, inputs) "
+                                                                                  "in flight in the worker at once, "
+                                                                                  "MiB; more get 503 (default: "
+                                                                                  "memory budget / 64, at least 1)")
 
 
 class HealthConfig(Strict):
@@ -45,6 +70,11 @@ class AgentConfig(Strict):
     device_key: str | None = Field(default=None, description="this device's X25519 private key file (mode 0600) "
                                                              "for encrypted bundles (ADR 0011), or "
                                                              "python:module:factory for a TPM / secure-element hook")
+    fleet_keys: list[str] = Field(default_factory=list, description="the fleet's desired-state public keys "
+                                                                    "(desired.pub from `fleet enroll`): set, only "
+                                                                    "desired states signed by one are accepted; "
+                                                                    "unset, allow_downgrade from the network is "
+                                                                    "never honoured")
     profile: str | None = Field(default=None, description="device profile name; default: matched by the probe")
     tags: list[str] = Field(default_factory=list, description="operator labels reported to the fleet")
     api: ApiConfig = Field(default_factory=ApiConfig, description="local inference API")
@@ -68,6 +98,29 @@ def load_config(path: str | Path) -> AgentConfig:
     base = path.parent
     fix = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
     dk = cfg.device_key
+    mqtt = cfg.mqtt.model_copy(update={k: fix(getattr(cfg.mqtt, k)) for k in ("password_file", "tls_ca", "tls_cert",
+                                                                             "tls_key")})
     return cfg.model_copy(update={"data_dir": fix(cfg.data_dir), "trust": [fix(t) for t in cfg.trust],
+                                  "fleet_keys": [fix(k) for k in cfg.fleet_keys], "mqtt": mqtt,
                                   "tuf_root": fix(cfg.tuf_root),
                                   "device_key": dk if dk is None or dk.startswith("python:") else fix(dk)})
+
+
+def admin_socket(cfg: AgentConfig) -> str:
+    """The admin Unix socket: ``api.unix_socket``, or ``data_dir/admin.sock``."""
+    return cfg.api.unix_socket or str(Path(cfg.data_dir) / "admin.sock")
+
+
+def check_secret_file(path: str | None, what: str) -> None:
+    """A secret the agent reads (mTLS client key, MQTT password file) must exist and be readable by
+    its owner only (0600 or stricter), like ``device_key``; ConfigError naming ``what`` otherwise."""
+    if path is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(path, f"{what}: {exc.strerror or exc}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(path, f"{what}: mode {mode:04o} lets other users read this secret; it must be 0600 "
+                                f"or stricter (chmod 600 {path})")

@@ -7,19 +7,20 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from bitnet_edge.agent import policy
-from bitnet_edge.agent.config import AgentConfig
+from bitnet_edge.agent.config import AgentConfig, check_secret_file
 from bitnet_edge.agent.errors import ConfigError, InstallRejected, StoreError, WorkerFailed
 from bitnet_edge.sdk.durable import fsync_tree
 from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
-from bitnet_edge.agent.workers import WorkerHandle, start_worker
+from bitnet_edge.agent.workers import WorkerBudget, WorkerHandle, start_worker
 from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
@@ -72,12 +73,16 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
+        check_secret_file(cfg.mqtt.tls_key, "mqtt.tls_key")  # like device_key: the owner's alone
+        check_secret_file(cfg.mqtt.password_file, "mqtt.password_file")
         self.root = Path(cfg.data_dir)
         self.store = SlotStore(self.root)
         # worker sockets: a short private directory (AF_UNIX paths are limited to ~107 bytes)
         tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
         self.run_dir = Path(tempfile.gettempdir()) / f"bne-{os.getuid()}-{tag}"
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "incoming").mkdir(mode=0o700, exist_ok=True)  # where `agent install` hands bundles over
         self.metrics = Metrics()
         self.caps = probe(self.root, cfg.profile)
         self.trusted = _trusted_keys(cfg)
@@ -87,6 +92,15 @@ class Agent:
         self._worker: WorkerHandle | None = None
         self._inflight: dict[int, int] = {}
         self.sync = None
+        self.worker_budget = self._worker_budget()
+
+    def _worker_budget(self) -> WorkerBudget:
+        """Concurrency and in-flight request bytes of a worker, from limits and the memory budget
+        (by default 1/64 of it: tokenizing a prompt takes many times its size)."""
+        lim = self.cfg.limits
+        mem_mb = lim.memory_budget_mb or max(64, int(self.caps.memory_mb * 0.8))
+        mb = lim.max_inflight_prompt_mb if lim.max_inflight_prompt_mb is not None else max(1.0, mem_mb / 64)
+        return WorkerBudget(max_requests=lim.max_concurrent_requests, max_inflight_bytes=int(mb * 1024 * 1024))
 
     # ---- serving --------------------------------------------------------------------------------
     def acquire_worker(self) -> WorkerHandle | None:
@@ -125,7 +139,7 @@ class Agent:
                 log.error("slot %s does not match its recorded hashes; not serving it", slot)
                 continue
             try:
-                w = start_worker(slot, d, self.run_dir, tag="serve")
+                w = start_worker(slot, d, self.run_dir, tag="serve", budget=self.worker_budget)
             except WorkerFailed as exc:
                 log.error("%s", exc)
                 continue
@@ -150,12 +164,13 @@ class Agent:
         with self._install_lock:
             sha = "0" * 64
             try:
+                self._check_file(path)  # a regular file of a bundle's size and magic, before hashing it
                 sha = release_sha256 or sha256_file(path)
                 _fault("received")
                 outcome = self._install(path, sha, allow_downgrade, rollout_id, base)
             except InstallRejected as exc:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected" if exc.stage in
-                                  ("verify", "policy", "limits") else "failed", reason=exc.reason,
+                                  ("verify", "policy", "limits", "file") else "failed", reason=exc.reason,
                                   message=exc.detail, ts=time.time())
             except FileNotFoundError:
                 outcome = Outcome(rollout_id=rollout_id, bundle_sha256=sha, result="rejected", reason="corrupt",
@@ -169,12 +184,64 @@ class Agent:
             self.metrics.install(outcome.result, outcome.reason)
             return outcome
 
+    def install_local(self, path: str, *, allow_downgrade: bool = False) -> Outcome:
+        """An install asked for on the admin socket (``agent install``): ``path`` must be absolute and,
+        symlinks resolved, inside ``data_dir/incoming`` or an ``api.install_dirs`` directory; never
+        hashed or echoed unless it is a regular file that starts like a bundle."""
+        try:
+            real = self._allowed_path(path)
+        except InstallRejected as exc:
+            outcome = Outcome(bundle_sha256="0" * 64, result="rejected", reason=exc.reason, message=exc.detail,
+                              ts=time.time())
+            self.metrics.install(outcome.result, outcome.reason)
+            return outcome
+        return self.install_file(real, allow_downgrade=allow_downgrade)
+
+    def install_dirs(self) -> list[Path]:
+        return [self.root / "incoming"] + [Path(d) for d in self.cfg.api.install_dirs]
+
+    def _allowed_path(self, path: str) -> Path:
+        p = Path(path)
+        if not p.is_absolute():
+            raise InstallRejected("forbidden", f"{path!r}: an absolute path is required", "file")
+        real = Path(os.path.realpath(p))
+        for d in self.install_dirs():
+            base = Path(os.path.realpath(d))
+            if real != base and real.is_relative_to(base):
+                return real
+        raise InstallRejected("forbidden", f"{path}: not inside an install directory ("
+                              f"{', '.join(str(d) for d in self.install_dirs())}; api.install_dirs adds more)", "file")
+
+    def _check_file(self, path: Path) -> None:
+        """InstallRejected unless ``path`` is a regular file within max_bundle_mb starting with the
+        bundle magic (a device file, FIFO or directory is never read; nothing of a non-bundle is echoed)."""
+        from bitnet_edge.sdk.bundle.container import MAGIC
+
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise InstallRejected("forbidden", f"{path}: cannot be opened ({exc.strerror})", "file") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InstallRejected("forbidden", f"{path}: not a regular file", "file")
+            cap = self.cfg.limits.max_bundle_mb * 1024 * 1024
+            if st.st_size > cap:
+                raise InstallRejected("too_large", f"bundle of {st.st_size} bytes exceeds max_bundle_mb="
+                                      f"{self.cfg.limits.max_bundle_mb}", "limits")
+            if os.pread(fd, len(MAGIC), 0) != MAGIC:
+                raise InstallRejected("corrupt", f"{path}: not a bitnet-edge bundle", "file")
+        finally:
+            os.close(fd)
+
     def _install(self, path: Path, sha: str, allow_downgrade: bool, rollout_id: str | None, base) -> Outcome:
         from bitnet_edge.sdk.bundle.crypt import check_recipient
         from bitnet_edge.sdk.bundle.errors import BundleError, InstallError
         from bitnet_edge.sdk.bundle.install import install_bundle
         from bitnet_edge.sdk.bundle.signing import check_signatures
-        from bitnet_edge.sdk.bundle.container import read_envelope
+        from bitnet_edge.sdk.bundle.container import Limits, read_envelope
         from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
         size = path.stat().st_size
@@ -198,17 +265,21 @@ class Agent:
             raise InstallRejected("downgrade", verdict.message, "policy")
         lib = m.libraries[0]
         policy.check_target(lib.target, self.caps.target, lib.requires, self.caps.cpu_features)
-        # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more
-        need = int(m.sizes.payload_content_bytes * 1.25) * 2 + size
+        # the slot holds the decoded payload (ternary grows 1.6 -> 2 bits); staging needs it once more.
+        # What decoding produces is the sections' sizes (the decoder never writes more; the manifest's
+        # own sizes.payload_content_bytes must equal their sum), and the decoder is held to the budget.
+        content = sum(sec.size for sec in m.sections)
+        need = int(content * 1.25) * 2 + size
         budget = self.cfg.limits.disk_budget_mb * 1024 * 1024 - self._used_bytes()
         free = shutil.disk_usage(self.root).free
         if need > min(free, budget):
             raise InstallRejected("no_space", f"install needs about {need} bytes; {min(free, budget)} available "
                                   f"(disk_budget_mb={self.cfg.limits.disk_budget_mb})", "limits")
         mem_cap = (self.cfg.limits.memory_budget_mb or int(self.caps.memory_mb * 0.8)) * 1024 * 1024
-        if mem_cap and m.sizes.payload_content_bytes * 1.25 > mem_cap:
-            raise InstallRejected("too_large", f"model of {m.sizes.payload_content_bytes} bytes cannot fit the "
-                                  f"memory budget of {mem_cap} bytes", "limits")
+        if mem_cap and content * 1.25 > mem_cap:
+            raise InstallRejected("too_large", f"model of {content} bytes cannot fit the memory budget of {mem_cap} "
+                                  "bytes", "limits")
+        decode_cap = int(min(mem_cap or content, (min(free, budget) - size) / 2.5))
         _fault("verified")
         slot = self.store.prepare_inactive()
         dest = self.store.slot_dir(slot)
@@ -219,7 +290,7 @@ class Agent:
             if base is None and m.delta is not None and state.active:
                 base = self.store.slot_dir(state.active)
             install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True,
-                           device_keys=self.device_keys)
+                           device_keys=self.device_keys, limits=Limits(max_content_bytes=max(0, decode_cap)))
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         except InstallError as exc:
@@ -227,7 +298,7 @@ class Agent:
         fsync_tree(dest)
         _fault("unpacked")
         try:
-            new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}")
+            new = start_worker(slot, dest, self.run_dir, tag=f"{sha[:12]}", budget=self.worker_budget)
         except WorkerFailed as exc:
             raise InstallRejected("load_failed", exc.detail, "load") from None
         try:
@@ -271,7 +342,8 @@ class Agent:
                 return out
             info = state.slots[state.active]
             try:
-                w = start_worker(state.active, self.store.slot_dir(state.active), self.run_dir, tag="rollback")
+                w = start_worker(state.active, self.store.slot_dir(state.active), self.run_dir, tag="rollback",
+                                 budget=self.worker_budget)
             except WorkerFailed as exc:
                 self.store.rollback()  # back to where we were
                 return Outcome(bundle_sha256=info.release.bundle_sha256, result="failed", reason="load_failed",

@@ -76,6 +76,8 @@ def reason_for(exc: Exception) -> str:
         return "untrusted_key" if exc.reason in ("untrusted-key", "no-trusted-keys") else "bad_signature"
     if isinstance(exc, pe.TargetMismatch):
         return "wrong_target"
+    if isinstance(exc, pe.OverBudget):
+        return "too_large"
     if isinstance(exc, (pe.IntegrityError, pe.BundleFormatError, pe.DeltaError)):
         return "corrupt"
     if isinstance(exc, pe.InstallError):

@@ -1,164 +1,245 @@
-"""The agent's local API: health, metrics and admin routes here; inference routes are proxied
-to the serving model worker, which the agent swaps atomically (in-flight requests finish on the
-worker they started on)."""
+"""The agent's local API (WSGI on waitress, :mod:`bitnet_edge.agent.httpbase`): health, metrics and
+the inference routes, which are proxied to the serving model worker (swapped atomically;
+in-flight requests finish on the worker they started on).
+
+Two listeners, two apps:
+
+- TCP (``api.host:api.port``): health, metrics, inference.  A web page in a browser on the device
+  can reach it, so every request must name this device in ``Host`` (loopback names, ``api.host``,
+  ``api.allowed_hosts``: a DNS-rebinding page names its own domain), carry no ``Origin`` outside
+  ``api.allowed_origins``, no cross-site ``Sec-Fetch-Site``, and a POST must be
+  ``application/json`` (a form or ``text/plain`` POST, which a page may send without asking, is
+  refused).  The admin routes are not served here at all.
+- Unix socket (``api.unix_socket``, default ``data_dir/admin.sock``, mode 0600): everything,
+  including the admin routes (install, rollback, status); only the agent's own user reaches it.
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
-import threading
 import time
 
 from bitnet_edge.agent.errors import ConfigError
-from bitnet_edge.agent.httpbase import JsonHandler, TCPServer, UnixHTTPConnection, UnixServer
+from bitnet_edge.agent.httpbase import (
+    MAX_BODY,
+    HttpError,
+    HttpServer,
+    Request,
+    ServerLimits,
+    UnixHTTPConnection,
+    error_response,
+    json_response,
+)
 from bitnet_edge.sdk.errors import listen_error
 
-__all__ = ["make_handler", "serve", "PROXIED"]
+__all__ = ["make_app", "serve", "PROXIED", "ADMIN"]
 
 PROXIED = ("/v1/models", "/v1/infer", "/v1/embeddings", "/v1/completions")
+ADMIN = ("/v1/admin/install", "/v1/admin/rollback", "/v1/admin/status")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def make_handler(agent):
-    class Handler(JsonHandler):
-        def _timed(self, route: str, fn) -> None:
-            t0 = time.perf_counter()
-            self._code = 500
-            try:
-                fn()
-            finally:
-                agent.metrics.observe(route, self._code, time.perf_counter() - t0)
+def _host_only(value: str) -> str:
+    v = value.strip().lower()
+    if v.startswith("["):  # [::1]:8700
+        return v[1:v.index("]")] if "]" in v else v
+    return v.rsplit(":", 1)[0] if v.count(":") == 1 else v
 
-        def send_response(self, code, message=None):  # remember the status for the metrics
-            self._code = code
-            super().send_response(code, message)
 
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if path == "/v1/health":
-                self._timed(path, lambda: self.send_json(*agent.health()))
-            elif path == "/metrics":
-                self._timed(path, self._metrics)
-            elif path == "/v1/admin/status":
-                self._timed(path, lambda: self.send_json(200, agent.status()))
-            elif path in PROXIED:
-                self._timed(path, lambda: self._proxy("GET", path, None))
-            else:
-                self._timed("other", lambda: self.send_error_json(404, "not_found", f"no route {path}"))
+def browser_guard(req: Request, hosts: set[str], origins: set[str]) -> None:
+    """HttpError when a request to the TCP API looks like it came from a web page that may not use it."""
+    host = req.header("Host")
+    if host is None or _host_only(host) not in hosts:
+        raise HttpError(403, "forbidden_host", f"Host {host!r} is not this device's API (DNS rebinding?); "
+                                               "add it to api.allowed_hosts to allow it")
+    origin = req.header("Origin")
+    if origin is not None and origin.rstrip("/").lower() not in origins:
+        raise HttpError(403, "forbidden_origin", f"requests from web origin {origin!r} are refused; add it to "
+                                                 "api.allowed_origins to allow it")
+    site = (req.header("Sec-Fetch-Site") or "").lower()
+    if site in ("cross-site", "same-site") and origin is None:
+        raise HttpError(403, "forbidden_origin", f"a {site} browser request is refused")
+    if req.method == "POST":
+        ctype = (req.header("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise HttpError(415, "unsupported_media_type", f"POST bodies must be application/json, not {ctype!r}")
 
-        def do_POST(self):
-            path = self.path.split("?", 1)[0]
-            if path in PROXIED:
-                body = self.read_body()
-                if body is not None:
-                    self._timed(path, lambda: self._proxy("POST", path, body))
-            elif path in ("/v1/admin/install", "/v1/admin/rollback"):
-                if not self._local_peer():
-                    self._timed(path, lambda: self.send_error_json(403, "forbidden",
-                                                                   "admin routes answer only on this device"))
-                    return
-                body = self.read_body()
-                if body is not None:
-                    self._timed(path, lambda: self._admin(path, body))
-            else:
-                self._timed("other", lambda: self.send_error_json(404, "not_found", f"no route {path}"))
 
-        def _local_peer(self) -> bool:
-            """Admin routes: only a Unix-socket peer or a loopback address."""
-            addr = self.client_address
-            return not isinstance(addr, tuple) or str(addr[0]).startswith("127.") or addr[0] in ("::1", "localhost")
+def make_app(agent, *, admin: bool, hosts: set[str] | None = None, origins: set[str] | None = None,
+             admin_socket: str | None = None):
+    """The WSGI app of one listener: ``admin`` (the Unix socket) serves the admin routes and skips
+    the browser checks; the TCP app applies them and has no admin routes."""
+    hosts = {h.lower() for h in (hosts or _LOOPBACK_HOSTS)}
+    origins = {o.rstrip("/").lower() for o in (origins or ())}
 
-        def _metrics(self):
+    def app(environ, start_response):
+        req = Request(environ)
+        path = req.path
+        route = path if path in PROXIED or path in ADMIN or path in ("/v1/health", "/metrics") else "other"
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        def start(st, headers, exc_info=None):
+            status["code"] = int(st.split(" ", 1)[0])
+            return start_response(st, headers, exc_info)
+
+        done = True
+        try:
+            if not admin:
+                browser_guard(req, hosts, origins)
+            result = _route(agent, req, start, admin, admin_socket)
+            if isinstance(result, _Stream):
+                done = False
+                result.on_close = lambda: agent.metrics.observe(route, status["code"], time.perf_counter() - t0)
+            return result
+        except HttpError as exc:
+            return error_response(start, exc.code, exc.kind, exc.message, exc.headers)
+        finally:
+            if done:
+                agent.metrics.observe(route, status["code"], time.perf_counter() - t0)
+
+    return app
+
+
+def _route(agent, req: Request, start, admin: bool, admin_socket: str | None):
+    path, method = req.path, req.method
+    if path in ADMIN and not admin:
+        raise HttpError(403, "forbidden", f"admin routes answer only on the agent's Unix socket "
+                                          f"({admin_socket or 'api.unix_socket'})")
+    if method == "GET":
+        if path == "/v1/health":
+            code, body = agent.health()
+            return json_response(start, code, body)
+        if path == "/metrics":
             body = agent.metrics.render().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _admin(self, path: str, body: bytes):
-            try:
-                req = json.loads(body or b"{}")
-                if not isinstance(req, dict):
-                    raise ValueError("body must be a JSON object")
-            except ValueError as exc:
-                self.send_error_json(400, "invalid_request", str(exc))
-                return
-            if path.endswith("install"):
-                if not isinstance(req.get("path"), str):
-                    self.send_error_json(400, "invalid_request", "path: a bundle file path is required")
-                    return
-                outcome = agent.install_file(req["path"], allow_downgrade=bool(req.get("allow_downgrade")))
-            else:
-                outcome = agent.rollback()
-            if agent.sync is not None:  # a USB install or a local rollback: tell the fleet
-                agent.sync.publish_state()
-            code = 200 if outcome.result in ("installed", "rolled_back") else 409
-            self.send_json(code, outcome.model_dump())
-
-        def _proxy(self, method: str, path: str, body: bytes | None):
-            worker = agent.acquire_worker()
-            if worker is None:
-                self.send_error_json(503, "no_model", "no model is installed on this device")
-                return
-            try:
-                conn = UnixHTTPConnection(worker.socket)
-                headers = {"Content-Type": self.headers.get("Content-Type", "application/json")}
-                if body is not None:
-                    headers["Content-Length"] = str(len(body))
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                streaming = resp.getheader("Transfer-Encoding", "").lower() == "chunked"
-                self.send_response(resp.status)
-                self.send_header("Content-Type", resp.getheader("Content-Type", "application/json"))
-                if streaming:
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.send_header("Cache-Control", "no-cache")
-                    self.end_headers()
-                    while True:
-                        piece = resp.read1(65536)
-                        if not piece:
-                            break
-                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                        self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                else:
-                    data = resp.read()
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                conn.close()
-            except (ConnectionError, OSError) as exc:
-                if not self.wfile.closed:
-                    try:
-                        self.send_error_json(502, "worker_unavailable", f"model worker failed: {exc}")
-                    except OSError:
-                        pass
-            finally:
-                agent.release_worker(worker)
-
-    return Handler
+            start("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/v1/admin/status":
+            return json_response(start, 200, agent.status())
+        if path in PROXIED:
+            return _proxy(agent, start, "GET", path, None, None)
+    elif method == "POST":
+        if path in PROXIED:
+            return _proxy(agent, start, "POST", path, req.body(MAX_BODY), req.header("Content-Type"))
+        if path in ("/v1/admin/install", "/v1/admin/rollback"):
+            return _admin(agent, start, path, req.body(64 * 1024))
+    else:
+        raise HttpError(405, "method_not_allowed", f"{method} is not supported")
+    raise HttpError(404, "not_found", f"no route {method} {path}")
 
 
-def serve(agent, host: str, port: int, unix_socket: str | None) -> list:
-    """Start the TCP (and Unix socket) servers in daemon threads; returns them (for .shutdown())."""
-    servers = []
-    handler = make_handler(agent)
+def _admin(agent, start, path: str, body: bytes):
     try:
-        if port is not None and port >= 0 and host:
+        req = json.loads(body or b"{}")
+        if not isinstance(req, dict):
+            raise ValueError("body must be a JSON object")
+    except ValueError as exc:
+        raise HttpError(400, "invalid_request", str(exc).splitlines()[0]) from None
+    if path.endswith("install"):
+        if not isinstance(req.get("path"), str):
+            raise HttpError(400, "invalid_request", "path: a bundle file path is required")
+        outcome = agent.install_local(req["path"], allow_downgrade=bool(req.get("allow_downgrade")))
+    else:
+        outcome = agent.rollback()
+    if agent.sync is not None:  # a USB install or a local rollback: tell the fleet
+        agent.sync.publish_state()
+    code = 200 if outcome.result in ("installed", "rolled_back") else 409
+    return json_response(start, code, outcome.model_dump())
+
+
+class _Stream:
+    """A proxied streaming body: its pieces as they come; the worker is released on close()."""
+
+    def __init__(self, resp, conn, release):
+        self.resp, self.conn, self._release, self.on_close = resp, conn, release, None
+
+    def __iter__(self):
+        while True:
+            piece = self.resp.read1(65536)
+            if not piece:
+                return
+            yield piece
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            self._release()
+            if self.on_close is not None:
+                self.on_close()
+
+
+def _proxy(agent, start, method: str, path: str, body: bytes | None, ctype: str | None):
+    worker = agent.acquire_worker()
+    if worker is None:
+        raise HttpError(503, "no_model", "no model is installed on this device")
+    conn = None
+    released = False
+
+    def release():
+        nonlocal released
+        if not released:
+            released = True
+            agent.release_worker(worker)
+
+    try:
+        conn = UnixHTTPConnection(worker.socket, timeout=600)
+        headers = {"Content-Type": ctype or "application/json"}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        out = [("Content-Type", resp.getheader("Content-Type", "application/json"))]
+        for h in ("Retry-After", "Cache-Control"):
+            if resp.getheader(h):
+                out.append((h, resp.getheader(h)))
+        if resp.getheader("Transfer-Encoding", "").lower() == "chunked":  # streamed: pass it on as it comes
+            start(f"{resp.status} {resp.reason}", out)
+            stream = _Stream(resp, conn, release)
+            conn = None
+            return stream
+        data = resp.read()
+        start(f"{resp.status} {resp.reason}", out + [("Content-Length", str(len(data)))])
+        return [data]
+    except (ConnectionError, OSError, http.client.HTTPException) as exc:
+        raise HttpError(502, "worker_unavailable", f"model worker failed: {exc}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+            release()
+
+
+def serve(agent, cfg) -> list[HttpServer]:
+    """Start the TCP API (when enabled with a port) and the admin Unix socket; returns the servers
+    (each has ``.server_address`` and ``.shutdown()``)."""
+    from bitnet_edge.agent.config import admin_socket
+
+    servers = []
+    api = cfg.api
+    sock = admin_socket(cfg)
+    try:
+        if api.enabled and api.port is not None and api.port >= 0 and api.host:
+            hosts = set(_LOOPBACK_HOSTS) | {_host_only(api.host)} | {_host_only(h) for h in api.allowed_hosts}
+            limits = ServerLimits(threads=api.threads, connection_limit=api.max_connections,
+                                  channel_timeout=api.idle_timeout_s, max_body=MAX_BODY)
+            app = make_app(agent, admin=False, hosts=hosts, origins=set(api.allowed_origins), admin_socket=sock)
             try:
-                servers.append(TCPServer((host, port), handler))
+                servers.append(HttpServer(app, host=api.host, port=api.port, limits=limits, name="api"))
             except OSError as exc:
-                raise listen_error(exc, "agent API", host, port, "[api] port in the agent config") from None
-        if unix_socket:
-            try:
-                servers.append(UnixServer(unix_socket, handler))
-            except OSError as exc:
-                raise ConfigError(unix_socket, f"the agent API cannot listen on this Unix socket: "
-                                               f"{exc.strerror or exc}", reason="socket-unusable") from None
+                raise listen_error(exc, "agent API", api.host, api.port, "[api] port in the agent config") from None
+        admin_limits = ServerLimits(threads=2, connection_limit=16, channel_timeout=api.idle_timeout_s,
+                                    max_body=MAX_BODY)
+        try:
+            servers.append(HttpServer(make_app(agent, admin=True, admin_socket=sock), unix_socket=sock,
+                                      socket_mode=0o600, limits=admin_limits, name="admin"))
+        except OSError as exc:
+            raise ConfigError(sock, f"the agent's admin socket cannot listen here: {exc.strerror or exc}",
+                              reason="socket-unusable") from None
     except BaseException:
         for s in servers:
-            s.server_close()
+            s.stop(timeout=1.0)
         raise
     for s in servers:
-        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
-                         name=f"api-{type(s).__name__}").start()
+        s.start()
     return servers

@@ -31,9 +31,10 @@ from pathlib import Path
 from bitnet_edge.agent import policy
 from bitnet_edge.agent.chunks import PartialFile, finished_path, remove_others
 from bitnet_edge.agent.config import AgentConfig
-from bitnet_edge.agent.errors import TransferError
+from bitnet_edge.agent.errors import ConfigError, TransferError
 from bitnet_edge.agent.transfer import Window
 from bitnet_edge.sdk.durable import write_atomic
+from bitnet_edge.sdk.wire.desired_sig import load_fleet_keys, verify_desired
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
@@ -114,8 +115,12 @@ class FleetSync:
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._client = None
-        self._lock = threading.Lock()  # guards _last_attempt / _last_outcome
-        self._last_attempt, self._last_outcome = self._load_attempt()
+        self._lock = threading.Lock()  # guards _last_attempt / _last_outcome / _desired_ts
+        try:  # desired states must be signed by one of these (sdk/wire/desired_sig.py)
+            self._fleet_keys = load_fleet_keys(config.fleet_keys)
+        except FormatError as exc:
+            raise ConfigError("fleet_keys", str(exc)) from None
+        self._last_attempt, self._last_outcome, self._desired_ts = self._load_attempt()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -277,6 +282,9 @@ class FleetSync:
         if d.device_id != self.device_id:
             self.stats["dropped_messages"] += 1
             return
+        d, note = self._authentic(d)
+        if d is None:
+            return
         key = _desired_key(d)
         if self._job is not None and self._job.key == key:
             return  # the same desired state again (a reconnect re-delivers retained messages)
@@ -296,7 +304,7 @@ class FleetSync:
         if key == self._last_attempt:
             return  # tried and failed already; the fleet re-issues it to try again
         if verdict.action == "reject":
-            self._finish(d, key, "rejected", verdict.reason, verdict.message)
+            self._finish(d, key, "rejected", verdict.reason, verdict.message + note)
             return
         trusted_delta = False
         if self.trust is not None:  # refresh the TUF metadata; refuse what the signed targets do not list
@@ -336,6 +344,33 @@ class FleetSync:
         self._progress(self._job, "downloading", force=True)
         if partial.complete:
             self._complete()
+
+    def _authentic(self, d: DesiredState) -> tuple[DesiredState | None, str]:
+        """The desired state to act on, or None to drop it: with ``fleet_keys`` it must carry the
+        fleet's signature and be no older than the last signed one accepted (a replay); without
+        them its ``allow_downgrade`` is not honoured (a downgrade flag from the network must be signed)."""
+        signed = verify_desired(d, self._fleet_keys)
+        if self._fleet_keys and not signed:
+            log.warning("dropped a desired state for %s %s: %s", d.release.model, d.release.version,
+                        "not signed by a fleet key" if d.signature is None else "its signature does not verify")
+            self.stats["unsigned_desired"] += 1
+            return None, ""
+        if signed:
+            with self._lock:
+                if self._desired_ts is not None and d.issued_at < self._desired_ts:
+                    log.warning("dropped a signed desired state issued at %s, older than the one accepted at %s "
+                                "(a replay)", d.issued_at, self._desired_ts)
+                    self.stats["replayed_desired"] += 1
+                    return None, ""
+                if d.issued_at != self._desired_ts:
+                    self._desired_ts = d.issued_at
+                    self._save()
+            return d, ""
+        if d.allow_downgrade:
+            return d.model_copy(update={"allow_downgrade": False}), (
+                " (allow_downgrade is honoured only in a desired state signed by the fleet: set fleet_keys in the "
+                "agent config)")
+        return d, ""
 
     def _drop_job(self) -> None:
         if self._job is not None:
@@ -444,13 +479,26 @@ class FleetSync:
     def _record(self, key: str | None, outcome: Outcome) -> None:
         with self._lock:
             self._last_attempt, self._last_outcome = key, outcome
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self._state_file, json.dumps({"attempt": key, "outcome": outcome.model_dump(mode="json")})
-                         .encode())
+            self._save()
 
-    def _load_attempt(self) -> tuple[str | None, Outcome | None]:
+    def _save(self) -> None:
+        """Write sync.json (under ``_lock``): the last attempt, its outcome, the newest signed desired state's time."""
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        out = self._last_outcome
+        write_atomic(self._state_file, json.dumps({"attempt": self._last_attempt, "desired_ts": self._desired_ts,
+                                                   "outcome": None if out is None else out.model_dump(mode="json")})
+                     .encode())
+
+    def _load_attempt(self) -> tuple[str | None, Outcome | None, float | None]:
         try:
             raw = json.loads(self._state_file.read_text())
-            return raw.get("attempt"), Outcome.model_validate(raw["outcome"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, None
+        except (OSError, ValueError):
+            return None, None, None
+        if not isinstance(raw, dict):
+            return None, None, None
+        ts = raw.get("desired_ts")
+        try:
+            out = Outcome.model_validate(raw["outcome"]) if raw.get("outcome") is not None else None
+        except (ValueError, TypeError):
+            out = None
+        return raw.get("attempt"), out, float(ts) if isinstance(ts, (int, float)) else None

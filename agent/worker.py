@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -22,10 +23,26 @@ import numpy as np
 from pydantic import ValidationError
 
 from bitnet_edge.agent.api import CompletionRequest, EmbeddingsRequest, InferRequest
-from bitnet_edge.agent.httpbase import JsonHandler, UnixServer
+from bitnet_edge.agent.httpbase import (
+    MAX_BODY,
+    HttpError,
+    HttpServer,
+    Request,
+    ServerLimits,
+    error_response,
+    json_response,
+)
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
-__all__ = ["main", "rss_mb", "golden_check"]
+__all__ = ["main", "rss_mb", "golden_check", "make_app", "Admission"]
+
+log = logging.getLogger("bitnet_edge.agent.worker")
+
+try:  # raised by the server's write() when the client has gone
+    from waitress.channel import ClientDisconnected as ClientGone
+except ImportError:  # pragma: no cover - waitress is a dependency
+    class ClientGone(Exception):
+        pass
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -69,147 +86,182 @@ class _Stop(Exception):
     pass
 
 
-def make_handler(model, name: str, lock: threading.Lock):
+class Admission:
+    """Bounds on the requests a worker takes at once (``max_requests``) and the request bytes
+    (prompts, inputs) they hold (``max_bytes``, from the device's memory budget); over either the
+    request is refused at once with a typed 429 / 503 (413 when it alone is over ``max_bytes``)."""
+
+    def __init__(self, max_requests: int, max_bytes: int):
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self._lock = threading.Lock()
+        self.requests = self.bytes = 0
+
+    def enter(self, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            raise HttpError(413, "too_large", f"a request of {nbytes} bytes is over this device's in-flight budget "
+                                              f"of {self.max_bytes} bytes (limits.max_inflight_prompt_mb)")
+        with self._lock:
+            if self.requests >= self.max_requests:
+                raise HttpError(429, "busy", f"{self.requests} requests in progress (limits.max_concurrent_requests="
+                                             f"{self.max_requests}); retry shortly", [("Retry-After", "1")])
+            if self.bytes + nbytes > self.max_bytes:
+                raise HttpError(503, "over_memory_budget", f"{self.bytes} request bytes in progress; {nbytes} more "
+                                                           f"would pass the budget of {self.max_bytes}; retry shortly",
+                                [("Retry-After", "1")])
+            self.requests += 1
+            self.bytes += nbytes
+
+    def leave(self, nbytes: int) -> None:
+        with self._lock:
+            self.requests -= 1
+            self.bytes -= nbytes
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:2000]
+
+
+def make_app(model, name: str, lock: threading.Lock, admission: Admission):
+    """The worker's WSGI app: /v1/models, /v1/infer, /v1/embeddings, /v1/completions."""
     arch = model.architecture
+    routes = {"/v1/infer": (("mlp", "graph"), InferRequest, "_infer"),
+              "/v1/embeddings": (("bert",), EmbeddingsRequest, "_embed"),
+              "/v1/completions": (("bitnet",), CompletionRequest, "_complete")}
 
-    class Handler(JsonHandler):
-        def do_GET(self):
-            if self.path == "/v1/models":
-                self.send_json(200, {"object": "list", "data": [{"id": name, "object": "model",
-                                                                  "architecture": arch, "owned_by": "bitnet-edge"}]})
-            elif self.path == "/internal/ping":
-                self.send_json(200, {"ok": True})
-            else:
-                self.send_error_json(404, "not_found", f"no route {self.path}")
-
-        def do_POST(self):
-            routes = {"/v1/infer": (("mlp", "graph"), InferRequest, self._infer),
-                      "/v1/embeddings": ("bert", EmbeddingsRequest, self._embed),
-                      "/v1/completions": ("bitnet", CompletionRequest, self._complete)}
-            if self.path not in routes:
-                self.send_error_json(404, "not_found", f"no route {self.path}")
-                return
-            want, cls, fn = routes[self.path]
-            body = self.read_body()
-            if body is None:
-                return
-            if arch not in (want if isinstance(want, tuple) else (want,)):
-                self.send_error_json(400, "wrong_model", f"{self.path} needs a {want!r} model; this one is {arch!r}")
-                return
+    def app(environ, start_response):
+        req = Request(environ)
+        try:
+            if req.method == "GET":
+                if req.path == "/v1/models":
+                    return json_response(start_response, 200, {"object": "list", "data": [
+                        {"id": name, "object": "model", "architecture": arch, "owned_by": "bitnet-edge"}]})
+                if req.path == "/internal/ping":
+                    return json_response(start_response, 200, {"ok": True})
+                raise HttpError(404, "not_found", f"no route {req.path}")
+            if req.method != "POST" or req.path not in routes:
+                raise HttpError(404, "not_found", f"no route {req.method} {req.path}")
+            want, cls, fn = routes[req.path]
+            body = req.body(MAX_BODY)
+            if arch not in want:
+                raise HttpError(400, "wrong_model", f"{req.path} needs a {want[0]!r} model; this one is {arch!r}")
             try:
-                req = cls.model_validate_json(body)
+                parsed = cls.model_validate_json(body)
             except ValidationError as exc:
-                msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-                self.send_error_json(400, "invalid_request", msg)
-                return
+                raise HttpError(400, "invalid_request", _validation_message(exc)) from None
+            admission.enter(len(body))
             try:
-                fn(req)
-            except BitnetEdgeError as exc:
-                self.send_error_json(400, "invalid_request", str(exc))
-            except (BrokenPipeError, ConnectionResetError):
+                return handlers[fn](parsed, start_response)
+            finally:
+                admission.leave(len(body))
+        except HttpError as exc:
+            return error_response(start_response, exc.code, exc.kind, exc.message, exc.headers)
+        except BitnetEdgeError as exc:
+            return error_response(start_response, 400, "invalid_request", str(exc).splitlines()[0][:2000])
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. ragged inputs numpy cannot shape
+            return error_response(start_response, 400, "invalid_request", f"{type(exc).__name__}: {exc}"[:2000])
+        except Exception as exc:  # noqa: BLE001 - a bug: answered and logged, never a dead request thread
+            log.exception("worker: %s %s failed", req.method, req.path)
+            return error_response(start_response, 500, "internal", f"{type(exc).__name__}: {exc}"[:500])
+
+    def _infer(req: InferRequest, start_response):
+        x = np.asarray(req.inputs, dtype=np.float32)  # ragged -> ValueError -> 400
+        if x.dtype == object or x.ndim < 2:
+            raise HttpError(400, "invalid_request", "inputs: every row must have the same shape")
+        with lock:
+            logits = model.predict(x)
+        names = model.cfg.class_names
+        classes = logits.argmax(-1).tolist() if logits.ndim == 2 else None  # graph outputs may be maps
+        return json_response(start_response, 200, {
+            "model": name, "outputs": logits.tolist(), "classes": classes,
+            "labels": [names[c] for c in classes] if names and classes else None})
+
+    def _embed(req: EmbeddingsRequest, start_response):
+        inp = req.input
+        batch = [inp] if isinstance(inp, str) or (inp and isinstance(inp[0], int)) else inp
+        with lock:
+            e = model.embed(batch)
+        ntok = sum(len(b) if not isinstance(b, str) else len(model.tokenizer.encode(b).ids) for b in batch)
+        return json_response(start_response, 200, {
+            "object": "list", "model": name,
+            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(e)],
+            "usage": {"prompt_tokens": ntok, "total_tokens": ntok}})
+
+    def _complete(req: CompletionRequest, start_response):
+        tok = model.tokenizer
+        if isinstance(req.prompt, str):
+            if tok is None:
+                raise HttpError(400, "invalid_request", "this model has no tokenizer: send token ids")
+            ids = tok.encode(req.prompt).ids
+            if model.cfg.bos_token_id is not None and (not ids or ids[0] != model.cfg.bos_token_id):
+                ids = [model.cfg.bos_token_id] + ids
+        else:
+            ids = list(req.prompt)
+        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        out: list[int] = []
+        state = {"text": "", "finish": "length"}
+        write = None
+
+        def decode(t: list[int]) -> str:
+            return tok.decode(t) if tok else "".join(f"{i} " for i in t)
+
+        def chunk(text: str, finish):
+            return {"id": cid, "object": "text_completion", "created": created, "model": name,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
+                                 "token_ids": out[-1:] if text or finish is None else []}]}
+
+        def sse(obj) -> None:
+            write(f"data: {json.dumps(obj)}\n\n".encode())
+
+        def on_token(t: int):
+            out.append(t)
+            full = decode(out)
+            piece, state["text"] = full[len(state["text"]):], full
+            if any(s and s in full for s in stops):
+                state["finish"] = "stop"
+                raise _Stop
+            if t in model.cfg.eos_token_ids:
+                state["finish"] = "stop"
+            if req.stream:
+                sse(chunk(piece, None))
+
+        if req.stream:  # chunked by the server as it is written (WSGI write callable)
+            write = start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+        with lock:
+            try:
+                model.generate(ids, req.max_tokens, temperature=req.temperature, top_k=req.top_k,
+                               top_p=req.top_p, seed=req.seed, on_token=on_token)
+            except _Stop:
                 pass
+            except ClientGone:
+                return []
+            except (BitnetEdgeError, ValueError) as exc:
+                if not req.stream:
+                    raise
+                sse({"error": {"type": "invalid_request", "message": str(exc).splitlines()[0][:2000]}})
+                write(b"data: [DONE]\n\n")
+                return []
+        text = state["text"]
+        for s in stops:
+            if s and s in text:
+                text = text[: text.index(s)]
+        usage = {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}
+        if req.stream:
+            final = chunk("", state["finish"])
+            final["usage"] = usage
+            try:
+                sse(final)
+                write(b"data: [DONE]\n\n")
+            except ClientGone:
+                pass
+            return []
+        body = chunk(text, state["finish"])
+        body["choices"][0]["token_ids"] = out
+        body["usage"] = usage
+        return json_response(start_response, 200, body)
 
-        def _infer(self, req: InferRequest):
-            x = np.asarray(req.inputs, dtype=np.float32)
-            with lock:
-                logits = model.predict(x)
-            names = model.cfg.class_names
-            classes = logits.argmax(-1).tolist() if logits.ndim == 2 else None  # graph outputs may be maps
-            self.send_json(200, {"model": name, "outputs": logits.tolist(), "classes": classes,
-                                 "labels": [names[c] for c in classes] if names and classes else None})
-
-        def _embed(self, req: EmbeddingsRequest):
-            inp = req.input
-            batch = [inp] if isinstance(inp, str) or (inp and isinstance(inp[0], int)) else inp
-            with lock:
-                e = model.embed(batch)
-            ntok = sum(len(b) if not isinstance(b, str) else len(model.tokenizer.encode(b).ids) for b in batch)
-            self.send_json(200, {"object": "list", "model": name,
-                                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                                          for i, v in enumerate(e)],
-                                 "usage": {"prompt_tokens": ntok, "total_tokens": ntok}})
-
-        def _complete(self, req: CompletionRequest):
-            tok = model.tokenizer
-            if isinstance(req.prompt, str):
-                if tok is None:
-                    self.send_error_json(400, "invalid_request", "this model has no tokenizer: send token ids")
-                    return
-                ids = tok.encode(req.prompt).ids
-                if model.cfg.bos_token_id is not None and (not ids or ids[0] != model.cfg.bos_token_id):
-                    ids = [model.cfg.bos_token_id] + ids
-            else:
-                ids = list(req.prompt)
-            stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-            cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-            out: list[int] = []
-            state = {"text": "", "finish": "length"}
-
-            def decode(t: list[int]) -> str:
-                return tok.decode(t) if tok else "".join(f"{i} " for i in t)
-
-            def chunk(text: str, finish):
-                return {"id": cid, "object": "text_completion", "created": created, "model": name,
-                        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
-                                     "token_ids": out[-1:] if text or finish is None else []}]}
-
-            def on_token(t: int):
-                out.append(t)
-                full = decode(out)
-                piece, state["text"] = full[len(state["text"]):], full
-                if any(s and s in full for s in stops):
-                    state["finish"] = "stop"
-                    raise _Stop
-                if t in model.cfg.eos_token_ids:
-                    state["finish"] = "stop"
-                if req.stream:
-                    self._sse(chunk(piece, None))
-
-            if req.stream:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-            with lock:
-                try:
-                    model.generate(ids, req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                                   top_p=req.top_p, seed=req.seed, on_token=on_token)
-                except _Stop:
-                    pass
-                except BitnetEdgeError as exc:
-                    if not req.stream:
-                        raise
-                    self._sse({"error": {"type": "invalid_request", "message": str(exc)}})
-                    self._end_stream()
-                    return
-            text = state["text"]
-            for s in stops:
-                if s and s in text:
-                    text = text[: text.index(s)]
-            usage = {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}
-            if req.stream:
-                final = chunk("", state["finish"])
-                final["usage"] = usage
-                self._sse(final)
-                self._end_stream()
-            else:
-                body = chunk(text, state["finish"])
-                body["choices"][0]["token_ids"] = out
-                body["usage"] = usage
-                self.send_json(200, body)
-
-        def _sse(self, obj) -> None:
-            data = f"data: {json.dumps(obj)}\n\n".encode()
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
-
-        def _end_stream(self) -> None:
-            data = b"data: [DONE]\n\n"
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
-            self.wfile.flush()
-
-    return Handler
+    handlers = {"_infer": _infer, "_embed": _embed, "_complete": _complete}
+    return app
 
 
 def _die_with_parent() -> None:
@@ -232,11 +284,13 @@ def main(argv=None) -> int:
     _die_with_parent()
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ap = argparse.ArgumentParser(prog="bitnet_edge.agent.worker")
     ap.add_argument("--slot", required=True, type=Path)
     ap.add_argument("--socket", required=True)
+    ap.add_argument("--max-requests", type=int, default=4, help="inference requests at once (429 beyond)")
+    ap.add_argument("--max-inflight-bytes", type=int, default=64 << 20, help="request bytes at once (503 beyond)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     report: dict = {"ready": False, "pid": None}
     try:
@@ -252,17 +306,23 @@ def main(argv=None) -> int:
         report["library"] = str(lib.path)
         report["golden"] = golden_check(args.slot, model)
         report["rss_mb"] = rss_mb()
-        server = UnixServer(args.socket, make_handler(model, model.manifest.name, threading.Lock()))
+        admission = Admission(max(1, args.max_requests), max(1, args.max_inflight_bytes))
+        # threads: the admitted requests, plus two to answer 429 / 503 at once instead of queueing
+        server = HttpServer(make_app(model, model.manifest.name, threading.Lock(), admission),
+                            unix_socket=args.socket, socket_mode=0o600, name="worker",
+                            limits=ServerLimits(threads=admission.max_requests + 2, connection_limit=256,
+                                                channel_timeout=600.0, max_body=MAX_BODY))
     except Exception as exc:  # noqa: BLE001 - any failure is reported to the agent, which decides
         report["error"] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(report), flush=True)
         return 1
     report["ready"] = True
     print(json.dumps(report), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(timeout=2.0)
     return 0
 
 

@@ -125,10 +125,10 @@ def main(argv=None) -> None:
                 ("bert", bert, "/v1/embeddings", {"input": [[101, 2023, 2003, 1037, 3231, 102]]}),
             ):
                 t0 = time.perf_counter()
-                code, out = d.request("POST", "/v1/admin/install", {"path": str(bundle)}, timeout=600)
+                code, out = d.admin("POST", "/v1/admin/install", {"path": str(d.hand_over(bundle))}, timeout=600)
                 installs[name] = {"seconds": time.perf_counter() - t0, "bundle_bytes": bundle.stat().st_size,
                                   "result": out.get("result")}
-                _, st = d.request("GET", "/v1/admin/status")
+                _, st = d.admin("GET", "/v1/admin/status")
                 worker_pid = st["worker"]["pid"]
                 res[f"{name}_rss_mb"] = {"agent": rss_mb(d.proc.pid), "worker": rss_mb(worker_pid)}
                 res[f"{name}_latency"] = _latency(d, path, body, 200 if args.quick else 1000)

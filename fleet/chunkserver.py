@@ -3,8 +3,9 @@
 Requests wait in a bounded queue (a full queue drops the request, counted; the device asks again
 after its timeout; chunks a device asks for again while they are still queued are not queued twice) and a few worker threads read the chunks (``pread``) and publish them on the
 device's ``chunk/data`` topic, waiting while the broker has not acknowledged ``max_pending_mb``.
-A request for a file the fleet does not serve, a chunk size out of limits, or chunks past the end
-of the file is dropped and counted; none of them raises.
+A request for a file the fleet does not serve, for a file the device's desired state does not name
+(``may_fetch``: a device fetches only what it was told to install), a chunk size out of limits,
+or chunks past the end of the file is dropped and counted; none of them raises.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ MIN_CHUNK_BYTES = 1024  # bytes: smaller chunk sizes are refused (header overhea
 class ChunkServer:
     def __init__(self, store: BundleStore, link: FleetLink, file_size: Callable[[str], int | None], *,
                  workers: int = 2, queue_size: int = 16384, counters: Counters | None = None,
-                 on_served: Callable[[str, str, int], None] | None = None):
+                 on_served: Callable[[str, str, int], None] | None = None,
+                 may_fetch: Callable[[str, str], bool] | None = None):
         self.store, self.link, self._file_size = store, link, file_size
+        self._may_fetch = may_fetch  # (device_id, file_sha256) -> bool; None: any stored file (tests)
         self.counters = counters if counters is not None else Counters()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._run, name=f"bne-chunks-{i}", daemon=True)
@@ -66,6 +69,9 @@ class ChunkServer:
         n = -(-size // req.chunk_size)
         if any(not 0 <= i < n for i in req.chunks):
             self.counters.inc("dropped:bad-range")
+            return
+        if self._may_fetch is not None and not self._may_fetch(req.device_id, req.file_sha256):
+            self.counters.inc("dropped:not-desired")
             return
         with self._lock:  # a device asking again for chunks still queued (its timeout < our queue)
             fresh = [i for i in dict.fromkeys(req.chunks) if (req.device_id, req.file_sha256, i) not in self._queued]

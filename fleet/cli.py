@@ -89,8 +89,9 @@ def fleet_group() -> None:
               help="Server certificate (PEM) of the embedded broker: MQTT over TLS.")
 @click.option("--mqtt-tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Private key (PEM) of --mqtt-tls-cert.")
-@click.option("--mqtt-auth", type=click.Choice(["anonymous", "per-device"]), default="anonymous", show_default=True,
-              help="Who may connect to the embedded broker (anonymous: loopback only).")
+@click.option("--mqtt-auth", type=click.Choice(["per-device", "anonymous"]), default="per-device", show_default=True,
+              help="Who may connect to the embedded broker: devices with the credentials of `fleet enroll`, each to "
+                   "its own topics; anonymous: anyone (development on loopback only).")
 @click.option("--lease-seconds", default=10.0, show_default=True,
               help="Replicas: seconds before another replica takes over the rollout driver of one that stopped.")
 @click.option("--api-host", default="127.0.0.1", show_default=True, help="Listen address of the control API.")

@@ -34,8 +34,9 @@ class FleetConfig(Strict):
                                                                     "(PEM); with embedded_tls_key: MQTT over TLS")
     embedded_tls_key: str | None = Field(default=None, description="private key of embedded_tls_cert (PEM)")
     embedded_auth: Literal["anonymous", "per-device"] = Field(
-        default="anonymous", description="who may connect to the embedded broker: anonymous (loopback only) or "
-                                         "per-device credentials from enrollment with per-device topic ACLs")
+        default="per-device", description="who may connect to the embedded broker: per-device credentials from "
+                                          "`fleet enroll` with per-device topic ACLs, or anonymous (development "
+                                          "on loopback only: any local process reads and forges all traffic)")
     api_host: str = Field(default="127.0.0.1", description="listen address of the control API and /metrics")
     api_port: int = Field(default=8780, ge=0, le=65535, description="TCP port of the control API (0: any)")
     replica_id: str = Field(default="fleet-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$",

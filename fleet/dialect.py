@@ -108,7 +108,13 @@ class SqliteEngine:
         self.where = str(self.path)
 
     def connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from bitnet_edge.fleet.datadir import private_file
+
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_file(self.path)  # 0600 before SQLite opens it (its -wal and -shm files take the same mode)
+        for side in (self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            if side.exists():
+                private_file(side)
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row

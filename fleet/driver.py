@@ -27,6 +27,7 @@ from bitnet_edge.fleet.errors import NotFound, RolloutError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
+from bitnet_edge.sdk.wire.desired_sig import sign_desired
 from bitnet_edge.sdk.wire.protocol import DesiredState, device_topic
 
 __all__ = ["RolloutDriver", "DeviceView"]
@@ -69,8 +70,12 @@ def _selector_text(sel) -> str:
 class RolloutDriver:
     def __init__(self, db: Database, registry: Registry, publish: Callable[[str, bytes], bool], *,
                  chunk_size: int, holder: str = "fleet-1", lease_seconds: float = 10.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, signing_key=None):
+        """``signing_key``: the fleet's Ed25519 desired-state key (fleet/desired_key.py); every desired
+        state published is signed with it (devices with ``fleet_keys`` accept no other)."""
         self.db, self.registry, self._publish = db, registry, publish
+        self.signing_key = signing_key
+        self._fetchable: dict[str, tuple[float, set[str]]] = {}  # device -> (when read, files it may fetch)
         self.chunk_size, self.holder, self.lease_seconds, self.clock = chunk_size, holder, lease_seconds, clock
         self.profile_targets, self.library_targets = _profile_targets()
         self._lock = threading.RLock()
@@ -272,6 +277,7 @@ class RolloutDriver:
                           (a.device_id, payload, r.id, now))
                 out.append((a.device_id, payload))
         for device_id, payload in out:
+            self._fetchable.pop(device_id, None)
             self._publish(device_topic(device_id, "desired"), payload)
         return True
 
@@ -285,12 +291,45 @@ class RolloutDriver:
                         d.id, d.target)
             return b""
         ref = release_ref(rel, bundle, d.sha, self.chunk_size)
-        return DesiredState(device_id=d.id, rollout_id=r.id, release=ref, allow_downgrade=a.allow_downgrade,
-                            issued_at=now).model_dump_json().encode()
+        return self._sign(DesiredState(device_id=d.id, rollout_id=r.id, release=ref,
+                                       allow_downgrade=a.allow_downgrade, issued_at=now)).model_dump_json().encode()
+
+    def _sign(self, d: DesiredState) -> DesiredState:
+        return d if self.signing_key is None else sign_desired(d, self.signing_key)
+
+    def may_fetch(self, device_id: str, sha256: str) -> bool:
+        """Whether the device's desired state names the file (chunk/req serves nothing else).  Read
+        from the ``desired`` table (another replica may have set it), cached until it names another."""
+        now = time.monotonic()
+        hit = self._fetchable.get(device_id)
+        if hit is not None and (sha256 in hit[1] or now - hit[0] < 1.0):
+            return sha256 in hit[1]
+        files = self.allowed_files(device_id)
+        self._fetchable[device_id] = (now, files)
+        return sha256 in files
+
+    def allowed_files(self, device_id: str) -> set[str]:
+        """The files (full bundle, delta) the device's current desired state names: all it may fetch."""
+        row = self.db.query("SELECT payload FROM desired WHERE device_id=?", (device_id,))
+        if not row or not row[0]["payload"]:
+            return set()
+        try:
+            d = DesiredState.model_validate_json(bytes(row[0]["payload"]))
+        except ValueError:
+            return set()
+        return {d.release.bundle_sha256} | ({d.release.delta.sha256} if d.release.delta else set())
 
     def republish(self) -> int:
         """Publish every stored desired state again (retained), e.g. after a broker restart."""
         rows = self.db.query("SELECT device_id, payload FROM desired")
         for row in rows:
-            self._publish(device_topic(row["device_id"], "desired"), bytes(row["payload"]))
+            payload = bytes(row["payload"])
+            if payload and self.signing_key is not None:
+                try:  # stored before desired states were signed: sign it now
+                    d = DesiredState.model_validate_json(payload)
+                    if d.signature is None:
+                        payload = self._sign(d).model_dump_json().encode()
+                except ValueError:
+                    pass
+            self._publish(device_topic(row["device_id"], "desired"), payload)
         return len(rows)

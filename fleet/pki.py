@@ -99,7 +99,9 @@ class CertAuthority:
     the CLI and a running service can issue and revoke at the same time."""
 
     def __init__(self, data_dir: str | os.PathLike, *, clock=time.time):
-        self.dir = Path(data_dir) / "pki"
+        from bitnet_edge.fleet.datadir import private_dir
+
+        self.dir = private_dir(data_dir) / "pki"
         self.clock = clock
         self.ca_key_path, self.ca_path = self.dir / "ca.key", self.dir / "ca.pem"
         self.crl_path, self.index_path = self.dir / "crl.pem", self.dir / "index.json"

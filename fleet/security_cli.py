@@ -53,6 +53,9 @@ def _options(fn):
     @json_option()
     @functools.wraps(fn)
     def wrapper(data_dir, as_json, **kw):
+        from bitnet_edge.fleet.datadir import private_dir
+
+        private_dir(data_dir)
         return fn(data=data_dir, as_json=as_json, **kw)
     return wrapper
 
@@ -71,17 +74,22 @@ def _agent_toml(device_id: str, conn, trust: list[str], agent_data: str, install
         f"device_id = {q(device_id)}",
         f"data_dir = {q(agent_data)}",
         "trust = [" + ", ".join(q(t) for t in trust) + "]",
+        "# desired states must carry the fleet's signature (allow_downgrade counts only then)",
+        f"fleet_keys = [{q(str(install / 'desired.pub'))}]",
         "# encrypted bundles (ADR 0011): bitnet-edge keys generate-device --out . on the device, then",
         '# device_key = "device.key"  (and give device.pub to the release engineer: package --encrypt-to)',
         "",
         "[mqtt]",
+        "# user name and password_file: the embedded broker's per-device credentials (Mosquitto takes the",
+        "# identity from the client certificate instead)",
         *(f"{k} = {q(v)}" for k, v in conn.model_dump(exclude_defaults=True).items()),
     ]) + "\n"
 
 
 @click.command("enroll")
 @click.argument("device_id")
-@click.option("--broker", required=True, help="The broker devices connect to: mqtts://host:port.")
+@click.option("--broker", required=True, help="The broker devices connect to: mqtts://host:port (mqtt:// only on "
+                                            "loopback: the embedded broker on this machine).")
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Release signing public key the agent trusts (repeatable; copied).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -96,16 +104,21 @@ def _agent_toml(device_id: str, conn, trust: list[str], agent_data: str, install
 @click.option("--force", is_flag=True, help="Overwrite the files of an earlier enrollment in --out.")
 @_options
 def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, agent_data, csr, days, force) -> None:
-    """Issue DEVICE_ID a client certificate from the fleet CA and write its agent config (mTLS)."""
+    """Issue DEVICE_ID a client certificate from the fleet CA and a broker password, and write its
+    agent config (mTLS with Mosquitto; user name and password with the embedded broker)."""
     import tomllib
 
+    from bitnet_edge.fleet.config import is_loopback
+    from bitnet_edge.fleet.desired_key import desired_public_path
     from bitnet_edge.fleet.errors import PkiError
+    from bitnet_edge.fleet.mqtt_auth import DeviceCredentials
     from bitnet_edge.fleet.pki import CertAuthority, _write
     from bitnet_edge.sdk.wire.broker import BrokerConnection
     from bitnet_edge.sdk.wire.mqtt import parse_broker_url
 
-    if not parse_broker_url(broker).tls:
-        raise PkiError("bad-name", f"{broker}: devices connect with mutual TLS, use mqtts://")
+    url = parse_broker_url(broker)
+    if not url.tls and not is_loopback(url.host):
+        raise PkiError("bad-name", f"{broker}: beyond loopback devices connect with TLS, use mqtts://")
     CertAuthority.check_name(device_id, "device")
     out = (out_dir or data / "enroll" / device_id).resolve()
     if (out / "agent.toml").exists() and not force:
@@ -120,10 +133,13 @@ def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, ag
     if got.key_pem is not None:
         _write(out / "device.key", got.key_pem, 0o600)
     _write(out / "device.pem", got.cert_pem, 0o644)
+    _write(out / "mqtt.password", DeviceCredentials(data).issue(device_id).encode() + b"\n", 0o600)
     shutil.copyfile(ca.ca_path, out / "ca.pem")
+    shutil.copyfile(desired_public_path(data), out / "desired.pub")
     install = Path(install_dir) if install_dir else out
-    conn = BrokerConnection(url=broker, tls_ca=str(install / "ca.pem"), tls_cert=str(install / "device.pem"),
-                            tls_key=str(install / "device.key"))
+    tls = dict(tls_ca=str(install / "ca.pem"), tls_cert=str(install / "device.pem"),
+               tls_key=str(install / "device.key")) if url.tls else {}
+    conn = BrokerConnection(url=broker, username=device_id, password_file=str(install / "mqtt.password"), **tls)
     text = _agent_toml(device_id, conn, names, agent_data, install)
     if BrokerConnection.model_validate(tomllib.loads(text)["mqtt"]) != conn:  # what we write must read back
         raise PkiError("bad-name", f"{broker}: the agent config would not read back the same broker connection")
@@ -135,7 +151,8 @@ def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, ag
         return _emit_json(info)
     console.print(f"enrolled [bold]{device_id}[/bold]: certificate {info['serial'][:16]} valid until "
                   f"{_when(got.not_after)}\n  {out}/agent.toml, device.pem"
-                  + ("" if csr else ", device.key (0600)") + f", ca.pem, {', '.join(names)}\n"
+                  + ("" if csr else ", device.key (0600)") + f", mqtt.password (0600), desired.pub, ca.pem, "
+                  f"{', '.join(names)}\n"
                   f"  copy the directory to the device as {install}", highlight=False)
 
 
@@ -147,12 +164,16 @@ def revoke_cmd(data, as_json, name) -> None:
     from bitnet_edge.fleet.errors import PkiError
     from bitnet_edge.fleet.pki import CertAuthority
 
+    from bitnet_edge.fleet.mqtt_auth import DeviceCredentials
+
     ca = CertAuthority(data)
     serials = ca.revoke(name)
-    if not serials:
-        raise PkiError("not-enrolled", f"{name} holds no valid certificate of this CA")
-    _audit(data, "revoke", name, {"serials": [f"{s:x}" for s in serials]})
-    info = {"ok": True, "name": name, "revoked": [f"{s:x}" for s in serials], "crl": str(ca.crl_path)}
+    password = DeviceCredentials(data).revoke(name)  # the embedded broker refuses its next connection
+    if not serials and not password:
+        raise PkiError("not-enrolled", f"{name} holds no valid certificate of this CA and no broker password")
+    _audit(data, "revoke", name, {"serials": [f"{s:x}" for s in serials], "password": password})
+    info = {"ok": True, "name": name, "revoked": [f"{s:x}" for s in serials], "password_revoked": password,
+            "crl": str(ca.crl_path)}
     if as_json:
         return _emit_json(info)
     console.print(f"revoked {len(serials)} certificate(s) of [bold]{escape(name)}[/bold]; CRL {ca.crl_path}\n"

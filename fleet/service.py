@@ -26,6 +26,8 @@ from typing import BinaryIO
 from bitnet_edge.fleet.api import ControlServer
 from bitnet_edge.fleet.audit import AuditLog
 from bitnet_edge.fleet.broker import EmbeddedBroker
+from bitnet_edge.fleet.datadir import private_dir
+from bitnet_edge.fleet.desired_key import desired_key
 from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.config import FleetConfig, embedded_broker_exposure
 from bitnet_edge.fleet.db import Database
@@ -92,8 +94,8 @@ class FleetService:
             raise ConfigError("exposed-broker", problem)
         broker = None if cfg.broker.url is not None else EmbeddedBroker(  # checks its settings, starts nothing
             cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert, tls_key=cfg.embedded_tls_key,
-            auth=cfg.embedded_auth)
-        self.data.mkdir(parents=True, exist_ok=True)
+            auth=cfg.embedded_auth, data_dir=str(self.data))
+        private_dir(self.data)  # 0700: tokens, keys, credentials, registry (fleet/datadir.py)
         self.db = Database(cfg.database or self.data / "fleet.db")
         self.store = BundleStore(self.data / "bundles")
         self.registry = Registry(self.db)
@@ -107,18 +109,25 @@ class FleetService:
             self.broker_url = cfg.broker.url
         conn = cfg.broker.model_copy(update={  # our own TLS embedded broker: its certificate is the trust anchor
             "url": self.broker_url, "tls_ca": cfg.broker.tls_ca or (cfg.embedded_tls_cert if self.broker else None)})
+        if self.broker is not None and self.broker.gate is not None:  # per-device: log in as bne-fleet@<replica>
+            user, password = self.broker.fleet_login(cfg.replica_id)
+            conn = conn.model_copy(update={"username": user, "password": password, "password_file": None,
+                                           "client_id": None})
         self.link = FleetLink(conn, f"bne-fleet-{cfg.replica_id}", self._handle, on_connected=self._republish.set,
                               share_group=cfg.share_group, max_pending_bytes=cfg.max_pending_mb << 20,
                               counters=self.counters)
+        self.desired_key = desired_key(self.data)  # signs every desired state (sdk/wire/desired_sig.py)
         self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
-                                  queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
+                                  queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served,
+                                  may_fetch=lambda dev, sha: self.driver.may_fetch(dev, sha))
         self.tuf = TufRepository(self.data / "tuf")
         online_key(self.tuf.dir)  # the key ceremony needs its public half (DATA/tuf/online.pub)
         self.tuf_responder = TufResponder(self.tuf, lambda t, p: self.link.publish(t, p, qos=1), self.counters)
         self.ingest = Ingest(self.registry, self.chunks, self.counters, on_change=lambda _d: self._wake.set())
         self.driver = RolloutDriver(self.db, self.registry,
                                     lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
-                                    chunk_size=cfg.chunk_bytes, holder=cfg.replica_id, lease_seconds=cfg.lease_seconds)
+                                    chunk_size=cfg.chunk_bytes, holder=cfg.replica_id, lease_seconds=cfg.lease_seconds,
+                                    signing_key=self.desired_key)
         self.audit = AuditLog(self.data / "audit.jsonl")  # operator actions, hash-chained (fleet/audit.py)
         self.api = ControlServer(self, cfg.api_host, cfg.api_port, load_token(self.data))
         self.chunks.start()

@@ -106,9 +106,10 @@ def tuf_group() -> None:
 @click.option("--rotate", is_flag=True, help="Make the next online key (used once a pushed root names it).")
 def online_key_cmd(data_dir, rotate) -> None:
     """Create (first use) and print the fleet service's online key (signs snapshot and timestamp)."""
+    from bitnet_edge.fleet.datadir import private_dir
     from bitnet_edge.fleet.tuf_repo import online_key
 
-    d = Path(data_dir) / "tuf"
+    d = private_dir(data_dir) / "tuf"
     d.mkdir(parents=True, exist_ok=True)
     click.echo(str(online_key(d, rotate=rotate)))
 

@@ -10,6 +10,7 @@ contract's (:mod:`bitnet_edge.sdk.bundle.signing`, :mod:`bitnet_edge.sdk.bundle.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,24 @@ def generate_keypair(out_dir: str | os.PathLike, name: str = "signing",
     return KeyPair(priv_path, pub_path, key_id(pub).hex())
 
 
+def _check_private(path: Path) -> None:
+    """A private key file readable or writable by group or others is refused (a signing key that
+    other local users can read is a leaked key, passphrase or not)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise KeyFileError.unreadable(str(path), exc) from None
+    if mode & 0o077:
+        raise KeyFileError(str(path), "insecure-permissions",
+                           f"mode {mode:04o}; a private signing key must be 0600 or stricter (chmod 600 {path})")
+
+
 def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """An Ed25519 private key (PEM, PKCS#8); KeyFileError when the file is readable by group or
+    others (``insecure-permissions``), unreadable, encrypted without the passphrase, or not one."""
+    _check_private(Path(path))
     data = read_key_file(Path(path))
     try:
         key = serialization.load_pem_private_key(data, password=passphrase or None)

@@ -36,6 +36,9 @@ __all__ = [
     "ModelManifest",
 ]
 
+#: a file name the manifests may give: one path component of safe characters (never "", ".", "..",
+#: a slash or a leading dot), so installing never writes outside the destination directory
+FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
 FORMAT = "bitnet-edge-model"
 FORMAT_VERSION = 1
 
@@ -170,7 +173,9 @@ class ModelManifest(Strict):
     config: ModelConfig = Field(description="architecture hyper-parameters")
     precision: dict[str, Precision] = Field(description="per linear layer (weight name): its precision")
     tensors: list[TensorEntry] = Field(description="every tensor in weights.safetensors")
-    tokenizer: str | None = Field(default=None, description="tokenizer file in the model directory")
+    tokenizer: str | None = Field(default=None, pattern=FILE_NAME,
+                                  description="tokenizer file in the model directory (one file name: letters, "
+                                              "digits, '.', '_', '-'; no path)")
     source: SourceInfo = Field(description="provenance")
     calibration: dict[str, float] = Field(default_factory=dict,
                                           description="measured quality of the precision plan, e.g. cosine")

@@ -159,10 +159,16 @@ class Demo:
             d.mkdir(parents=True)
             port = _free_port()
             self.ports[dev] = port
+            # the embedded broker admits enrolled devices only: a broker password and the fleet's key
+            enrolled = d / "enroll"
+            bne("fleet", "enroll", dev, "--data", fleet, "--broker", self.broker, "--trust", self.pub, "--out",
+                enrolled, "--agent-data", d / "data", "--json")
             (d / "agent.toml").write_text("\n".join([
                 f'device_id = "{dev}"', f'data_dir = "{d / "data"}"', f'trust = ["{self.pub}"]',
+                f'fleet_keys = ["{enrolled / "desired.pub"}"]',
                 f'profile = "{profile}"', "tags = [" + ", ".join(f'"{x}"' for x in tags) + "]",
-                "[api]", f"port = {port}", "[mqtt]", f'url = "{self.broker}"', "reconnect_max = 2.0",
+                "[api]", f"port = {port}", "[mqtt]", f'url = "{self.broker}"', f'username = "{dev}"',
+                f'password_file = "{enrolled / "mqtt.password"}"', "reconnect_max = 2.0",
                 "[health]", "max_latency_ms = 50"]) + "\n")
             env = {"BITNET_EDGE_KERNEL": kernel} if kernel else {}
             self.procs.start(f"agent-{dev}", "agent", "run", "--config", d / "agent.toml", ready='"event": "ready"',
@@ -249,9 +255,10 @@ class Demo:
         res = bne("fleet", "publish", tampered, "--data", self.fleet_data, "--json", check=False)
         why = res.get("message") or (res.get("error") or {}).get("detail") or res
         console.print(f"fleet publish of the tampered bundle: [red]refused[/red] - {why}")
-        for dev, port in self.ports.items():
-            code, o = _http(port, "POST", "/v1/admin/install", {"path": str(tampered)})
-            console.print(f"  {dev}: [red]{o['result']}[/red] ({o['reason']}): {o['message'][:100]}")
+        for dev in self.ports:  # `agent install`: the admin routes answer on the agent's Unix socket only
+            o = bne("agent", "install", tampered, "--config", self.out / "agents" / dev / "agent.toml", "--json",
+                    check=False)
+            console.print(f"  {dev}: [red]{o.get('result')}[/red] ({o.get('reason')}): {str(o.get('message'))[:100]}")
         console.print("release 2.0.0 is a much wider model: fine on AVX2/AVX-512, too slow for the scalar "
                       "x86-64-v2 gateway's 50 ms latency budget")
         bne("fleet", "publish", *self.bundles["r3"], "--data", self.fleet_data, "--json")

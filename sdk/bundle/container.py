@@ -55,6 +55,7 @@ class Limits:
     max_manifest_bytes: int = 64 * 2**20  # bytes
     max_signatures: int = 16  # entries in the signature block
     max_section_bytes: int = 2**36  # bytes, stored or decoded, per section
+    max_content_bytes: int | None = None  # bytes decoded over all sections (a device's budget); None: no cap
     chunk_bytes: int = 2**20  # bytes read at a time while hashing a section
 
 

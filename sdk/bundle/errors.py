@@ -20,6 +20,7 @@ the build errors) from the source tree before any dependency is importable.
         ├── IntegrityError          section, stage, expected, found
         ├── DeltaError              expected, found
         ├── TargetMismatch          bundle_target, host_target
+        ├── OverBudget              needed, budget              (decoded contents over the reader's budget)
         └── DecryptionError         an encrypted bundle this reader cannot open
             └── NotRecipient            key_ids, recipients
 """
@@ -41,6 +42,7 @@ __all__ = [
     "IntegrityError",
     "DeltaError",
     "TargetMismatch",
+    "OverBudget",
     "DecryptionError",
     "NotRecipient",
 ]
@@ -125,6 +127,16 @@ class BundleFormatError(BundleError):
     """Bytes that are not a well-formed bundle (``bad-magic``, ``manifest-too-large``,
     ``bad-signature-block``, ``manifest-json``, ``manifest-invalid``, ``bad-layout``,
     ``trailing-data``, ``bad-encoding``)."""
+
+
+class OverBudget(BundleError):
+    """Decoding the bundle would take more than the reader's budget (``Limits.max_content_bytes``,
+    the device's memory / disk budget), whatever the signed manifest says; ``reason``
+    ``over-budget``; raised before the section that would pass it is decompressed."""
+
+    def __init__(self, part: str, needed: int, budget: int):
+        self.needed, self.budget = needed, budget
+        super().__init__(part, "over-budget", f"decoding needs {needed} bytes of contents, the budget is {budget}")
 
 
 class TruncatedBundle(BundleFormatError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,7 +17,7 @@ from pydantic import Field, model_validator
 from bitnet_edge.sdk.bundle.devices import DeviceProfile
 from bitnet_edge.sdk.bundle.errors import BundleFormatError, UnsupportedVersion
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.manifest import ModelManifest
+from bitnet_edge.sdk.manifest import FILE_NAME, ModelManifest
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
 __all__ = [
@@ -99,7 +100,8 @@ class BackendInfo(Strict):
 
 class NativeLibrary(Strict):
     target: str = Field(description="build target the library was compiled for, e.g. linux-aarch64")
-    file: str = Field(description="file name to install it under, e.g. libbitnet_edge.so")
+    file: str = Field(pattern=FILE_NAME, description="file name to install it under, e.g. libbitnet_edge.so (one "
+                                                      "path component)")
     section: str = Field(description="the section that holds it")
     size: int = Field(ge=0, description="bytes")
     sha256: str = Field(pattern=SHA256, description="sha256 of the library file")
@@ -117,7 +119,8 @@ class CudaInfo(Strict):
                                  description="virtual architecture of the embedded PTX (the driver JIT-compiles it "
                                              "for GPUs without SASS here)")
     section: str | None = Field(default=None, description="the section that holds the fatbin (when included)")
-    file: str | None = Field(default=None, description="file name to install it under, beside the library")
+    file: str | None = Field(default=None, pattern=FILE_NAME,
+                             description="file name to install it under, beside the library (one path component)")
     size: int | None = Field(default=None, ge=0, description="bytes of the fatbin")
     sha256: str | None = Field(default=None, pattern=SHA256, description="sha256 of the fatbin")
     toolchain: str | None = Field(default=None, description="the nvcc that built it (--version)")
@@ -274,6 +277,19 @@ class BundleManifest(Strict):
             raise ValueError("signers must be sorted, distinct, 64 hex digits each")
         if self.delta is None and any(s.encoding != "zstd" for s in self.sections):
             raise ValueError("sections with a delta encoding need delta (the base bundle)")
+        content, stored = sum(s.size for s in self.sections), sum(s.stored_size for s in self.sections)
+        if (self.sizes.payload_content_bytes, self.sizes.payload_stored_bytes) != (content, stored):
+            raise ValueError(f"sizes say {self.sizes.payload_content_bytes} content and "
+                             f"{self.sizes.payload_stored_bytes} stored bytes, the sections {content} and {stored}")
+        from bitnet_edge.sdk.native.targets import TARGETS
+
+        want = TARGETS[self.target].cpu_library_target if self.target in TARGETS else self.target
+        if not self.libraries or any(lib.target != want for lib in self.libraries):
+            raise ValueError(f"a {self.target} bundle carries one {want} library, not "
+                             f"{[lib.target for lib in self.libraries]}")
+        files = [lib.file for lib in self.libraries] + ([self.cuda.file] if self.cuda and self.cuda.file else [])
+        if len(set(files)) != len(files):
+            raise ValueError(f"native files repeat: {files}")
         return self
 
 
@@ -299,18 +315,66 @@ def release_digest(m: BundleManifest) -> str:
                                      allow_nan=False).encode("ascii")).hexdigest()
 
 
+#: manifest bounds checked before the JSON parser runs (a signed manifest is read by `inspect`
+#: before any signature check, and a trusted signer can still make mistakes)
+MAX_MANIFEST_BYTES = 64 * 2**20  # bytes (the container's own cap, Limits.max_manifest_bytes)
+MAX_MANIFEST_DEPTH = 32  # nesting of objects and arrays (bundle manifests use about 8)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of ``[`` / ``{`` in JSON text, strings skipped; counted with C-speed scans
+    (regex and numpy), never with the recursive parser."""
+    import numpy as np
+
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    b = np.frombuffer(brackets, np.uint8)
+    steps = np.where((b == ord("[")) | (b == ord("{")), 1, -1).astype(np.int64)
+    return int(np.cumsum(steps).max())
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen, dup = set(), None
+        for k, _ in pairs:
+            if k in seen:
+                dup = k
+                break
+            seen.add(k)
+        raise BundleFormatError("manifest", "manifest-duplicate-key", f"key {dup!r} appears twice in one object")
+    return d
+
+
 def parse_manifest(data: bytes) -> BundleManifest:
-    """Manifest bytes -> :class:`BundleManifest`; the format version is checked before anything else."""
+    """Manifest bytes -> :class:`BundleManifest`.  Before the JSON parser runs: size, ASCII and
+    nesting depth are bounded; duplicate keys are refused; the format version is checked before the
+    model; and the bytes must be the manifest's canonical JSON (the one byte form that is signed)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleFormatError("manifest", "manifest-too-large", f"{len(data)} bytes, over {MAX_MANIFEST_BYTES}")
+    if not data.isascii():
+        raise BundleFormatError("manifest", "manifest-not-canonical", "canonical JSON is ASCII only")
+    depth = json_depth(data)
+    if depth > MAX_MANIFEST_DEPTH:
+        raise BundleFormatError("manifest", "manifest-too-deep", f"nested {depth} deep, over {MAX_MANIFEST_DEPTH}")
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleFormatError("manifest", "manifest-json", f"not JSON ({exc})") from None
+        raw = json.loads(data, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleFormatError("manifest", "manifest-json", f"not JSON ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleFormatError("manifest", "manifest-invalid", f"not a bitnet-edge bundle manifest "
                                                                 f"(format != {FORMAT!r})")
     if raw.get("format_version") != FORMAT_VERSION:
         raise UnsupportedVersion("manifest", raw.get("format_version"), FORMAT_VERSION)
     try:
-        return parse_model(BundleManifest, raw, source="bundle manifest")
+        m = parse_model(BundleManifest, raw, source="bundle manifest")
     except FormatError as exc:
         raise BundleFormatError("manifest", "manifest-invalid", str(exc)) from None
+    if canonical_json(m) != data:
+        raise BundleFormatError("manifest", "manifest-not-canonical", "the manifest bytes are not its canonical JSON "
+                                                                      "(sorted keys, no whitespace, no defaults "
+                                                                      "left out or added)")
+    return m

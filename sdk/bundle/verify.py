@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bitnet_edge.sdk.bundle import codec, crypt
 from bitnet_edge.sdk.bundle.container import Envelope, Limits, read_envelope, read_exact
 from bitnet_edge.sdk.bundle.crypt import DeviceKey
-from bitnet_edge.sdk.bundle.errors import BundleFormatError, DeltaError, IntegrityError, SignatureError
+from bitnet_edge.sdk.bundle.errors import BundleFormatError, DeltaError, IntegrityError, OverBudget, SignatureError
 from bitnet_edge.sdk.bundle.manifest import BundleManifest, parse_manifest, release_digest
 from bitnet_edge.sdk.bundle.signing import check_signatures
 
@@ -136,6 +136,7 @@ def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: 
             else:
                 deep = False
         contents: dict[str, bytes] = {}
+        decoded = 0  # content bytes decoded so far, charged before each section is decompressed
         for s in manifest.sections:
             if max(s.stored_size, s.size) > limits.max_section_bytes:
                 raise BundleFormatError(f"section:{s.name}", "section-too-large",
@@ -152,6 +153,9 @@ def verify_bundle(source: Source, trusted: Sequence[Ed25519PublicKey], *, base: 
                 if found != s.base_sha256:
                     raise DeltaError("base-mismatch", f"section {s.name!r} of the base is {found[:16]}, the delta "
                                                       f"was made against {s.base_sha256[:16]}", s.base_sha256, found)
+            decoded += s.size
+            if limits.max_content_bytes is not None and decoded > limits.max_content_bytes:
+                raise OverBudget(f"section:{s.name}", decoded, limits.max_content_bytes)
             if content_key is not None:
                 stored = crypt.open_section(sealed, content_key, s.name, stored)
             content = codec.decode(s.name, s.encoding, stored, s.size, base_content)

@@ -5,6 +5,7 @@
     broker       the one broker-connection model (:class:`broker.BrokerConnection`), used by the
                  agent's config (``[mqtt]``) and the fleet's (``broker``)
     tuf_meta     what a TUF targets entry says about a bundle (``custom.bne``)
+    desired_sig  the fleet's signature over a desired state (ADR 0014)
 
 The modules are imported on first use.
 """

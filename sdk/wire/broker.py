@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from bitnet_edge.sdk.errors import InputError
@@ -21,7 +23,9 @@ class BrokerConnection(Strict):
                                   description="MQTT client id; None: the role's own (agent: its device id, "
                                               "fleet: bne-fleet-<replica_id>)")
     username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
+    password: str | None = Field(default=None, description="broker password (prefer password_file)")
+    password_file: str | None = Field(default=None, description="file holding the broker password (mode 0600), "
+                                                                "e.g. mqtt.password written by `fleet enroll`")
     tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
     tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
     tls_key: str | None = Field(default=None, description="client key (mTLS)")
@@ -35,6 +39,15 @@ class BrokerConnection(Strict):
             parse_broker_url(v)  # InputError is a ValueError: pydantic reports it on the field
         return v
 
+    def secret(self) -> str | None:
+        """The password: read from :attr:`password_file` when set (InputError if unreadable), else :attr:`password`."""
+        if self.password_file is None:
+            return self.password
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise InputError("password_file", f"{self.password_file}: {exc.strerror or exc}") from None
+
     @property
     def broker(self) -> BrokerURL:
         """The parsed :attr:`url` (InputError when none is configured)."""
@@ -47,7 +60,7 @@ class BrokerConnection(Strict):
         """A paho client for this connection (:func:`make_client`); not connected.  Connect it with
         ``connect_async(self.broker.host, self.broker.port, keepalive=self.keepalive)``."""
         return make_client(self.client_id or default_client_id, self.broker, clean_session=clean_session, mqtt5=mqtt5,
-                           username=self.username, password=self.password, tls_ca=self.tls_ca,
+                           username=self.username, password=self.secret(), tls_ca=self.tls_ca,
                            tls_cert=self.tls_cert, tls_key=self.tls_key,
                            reconnect_min=min(reconnect_min, self.reconnect_max), reconnect_max=self.reconnect_max,
                            max_inflight=max_inflight)

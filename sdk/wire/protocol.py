@@ -42,6 +42,7 @@ ReasonCode = Literal[
     "not_recipient",  # an encrypted bundle (ADR 0011) not sealed to this device's key, or no device key
     "tuf_rejected",  # TUF: not in the signed targets metadata, or the metadata failed to verify (docs/security.md)
     "tuf_expired",  # TUF: the newest metadata the fleet serves has expired (freeze / offline policy)
+    "forbidden",  # a local install of a file outside the allowed directories, or not a regular file
 ]
 
 LEAVES = ("presence", "state", "desired", "chunk/req", "chunk/data", "events", "tuf/req", "tuf/data")
@@ -142,8 +143,13 @@ class DesiredState(Strict):
     device_id: str = Field(pattern=DEVICE_ID, description="the device")
     rollout_id: str | None = Field(description="the rollout that set it (None: operator pin)")
     release: ReleaseRef = Field(description="the release to serve")
-    allow_downgrade: bool = Field(default=False, description="a rollback: accept a lower release counter")
+    allow_downgrade: bool = Field(default=False, description="a rollback: accept a lower release counter "
+                                                             "(honoured only when signed by a fleet key)")
     issued_at: float = Field(description="unix time")
+    signature: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]{86}==$",
+                                  description="base64 Ed25519 signature by the fleet's desired-state key over "
+                                              "the canonical JSON of the other fields (sdk/wire/desired_sig.py); "
+                                              "devices with fleet_keys accept only signed desired states")
 
 
 class ChunkRequest(Strict):

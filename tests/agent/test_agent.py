@@ -169,7 +169,7 @@ def test_example_config_and_systemd_unit_are_valid():
 
     repo = Path(__file__).resolve().parents[2]
     cfg = load_config(repo / "agent" / "agent.example.toml")
-    assert cfg.api.port == 8700 and cfg.mqtt.url.startswith("mqtt://")
+    assert cfg.api.port == 8700 and cfg.mqtt.url.startswith("mqtts://") and cfg.fleet_keys
     unit = (repo / "agent" / "systemd" / "bitnet-edge-agent.service").read_text()
     assert "ExecStart=/usr/bin/env bitnet-edge agent run --config" in unit and "Restart=always" in unit
 

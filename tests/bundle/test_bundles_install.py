@@ -102,7 +102,9 @@ def test_tokenizer_travels_and_an_install_is_a_delta_base(bundles, tmp_path):
     from bitnet_edge.sdk.bundle.install import base_from_installed
 
     tok = tmp_path / "tok.json"
-    tok.write_text('{"version": "1.0", "model": {"type": "WordLevel"}}')
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]")).save(str(tok))
     model = make_mlp_dir(tmp_path / "m", tokenizer=tok)
     key = load_private_key(bundles["root"] / "keys" / "signing.key")
     (r,) = package_model(model, ["raspberry-pi-5"], "1.0.0", [key], tmp_path / "d",

@@ -13,7 +13,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
-from tests.support.fleet_helpers import FakeAgent, Mosquitto, bundles, capabilities, make_certs, wait_for
+from tests.support.fleet_helpers import FakeAgent, Mosquitto, bundles, capabilities, enroll, make_certs, wait_for
 from click.testing import CliRunner
 from tests.support.tools import require_tool
 from paho.mqtt.enums import CallbackAPIVersion
@@ -61,6 +61,8 @@ def stack(tmp_path, request):
         return svc
 
     def agent(device_id, url, **kw):
+        svc = next(s for s in reversed(services) if hasattr(s, "db"))  # the service it belongs to (started)
+        kw = {**enroll(svc, device_id), **kw}
         a = FakeAgent(device_id, tmp_path / device_id, url, **kw).start()
         agents.append(a)
         return a
@@ -151,6 +153,7 @@ def test_a_silent_device_times_out(stack):
     _publish(svc, b.r1)
     agent("live", svc.broker_url)
     silent = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="silent")
+    silent.username_pw_set(*enroll(svc, "silent")["login"])
     silent.connect("127.0.0.1", svc.broker.port)
     silent.loop_start()
     try:
@@ -423,8 +426,10 @@ def test_the_embedded_broker_speaks_tls(stack, tmp_path):
                 broker=BrokerConnection(tls_ca=str(certs["ca"]))).start()
     assert svc.broker_url.startswith("mqtts://127.0.0.1:")
     _publish(svc, b.r1)
+    user, password = enroll(svc, "tls-embedded")["login"]
     a = FakeAgent("tls-embedded", tmp_path / "tls-embedded", None,
-                  mqtt=BrokerConnection(url=svc.broker_url, keepalive=5, reconnect_max=1.0, tls_ca=str(certs["ca"])))
+                  mqtt=BrokerConnection(url=svc.broker_url, keepalive=5, reconnect_max=1.0, tls_ca=str(certs["ca"]),
+                                        username=user, password=password))
     a.start()
     try:
         wait_for(lambda: svc.devices(), what="the birth over TLS")
@@ -442,22 +447,35 @@ def test_the_embedded_broker_speaks_tls(stack, tmp_path):
 
 
 def test_fleet_serve_binds_the_embedded_broker_beyond_loopback_only_locked_down(tmp_path):
+    import subprocess
+    import sys
+
     certs = make_certs(tmp_path / "certs")
     run = CliRunner().invoke
     base = ["fleet", "serve", "--data", str(tmp_path / "fleet"), "--mqtt-port", "0", "--api-port", "0"]
     tls = ["--mqtt-tls-cert", str(certs["server"]), "--mqtt-tls-key", str(certs["server_key"])]
-    for extra, missing in (([], ("TLS", "per-device")), (tls, ("per-device",)),
-                           (["--mqtt-auth", "per-device"], ("TLS",))):
+    for extra, missing in (([], ("TLS",)), (["--mqtt-auth", "anonymous"] + tls, ("per-device",)),
+                           (["--mqtt-auth", "anonymous"], ("TLS", "per-device"))):
         r = run(main, base + ["--mqtt-host", "0.0.0.0"] + extra)
         assert r.exit_code == 2, r.output
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and "exposed-broker" in lines[0] and "0.0.0.0 beyond loopback" in lines[0], r.output
         assert all(m in lines[0] for m in missing) and ("TLS (" in lines[0]) == ("TLS" in missing), lines[0]
     assert not (tmp_path / "fleet").exists()  # refused before anything was created
-    # TLS and per-device together pass the check; per-device credentials on the embedded broker are
-    # [hardening] work (issue 18): until then the mode is refused, never downgraded to anonymous
-    r = run(main, base + ["--mqtt-host", "0.0.0.0", "--mqtt-auth", "per-device"] + tls)
-    assert r.exit_code == 2 and "no-per-device-auth" in r.output and len(r.output.strip().splitlines()) == 1
+    # TLS and per-device credentials (the default) together: the service starts
+    proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge", *base, "--mqtt-host", "0.0.0.0", *tls, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        text = ""
+        while not text.rstrip().endswith("}"):  # the --json summary (indented), then it serves
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            text += line
+        info = json.loads(text)
+        assert info["broker"].startswith("mqtts://127.0.0.1:"), info
+    finally:
+        proc.terminate()
+        proc.wait(20)
     from bitnet_edge.fleet.config import is_loopback
 
     assert [is_loopback(h) for h in ("127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost", "0.0.0.0", "::",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.support.fleet_helpers import wait_for
+from tests.support.fleet_helpers import enroll, wait_for
 from tests.support.tuf_helpers import Device
 from click.testing import CliRunner
 
@@ -40,7 +40,7 @@ def test_ceremony_publish_and_rollout_to_a_tuf_agent(tmp_path, bundles):
         tkey = tmp_path / "offline" / "keys" / "targets-1.key"
         run("fleet", "publish", bundles.v1, "--targets-key", tkey, *api)
         # the device: provisioned with 1.root.json, serving nothing yet
-        dev = Device(tmp_path, bundles, svc.broker_url, c["root"], profile=HOST_DEVICE).start()
+        dev = Device(tmp_path, bundles, svc.broker_url, c["root"], profile=HOST_DEVICE, **enroll(svc, "dev-1")).start()
         wait_for(lambda: any(d["id"] == "dev-1" and d["online"] for d in svc.devices()), what="device registered")
         rid = svc.create_rollout(RolloutSpec(model="sensor-mlp", version="1.0.0", stages=[100]))["id"]
         wait_for(lambda: svc.rollout(rid)["state"] == "completed", 30, what="rollout of 1.0.0")

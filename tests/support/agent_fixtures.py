@@ -69,7 +69,7 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 class Daemon:
     def __init__(self, config: Path, port: int, env=None):
-        self.port = port
+        self.port, self.config = port, Path(config)
         self.proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge", "agent", "run", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
@@ -97,6 +97,32 @@ class Daemon:
         conn.close()
         ctype = resp.getheader("Content-Type", "")
         return resp.status, (json.loads(raw) if "json" in ctype and raw else raw.decode())
+
+    def admin(self, method: str, path: str, body=None, timeout: float = 600.0):
+        """An admin route, over the agent's Unix socket (the only place they answer).  An install's
+        ``path`` must be in data_dir/incoming (or an api.install_dirs directory): see ``hand_over``."""
+        from bitnet_edge.agent.config import admin_socket, load_config
+        from bitnet_edge.agent.httpbase import UnixHTTPConnection
+
+        conn = UnixHTTPConnection(admin_socket(load_config(self.config)), timeout=timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        out = json.loads(resp.read() or b"{}")
+        conn.close()
+        return resp.status, out
+
+    def hand_over(self, bundle: Path) -> Path:
+        """A copy of ``bundle`` in the agent's data_dir/incoming (what `agent install` does)."""
+        import shutil
+
+        from bitnet_edge.agent.config import load_config
+
+        incoming = Path(load_config(self.config).data_dir) / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        dest = incoming / Path(bundle).name
+        shutil.copyfile(bundle, dest)
+        return dest
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -129,12 +129,15 @@ class FakeAgent:
                  installed: Path | None = None, limits: SyncLimits = SyncLimits(chunk_timeout=1.0, tick=0.05,
                                                                                   reconnect_min=0.1),
                  caps: Capabilities | None = None, install_delay: float = 0.0, mqtt: BrokerConnection | None = None,
-                 slot_rollback: bool = False):
+                 slot_rollback: bool = False, fleet_keys=(), login: tuple[str, str] | None = None):
+        """``login``: (user name, password) for the broker; ``fleet_keys``: the fleet's desired-state keys."""
         self.device_id, self.fail, self.install_delay = device_id, fail, install_delay
         self.data_dir = Path(data_dir)
+        user, password = login or (None, None)
         self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
-                                  tags=list(tags),
-                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5))
+                                  tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
+                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
+                                                                username=user, password=password))
         self._lock = threading.Lock()
         self.installed: InstalledRelease | None = None
         self.previous: InstalledRelease | None = None
@@ -261,3 +264,15 @@ def make_certs(out: Path) -> dict[str, Path]:
         files[f"{who}_key"] = out / f"{who}.key"
         write_key(key, files[f"{who}_key"])
     return files
+
+
+def enroll(svc, device_id: str) -> dict:
+    """FakeAgent keyword arguments for a device of the service ``svc``: the fleet's desired-state key
+    and, on the embedded broker, the device's broker login (what `fleet enroll` writes)."""
+    from bitnet_edge.fleet.desired_key import desired_public_path
+    from bitnet_edge.fleet.mqtt_auth import DeviceCredentials
+
+    kw = {"fleet_keys": [desired_public_path(svc.data)]}
+    if svc.broker is not None and svc.broker.gate is not None:
+        kw["login"] = (device_id, DeviceCredentials(svc.data).issue(device_id))
+    return kw

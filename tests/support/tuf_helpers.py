@@ -133,7 +133,13 @@ class ScriptedFleet:
     """A fleet peer on a real broker: the real TufResponder over ``served.read`` (a repository's read,
     or an attacker's), chunks of the files in ``files``, desired states set by the test."""
 
-    def __init__(self, port: int, read):
+    def __init__(self, port: int, read, key_dir: Path | None = None):
+        """``key_dir``: where the fleet's desired-state key is made (desired.pub for the devices'
+        fleet_keys): a compromised fleet server holds it, so the attacks are offered signed."""
+        from bitnet_edge.fleet.desired_key import desired_key
+
+        self.signing_key = desired_key(key_dir) if key_dir is not None else None
+        self.key_pub = Path(key_dir) / "desired.pub" if key_dir is not None else None
         self.served = _Served(read)
         self.files: dict[str, bytes] = {}
         self.chunk_requests = 0
@@ -168,15 +174,27 @@ class ScriptedFleet:
             self.publish(P.device_topic(req.device_id, "chunk/data"),
                          P.pack_chunk(req.file_sha256, off, data[off:off + req.chunk_size]))
 
-    def endless(self, req, part: int = 1024, limit: int = 5000) -> None:
-        """Answer ``req`` with parts that never end (stops at ``limit`` or at close)."""
+    def endless(self, req, part: int = 1024, limit: int | None = None) -> threading.Thread:
+        """Answer ``req`` with parts that never end: no part is the last one, and there are ``limit``
+        of them (default: four times what ngclient reads of a timestamp at most), so the device
+        must cut the stream itself.  Returns the sending thread (join it before the next offer:
+        a flood of thousands of parts left running delays, and with Mosquitto's 1000-message
+        client queue can drop, the next messages to the device -- the cause of this test's old
+        flakiness under load)."""
+        if limit is None:
+            from tuf.ngclient import UpdaterConfig
+
+            limit = 4 * UpdaterConfig().timestamp_max_length // part + 1
+
         def run():
             topic = P.device_topic(req.device_id, "tuf/data")
             for i in range(limit):
                 if self._stop.is_set():
                     return
                 self.publish(topic, P.pack_tuf_part(req.request_id, 200, i, False, b"{" * part))
-        threading.Thread(target=run, daemon=True).start()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
 
     def offer(self, device_id: str, path: Path, *, allow_downgrade: bool = False, size: int | None = None,
               data: bytes | None = None, rollout_id: str = "r-test", **ref) -> str:
@@ -190,6 +208,10 @@ class ScriptedFleet:
         fields.update(ref)
         d = P.DesiredState(device_id=device_id, rollout_id=rollout_id, release=P.ReleaseRef(**fields),
                            allow_downgrade=allow_downgrade, issued_at=time.time())
+        if self.signing_key is not None:
+            from bitnet_edge.sdk.wire.desired_sig import sign_desired
+
+            d = sign_desired(d, self.signing_key)
         self.last_desired = d.model_dump_json()
         self.publish(P.device_topic(device_id, "desired"), self.last_desired, retain=True)
         return sha
@@ -208,16 +230,22 @@ class Device:
     """A real in-process Agent (A/B slots, worker, health gate) with FleetSync and TUF on."""
 
     def __init__(self, tmp: Path, bundles, broker_url: str, tuf_root: Path | None, *, profile: str | None = None,
-                 device_id: str = "dev-1", initial: Path | None = None):
+                 device_id: str = "dev-1", initial: Path | None = None, fleet_keys=(),
+                 login: tuple[str, str] | None = None):
         from tests.support.agent_fixtures import write_config
 
         extra = []
+        if fleet_keys:
+            extra.append("fleet_keys = [" + ", ".join(f'"{k}"' for k in fleet_keys) + "]")
         if tuf_root is not None:
             extra.append(f'tuf_root = "{tuf_root}"')
         if profile is not None:
             extra.append(f'profile = "{profile}"')
         cfg = load_config(write_config(tmp / f"{device_id}.toml", tmp / device_id, [bundles.pub], mqtt=broker_url,
                                        device_id=device_id, extra="\n".join(extra)))
+        if login is not None:
+            cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"username": login[0],
+                                                                              "password": login[1]})})
         self.device_id = device_id
         self.agent = Agent(cfg)
         if initial is not None:
