@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import Field
 
 from bitnet_edge.agent.errors import ConfigError
+from bitnet_edge.sdk._compat import tomllib
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.protocol import DEVICE_ID
 from bitnet_edge.sdk.schemas import Strict, parse_model

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import threading
 
+from bitnet_edge.sdk.extras import require
+
 __all__ = ["EmbeddedBroker"]
 
 log = logging.getLogger("bitnet_edge.fleet.broker")
@@ -30,7 +32,7 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> str:
         """Start listening; returns the broker URL (with the real port when ``port`` was 0)."""
-        from amqtt.broker import Broker
+        Broker = require("amqtt.broker", "the fleet's embedded MQTT broker").Broker
 
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,7 +9,6 @@ packager builds one bundle per distinct target of the devices it is given.  Sche
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bitnet_edge.packagers.errors import DeviceProfileError, UnknownDevice
 from bitnet_edge.packagers.targets import TARGETS, get_target
+from bitnet_edge.sdk._compat import tomllib
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
