@@ -12,11 +12,12 @@ library the bundle carries.  ``BITNET_EDGE_REQUIRE_NATIVE=1`` turns that into a 
 The compiler is ``$BITNET_EDGE_CC``, else ``$CC`` (one word), else the target's default (gcc).
 """
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
 import sys
+import types
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -27,12 +28,29 @@ ROOT = Path(__file__).resolve().parent
 BUILD_NOTE = "build.json"  # in _lib/: what the install-time build did (read by bitnet_edge.sdk.native)
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
+#: The standard-library-only modules the build needs, by package (source folders).
+_BUILD_PACKAGES = {"bitnet_edge": "sdk/_root", "bitnet_edge.sdk": "sdk", "bitnet_edge.sdk.native": "sdk/native",
+                   "bitnet_edge.sdk.bundle": "sdk/bundle", "bitnet_edge.packagers": "packagers"}
+
+
+def _build_modules():
+    """``bitnet_edge.packagers.targets`` and ``.native_sources`` imported from the source tree before
+    any dependency is installed: their packages stand in as empty namespaces (their ``__init__``
+    would import numpy, cffi ...), so only the standard-library-only modules they import run."""
+    saved = {name: sys.modules.pop(name, None) for name in _BUILD_PACKAGES}
+    try:
+        for name, folder in _BUILD_PACKAGES.items():
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(ROOT / folder)]
+            sys.modules[name] = pkg
+        return (importlib.import_module("bitnet_edge.packagers.targets"),
+                importlib.import_module("bitnet_edge.packagers.native_sources"),
+                importlib.import_module("bitnet_edge.packagers.errors"))
+    finally:
+        for name in list(sys.modules):
+            if name == "bitnet_edge" or name.startswith("bitnet_edge."):
+                del sys.modules[name]
+        sys.modules.update({k: v for k, v in saved.items() if v is not None})
 
 
 def _host_cc():
@@ -44,8 +62,7 @@ class BuildNative(build_ext):
     """Compile native/ for the host into bitnet_edge/sdk/native/_lib/; copy the sources (wheels)."""
 
     def run(self):
-        targets = _load("_bne_targets", ROOT / "packagers" / "targets.py")
-        sources = _load("_bne_native_sources", ROOT / "packagers" / "native_sources.py")
+        targets, sources, errors = _build_modules()
         editable = self.inplace or getattr(self, "editable_mode", False)
         pkg_native = (ROOT / "sdk" / "native") if editable else Path(self.build_lib) / "bitnet_edge" / "sdk" / "native"
         out = pkg_native / "_lib"
@@ -55,12 +72,11 @@ class BuildNative(build_ext):
         # the headers the loaders read (the library's cdef; the CUDA kernels' launch ABI for bitnet_edge.sdk.cuda)
         shutil.copy2(ROOT / "native" / "include" / "bitnet_edge.h", out / "bitnet_edge.h")
         shutil.copy2(ROOT / "native" / "cuda" / "bne_cuda.h", out / "bne_cuda.h")
-        host = targets.host_target()
-        note = {"target": host, "built": False}
+        note = {"target": targets.host_target(), "built": False}
         try:
-            lib = targets.build_library(host, ROOT / "native", out, cc=_host_cc())
+            lib = targets.build_host_library(ROOT / "native", out, cc=_host_cc())
             note.update(built=True, file=lib.name)
-        except (targets.ToolchainMissing, targets.BuildFailed, targets.UnknownTarget) as exc:
+        except (errors.ToolchainMissing, errors.BuildFailed, errors.UnknownTarget) as exc:
             if os.environ.get("BITNET_EDGE_REQUIRE_NATIVE") == "1":
                 raise
             reason = str(exc).splitlines()[0]

@@ -33,7 +33,7 @@ except ModuleNotFoundError as _exc:  # the agent extra
     raise missing(_exc, "the agent's TUF client") from None
 
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import TUF_FILE, TufRequest, device_topic, unpack_tuf_part
+from bitnet_edge.sdk.wire.protocol import TUF_FILE, TufRequest, device_topic, unpack_tuf_part
 
 __all__ = ["MqttFetcher", "FetchLimits"]
 

@@ -226,7 +226,7 @@ def test_installed_package_works_from_outside_the_repo(builder):
     code = ("import numpy as np, bitnet_edge.sdk.kernels as k, bitnet_edge.agent.daemon, bitnet_edge.fleet, "
             "bitnet_edge.sdk.models, bitnet_edge.sdk.convert.hf\n"
             "from bitnet_edge.sdk.native import load\n"
-            "from bitnet_edge.packagers.devices import load_devices\n"
+            "from bitnet_edge.sdk.bundle.devices import load_devices\n"
             "y = k.TernaryMatrix.from_ternary(np.array([[1, -1, 0]], np.int8), 1.0).matmul_int8("
             "np.array([5, 7, 9], np.int8))\n"
             "print(load().path); print(int(y[0])); print(len(load_devices()))")
