@@ -37,7 +37,7 @@ from tests.support.installs import (
 )
 from tests.support.tools import IN_CI, require_tool
 
-from bitnet_edge.packagers.targets import find_tool
+from bitnet_edge.sdk.native.targets import find_tool
 
 
 
