@@ -36,7 +36,7 @@ VENV_TOOLS = {"pip", "setuptools", "wheel"}
 
 def measure(python: str, wheel: Path, role: str, where: Path) -> dict:
     py = make_venv(python, where)
-    pip_install(py, f"{wheel}[{role}]" if role != "base" else str(wheel))
+    pip_install(py, f"{wheel}[{role}]" if role != "base" else str(wheel), compile=True)
     dists = distributions(py)
     rows = sorted(({"name": n, "version": d["version"], "bytes": d["bytes"]} for n, d in dists.items()
                    if normalized(n) not in VENV_TOOLS), key=lambda r: -r["bytes"])

@@ -73,8 +73,11 @@ def make_venv(python: str | Path, path: Path, env=None) -> Path:
     return py
 
 
-def pip_install(py: Path, *requirements: str, env=None) -> subprocess.CompletedProcess:
-    return run([py, "-m", "pip", "install", "-c", CONSTRAINTS, *requirements], env=env)
+def pip_install(py: Path, *requirements: str, env=None, compile: bool = False) -> subprocess.CompletedProcess:
+    """``pip install -c .ci/constraints.txt``; without ``compile`` no .pyc are written (tests: faster;
+    Python compiles what it imports), with it as a user's install does (sizes)."""
+    flags = [] if compile else ["--no-compile"]
+    return run([py, "-m", "pip", "install", *flags, "-c", CONSTRAINTS, *requirements], env=env)
 
 
 def distributions(py: Path) -> dict[str, dict]:
