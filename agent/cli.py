@@ -15,6 +15,7 @@ from rich.table import Table
 
 from bitnet_edge.agent.config import load_config
 from bitnet_edge.agent.errors import AgentError
+from bitnet_edge.sdk.extras import MissingExtra, require
 
 __all__ = ["register"]
 
@@ -22,6 +23,14 @@ __all__ = ["register"]
 def _fail(exc: Exception) -> None:
     click.echo(f"error: {exc}", err=True)
     sys.exit(2)
+
+
+def _require_sync_extras(cfg) -> None:
+    """Fleet sync needs the agent extra (paho-mqtt, tuf): say so before anything starts."""
+    if cfg.mqtt.url:
+        require("paho.mqtt.client", "fleet sync (the [mqtt] url of the agent config)")
+        if cfg.tuf_root:
+            require("tuf.ngclient", "TUF metadata checks (tuf_root in the agent config)")
 
 
 def _daemon(cfg):
@@ -88,9 +97,10 @@ def register(main: click.Group) -> None:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         try:
             cfg = load_config(config_path)
+            _require_sync_extras(cfg)
             ag = Agent(cfg)
             ag.start_serving()
-        except AgentError as exc:
+        except (AgentError, MissingExtra) as exc:
             _fail(exc)
         servers = serve(ag, cfg.api.host, cfg.api.port, cfg.api.unix_socket) if cfg.api.enabled else []
         for s in servers:

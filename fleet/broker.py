@@ -43,7 +43,7 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> str:
         """Start listening; returns the broker URL (with the real port when ``port`` was 0)."""
-        Broker = require("amqtt.broker", "the fleet's embedded MQTT broker").Broker
+        Broker = require("amqtt.broker", "the fleet's embedded MQTT broker", "fleet").Broker
 
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)

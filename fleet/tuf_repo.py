@@ -35,7 +35,7 @@ try:
     from tuf.api.exceptions import UnsignedMetadataError
     from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timestamp
 except ModuleNotFoundError as _exc:  # the fleet extra
-    raise missing(_exc, "the fleet's TUF repository") from None
+    raise missing(_exc, "the fleet's TUF repository", "fleet") from None
 
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_sign import ONLINE_ROLES, describe, key_from_file, load_metadata, signer_from_file

@@ -32,7 +32,7 @@ try:
     from tuf.api.metadata import Metadata, Root, Targets, TargetFile
     from tuf.api.serialization import DeserializationError
 except ModuleNotFoundError as _exc:  # the fleet extra
-    raise missing(_exc, "the fleet's TUF repository") from None
+    raise missing(_exc, "the fleet's TUF repository", "fleet") from None
 
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, BundleTarget, target_path

@@ -34,19 +34,21 @@ class MissingExtra(BitnetEdgeError, ImportError):
 
     reason = "missing-extra"
 
-    def __init__(self, module: str, purpose: str):
+    def __init__(self, module: str, purpose: str, extra: str | None = None):
         top = module.split(".")[0]
         dist, extras = EXTRAS.get(top, (top, ()))
-        self.module, self.distribution, self.extra = module, dist, (extras[0] if extras else None)
-        hint = f"pip install 'bitnet-edge[{extras[0]}]'" if extras else f"pip install {dist}"
+        self.module, self.distribution = module, dist
+        self.extra = extra if extra in extras else (extras[0] if extras else None)
+        hint = f"pip install 'bitnet-edge[{self.extra}]'" if self.extra else f"pip install {dist}"
         self.detail = f"{purpose} needs {dist}, which is not installed; install it with: {hint}"
         super().__init__(self.detail, name=module)
 
 
-def require(module: str, purpose: str) -> ModuleType:
+def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
     """``importlib.import_module(module)``, or :class:`MissingExtra` when its distribution is missing.
 
-    ``purpose`` names what needs it ("the GGUF importer").  A module that is installed but fails to
+    ``purpose`` names what needs it ("the GGUF importer"); ``extra`` picks the extra to suggest when
+    several install the module (the fleet's code says ``fleet`` for tuf).  A module that is installed but fails to
     import for another reason raises that error unchanged.
     """
     try:
@@ -54,11 +56,11 @@ def require(module: str, purpose: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name is None or not (exc.name == module or module.startswith(exc.name + ".")):
             raise  # the module is there; something it imports is not
-        raise MissingExtra(module, purpose) from None
+        raise MissingExtra(module, purpose, extra) from None
 
 
-def missing(exc: ModuleNotFoundError, purpose: str) -> Exception:
+def missing(exc: ModuleNotFoundError, purpose: str, extra: str | None = None) -> Exception:
     """For a module-level ``try: import ... except ModuleNotFoundError as exc: raise missing(exc, ...)``:
     :class:`MissingExtra` when the missing module is an optional dependency, else ``exc`` itself."""
     top = (exc.name or "").split(".")[0]
-    return MissingExtra(exc.name, purpose) if top in EXTRAS else exc
+    return MissingExtra(exc.name, purpose, extra) if top in EXTRAS else exc

@@ -17,9 +17,21 @@ from bitnet_edge import __version__
 console = Console()
 
 
+class _Root(click.Group):
+    """The root group: a command that needs another role's package (an extra not installed) ends with
+    the one-line MissingExtra, whatever group it is in, never a traceback."""
+
+    def invoke(self, ctx):
+        from bitnet_edge.sdk.extras import MissingExtra
+
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bitnet-edge")
 def main() -> None:
     """bitnet-edge: 1.58-bit models on edge devices, and fleets of them kept up to date."""
