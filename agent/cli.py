@@ -16,8 +16,17 @@ from rich.table import Table
 from bitnet_edge.agent.config import load_config
 from bitnet_edge.agent.errors import AgentError
 from bitnet_edge.sdk.cliutil import EXIT_FAILED, emit_json, json_option
+from bitnet_edge.sdk.extras import require
 
 __all__ = ["register"]
+
+
+def _require_sync_extras(cfg) -> None:
+    """Fleet sync needs the agent extra (paho-mqtt, tuf): say so before anything starts."""
+    if cfg.mqtt.url:
+        require("paho.mqtt.client", "fleet sync (the [mqtt] url of the agent config)")
+        if cfg.tuf_root:
+            require("tuf.ngclient", "TUF metadata checks (tuf_root in the agent config)")
 
 
 def _daemon(cfg):
@@ -109,6 +118,7 @@ def register(main: click.Group) -> None:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = load_config(config_path)
+        _require_sync_extras(cfg)
         ag = Agent(cfg)
         try:
             ag.start_serving()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from pathlib import Path
 
 from pydantic import Field
 
 from bitnet_edge.agent.errors import ConfigError
+from bitnet_edge.sdk._compat import tomllib
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.broker import BrokerConnection

@@ -92,7 +92,9 @@ class HttpServer:
 
     def __init__(self, app, *, host: str | None = None, port: int | None = None, unix_socket: str | None = None,
                  socket_mode: int = 0o600, limits: ServerLimits = ServerLimits(), name: str = "http"):
-        from waitress.server import create_server
+        from bitnet_edge.sdk.extras import require
+
+        create_server = require("waitress.server", "the agent's HTTP API", "agent").create_server
 
         kw = dict(threads=limits.threads, connection_limit=limits.connection_limit,
                   channel_timeout=limits.channel_timeout, max_request_body_size=limits.max_body,

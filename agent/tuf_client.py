@@ -24,9 +24,14 @@ import os
 import threading
 from pathlib import Path
 
-from tuf.api import exceptions as tex
-from tuf.api.metadata import TargetFile
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+from bitnet_edge.sdk.extras import missing
+
+try:
+    from tuf.api import exceptions as tex
+    from tuf.api.metadata import TargetFile
+    from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+except ModuleNotFoundError as _exc:  # the agent extra
+    raise missing(_exc, "the agent's TUF client") from None
 
 from bitnet_edge.agent.errors import TufRejected
 from bitnet_edge.sdk.errors import FormatError

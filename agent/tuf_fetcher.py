@@ -24,8 +24,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError, SlowRetrievalError
-from tuf.ngclient.fetcher import FetcherInterface
+from bitnet_edge.sdk.extras import missing
+
+try:
+    from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError, SlowRetrievalError
+    from tuf.ngclient.fetcher import FetcherInterface
+except ModuleNotFoundError as _exc:  # the agent extra
+    raise missing(_exc, "the agent's TUF client") from None
 
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.wire.protocol import TUF_FILE, TufRequest, device_topic, unpack_tuf_part

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from bitnet_edge.fleet.errors import ConfigError
 from bitnet_edge.sdk.errors import BitnetEdgeError, listen_error
+from bitnet_edge.sdk.extras import require
 from bitnet_edge.fleet.mqtt_auth import (
     DeviceCredentials,
     FleetPasswords,
@@ -225,6 +226,8 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> str:
         """Start listening; returns the broker URL (with the real port when ``port`` was 0)."""
+        require("amqtt.broker", "the fleet's embedded MQTT broker", "fleet")  # one-line MissingExtra, not a traceback
+
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # a failed start is raised here, not logged there

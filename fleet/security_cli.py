@@ -106,7 +106,7 @@ def _agent_toml(device_id: str, conn, trust: list[str], agent_data: str, install
 def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, agent_data, csr, days, force) -> None:
     """Issue DEVICE_ID a client certificate from the fleet CA and a broker password, and write its
     agent config (mTLS with Mosquitto; user name and password with the embedded broker)."""
-    import tomllib
+    from bitnet_edge.sdk._compat import tomllib
 
     from bitnet_edge.fleet.config import is_loopback
     from bitnet_edge.fleet.desired_key import desired_public_path

@@ -28,9 +28,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from securesystemslib.signer import CryptoSigner
-from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timestamp
+from bitnet_edge.sdk.extras import missing
+
+try:
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.exceptions import UnsignedMetadataError
+    from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timestamp
+except ModuleNotFoundError as _exc:  # the fleet extra
+    raise missing(_exc, "the fleet's TUF repository", "fleet") from None
 
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_sign import ONLINE_ROLES, describe, key_from_file, load_metadata, signer_from_file

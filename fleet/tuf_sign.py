@@ -24,10 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
-from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, Root, Targets, TargetFile
-from tuf.api.serialization import DeserializationError
+from bitnet_edge.sdk.extras import missing
+
+try:
+    from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
+    from tuf.api.exceptions import UnsignedMetadataError
+    from tuf.api.metadata import Metadata, Root, Targets, TargetFile
+    from tuf.api.serialization import DeserializationError
+except ModuleNotFoundError as _exc:  # the fleet extra
+    raise missing(_exc, "the fleet's TUF repository", "fleet") from None
 
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.sdk.durable import write_atomic

@@ -43,6 +43,7 @@ from bitnet_edge.sdk.bundle.manifest import (
     Sizes,
     canonical_json,
 )
+from bitnet_edge.packagers.native_sources import native_source_root, source_files
 from bitnet_edge.sdk.bundle.payload import TERNARY_SECTION, encode_weights
 from bitnet_edge.sdk.bundle.signing import key_id
 from bitnet_edge.sdk.bundle.verify import BaseContents, base_from_bundle
@@ -54,9 +55,8 @@ from bitnet_edge.sdk.tokenizer import load_tokenizer
 __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_model", "native_source_sha256",
            "source_date_epoch", "bundle_filename", "check_library_fits", "check_version"]
 
-DEFAULT_NATIVE_ROOT = Path(__file__).resolve().parents[1] / "native"
-_SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h", "cuda/*.h", "cuda/*.cuh",
-                 "cuda/*.cu")
+#: The checkout's native/ or the sources an installed wheel carries (packagers/native_sources.py).
+DEFAULT_NATIVE_ROOT = native_source_root()
 _ORDER = {"library": 0, "cuda-fatbin": 1, "golden": 2, "tokenizer": 3, "weights-dense": 4, "weights-ternary": 5}
 _CUDA_NOTE = ("the device runs the CUDA kernels when its GPU is covered (SASS for the archs listed, PTX for newer "
               "ones) and the driver loads the fatbin; otherwise the aarch64 CPU library, with the reason reported")
@@ -102,7 +102,11 @@ class BundleResult:
 def native_source_sha256(native_root: Path) -> str:
     """sha256 over (relative path, sha256 of bytes) of every native source, sorted by path."""
     root = Path(native_root)
-    files = sorted({p for g in _SOURCE_GLOBS for p in root.glob(g)}, key=lambda p: p.relative_to(root).as_posix())
+    files = source_files(root)
+    if not (root / "include" / "bitnet_edge.h").is_file() or not files:
+        raise PackagingError("native-sources-missing",
+                             f"the kernel library's C sources are not in {root}: reinstall bitnet-edge from its "
+                             f"wheel (pip install .) or a checkout, or set BITNET_EDGE_NATIVE_SRC to a native/ folder")
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())

@@ -96,6 +96,11 @@ def collect_info() -> dict:
     try:
         info["backends"]["selected"] = kernels.resolve_backend()
         info["backends"]["requested"] = os.environ.get("BITNET_EDGE_KERNEL") or "auto"
+        fallback = kernels.fallback_reason() if info["backends"]["selected"] == "numpy" else None
+        if fallback and info["backends"]["requested"] == "auto":
+            info["backends"]["last_resort"] = ("no native kernel library loads here, so the runtime runs the numpy "
+                                               "reference (slow); the agent runs bundles with their own library. "
+                                               "For the native kernels: install a C compiler and reinstall")
     except BitnetEdgeError as exc:
         info["backends"]["selected"] = None
         info["backends"]["error"] = str(exc)

@@ -32,6 +32,7 @@ __all__ = [
     "TernaryMatrix",
     "Int8Matrix",
     "available_backends",
+    "fallback_reason",
     "resolve_backend",
     "use_backend",
     "quantize_activations",
@@ -56,7 +57,21 @@ def available_backends() -> list[str]:
 
 
 def _best() -> str:
-    return nb.backend_id_info(nb.best_backend())[0]
+    """The best native variant this CPU runs; ``numpy`` when no kernel library loads (the last resort:
+    an install built without a compiler; :func:`fallback_reason` says why, ``bitnet-edge info`` reports it)."""
+    try:
+        return nb.backend_id_info(nb.best_backend())[0]
+    except NativeLibraryError:
+        return "numpy"
+
+
+def fallback_reason() -> str | None:
+    """Why ``auto`` runs the numpy reference instead of a native kernel, or None when it does not."""
+    try:
+        nb.best_backend()
+    except NativeLibraryError as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 _RESOLVED: dict[tuple[str | None, str | None, str | None], str] = {}  # memo of successful resolutions

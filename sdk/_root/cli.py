@@ -38,7 +38,8 @@ def info(as_json: bool) -> None:
         _emit_json(data)
     else:
         _print_info(data)
-    if not data["native"]["loaded"] or data["backends"].get("selected") is None:
+    # no native library is not a failure while the numpy reference stands in (an install without a compiler)
+    if data["backends"].get("selected") is None:
         sys.exit(EXIT_FAILED)
 
 
@@ -59,8 +60,11 @@ def _print_info(data: dict) -> None:
     be = data["backends"]
     t.add_row("available backends", ", ".join(be["available"]))
     sel = be.get("selected")
-    t.add_row("selected backend", f"[green]{sel}[/green] (requested: {be.get('requested')})" if sel
-              else f"[red]{be.get('error')}[/red]")
+    if be.get("last_resort"):
+        t.add_row("selected backend", f"[yellow]numpy - the last resort[/yellow]: {escape(be['last_resort'])}")
+    else:
+        t.add_row("selected backend", f"[green]{sel}[/green] (requested: {be.get('requested')})" if sel
+                  else f"[red]{be.get('error')}[/red]")
     dev = data.get("devices", {})
     if dev:
         mlx = dev["mlx"]

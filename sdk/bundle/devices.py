@@ -9,12 +9,12 @@ packager builds one bundle per distinct target of the devices it is given.  Sche
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from bitnet_edge.sdk._compat import tomllib
 from bitnet_edge.sdk.bundle.errors import DeviceProfileError, UnknownDevice
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.native.targets import TARGETS

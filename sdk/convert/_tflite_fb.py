@@ -11,10 +11,15 @@ from dataclasses import dataclass, field
 import struct
 
 import numpy as np
-from flatbuffers import encode, number_types as N
-from flatbuffers.table import Table
 
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.extras import missing
+
+try:
+    from flatbuffers import encode, number_types as N
+    from flatbuffers.table import Table
+except ModuleNotFoundError as _exc:  # the builder extra
+    raise missing(_exc, "the .tflite importer") from None
 
 __all__ = ["TflTensor", "TflOperator", "TflModel", "parse_tflite", "Options", "TYPES"]
 

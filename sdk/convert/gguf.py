@@ -64,6 +64,7 @@ import numpy as np
 
 from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_tensor_names
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.extras import require
 from bitnet_edge.sdk.manifest import DecoderConfig, SourceInfo
 from bitnet_edge.sdk.quant import EPS
 from bitnet_edge.sdk.safetensors_io import bf16_to_f32
@@ -141,7 +142,7 @@ def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- reading the file
 
 def _open(path: Path):
-    import gguf
+    gguf = require("gguf", "the GGUF importer")
 
     class _Reader(gguf.GGUFReader):
         """GGUFReader that checks each tensor's extent against the file before mapping it, so a
@@ -275,7 +276,8 @@ def _expected_shape(cfg: DecoderConfig, canonical: str) -> tuple[int, ...]:
 
 def _ternary(path: Path, t, nonuniform: str) -> ImportedTensor:
     """TQ1_0/TQ2_0 -> (int8 codes, per-tensor g); see the module docstring."""
-    from gguf import GGML_QUANT_SIZES, quants
+    gguf = require("gguf", "the GGUF importer")
+    GGML_QUANT_SIZES, quants = gguf.GGML_QUANT_SIZES, gguf.quants
 
     _, tsize = GGML_QUANT_SIZES[t.tensor_type]
     raw = np.ascontiguousarray(t.data)
@@ -330,7 +332,7 @@ def _decode(path: Path, t, linear: bool, nonuniform: str) -> ImportedTensor:
         return out
     if kind in _TERNARY_TYPES:
         if not linear:
-            from gguf import quants
+            quants = require("gguf", "the GGUF importer").quants
             return ImportedTensor("float", quants.dequantize(np.ascontiguousarray(t.data), t.tensor_type).reshape(shape))
         out = _ternary(path, t, nonuniform)
         out.data = out.data.reshape(shape)

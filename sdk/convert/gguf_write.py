@@ -34,6 +34,7 @@ from bitnet_edge.sdk import packing, quant
 from bitnet_edge.sdk.convert.gguf import canonical_to_gguf, permute_rope_rows
 from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_tensor_names
 from bitnet_edge.sdk.errors import FormatError, InputError
+from bitnet_edge.sdk.extras import require
 from bitnet_edge.sdk.manifest import DecoderConfig, SourceInfo
 
 __all__ = ["write_gguf", "imported_from_model_dir", "byte_level_vocab"]
@@ -57,7 +58,7 @@ def _bytes_to_unicode() -> list[str]:
 
 def byte_level_vocab(cfg: DecoderConfig) -> tuple[list[str], list[int]]:
     """(tokens, token types) of the placeholder vocabulary described in the module docstring."""
-    import gguf
+    gguf = require("gguf", "writing GGUF")
 
     tokens = _bytes_to_unicode()[: cfg.vocab_size]
     tokens += [f"<|tok_{i}|>" for i in range(len(tokens), cfg.vocab_size)]
@@ -115,9 +116,8 @@ def write_gguf(imported_or_model_dir: ImportedModel | str | os.PathLike, path: s
                ternary_type: str = "TQ2_0", head_type: str = "Q8_0", *, scale_tensors: bool = False,
                name: str | None = None) -> Path:
     """Write a llama.cpp-loadable GGUF of a decoder; returns the path written."""
-    import gguf
-    from gguf import GGMLQuantizationType as QT
-    from gguf.quants import quantize
+    gguf = require("gguf", "writing GGUF")
+    QT, quantize = gguf.GGMLQuantizationType, gguf.quants.quantize
 
     if ternary_type not in _TERNARY:
         raise InputError("ternary_type", f"must be one of {', '.join(_TERNARY)}, got {ternary_type!r}")

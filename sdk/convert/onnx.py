@@ -20,6 +20,7 @@ from bitnet_edge.sdk.conv import same_pads
 from bitnet_edge.sdk.convert.graph_build import GraphBuilder, float_weight, unsupported
 from bitnet_edge.sdk.convert.imported import ImportedModel
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.extras import require
 
 __all__ = ["read_onnx"]
 
@@ -379,10 +380,7 @@ class _Importer:
 
 def read_onnx(path: str | Path, name: str | None = None) -> ImportedModel:
     path = Path(path)
-    try:
-        import onnx
-    except ImportError:
-        raise FormatError(f"{path}: reading .onnx needs the onnx package: pip install 'bitnet-edge[onnx]'") from None
+    onnx = require("onnx", "reading .onnx")
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
     try:

@@ -21,7 +21,7 @@ import cffi
 from bitnet_edge import __version__
 from bitnet_edge.sdk.errors import NativeLibraryError
 
-__all__ = ["Library", "library_candidates", "load", "cdef_from_header"]
+__all__ = ["Library", "library_candidates", "load", "cdef_from_header", "install_build_note"]
 
 _PKG_LIB = Path(__file__).resolve().parent / "_lib"
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # sdk/native -> repo root (source checkouts)
@@ -131,8 +131,21 @@ def load() -> Library:
                 raise NativeLibraryError(f"could not start {threads} worker threads")
             _LOADED = loaded
             return loaded
+        note = install_build_note()
+        why = f" (none was built at install: {note['reason']})" if note and not note.get("built") else ""
         raise NativeLibraryError(
-            "could not load the bitnet-edge kernel library; reinstall the package "
-            "(pip install .) or build it (make native). Tried:",
+            f"could not load the bitnet-edge kernel library{why}; install a C compiler and reinstall the "
+            "package (pip install .) or build it (make native). Tried:",
             tried,
         )
+
+
+def install_build_note() -> dict | None:
+    """What ``pip install`` did about the host library (``_lib/build.json`` written by setup.py), or None."""
+    import json
+
+    try:
+        note = json.loads((_PKG_LIB / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bitnet_edge.sdk.errors import InputError
+from bitnet_edge.sdk.extras import require
 
 __all__ = ["BrokerURL", "parse_broker_url", "make_client"]
 
@@ -52,7 +53,7 @@ def make_client(client_id: str, url: BrokerURL, *, clean_session: bool = True, m
     MQTT 5 sessions are chosen at connect time (``clean_start`` of ``connect_async``), so
     ``clean_session`` only applies to MQTT 3.1.1 here.
     """
-    import paho.mqtt.client as mqtt
+    mqtt = require("paho.mqtt.client", "MQTT (agent sync, fleet service)")
     from paho.mqtt.enums import CallbackAPIVersion
 
     if mqtt5:

@@ -62,15 +62,16 @@ def write_config(path: Path, data_dir: Path, trust: list[Path], port: int | None
     return path
 
 
-def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bitnet_edge", *map(str, args)], capture_output=True, text=True,
+def cli(*args, env=None, timeout=300, python=sys.executable) -> subprocess.CompletedProcess:
+    """``bitnet-edge ARGS`` in ``python`` (another venv's, for the install tests)."""
+    return subprocess.run([str(python), "-m", "bitnet_edge", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 class Daemon:
-    def __init__(self, config: Path, port: int, env=None):
+    def __init__(self, config: Path, port: int, env=None, python=sys.executable):
         self.port, self.config = port, Path(config)
-        self.proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge", "agent", "run", "--config", str(config)],
+        self.proc = subprocess.Popen([str(python), "-m", "bitnet_edge", "agent", "run", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
