@@ -28,7 +28,7 @@ venv: $(PY)
 # Rebuild the host kernel library in place (pip install -e . does this too).
 native: $(PY)
 	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_library, host_target; \
-	print(build_library(host_target(), Path('native'), Path('sdk/native/_lib')))"
+	print(build_library(host_target(), Path('native'), Path('sdk/native/_lib'), toolchain='system'))"
 	cp native/include/bitnet_edge.h sdk/native/_lib/bitnet_edge.h
 	cp native/cuda/bne_cuda.h sdk/native/_lib/bne_cuda.h
 

@@ -33,7 +33,9 @@ class BuildNative(build_ext):
             out = ROOT / "sdk" / "native" / "_lib"
         else:
             out = Path(self.build_lib) / "bitnet_edge" / "sdk" / "native" / "_lib"
-        targets.build_library(targets.host_target(), ROOT / "native", out)
+        # The host's own compiler (gcc/cc): pip's isolated build environment has no ziglang, and a
+        # host build needs no cross toolchain.  Bundles for devices are built with zig (packagers/).
+        targets.build_library(targets.host_target(), ROOT / "native", out, toolchain="system")
         shutil.copy2(ROOT / "native" / "include" / "bitnet_edge.h", out / "bitnet_edge.h")
         # the CUDA kernels' launch ABI, read by bitnet_edge.sdk.cuda (the fatbin: make cuda, or a bundle)
         shutil.copy2(ROOT / "native" / "cuda" / "bne_cuda.h", out / "bne_cuda.h")

@@ -36,6 +36,7 @@ from bitnet_edge.packagers.manifest import (
     NativeLibrary,
     Section,
     Sizes,
+    ToolchainInfo,
     canonical_json,
 )
 from bitnet_edge.packagers.payload import TERNARY_SECTION, encode_weights
@@ -43,10 +44,13 @@ from bitnet_edge.packagers.signing import key_id, sign
 from bitnet_edge.packagers.targets import (
     BACKEND_FEATURES,
     BASE_CFLAGS,
+    ZIG_CFLAGS,
     binary_kind,
     build_library,
     get_target,
     library_filename,
+    resolve_toolchain,
+    toolchain_info,
     toolchain_versions,
 )
 from bitnet_edge.packagers.verify import BaseContents, base_from_bundle
@@ -72,6 +76,9 @@ class PackageOptions:
     zstd_level: int = codec.DEFAULT_LEVEL
     golden: bool = True  # compute golden vectors with bitnet_edge.sdk.load_model
     native_root: Path = DEFAULT_NATIVE_ROOT
+    # The toolchain that builds the CPU libraries: "zig" (the ziglang wheel, every target from any host)
+    # or "system" (the apt cross compilers); None: $BITNET_EDGE_TOOLCHAIN or zig.
+    toolchain: str | None = None
     # Prebuilt libraries by CPU-library target (built by build_library from native_root with the
     # same toolchain); targets missing here are built.
     libraries: Mapping[str, Path] = field(default_factory=dict)
@@ -207,6 +214,9 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
             if missing := check_library_fits(p, t):
                 raise PackagingError("device-unsupported", f"{p.name} lacks {', '.join(missing)}, which the {t} "
                                                            "library needs")
+    toolchain = resolve_toolchain(options.toolchain)
+    for t in by_target:  # fail before any work when the toolchain is missing
+        toolchain_info(t, toolchain)
     epoch = source_date_epoch()
     created = epoch if epoch is not None else int(time.time())
     to_build = {get_target(t).cpu_library_target for t in by_target} - set(options.libraries)
@@ -267,7 +277,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
             lib_target = t.cpu_library_target
             if lib_target not in built:
                 step(f"building the {lib_target} library")
-                built[lib_target] = build_library(lib_target, options.native_root, Path(tmp) / lib_target)
+                built[lib_target] = build_library(lib_target, options.native_root, Path(tmp) / lib_target,
+                                                  toolchain=toolchain)
             lib_bytes = Path(built[lib_target]).read_bytes()
             fmt, machine = binary_kind(lib_bytes[:64])
             lib_section = f"lib.{lib_target}"
@@ -278,7 +289,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 backends=[BackendInfo(name=b, requires=list(BACKEND_FEATURES[b]))
                           for b in get_target(lib_target).backends])
             tcontents = {lib_section: ("library", lib_bytes), **contents}
-            cuda, toolchains = None, toolchain_versions(target)
+            cuda, toolchains = None, toolchain_versions(target, toolchain=toolchain)
             if t.cuda_kernels and options.cuda:
                 fat, toolchains["nvcc"] = _fatbin(options, source_sha, step)
                 cuda = CudaInfo(included=True, archs=list(cuda_build.FATBIN_ARCHS), ptx=True,
@@ -306,7 +317,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 name=model.name, version=version, release=release, target=target, created=created, model=model,
                 tensors=weights.tensors, sections=sections, libraries=[library], cuda=cuda, devices=profs,
                 build=BuildInfo(bitnet_edge=__version__, source_sha256=source_sha,
-                                toolchains=toolchains, cflags=list(BASE_CFLAGS) + list(t.cflags),
+                                toolchain=ToolchainInfo(**toolchain_info(target, toolchain)),
+                                toolchains=toolchains, cflags=_cflags(lib_target, toolchain),
                                 zstd=codec.zstd_version(), zstd_level=options.zstd_level,
                                 source_date_epoch=epoch),
                 golden=golden, sizes=sizes, signers=signers, encryption=encryption)
@@ -344,6 +356,13 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
     if progress is not None:
         progress("done", total, total)
     return results
+
+
+def _cflags(lib_target: str, toolchain: str) -> list[str]:
+    """The flags every source of ``lib_target``'s library was compiled with (before per-ISA flags)."""
+    b = get_target(lib_target).build(toolchain)
+    head = ["-target", b.compiler, *ZIG_CFLAGS] if toolchain == "zig" else []
+    return head + list(BASE_CFLAGS) + list(b.cflags)
 
 
 def _fatbin(options: PackageOptions, source_sha: str, step: Callable[[str], None]) -> tuple[bytes, str]:

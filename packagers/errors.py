@@ -5,7 +5,8 @@ message text.  Standard library only: ``setup.py`` loads ``targets.py`` (which r
 errors) by path before any dependency is importable.
 
     PackagerError
-    ├── ToolchainMissing        target, tool, package       (also RuntimeError)
+    ├── ToolchainMissing        target, tool, package, install  (also RuntimeError)
+    ├── UnknownToolchain        toolchain, known            (also ValueError)
     ├── BuildFailed             target, command, output     (also RuntimeError)
     ├── UnknownTarget           target, known               (also KeyError)
     ├── DeviceProfileError      path, problem               (also ValueError)
@@ -30,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "PackagerError",
     "ToolchainMissing",
+    "UnknownToolchain",
     "BuildFailed",
     "UnknownTarget",
     "DeviceProfileError",
@@ -55,14 +57,21 @@ class PackagerError(Exception):
 
 
 class ToolchainMissing(PackagerError, RuntimeError):
-    """A compiler or linker for a target is not installed."""
+    """A compiler or linker for a target is not installed.  ``install`` is the command that
+    installs it (``apt-get install PACKAGE`` for the system toolchain, a pip command for zig)."""
 
-    def __init__(self, target: str, tool: str, package: str):
-        super().__init__(
-            f"target {target!r} needs {tool!r}, which is not on PATH; "
-            f"install it with: apt-get install {package}"
-        )
+    def __init__(self, target: str, tool: str, package: str, install: str | None = None):
         self.target, self.tool, self.package = target, tool, package
+        self.install = install or f"apt-get install {package}"
+        super().__init__(f"target {target!r} needs {tool!r}, which is not installed; install it with: {self.install}")
+
+
+class UnknownToolchain(PackagerError, ValueError):
+    """A toolchain name other than the ones targets.py knows (zig, system)."""
+
+    def __init__(self, toolchain: str, known: list[str]):
+        self.toolchain, self.known = toolchain, list(known)
+        super().__init__(f"unknown toolchain {toolchain!r}; known: {', '.join(self.known)}")
 
 
 class BuildFailed(PackagerError, RuntimeError):

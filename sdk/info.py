@@ -16,7 +16,7 @@ __all__ = ["CPU_FEATURE_BITS", "TOOLCHAINS", "collect_info", "cpu_model", "toolc
 #: enum bne_cpu_feature
 CPU_FEATURE_BITS = {
     "avx2": 1, "fma": 2, "avx512f": 4, "avx512bw": 8, "avx512vl": 16, "avx512vnni": 32,
-    "neon": 64, "dotprod": 128,
+    "neon": 64, "dotprod": 128, "v": 256,
 }
 
 #: tool -> (what it is for, Debian package)
