@@ -21,11 +21,13 @@ CPU_FEATURE_BITS = {
 
 #: tool -> (what it is for, Debian package)
 TOOLCHAINS = {
-    "gcc": ("host kernel library", "gcc"),
-    "aarch64-linux-gnu-gcc": ("linux-aarch64 kernel library", "gcc-aarch64-linux-gnu"),
+    "gcc": ("host kernel library (pip install)", "gcc"),
+    "aarch64-linux-gnu-gcc": ("linux-aarch64 kernel library with --toolchain system", "gcc-aarch64-linux-gnu"),
     "qemu-aarch64": ("running aarch64 tests", "qemu-user"),
-    "clang": ("macos-arm64 kernel library", "clang"),
-    "ld64.lld": ("macos-arm64 Mach-O linking", "lld"),
+    "qemu-arm": ("running armv7 tests", "qemu-user"),
+    "qemu-riscv64": ("running riscv64 tests", "qemu-user"),
+    "clang": ("macos-arm64 kernel library with --toolchain system", "clang"),
+    "ld64.lld": ("macos-arm64 Mach-O linking with --toolchain system", "lld"),
     "llvm-objdump": ("inspecting built libraries", "llvm"),
     "nvcc": ("CUDA fatbin for Jetson", "nvidia-cuda-toolkit"),
     "mosquitto": ("MQTT broker for tests", "mosquitto"),
