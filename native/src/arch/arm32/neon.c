@@ -87,6 +87,7 @@ FORCE_INLINE void ternary_1xr(const bne_gemm_args *a, size_t j, size_t i0, int r
     const size_t nb = a->k / BNE_TERNARY_BLOCK, tail = a->k % BNE_TERNARY_BLOCK;
     const int8_t *xr[MR];
     int32x4_t acc[MR];
+    #pragma GCC unroll 2
     for (int q = 0; q < r; ++q) {
         xr[q] = a->x + (i0 + (size_t)q) * a->ldx;
         acc[q] = vdupq_n_s32(0);
@@ -94,18 +95,23 @@ FORCE_INLINE void ternary_1xr(const bne_gemm_args *a, size_t j, size_t i0, int r
     for (size_t b = 0; b < nb;) {
         size_t bend = nb - b > GROUP ? b + GROUP : nb;
         int16x8_t h[MR];
+        #pragma GCC unroll 2
         for (int q = 0; q < r; ++q) h[q] = vdupq_n_s16(0);
         for (; b < bend; ++b) {
             int8x16_t c[8];
             unpack_block(row + b * BNE_TERNARY_BLOCK_BYTES, c);
+            #pragma GCC unroll 2
             for (int q = 0; q < r; ++q) {
                 const int8_t *x = xr[q] + b * BNE_TERNARY_BLOCK;
+                #pragma GCC unroll 8
                 for (int v = 0; v < 8; ++v) h[q] = mla16(h[q], c[v], vld1q_s8(x + 16 * v));
             }
         }
+        #pragma GCC unroll 2
         for (int q = 0; q < r; ++q) acc[q] = vpadalq_s16(acc[q], h[q]);
     }
     const uint8_t *last = row + nb * BNE_TERNARY_BLOCK_BYTES;
+    #pragma GCC unroll 2
     for (int q = 0; q < r; ++q) {
         int32_t s = hsum_s32(acc[q]);
         if (tail) s += bne_tail_codes_dot(last, xr[q] + nb * BNE_TERNARY_BLOCK, tail);
@@ -126,6 +132,7 @@ FORCE_INLINE void ternary_nr_x1(const bne_gemm_args *a, size_t j) {
         for (; b < bend; ++b) {
             const int8_t *x = x0 + b * BNE_TERNARY_BLOCK;
             int8x16_t xv[8];
+            #pragma GCC unroll 8
             for (int v = 0; v < 8; ++v) xv[v] = vld1q_s8(x + 16 * v);
             h0 = block_mla(h0, r0 + b * BNE_TERNARY_BLOCK_BYTES, xv);
             h1 = block_mla(h1, r1 + b * BNE_TERNARY_BLOCK_BYTES, xv);
@@ -174,6 +181,7 @@ FORCE_INLINE void int8_1xr(const bne_gemm_args *a, size_t j, size_t i0, int r) {
     const size_t k = a->k;
     const int8_t *xr[MR];
     int32x4_t acc[MR];
+    #pragma GCC unroll 2
     for (int q = 0; q < r; ++q) {
         xr[q] = a->x + (i0 + (size_t)q) * a->ldx;
         acc[q] = vdupq_n_s32(0);
@@ -181,12 +189,16 @@ FORCE_INLINE void int8_1xr(const bne_gemm_args *a, size_t j, size_t i0, int r) {
     size_t t = 0;
     for (; t + 16 <= k; t += 16) {
         int8x16_t wv = vld1q_s8(w + t);
+        #pragma GCC unroll 2
         for (int q = 0; q < r; ++q) acc[q] = dot16(acc[q], wv, vld1q_s8(xr[q] + t));
     }
     int32_t s[MR];
+    #pragma GCC unroll 2
     for (int q = 0; q < r; ++q) s[q] = hsum_s32(acc[q]);
     for (; t < k; ++t)
+        #pragma GCC unroll 2
         for (int q = 0; q < r; ++q) s[q] += (int32_t)w[t] * (int32_t)xr[q][t];
+    #pragma GCC unroll 2
     for (int q = 0; q < r; ++q) bne_store(a, i0 + (size_t)q, j, s[q]);
 }
 
@@ -196,6 +208,7 @@ FORCE_INLINE void int8_nr_x1(const bne_gemm_args *a, size_t j) {
     const size_t k = a->k;
     const int8_t *wr[NR8];
     int32x4_t acc[NR8];
+    #pragma GCC unroll 4
     for (int p = 0; p < NR8; ++p) {
         wr[p] = (const int8_t *)(a->w + (j + (size_t)p) * a->ldw);
         acc[p] = vdupq_n_s32(0);
@@ -203,12 +216,16 @@ FORCE_INLINE void int8_nr_x1(const bne_gemm_args *a, size_t j) {
     size_t t = 0;
     for (; t + 16 <= k; t += 16) {
         int8x16_t xv = vld1q_s8(x + t);
+        #pragma GCC unroll 4
         for (int p = 0; p < NR8; ++p) acc[p] = dot16(acc[p], vld1q_s8(wr[p] + t), xv);
     }
     int32_t s[NR8];
+    #pragma GCC unroll 4
     for (int p = 0; p < NR8; ++p) s[p] = hsum_s32(acc[p]);
     for (; t < k; ++t)
+        #pragma GCC unroll 4
         for (int p = 0; p < NR8; ++p) s[p] += (int32_t)wr[p][t] * (int32_t)x[t];
+    #pragma GCC unroll 4
     for (int p = 0; p < NR8; ++p) bne_store(a, 0, j + (size_t)p, s[p]);
 }
 
@@ -270,6 +287,7 @@ static int quantize_rows_neon32(const float *x, size_t m, size_t k, size_t ldx, 
         t = 0;
         for (; t + 16 <= k; t += 16) {
             int32x4_t r[4];
+            #pragma GCC unroll 4
             for (int u = 0; u < 4; ++u) {
                 float32x4_t p = vmulq_f32(vld1q_f32(row + t + 4 * (size_t)u), sv);
                 r[u] = vcvtq_s32_f32(vsubq_f32(vaddq_f32(p, magic), magic)); /* integer-valued: exact */
