@@ -3,7 +3,7 @@
     python -m benchmarks.inner_loops [--out benchmarks/results/inner-loops-<date>.json]
 
 The armv7 and riscv64 kernels cannot be timed here (qemu's speed says nothing about a Cortex-A7 or
-a SpacemiT X60), so this is the qemu-independent part of their performance argument (ADR 0012):
+a SpacemiT X60), so this is the qemu-independent part of their performance argument (ADR 0014):
 every kernel source is compiled exactly as bundles compile it (zig, the target's flags), the
 object is disassembled (llvm-objdump), and each innermost loop that multiplies is measured: its
 instructions per iteration, its multiply instructions, and the int8 x int8 products one iteration
@@ -27,7 +27,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bitnet_edge.packagers.targets import BASE_CFLAGS, ZIG_CFLAGS, find_tool, get_target, zig_command, zig_version
+from bitnet_edge.packagers.targets import BASE_CFLAGS, ZIG_CFLAGS, get_target, zig_command, zig_version
+from bitnet_edge.sdk.native.targets import find_tool
 
 NATIVE = Path(__file__).resolve().parents[1] / "native"
 

@@ -15,8 +15,10 @@ from tests.support.bundle_models import LIB_TARGETS, NATIVE, SYSTEM_TOOLS, built
 from tests.support.tools import REPO, require_tool
 
 from bitnet_edge.packagers import targets
-from bitnet_edge.packagers.errors import BuildFailed, PackagerError, ToolchainMissing, UnknownTarget, UnknownToolchain
-from bitnet_edge.packagers.targets import TARGETS, binary_kind, build_library, get_target
+from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing, UnknownTarget, UnknownToolchain
+from bitnet_edge.sdk.bundle.errors import PackagerError
+from bitnet_edge.packagers.targets import build_library, get_target
+from bitnet_edge.sdk.native.targets import TARGETS, binary_kind
 
 pytestmark = pytest.mark.toolchain
 

@@ -22,10 +22,12 @@ from tests.support import qemu as Q
 from tests.support.bundle_models import make_mlp_dir
 from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
 
-from bitnet_edge.packagers.install import install_bundle
-from bitnet_edge.packagers.signing import generate_keypair, load_public_key
-from bitnet_edge.packagers.targets import binary_kind, zig_version
-from bitnet_edge.packagers.verify import verify_bundle
+from bitnet_edge.packagers.keys import generate_keypair
+from bitnet_edge.packagers.targets import zig_version
+from bitnet_edge.sdk.bundle.install import install_bundle
+from bitnet_edge.sdk.bundle.signing import load_public_key
+from bitnet_edge.sdk.bundle.verify import verify_bundle
+from bitnet_edge.sdk.native.targets import binary_kind
 
 pytestmark = pytest.mark.toolchain
 

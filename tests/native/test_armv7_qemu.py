@@ -18,7 +18,7 @@ import pytest
 from tests.support import qemu as Q
 from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
 
-from bitnet_edge.packagers.targets import binary_kind
+from bitnet_edge.sdk.native.targets import binary_kind
 
 pytestmark = pytest.mark.toolchain
 ARCH = Q.ARCHES["linux-armv7"]

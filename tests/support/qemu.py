@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from tests.support.tools import IN_CI, REPO, require_tool
 
-from bitnet_edge.packagers.targets import BASE_CFLAGS, ZIG_CFLAGS, build_library, find_tool, get_target, zig_command
+from bitnet_edge.packagers.targets import BASE_CFLAGS, ZIG_CFLAGS, build_library, get_target, zig_command
+from bitnet_edge.sdk.native.targets import find_tool
 
 NATIVE = REPO / "native"
 
