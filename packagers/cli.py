@@ -117,7 +117,8 @@ def _print_build_table(builds: dict[str, dict], targets) -> None:
 
 def _builds_by_target() -> dict[str, dict]:
     """target -> {"default": toolchain, toolchain: {compiler, ready, missing: [install command]}}."""
-    from bitnet_edge.packagers.targets import DEFAULT_TOOLCHAIN, TARGETS, toolchain_status
+    from bitnet_edge.packagers.targets import toolchain_status
+    from bitnet_edge.sdk.native.targets import DEFAULT_TOOLCHAIN, TARGETS
 
     rows = toolchain_status()
     out: dict[str, dict] = {}
