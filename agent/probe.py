@@ -12,7 +12,7 @@ from pathlib import Path
 from bitnet_edge import __version__
 from bitnet_edge.sdk.wire.protocol import Capabilities
 
-__all__ = ["probe", "match_profile", "cpu_features", "cuda_compute_capability", "memory_mb"]
+__all__ = ["probe", "match_profile", "profile_arch", "cpu_features", "cuda_compute_capability", "memory_mb"]
 
 
 #: /proc/cpuinfo flag -> the ISA name device profiles use
@@ -20,7 +20,27 @@ _CPUINFO = {"avx": "avx", "avx2": "avx2", "bmi1": "bmi1", "bmi2": "bmi2", "f16c"
             "abm": "lzcnt", "movbe": "movbe", "avx_vnni": "avx-vnni", "avx512f": "avx512f",
             "avx512bw": "avx512bw", "avx512cd": "avx512cd", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
             "avx512_vnni": "avx512vnni", "asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16",
-            "i8mm": "i8mm", "bf16": "bf16", "sve": "sve", "sve2": "sve2"}
+            "i8mm": "i8mm", "bf16": "bf16", "sve": "sve", "sve2": "sve2",
+            "neon": "neon", "vfpv3": "vfpv3", "vfpv4": "vfpv4"}  # 32-bit ARM spells NEON "neon"
+#: RISC-V ISA-string extensions device profiles name
+_RISCV_EXT = {"v", "zba", "zbb", "zvl256b"}
+#: platform.machine() -> the arch device profiles use
+_ARCH = {"arm64": "aarch64", "amd64": "x86_64", "armv7l": "armv7", "armv7hl": "armv7", "armv8l": "armv7"}
+
+
+def profile_arch(machine: str) -> str:
+    """The device-profile spelling of ``platform.machine()`` (arm64 -> aarch64, armv7l -> armv7)."""
+    m = machine.lower()
+    return _ARCH.get(m, m)
+
+
+def _riscv_isa(isa: str) -> set[str]:
+    """Extensions of a /proc/cpuinfo ``isa`` line (rv64imafdcv_zba_zbb_zvl256b) that profiles name."""
+    isa = isa.strip().lower()
+    if not isa.startswith(("rv64", "rv32")):
+        return set()
+    base, *multi = isa[4:].split("_")
+    return ({c for c in base} | set(multi)) & _RISCV_EXT
 
 
 def cpu_features() -> list[str]:
@@ -38,6 +58,8 @@ def cpu_features() -> list[str]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
                 feats |= {_CPUINFO[f] for f in line.split(":", 1)[1].split() if f in _CPUINFO}
+            elif line.startswith("isa") and ":" in line:
+                feats |= _riscv_isa(line.split(":", 1)[1])
     except OSError:
         pass
     return sorted(feats)
@@ -96,7 +118,7 @@ def match_profile(caps: Capabilities, wanted: str | None = None):
                                          f"{caps.os}/{arch}", reason="wrong-profile")
         return p
     feats = set(caps.cpu_features)
-    ok = [p for p in profiles if p.os == caps.os and p.arch == ("aarch64" if caps.arch == "arm64" else caps.arch)
+    ok = [p for p in profiles if p.os == caps.os and p.arch == profile_arch(caps.arch)
           and set(p.isa_required) <= feats
           and (p.accelerator.kind != "cuda" or p.accelerator.cuda_arch == caps.cuda_sm)]
     return max(ok, key=lambda p: (len(p.isa_required), p.accelerator.kind != "none"), default=None)

@@ -25,7 +25,15 @@ from bitnet_edge.packagers import cuda as cuda_build
 from bitnet_edge.packagers import golden_vectors, seal
 from bitnet_edge.packagers.errors import PackagingError
 from bitnet_edge.packagers.keys import sign
-from bitnet_edge.packagers.targets import BASE_CFLAGS, build_library, get_target, toolchain_versions
+from bitnet_edge.packagers.targets import (
+    BASE_CFLAGS,
+    ZIG_CFLAGS,
+    build_library,
+    get_target,
+    resolve_toolchain,
+    toolchain_info,
+    toolchain_versions,
+)
 from bitnet_edge.sdk.bundle import codec
 from bitnet_edge.sdk.bundle.container import CONTAINER_VERSION, encode_envelope, signed_message
 from bitnet_edge.sdk.bundle.devices import DeviceProfile, load_devices
@@ -41,6 +49,7 @@ from bitnet_edge.sdk.bundle.manifest import (
     NativeLibrary,
     Section,
     Sizes,
+    ToolchainInfo,
     canonical_json,
 )
 from bitnet_edge.packagers.native_sources import native_source_root, source_files
@@ -71,6 +80,9 @@ class PackageOptions:
     zstd_level: int = codec.DEFAULT_LEVEL
     golden: bool = True  # compute golden vectors with bitnet_edge.sdk.load_model
     native_root: Path = DEFAULT_NATIVE_ROOT
+    # The toolchain that builds the CPU libraries: "zig" (the ziglang wheel, every target from any host)
+    # or "system" (the apt cross compilers); None: $BITNET_EDGE_TOOLCHAIN or zig.
+    toolchain: str | None = None
     # Prebuilt libraries by CPU-library target (built by build_library from native_root with the
     # same toolchain); targets missing here are built.
     libraries: Mapping[str, Path] = field(default_factory=dict)
@@ -220,6 +232,9 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
             if missing := check_library_fits(p, t):
                 raise PackagingError("device-unsupported", f"{p.name} lacks {', '.join(missing)}, which the {t} "
                                                            "library needs")
+    toolchain = resolve_toolchain(options.toolchain)
+    for t in by_target:  # fail before any work when the toolchain is missing
+        toolchain_info(t, toolchain)
     epoch = source_date_epoch()
     created = epoch if epoch is not None else int(time.time())
     to_build = {get_target(t).cpu_library_target for t in by_target} - set(options.libraries)
@@ -281,7 +296,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
             lib_target = t.cpu_library_target
             if lib_target not in built:
                 step(f"building the {lib_target} library")
-                built[lib_target] = build_library(lib_target, options.native_root, Path(tmp) / lib_target)
+                built[lib_target] = build_library(lib_target, options.native_root, Path(tmp) / lib_target,
+                                                  toolchain=toolchain)
             lib_bytes = Path(built[lib_target]).read_bytes()
             fmt, machine = binary_kind(lib_bytes[:64])
             lib_section = f"lib.{lib_target}"
@@ -292,7 +308,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 backends=[BackendInfo(name=b, requires=list(BACKEND_FEATURES[b]))
                           for b in get_target(lib_target).backends])
             tcontents = {lib_section: ("library", lib_bytes), **contents}
-            cuda, toolchains = None, toolchain_versions(target)
+            cuda, toolchains = None, toolchain_versions(target, toolchain=toolchain)
             if t.cuda_kernels and options.cuda:
                 fat, toolchains["nvcc"] = _fatbin(options, source_sha, step)
                 cuda = CudaInfo(included=True, archs=list(cuda_build.FATBIN_ARCHS), ptx=True,
@@ -320,7 +336,8 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
                 name=model.name, version=version, release=release, target=target, created=created, model=model,
                 tensors=weights.tensors, sections=sections, libraries=[library], cuda=cuda, devices=profs,
                 build=BuildInfo(bitnet_edge=__version__, source_sha256=source_sha,
-                                toolchains=toolchains, cflags=list(BASE_CFLAGS) + list(t.cflags),
+                                toolchain=ToolchainInfo(**toolchain_info(target, toolchain)),
+                                toolchains=toolchains, cflags=_cflags(lib_target, toolchain),
                                 zstd=codec.zstd_version(), zstd_level=options.zstd_level,
                                 source_date_epoch=epoch),
                 golden=golden, sizes=sizes, signers=signers, encryption=encryption)
@@ -358,6 +375,13 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
     if progress is not None:
         progress("done", total, total)
     return results
+
+
+def _cflags(lib_target: str, toolchain: str) -> list[str]:
+    """The flags every source of ``lib_target``'s library was compiled with (before per-ISA flags)."""
+    b = get_target(lib_target).build(toolchain)
+    head = ["-target", b.compiler, *ZIG_CFLAGS] if toolchain == "zig" else []
+    return head + list(BASE_CFLAGS) + list(b.cflags)
 
 
 def _fatbin(options: PackageOptions, source_sha: str, step: Callable[[str], None]) -> tuple[bytes, str]:

@@ -55,18 +55,56 @@ def devices_cmd(directory: Path | None, as_json: bool) -> None:
     from bitnet_edge.sdk.bundle.devices import load_devices
 
     profiles = load_devices(directory)
+    builds = _builds_by_target()
     if as_json:
-        _emit_json([p.model_dump(mode="json") for p in profiles.values()])
+        _emit_json([{**p.model_dump(mode="json"), "build": builds[p.target]} for p in profiles.values()])
         return
     t = Table(title="device profiles")
-    for col in ("name", "target", "os/arch", "cpu", "ISA (required; optional)", "accelerator", "memory", "disk"):
+    for col in ("name", "target", "os/arch", "cpu", "ISA (required; optional)", "accelerator", "memory", "disk",
+                "built by"):
         t.add_column(col)
     for p in profiles.values():
         acc = p.accelerator.kind + (f" {p.accelerator.cuda_arch}" if p.accelerator.cuda_arch else "")
         isa = ", ".join(p.isa_required) + (f"; {', '.join(p.isa_optional)}" if p.isa_optional else "")
+        b = builds[p.target]
         t.add_row(p.name, p.target, f"{p.os}/{p.arch}", escape(p.cpu), isa, acc, f"{p.memory_mib} MiB",
-                  f"{p.disk_mib} MiB")
+                  f"{p.disk_mib} MiB", b["default"] + ("" if b[b["default"]]["ready"] else " (missing)"))
     console.print(t)
+    _print_build_table(builds, {p.target for p in profiles.values()})
+
+
+def _print_build_table(builds: dict[str, dict], targets) -> None:
+    bt = Table(title="which toolchain builds what (bitnet-edge package --toolchain zig|system)")
+    for col in ("target", "zig", "system"):
+        bt.add_column(col)
+    for name in sorted(targets):
+        b = builds[name]
+        cells = []
+        for tc in ("zig", "system"):
+            x = b[tc]
+            state = "[green]ready[/green]" if x["ready"] else "[red]missing[/red]: " + escape("; ".join(x["missing"]))
+            extra = "" if x["threads"] else ", single-threaded"
+            cells.append(f"{escape(x['compiler'])}{' (default)' if tc == b['default'] else ''}{extra}\n{state}")
+        bt.add_row(name + ("" if b["library_target"] == name else f"\n(= {b['library_target']} library)"), *cells)
+    console.print(bt)
+
+
+def _builds_by_target() -> dict[str, dict]:
+    """target -> {"default": toolchain, toolchain: {compiler, ready, missing: [install command]}}."""
+    from bitnet_edge.packagers.targets import toolchain_status
+    from bitnet_edge.sdk.native.targets import DEFAULT_TOOLCHAIN, TARGETS
+
+    rows = toolchain_status()
+    out: dict[str, dict] = {}
+    for name, t in TARGETS.items():
+        lib = t.cpu_library_target
+        entry: dict = {"library_target": lib, "default": DEFAULT_TOOLCHAIN}
+        for r in rows:
+            if r["target"] == lib:
+                entry[r["toolchain"]] = {"compiler": r["compiler"], "ready": r["ready"], "threads": r["threads"],
+                                         "missing": [x["install"] for x in r["tools"] if not x["present"]]}
+        out[name] = entry
+    return out
 
 
 # ---- keys ----------------------------------------------------------------------------------------
@@ -166,9 +204,12 @@ def _load_signing_key(path: Path):
               show_default=True, help="Cipher of an encrypted bundle.")
 @click.option("--base-key", "base_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="X25519 private key of a recipient of an encrypted --delta-from bundle (to read its base).")
+@click.option("--toolchain", type=click.Choice(["zig", "system"]), default=None,
+              help="What compiles the kernel libraries: zig (the ziglang wheel of the builder extra; every target "
+                   "from any host) or system (the apt cross compilers). Default: $BITNET_EDGE_TOOLCHAIN or zig.")
 @json_option()
 def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_from, trust, no_golden, no_cuda,
-                zstd_level, encrypt_to, aead, base_keys, as_json) -> None:
+                zstd_level, encrypt_to, aead, base_keys, toolchain, as_json) -> None:
     """Build signed bundles of MODEL, one per distinct target of the devices."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -184,7 +225,7 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
 
     options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda,
                              encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
-                             base_keys=tuple(load_device_key(p) for p in base_keys))
+                             base_keys=tuple(load_device_key(p) for p in base_keys), toolchain=toolchain)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=as_json, transient=True) as bar:
         tasks = []  # the bar appears with the first step: inputs refused before it show no empty bar
@@ -199,6 +240,8 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
     rows = [{"target": r.target, "bundle": str(r.path), "size": r.size, "release": r.manifest.release,
              "devices": [d.name for d in r.manifest.devices],
              "ternary_bits_per_weight": r.manifest.sizes.ternary_bits_per_weight,
+             "library": r.manifest.libraries[0].binary,
+             "toolchain": r.manifest.build.toolchain.model_dump() if r.manifest.build.toolchain else None,
              "delta_bundle": str(r.delta_path) if r.delta_path else None, "delta_size": r.delta_size,
              "delta_ratio": r.delta_ratio,
              "encrypted_to": [x.key_id for x in r.manifest.encryption.recipients] if r.manifest.encryption else None}
@@ -207,10 +250,12 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
         _emit_json(rows)
         return
     t = Table(title=f"bundles ({results[0].manifest.name} {version}, release {results[0].manifest.release})")
-    for col in ("target", "devices", "bundle", "size", "ternary bits/weight", "delta", "delta/full"):
+    for col in ("target", "devices", "library", "bundle", "size", "ternary bits/weight", "delta", "delta/full"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["target"], ", ".join(r["devices"]), r["bundle"], _human(r["size"]),
+        tc = r["toolchain"]
+        lib = r["library"] + (f" ({tc['name']} {tc['version']})" if tc else "")
+        t.add_row(r["target"], ", ".join(r["devices"]), escape(lib), r["bundle"], _human(r["size"]),
                   f"{r['ternary_bits_per_weight']:.3f}", f"{r['delta_bundle']} ({_human(r['delta_size'])})"
                   if r["delta_bundle"] else "-", f"{r['delta_ratio']:.3f}" if r["delta_ratio"] is not None else "-")
     console.print(t)
@@ -232,6 +277,7 @@ def _summary(env, m, file_size: int) -> dict:
                                                "payload_ratio": s.payload_stored_bytes / s.full_payload_stored_bytes},
         "libraries": [{"target": lib.target, "binary": lib.binary, "size": lib.size,
                        "backends": [b.name for b in lib.backends]} for lib in m.libraries],
+        "toolchain": m.build.toolchain.model_dump() if m.build.toolchain else None,
         "cuda": m.cuda.model_dump() if m.cuda else None,
         "golden": None if m.golden is None else {"method": m.golden.method,
                                                  "arrays": [a.name for a in m.golden.arrays]},
@@ -283,7 +329,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
                                + ", ".join(r.key_id[:16] for r in m.encryption.recipients[:8])
                                + (" ..." if len(m.encryption.recipients) > 8 else ""))
     t.add_row("signatures", ", ".join(k[:16] for k in info["signatures"]))
-    t.add_row("toolchains", "; ".join(m.build.toolchains.values()))
+    if m.build.toolchain:
+        tc = m.build.toolchain
+        t.add_row("toolchain", escape(f"{tc.name} {tc.version}" + (f" (-target {tc.target})" if tc.target else "")))
+    t.add_row("toolchains", escape("; ".join(m.build.toolchains.values())))
     console.print(t)
     st = Table(title="sections")
     for col in ("name", "encoding", "stored", "decoded"):

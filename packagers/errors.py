@@ -7,7 +7,8 @@ source tree before any dependency is importable.
 
     BitnetEdgeError (sdk.errors)
     └── PackagerError
-        ├── ToolchainMissing        target, tool, package       (also RuntimeError)   toolchain-missing
+        ├── ToolchainMissing        target, tool, package, install  (also RuntimeError)   toolchain-missing
+        ├── UnknownToolchain        toolchain, known            (also ValueError)     unknown-toolchain
         ├── BuildFailed             target, command, output     (also RuntimeError)   build-failed
         ├── UnknownTarget           target, known               (also KeyError)       unknown-target
         └── PackagingError          no-devices, no-keys, release-not-increasing, ...
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
-__all__ = ["PackagerError", "ToolchainMissing", "BuildFailed", "UnknownTarget", "PackagingError"]
+__all__ = ["PackagerError", "ToolchainMissing", "UnknownToolchain", "BuildFailed", "UnknownTarget", "PackagingError"]
 
 
 class PackagerError(BitnetEdgeError):
@@ -25,14 +26,26 @@ class PackagerError(BitnetEdgeError):
 
 
 class ToolchainMissing(PackagerError, RuntimeError):
-    """A compiler or linker for a target is not installed."""
+    """A compiler or linker for a target is not installed.  ``install`` is the command that
+    installs it (``apt-get install PACKAGE`` for the system toolchain, a pip command for zig)."""
 
-    fields = ("target", "tool", "package")
+    fields = ("target", "tool", "package", "install")
 
-    def __init__(self, target: str, tool: str, package: str):
+    def __init__(self, target: str, tool: str, package: str, install: str | None = None):
         self.target, self.tool, self.package = target, tool, package
-        super().__init__("toolchain-missing", f"target {target!r} needs {tool!r}, which is not on PATH; "
-                                              f"install it with: apt-get install {package}")
+        self.install = install or f"apt-get install {package}"
+        super().__init__("toolchain-missing", f"target {target!r} needs {tool!r}, which is not installed; "
+                                              f"install it with: {self.install}")
+
+
+class UnknownToolchain(PackagerError, ValueError):
+    """A toolchain name other than the ones targets.py knows (zig, system)."""
+
+    fields = ("toolchain", "known")
+
+    def __init__(self, toolchain: str, known: list[str]):
+        self.toolchain, self.known = toolchain, list(known)
+        super().__init__("unknown-toolchain", f"unknown toolchain {toolchain!r}; known: {', '.join(self.known)}")
 
 
 class BuildFailed(PackagerError, RuntimeError):

@@ -16,16 +16,18 @@ __all__ = ["CPU_FEATURE_BITS", "TOOLCHAINS", "collect_info", "cpu_model", "toolc
 #: enum bne_cpu_feature
 CPU_FEATURE_BITS = {
     "avx2": 1, "fma": 2, "avx512f": 4, "avx512bw": 8, "avx512vl": 16, "avx512vnni": 32,
-    "neon": 64, "dotprod": 128,
+    "neon": 64, "dotprod": 128, "v": 256,
 }
 
 #: tool -> (what it is for, Debian package)
 TOOLCHAINS = {
-    "gcc": ("host kernel library", "gcc"),
-    "aarch64-linux-gnu-gcc": ("linux-aarch64 kernel library", "gcc-aarch64-linux-gnu"),
+    "gcc": ("host kernel library (pip install)", "gcc"),
+    "aarch64-linux-gnu-gcc": ("linux-aarch64 kernel library with --toolchain system", "gcc-aarch64-linux-gnu"),
     "qemu-aarch64": ("running aarch64 tests", "qemu-user"),
-    "clang": ("macos-arm64 kernel library", "clang"),
-    "ld64.lld": ("macos-arm64 Mach-O linking", "lld"),
+    "qemu-arm": ("running armv7 tests", "qemu-user"),
+    "qemu-riscv64": ("running riscv64 tests", "qemu-user"),
+    "clang": ("macos-arm64 kernel library with --toolchain system", "clang"),
+    "ld64.lld": ("macos-arm64 Mach-O linking with --toolchain system", "lld"),
     "llvm-objdump": ("inspecting built libraries", "llvm"),
     "nvcc": ("CUDA fatbin for Jetson", "nvidia-cuda-toolkit"),
     "mosquitto": ("MQTT broker for tests", "mosquitto"),

@@ -1,7 +1,7 @@
 """The NumPy-facing kernel API: ternary (W1.58A8) and int8 (W8A8) matrices.
 
 Backends: the native variants ``ref`` (portable C), ``avx2``, ``avx512``
-(AVX-512 VNNI), ``neon``, ``neon-dotprod``, and ``numpy`` (the pure numpy
+(AVX-512 VNNI), ``neon`` (aarch64 or ARMv7), ``neon-dotprod``, ``rvv`` (RISC-V V 1.0) and ``numpy`` (the pure numpy
 reference in :mod:`bitnet_edge.sdk.reference`).  Choice, first match wins:
 the ``backend=`` argument, :func:`use_backend` (a context manager), the
 ``BITNET_EDGE_KERNEL`` environment variable, then ``auto`` (the best variant the
@@ -41,14 +41,14 @@ __all__ = [
 ]
 
 #: Native backend names and their C ids (enum bne_backend).
-NATIVE_BACKENDS: dict[str, int] = {"ref": 1, "avx2": 2, "avx512": 3, "neon": 4, "neon-dotprod": 5}
+NATIVE_BACKENDS: dict[str, int] = {"ref": 1, "avx2": 2, "avx512": 3, "neon": 4, "neon-dotprod": 5, "rvv": 6}
 _ALL_NAMES = ("auto", *NATIVE_BACKENDS, "numpy")
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("bitnet_edge_kernel", default=None)
 
 
 def available_backends() -> list[str]:
     """Backends this machine can run, fastest native first, then ``numpy``."""
-    order = ["avx512", "avx2", "neon-dotprod", "neon", "ref"]
+    order = ["avx512", "avx2", "neon-dotprod", "neon", "rvv", "ref"]
     try:
         names = [b for b in order if nb.backend_id_info(NATIVE_BACKENDS[b])[2]]
     except NativeLibraryError:

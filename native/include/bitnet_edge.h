@@ -54,9 +54,10 @@ enum bne_backend {
     BNE_BACKEND_REF = 1,          /* portable scalar C, the reference */
     BNE_BACKEND_AVX2 = 2,         /* x86-64 AVX2 */
     BNE_BACKEND_AVX512 = 3,       /* x86-64 AVX-512 F/BW/VL + VNNI */
-    BNE_BACKEND_NEON = 4,         /* aarch64 Advanced SIMD */
+    BNE_BACKEND_NEON = 4,         /* Advanced SIMD: aarch64, or 32-bit ARMv7-A NEON (no SDOT) */
     BNE_BACKEND_NEON_DOTPROD = 5, /* aarch64 Advanced SIMD + SDOT (ARMv8.2 dotprod) */
-    BNE_BACKEND_COUNT = 6
+    BNE_BACKEND_RVV = 6,          /* RISC-V Vector 1.0, vector-length agnostic (any VLEN >= 128) */
+    BNE_BACKEND_COUNT = 7
 };
 
 enum bne_cpu_feature {
@@ -67,12 +68,13 @@ enum bne_cpu_feature {
     BNE_CPU_AVX512VL = 16,
     BNE_CPU_AVX512VNNI = 32,
     BNE_CPU_NEON = 64,
-    BNE_CPU_DOTPROD = 128
+    BNE_CPU_DOTPROD = 128,
+    BNE_CPU_RVV = 256           /* RISC-V "V" (vector 1.0), enabled by the kernel */
 };
 
 /* Library identity. */
 BNE_API const char *bne_version(void);
-BNE_API const char *bne_target(void);            /* e.g. "x86_64-linux", "aarch64-linux" */
+BNE_API const char *bne_target(void);            /* e.g. "x86_64-linux", "aarch64-linux", "armv7-linux" */
 BNE_API uint32_t bne_cpu_features(void);         /* bitmask of enum bne_cpu_feature */
 BNE_API int bne_backend_compiled(int backend);   /* 1 if the variant is in this library */
 BNE_API int bne_backend_supported(int backend);  /* 1 if compiled in and the CPU can run it */

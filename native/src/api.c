@@ -3,7 +3,7 @@
 #include "bne_internal.h"
 
 static const char *const NAMES[BNE_BACKEND_COUNT] = {
-    "auto", "ref", "avx2", "avx512", "neon", "neon-dotprod",
+    "auto", "ref", "avx2", "avx512", "neon", "neon-dotprod", "rvv",
 };
 
 static uint32_t features(void) {
@@ -23,6 +23,12 @@ static const bne_kernels *table(int backend) {
     case BNE_BACKEND_NEON: return &bne_kernels_neon;
     case BNE_BACKEND_NEON_DOTPROD: return &bne_kernels_neon_dotprod;
 #endif
+#ifdef BNE_HAVE_ARM32
+    case BNE_BACKEND_NEON: return &bne_kernels_neon;
+#endif
+#ifdef BNE_HAVE_RISCV
+    case BNE_BACKEND_RVV: return &bne_kernels_rvv;
+#endif
     default: return NULL;
     }
 }
@@ -34,6 +40,7 @@ static uint32_t required(int backend) {
         return BNE_CPU_AVX512F | BNE_CPU_AVX512BW | BNE_CPU_AVX512VL | BNE_CPU_AVX512VNNI;
     case BNE_BACKEND_NEON: return BNE_CPU_NEON;
     case BNE_BACKEND_NEON_DOTPROD: return BNE_CPU_NEON | BNE_CPU_DOTPROD;
+    case BNE_BACKEND_RVV: return BNE_CPU_RVV;
     default: return 0;
     }
 }
@@ -47,6 +54,10 @@ const char *bne_target(void) {
     return "aarch64-linux";
 #elif defined(__aarch64__) && defined(__APPLE__)
     return "arm64-macos";
+#elif defined(__arm__) && defined(__linux__)
+    return "armv7-linux";
+#elif defined(__riscv) && __riscv_xlen == 64 && defined(__linux__)
+    return "riscv64-linux";
 #elif defined(__x86_64__)
     return "x86_64";
 #elif defined(__aarch64__)
@@ -67,7 +78,7 @@ int bne_backend_supported(int backend) {
 
 int bne_backend_best(void) {
     static const int order[] = {BNE_BACKEND_AVX512, BNE_BACKEND_AVX2, BNE_BACKEND_NEON_DOTPROD,
-                                BNE_BACKEND_NEON};
+                                BNE_BACKEND_NEON, BNE_BACKEND_RVV};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; ++i)
         if (bne_backend_supported(order[i])) return order[i];
     return BNE_BACKEND_REF;

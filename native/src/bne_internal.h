@@ -61,6 +61,14 @@ extern const bne_kernels bne_kernels_neon_dotprod;
 int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
                            size_t ldq, float *scales);
 #endif
+#if defined(__arm__)
+#define BNE_HAVE_ARM32 1
+extern const bne_kernels bne_kernels_neon; /* arch/arm32/neon.c: ARMv7-A NEON, no SDOT */
+#endif
+#if defined(__riscv) && __riscv_xlen == 64
+#define BNE_HAVE_RISCV 1
+extern const bne_kernels bne_kernels_rvv; /* arch/riscv/rvv.c: RVV 1.0, any VLEN */
+#endif
 
 /* Shared epilogue: write one output element. */
 static inline void bne_store(const bne_gemm_args *a, size_t i, size_t j, int32_t acc) {

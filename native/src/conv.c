@@ -350,8 +350,9 @@ AVX2_TARGET static void cg_rows_avx2i(void *ctx, size_t i0, size_t i1) {
 }
 #endif
 
-/* GCC's arm_neon.h declares SDOT for a function target; older clang only when the whole unit has it. */
-#if defined(__aarch64__) && ((defined(__GNUC__) && !defined(__clang__)) || defined(__ARM_FEATURE_DOTPROD))
+/* arm_neon.h declares SDOT for a function target with GCC and clang >= 17 (zig cc); older clang only when the
+ * whole unit has it. */
+#if defined(__aarch64__) && (!defined(__clang__) || __clang_major__ >= 17 || defined(__ARM_FEATURE_DOTPROD))
 #define BNE_CONV_SDOT 1
 #include <arm_neon.h>
 #if defined(__clang__)

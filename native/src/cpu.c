@@ -1,5 +1,9 @@
 /* cpu.c - runtime CPU feature detection: cpuid + xgetbv on x86-64,
- * getauxval(AT_HWCAP) on Linux aarch64. */
+ * getauxval(AT_HWCAP) on Linux aarch64 and 32-bit ARM, riscv_hwprobe (or the
+ * HWCAP 'V' bit on kernels before 6.4) on Linux RISC-V. */
+#if defined(__riscv) && defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE 1 /* syscall() under -std=c11 */
+#endif
 #include "bne_internal.h"
 
 #if defined(__x86_64__)
@@ -52,6 +56,38 @@ uint32_t bne_detect_cpu(void) {
 uint32_t bne_detect_cpu(void) { return BNE_CPU_NEON | BNE_CPU_DOTPROD; }
 #elif defined(__aarch64__)
 uint32_t bne_detect_cpu(void) { return BNE_CPU_NEON; }
+#elif defined(__arm__) && defined(__linux__)
+/* ARMv7-A: NEON is optional (Cortex-A9 without it: Tegra 2, Armada 370); the
+ * kernel reports it in AT_HWCAP. */
+#include <sys/auxv.h>
+#ifndef HWCAP_ARM_NEON
+#define HWCAP_ARM_NEON (1 << 12)
+#endif
+uint32_t bne_detect_cpu(void) {
+    return (getauxval(AT_HWCAP) & HWCAP_ARM_NEON) ? BNE_CPU_NEON : 0;
+}
+#elif defined(__riscv) && __riscv_xlen == 64 && defined(__linux__)
+/* RISC-V "V" 1.0 counts only when the kernel enables the vector unit for user
+ * space (Linux >= 6.5).  riscv_hwprobe (Linux >= 6.4) answers for every online
+ * hart at once; older kernels (and vendor kernels with V backported) only have
+ * the HWCAP letter bits, where 'V' is bit 21. */
+#include <sys/auxv.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#ifndef __NR_riscv_hwprobe
+#define __NR_riscv_hwprobe 258
+#endif
+#define BNE_HWPROBE_KEY_IMA_EXT_0 4
+#define BNE_HWPROBE_IMA_V (1ull << 2)
+#define BNE_HWCAP_ISA_V (1ul << ('V' - 'A'))
+struct bne_hwprobe { int64_t key; uint64_t value; };
+uint32_t bne_detect_cpu(void) {
+    struct bne_hwprobe pair = {BNE_HWPROBE_KEY_IMA_EXT_0, 0};
+    /* cpusetsize 0 and cpus NULL: the answer holds for all online harts */
+    if (syscall(__NR_riscv_hwprobe, &pair, (size_t)1, (size_t)0, (void *)0, 0u) == 0 && pair.key >= 0)
+        return (pair.value & BNE_HWPROBE_IMA_V) ? BNE_CPU_RVV : 0;
+    return (getauxval(AT_HWCAP) & BNE_HWCAP_ISA_V) ? BNE_CPU_RVV : 0;
+}
 #else
 uint32_t bne_detect_cpu(void) { return 0; }
 #endif

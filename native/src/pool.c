@@ -47,7 +47,7 @@ static struct {
 static inline void cpu_relax(void) {
 #if defined(__x86_64__)
     __asm__ volatile("pause");
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || (defined(__arm__) && __ARM_ARCH >= 7)
     __asm__ volatile("yield");
 #endif
 }

@@ -259,6 +259,7 @@ int main(int argc, char **argv) {
         {BNE_CPU_AVX2, "avx2"}, {BNE_CPU_FMA, "fma"}, {BNE_CPU_AVX512F, "avx512f"},
         {BNE_CPU_AVX512BW, "avx512bw"}, {BNE_CPU_AVX512VL, "avx512vl"},
         {BNE_CPU_AVX512VNNI, "avx512vnni"}, {BNE_CPU_NEON, "neon"}, {BNE_CPU_DOTPROD, "dotprod"},
+        {BNE_CPU_RVV, "v"},
     };
     printf("{\"version\": \"%s\", \"target\": \"%s\", \"best\": \"%s\", \"features\": [",
            bne_version(), bne_target(), bne_backend_name(bne_backend_best()));

@@ -34,6 +34,12 @@ def info(as_json: bool) -> None:
     from bitnet_edge.sdk.info import collect_info
 
     data = collect_info()
+    try:  # the builder's view: which toolchain builds which target here (zig is the default)
+        from bitnet_edge.packagers.targets import toolchain_status
+
+        data["builds"] = toolchain_status()
+    except ImportError:
+        data["builds"] = []
     if as_json:
         _emit_json(data)
     else:
@@ -84,6 +90,18 @@ def _print_info(data: dict) -> None:
         tc.add_row(tool, "[green]yes[/green]" if row["present"] else "[yellow]no[/yellow]", row["purpose"],
                    row["version"] if row["present"] else row["install"])
     console.print(tc)
+    if data.get("builds"):
+        bt = Table(title="bundle builds: which toolchain builds what (bitnet-edge package --toolchain)")
+        for col in ("target", "toolchain", "compiler", "state"):
+            bt.add_column(col)
+        for r in data["builds"]:
+            missing = [x["install"] for x in r["tools"] if not x["present"]]
+            version = next((x["version"] for x in r["tools"] if x.get("version")), None)
+            state = ("[green]ready[/green]" + (f" ({version})" if version else "") if r["ready"]
+                     else "[yellow]missing[/yellow]: " + escape("; ".join(missing)))
+            bt.add_row(r["target"], r["toolchain"] + (" (default)" if r["default"] else ""),
+                       escape(r["compiler"]) + ("" if r["threads"] else " (single-threaded)"), state)
+        console.print(bt)
 
 
 @main.command()

@@ -34,8 +34,10 @@ ISA = Literal[
     # x86-64
     "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "avx-vnni",
     "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512vnni",
-    # aarch64
-    "neon", "dotprod", "fp16", "i8mm", "bf16", "sve", "sve2",
+    # aarch64 (and 32-bit ARM: neon, vfpv3, vfpv4)
+    "neon", "dotprod", "fp16", "i8mm", "bf16", "sve", "sve2", "vfpv3", "vfpv4",
+    # riscv64 (ISA string extensions; v: the Vector extension 1.0, zvl256b: VLEN >= 256)
+    "v", "zba", "zbb", "zvl256b",
 ]
 
 
@@ -57,7 +59,9 @@ class DeviceProfile(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="identifier, also the file name (NAME.toml)")
     title: str = Field(min_length=1, description="human-readable name")
     os: Literal["linux", "macos"] = Field(description="operating system")
-    arch: Literal["x86_64", "aarch64"] = Field(description="CPU architecture (Apple's arm64 is aarch64)")
+    arch: Literal["x86_64", "aarch64", "armv7", "riscv64"] = Field(
+        description="CPU architecture of the user space (Apple's arm64 is aarch64; a 32-bit ARM OS is armv7, "
+                    "also on an ARMv8 core)")
     cpu: str = Field(min_length=1, description="CPU model and cores")
     target: str = Field(description="build target in sdk/native/targets.py that serves this device")
     isa_required: list[ISA] = Field(description="CPU features every device of this kind has")

@@ -29,6 +29,7 @@ __all__ = [
     "WireTensor",
     "NativeLibrary",
     "BackendInfo",
+    "ToolchainInfo",
     "CudaInfo",
     "BuildInfo",
     "GoldenArray",
@@ -133,9 +134,22 @@ class CudaInfo(Strict):
         return self
 
 
+class ToolchainInfo(Strict):
+    """The toolchain that compiled the CPU library (packagers/targets.py): the same inputs and the same
+    toolchain name + version give the same library bytes."""
+
+    name: Literal["zig", "system"] = Field(description="zig (the ziglang wheel, the default) or system (apt compilers)")
+    version: str = Field(min_length=1, description="zig's version (e.g. 0.17.1), or the system compiler's "
+                                                   "--version line")
+    target: str | None = Field(default=None, description="zig only: the -target triple with its libc floor, "
+                                                         "e.g. aarch64-linux-gnu.2.17")
+
+
 class BuildInfo(Strict):
     bitnet_edge: str = Field(description="version of the packager")
     source_sha256: str = Field(pattern=SHA256, description="sha256 over the native sources (paths and bytes)")
+    toolchain: ToolchainInfo | None = Field(default=None, description="what compiled the CPU library (absent in "
+                                                                      "bundles from before it was recorded)")
     toolchains: dict[str, str] = Field(description="role -> tool and its --version line")
     cflags: list[str] = Field(description="flags every library source was compiled with (before per-ISA flags)")
     zstd: str = Field(description="zstd library version that compressed the payload")

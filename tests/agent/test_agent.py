@@ -72,7 +72,7 @@ def test_wrong_target_is_refused(agent, bundles, tmp_path):
     from tests.support.bundle_models import tools_missing
 
     if tools_missing("linux-aarch64"):
-        pytest.skip("needs the aarch64 cross compiler")
+        pytest.skip("needs the zig toolchain (the ziglang wheel)")
     m = make_mlp_dir(tmp_path / "m", sizes=(32, 48, 4), seed=1, name="sensor-mlp")
     foreign = package_model(m, [FOREIGN_DEVICE], "9.0.0", [bundles.key], tmp_path / "out", release=9)[0].path
     out = agent.install_file(foreign)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.support.bundle_models import built_library, make_mlp_dir
+from tests.support.bundle_models import built_library, make_mlp_dir, require_toolchain
 from click.testing import CliRunner
 from tests.support.tools import require_tool
 
@@ -21,8 +21,7 @@ def _run(args, env=None, ok=True):
 
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory):
-    require_tool("gcc", "gcc")
-    require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    require_toolchain("linux-x86_64")  # zig builds every target's library
     require_tool("nvcc", "nvidia-cuda-toolkit")  # the jetson bundle carries the CUDA fatbin
     built_library("linux-x86_64")
     root = tmp_path_factory.mktemp("cli")

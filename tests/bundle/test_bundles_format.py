@@ -11,8 +11,7 @@ import struct
 
 import numpy as np
 import pytest
-from tests.support.bundle_models import make_mlp_dir, prebuilt
-from tests.support.tools import require_tool
+from tests.support.bundle_models import make_mlp_dir, prebuilt, require_toolchain
 
 from bitnet_edge.sdk.bundle import container
 from bitnet_edge.packagers.builder import PackageOptions, package_model
@@ -31,6 +30,7 @@ from bitnet_edge.sdk.bundle.manifest import BundleManifest, canonical_json, pars
 from bitnet_edge.packagers.keys import generate_keypair, load_private_key, sign
 from bitnet_edge.sdk.bundle.signing import key_id, load_public_key
 from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
+from bitnet_edge.packagers.targets import zig_version
 from bitnet_edge.sdk import packing
 
 TARGET = "linux-x86_64"
@@ -58,7 +58,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(model, keys, tmp_path_factory):
-    require_tool("gcc", "gcc")
+    require_toolchain(TARGET)
     key, _ = keys.pair("signing")
     (r,) = package_model(model, ["x86-64-v3", "x86-64-v4"], "1.0.0", [key], tmp_path_factory.mktemp("dist"),
                          options=PackageOptions(libraries=prebuilt([TARGET])))
@@ -94,7 +94,10 @@ def test_round_trip_and_layout(bundle, keys):
     assert [s.name for s in m.sections] == ["lib.linux-x86_64", "golden", "weights.dense", "weights.ternary"]
     lib = m.libraries[0]
     assert lib.binary == "elf/x86-64" and {b.name for b in lib.backends} == {"ref", "avx2", "avx512"}
-    assert m.build.toolchains["cc"].startswith("gcc: ") and len(m.build.source_sha256) == 64
+    assert m.build.toolchains["cc"].startswith("zig ") and len(m.build.source_sha256) == 64
+    tc = m.build.toolchain  # the default toolchain, its version and its -target (reproducibility inputs)
+    assert (tc.name, tc.target) == ("zig", "x86_64-linux-gnu.2.17") and tc.version == zig_version()
+    assert m.build.cflags[:3] == ["-target", "x86_64-linux-gnu.2.17", "-g0"] and "-mcpu=x86_64" in m.build.cflags
     assert m.golden is not None and m.golden.method == "predict"
     assert m.cuda is None and m.delta is None
     # canonical form is a fixed point, and the manifest's bytes are what was signed

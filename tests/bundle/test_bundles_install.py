@@ -1,16 +1,17 @@
 """Installing bundles: the model directory comes back bit for bit, the golden vectors pass on the
-installed model, and the aarch64 library taken out of a bundle runs the kernel test vectors
-under qemu-aarch64 (cortex-a72: NEON, cortex-a76: NEON + dotprod) bit for bit."""
+installed model, and the aarch64 library taken out of a bundle (built by zig, the default
+toolchain) runs the kernel test vectors under qemu-aarch64 (cortex-a72: NEON, cortex-a76: NEON +
+dotprod) bit for bit."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 
 import numpy as np
 import pytest
 import tests.native.test_aarch64_qemu as qv
-from tests.support.bundle_models import NATIVE, TOOLS, make_mlp_dir, prebuilt
+from tests.support import qemu as Q
+from tests.support.bundle_models import LIB_TARGETS, make_mlp_dir, prebuilt, require_toolchain
+from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers.builder import PackageOptions, package_model
@@ -30,9 +31,8 @@ ALL_DEVICES = ["x86-64-v4", "raspberry-pi-4", "apple-m", "jetson-orin-nano"]
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """One model packaged for all four target families."""
-    for tools in TOOLS.values():
-        for tool, pkg in tools:
-            require_tool(tool, pkg)
+    for t in LIB_TARGETS:
+        require_toolchain(t)
     require_tool("nvcc", "nvidia-cuda-toolkit")  # the jetson bundle carries the CUDA fatbin
     root = tmp_path_factory.mktemp("install")
     kp = generate_keypair(root / "keys")
@@ -40,7 +40,7 @@ def bundles(tmp_path_factory):
     model = make_mlp_dir(root / "mlp")
     results = package_model(model, ALL_DEVICES, "1.0.0", [key], root / "dist",
                             options=PackageOptions(libraries=prebuilt(["linux-x86_64", "linux-aarch64",
-                                                                       "macos-arm64"])))
+                                                                       "macos-arm64"])))  # zig builds
     return dict(root=root, pub=pub, model=model, by_target={r.target: r for r in results})
 
 
@@ -63,6 +63,9 @@ def test_one_bundle_per_target_family(bundles):
     assert jet.libraries[0].sha256 == bt["linux-aarch64"].manifest.libraries[0].sha256
     mac = bt["macos-arm64"].manifest.libraries[0]
     assert mac.file == "libbitnet_edge.dylib" and mac.requires == ["neon", "dotprod"]
+    for r in bt.values():  # every CPU library came from zig, recorded with its version and -target
+        tc = r.manifest.build.toolchain
+        assert tc.name == "zig" and tc.version and tc.target.startswith(("x86_64-linux-gnu", "aarch64-"))
 
 
 def test_install_gives_back_the_model_and_the_golden_check_passes(bundles, tmp_path):
@@ -120,51 +123,25 @@ def test_tokenizer_travels_and_an_install_is_a_delta_base(bundles, tmp_path):
 @pytest.fixture(scope="module")
 def harness_from_bundle(bundles, tmp_path_factory):
     """native/tests/harness.c linked dynamically against the library installed from the bundle."""
-    cc = require_tool(qv.CC, "gcc-aarch64-linux-gnu")
-    require_tool(qv.QEMU, "qemu-user")
+    arch = Q.ARCHES["linux-aarch64"]
+    Q.require_arch(arch)
     inst = install_bundle(bundles["by_target"]["linux-aarch64"].path, tmp_path_factory.mktemp("arm") / "m",
                           [bundles["pub"]], check_host=False)
-    libdir = inst.library.parent
-    exe = libdir.parent / "harness"
-    proc = subprocess.run([cc, "-O2", "-std=c11", f"-I{NATIVE / 'include'}", str(NATIVE / "tests" / "harness.c"),
-                           f"-L{libdir}", "-lbitnet_edge", f"-Wl,-rpath,{libdir}", "-o", str(exe)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe, inst.library
+    assert inst.manifest.build.toolchain.name == "zig"
+    return Q.build_linked(arch, "harness.c", inst.library.parent.parent, library=inst.library)
 
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize("cpu,best,backends", qv.CPUS, ids=[c[0] for c in qv.CPUS])
 def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, tmp_path, cpu, best, backends):
-    exe, lib = harness_from_bundle
-    cases = qv._all_cases()
+    arch = Q.ARCHES["linux-aarch64"]
+    cases = all_cases()
     vin, vout = tmp_path / "cases.bnev", tmp_path / "results.bner"
-    qv._write_vectors(vin, cases)
-    proc = subprocess.run([qv.QEMU, "-L", "/usr/aarch64-linux-gnu", "-cpu", cpu, str(exe), str(vin), str(vout)],
-                          capture_output=True, text=True, timeout=qv.QEMU_TIMEOUT)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"no output (rc={proc.returncode}): {proc.stderr}"
-    report = json.loads(lines[-1])
-    assert "error" not in report, report
-    assert (report["target"], report["best"], report["backends"]) == ("aarch64-linux", best, backends)
-    failures, seen = [], set()
-    for c, backend, threads, status, got_a, got_b in qv._read_results(vout, cases):
-        seen.add((backend, threads))
-        if status != c.expect:
-            failures.append(f"{c.name} [{backend}, {threads}]: status {status}, expected {c.expect}")
-            continue
-        if c.expect != qv.BNE_OK:
-            continue
-        want_a, want_b = qv._expected(c)
-        if not (qv._same_bits(got_a, want_a) and qv._same_bits(got_b, want_b)):
-            failures.append(f"{c.name} [{backend}, {threads}]: differs")
-    assert seen == {(b, t) for b in backends for t in (1, 2)}
-    assert not failures, "\n".join(failures[:20])
-    assert proc.returncode == 0, report
+    write_vectors(vin, cases)
+    proc = Q.run(arch, harness_from_bundle.exe, cpu, vin, vout, timeout=QEMU_TIMEOUT)
+    check_run(proc, vout, cases, target="aarch64-linux", best=best, backends=backends)
     # the harness really ran the bundle's library, not a static copy of the sources
-    ldd = subprocess.run([qv.QEMU, "-L", "/usr/aarch64-linux-gnu", "-E", "LD_TRACE_LOADED_OBJECTS=1", str(exe)],
-                         capture_output=True, text=True, timeout=60)
-    assert str(lib) in ldd.stdout, ldd.stdout + ldd.stderr
+    assert str(harness_from_bundle.library) in Q.loaded_objects(arch, harness_from_bundle.exe)
 
 
 def test_jetson_install_puts_the_fatbin_beside_the_library_and_is_a_delta_base(bundles, tmp_path):

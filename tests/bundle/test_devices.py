@@ -25,6 +25,12 @@ REQUIRED = {
     "x86-64-v3": ("linux-x86_64", "none"),
     "x86-64-v4": ("linux-x86_64", "none"),
     "apple-m": ("macos-arm64", "apple-gpu"),
+    "raspberry-pi-2": ("linux-armv7", "none"),
+    "raspberry-pi-3-armhf": ("linux-armv7", "none"),
+    "odroid-xu4": ("linux-armv7", "none"),
+    "armhf-generic": ("linux-armv7", "none"),
+    "bananapi-bpi-f3": ("linux-riscv64", "none"),
+    "visionfive-2": ("linux-riscv64", "none"),
 }
 
 
@@ -47,6 +53,13 @@ def test_isa_facts():
     assert "avx2" in p["x86-64-v3"].isa_required and "avx512f" not in p["x86-64-v3"].isa_required
     assert {"avx512f", "avx512bw", "avx512vl"} <= set(p["x86-64-v4"].isa_required)
     assert p["apple-m"].os == "macos"
+    # 32-bit ARM: NEON where the board has it, none promised by the generic armhf floor
+    assert all("neon" in p[n].isa_required for n in ("raspberry-pi-2", "raspberry-pi-3-armhf", "odroid-xu4"))
+    assert "neon" in p["armhf-generic"].isa_optional and p["armhf-generic"].isa_required == ["vfpv3"]
+    assert "Cortex-A7" in p["raspberry-pi-2"].cpu and "Cortex-A15" in p["odroid-xu4"].cpu
+    # RISC-V: the K1 has V 1.0 with VLEN 256, the JH7110 no vector unit
+    assert {"v", "zvl256b"} <= set(p["bananapi-bpi-f3"].isa_required) and "X60" in p["bananapi-bpi-f3"].cpu
+    assert "v" not in p["visionfive-2"].isa_required + p["visionfive-2"].isa_optional
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
@@ -104,3 +117,24 @@ def test_devices_command(monkeypatch):
     assert rows["jetson-thor"]["accelerator"] == {"kind": "cuda", "cuda_arch": "sm_110"}
     res = CliRunner().invoke(main, ["devices"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "raspberry-pi-4" in res.output and "macos-arm64" in res.output
+
+
+def test_devices_command_says_which_toolchain_builds_what(monkeypatch):
+    from bitnet_edge.packagers import targets
+
+    res = CliRunner().invoke(main, ["devices", "--json"])
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    pi2, k1, jet = rows["raspberry-pi-2"]["build"], rows["bananapi-bpi-f3"]["build"], rows["jetson-thor"]["build"]
+    assert pi2["default"] == "zig" and pi2["zig"]["compiler"] == "zig cc -target arm-linux-gnueabihf.2.17"
+    assert pi2["system"]["compiler"] == "arm-linux-gnueabihf-gcc"
+    assert k1["zig"]["compiler"] == "zig cc -target riscv64-linux-gnu.2.27"
+    assert jet["library_target"] == "linux-aarch64"
+    assert rows["apple-m"]["build"]["zig"]["threads"] and not rows["apple-m"]["build"]["system"]["threads"]
+    # without zig installed the table says so, with the command that installs it
+    monkeypatch.setattr(targets, "zig_command", lambda: None)
+    res = CliRunner().invoke(main, ["devices", "--json"])
+    pi2 = {r["name"]: r for r in json.loads(res.output)}["raspberry-pi-2"]["build"]["zig"]
+    assert not pi2["ready"] and pi2["missing"] == [targets.ZIG_INSTALL]
+    res = CliRunner().invoke(main, ["devices"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "which toolchain builds what" in res.output and "missing" in res.output
+    assert "linux-riscv64" in res.output and "linux-armv7" in res.output

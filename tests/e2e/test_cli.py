@@ -24,14 +24,22 @@ def test_info_json_tells_the_truth():
         assert "avx2" in data["cpu"]["features"]
     if " avx512_vnni" in cpu and " avx512bw" in cpu:
         assert "avx512vnni" in data["cpu"]["features"] and data["backends"]["selected"] == "avx512"
-    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64", "clang", "ld64.lld", "llvm-objdump"):
+    for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64", "qemu-arm", "qemu-riscv64", "clang", "ld64.lld",
+                 "llvm-objdump"):
         assert set(data["toolchains"][tool]) >= {"present", "path", "version", "install"}
+    # which toolchain builds which bundle target: zig by default for every CPU target
+    builds = {(r["target"], r["toolchain"]): r for r in data["builds"]}
+    for t in ("linux-x86_64", "linux-aarch64", "linux-armv7", "linux-riscv64", "macos-arm64"):
+        assert builds[(t, "zig")]["default"] and not builds[(t, "system")]["default"]
+    from bitnet_edge.packagers.targets import zig_version
+
+    assert builds[("linux-armv7", "zig")]["ready"] == (zig_version() is not None)
 
 
 def test_info_table_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "bitnet_edge", "info"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "selected backend" in out.stdout and "toolchains" in out.stdout
+    assert "selected backend" in out.stdout and "toolchains" in out.stdout and "which toolchain builds" in out.stdout
 
 
 def test_selfcheck_passes():

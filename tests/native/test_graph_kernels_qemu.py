@@ -1,4 +1,5 @@
-"""The conv kernels (depthwise int8 / float32, conv GEMM) on aarch64, bit for bit against numpy.
+"""The conv kernels (depthwise int8 / float32, conv GEMM) on aarch64, armv7 and riscv64, bit for bit
+against numpy.  (Below: the gcc static build; the zig-built libraries bundles ship are at the end.)
 
 native/tests/conv_harness.c is cross-compiled statically with the library sources and run under
 ``qemu-aarch64 -cpu cortex-a72`` and ``-cpu cortex-a76``: every case on AUTO and on every backend
@@ -20,6 +21,7 @@ import pytest
 from bitnet_edge.sdk import reference
 from bitnet_edge.sdk.conv import Conv2DGeometry, ConvMatrix, same_pads
 from tests.conftest import require_tool
+from tests.support import qemu as Q
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
@@ -27,7 +29,7 @@ LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "conv.c"]
 ARM_SOURCES = {"arch/arm/neon.c": "-march=armv8-a", "arch/arm/neon_dotprod.c": "-march=armv8.2-a+dotprod"}
 FLAGS = ["-static", "-O3", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", f"-I{NATIVE / 'include'}",
          f"-I{NATIVE / 'src'}"]
-NAMES = {0: "auto", 1: "ref", 4: "neon", 5: "neon-dotprod"}
+NAMES = {0: "auto", 1: "ref", 4: "neon", 5: "neon-dotprod", 6: "rvv"}
 DW_FIELDS = ("n", "h", "w", "c", "kh", "kw", "stride_h", "stride_w", "dil_h", "dil_w", "pad_top", "pad_left", "oh", "ow")
 
 
@@ -101,16 +103,10 @@ def harness(tmp_path_factory) -> Path:
     return exe
 
 
-@pytest.mark.toolchain
-@pytest.mark.parametrize("cpu,best", [("cortex-a72", "neon"), ("cortex-a76", "neon-dotprod")])
-def test_conv_kernels_bit_exact_under_qemu(harness, tmp_path, cpu, best):
-    cases = _cases()
-    _write(tmp_path / "in.bncv", cases)
-    proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(harness), str(tmp_path / "in.bncv"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+def _check(proc, out: Path, cases, target: str, best: str, backends: set[str]) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0 and report["target"] == "aarch64-linux" and report["best"] == best, report
-    data = (tmp_path / "out").read_bytes()
+    assert proc.returncode == 0 and report["target"] == target and report["best"] == best, report
+    data = out.read_bytes()
     magic, _, ncases, nruns = struct.unpack_from("<4sIII", data, 0)
     assert magic == b"BNCR" and ncases == len(cases)
     off, failures, seen = 16, [], set()
@@ -125,6 +121,48 @@ def test_conv_kernels_bit_exact_under_qemu(harness, tmp_path, cpu, best):
             if status or not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
                 failures.append(f"kind {kind} {geom} on {NAMES[be]} x{threads}: status {status}")
     assert off == len(data)
-    assert {b for b, _ in seen} == ({"auto", "ref", "neon", "neon-dotprod"} if best == "neon-dotprod"
-                                    else {"auto", "ref", "neon"})
+    assert {b for b, _ in seen} == backends
     assert not failures, "\n".join(failures[:10])
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("cpu,best", [("cortex-a72", "neon"), ("cortex-a76", "neon-dotprod")])
+def test_conv_kernels_bit_exact_under_qemu(harness, tmp_path, cpu, best):
+    cases = _cases()
+    _write(tmp_path / "in.bncv", cases)
+    proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(harness), str(tmp_path / "in.bncv"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    _check(proc, tmp_path / "out", cases, "aarch64-linux", best,
+           {"auto", "ref", "neon", "neon-dotprod"} if best == "neon-dotprod" else {"auto", "ref", "neon"})
+
+
+# The libraries bundles ship (zig): the aarch64 one takes the SDOT conv path through clang's
+# target("dotprod") attribute; armv7 and riscv64 run the portable conv code under every backend.
+ZIG_RUNS = [("linux-aarch64", "cortex-a72", "neon", {"auto", "ref", "neon"}),
+            ("linux-aarch64", "cortex-a76", "neon-dotprod", {"auto", "ref", "neon", "neon-dotprod"}),
+            ("linux-armv7", "cortex-a7", "neon", {"auto", "ref", "neon"}),
+            ("linux-riscv64", "rv64,v=true,vlen=256", "rvv", {"auto", "ref", "rvv"})]
+
+
+@pytest.fixture(scope="module")
+def zig_harnesses(tmp_path_factory):
+    built = {}
+
+    def get(target):
+        if target not in built:
+            arch = Q.ARCHES[target]
+            Q.require_arch(arch, "zig")
+            built[target] = Q.build_linked(arch, "conv_harness.c", tmp_path_factory.mktemp(target), "zig")
+        return built[target]
+    return get
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("target,cpu,best,backends", ZIG_RUNS, ids=[f"{t}-{c}" for t, c, _, _ in ZIG_RUNS])
+def test_conv_kernels_of_the_zig_library_bit_exact_under_qemu(zig_harnesses, tmp_path, target, cpu, best, backends):
+    arch = Q.ARCHES[target]
+    linked = zig_harnesses(target)
+    cases = _cases()
+    _write(tmp_path / "in.bncv", cases)
+    proc = Q.run(arch, linked.exe, cpu, tmp_path / "in.bncv", tmp_path / "out", timeout=180)
+    _check(proc, tmp_path / "out", cases, arch.library_target, best, backends)

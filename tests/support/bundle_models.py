@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnet_edge.packagers.targets import build_library
+from bitnet_edge.packagers.targets import build_library, zig_command
 from bitnet_edge.sdk import packing, quant
 from bitnet_edge.sdk.manifest import MlpConfig, ModelManifest, SourceInfo, TensorEntry
 from bitnet_edge.sdk.modeldir import write_model_dir
@@ -20,12 +20,16 @@ from bitnet_edge.sdk.native.targets import TARGETS, find_tool
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
 
-#: CPU-library target -> (tools it needs, apt package of each)
-TOOLS = {
+#: CPU-library targets every bundle test can build with the default toolchain (zig)
+LIB_TARGETS = ("linux-x86_64", "linux-aarch64", "linux-armv7", "linux-riscv64", "macos-arm64")
+#: CPU-library target -> (tools the system toolchain needs, apt package of each); tested for the
+#: targets whose cross compilers .ci/system-deps.sh installs
+SYSTEM_TOOLS = {
     "linux-x86_64": [("gcc", "gcc")],
     "linux-aarch64": [("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")],
     "macos-arm64": [("clang", "clang"), ("ld64.lld", "lld")],
 }
+ZIG_HINT = "pip install 'bitnet-edge[builder]' (the ziglang wheel)"
 
 
 def mlp_weights(sizes=(256, 384, 384, 10), seed: int = 0, change: float = 0.0, change_seed: int = 1):
@@ -63,8 +67,24 @@ def make_mlp_dir(path: Path, sizes=(256, 384, 384, 10), seed: int = 0, change: f
     return write_model_dir(path, manifest, tensors, tokenizer_file=tokenizer)
 
 
-def tools_missing(lib_target: str) -> list[tuple[str, str]]:
-    return [(t, pkg) for t, pkg in TOOLS[lib_target] if find_tool(t) is None]
+def tools_missing(lib_target: str, toolchain: str = "zig") -> list[tuple[str, str]]:
+    """(tool, how to install it) of what building ``lib_target`` with ``toolchain`` lacks here."""
+    if toolchain == "zig":
+        return [] if zig_command() else [("zig", ZIG_HINT)]
+    return [(t, pkg) for t, pkg in SYSTEM_TOOLS[lib_target] if find_tool(t) is None]
+
+
+def require_toolchain(lib_target: str, toolchain: str = "zig") -> None:
+    """Skip (fail under CI=true) when ``toolchain`` cannot build ``lib_target`` here."""
+    from tests.support.tools import require_tool
+
+    if toolchain == "zig":
+        from tests.support.qemu import require_zig
+
+        require_zig()
+        return
+    for tool, pkg in SYSTEM_TOOLS[lib_target]:
+        require_tool(tool, pkg)
 
 
 @functools.cache
@@ -75,11 +95,11 @@ def _build_root() -> Path:
 
 
 @functools.cache
-def built_library(lib_target: str) -> Path:
-    """The library of ``lib_target``, built once per test process."""
-    return build_library(lib_target, NATIVE, _build_root() / lib_target)
+def built_library(lib_target: str, toolchain: str = "zig") -> Path:
+    """The library of ``lib_target`` built with ``toolchain``, once per test process."""
+    return build_library(lib_target, NATIVE, _build_root() / toolchain / lib_target, toolchain=toolchain)
 
 
-def prebuilt(targets) -> dict[str, Path]:
+def prebuilt(targets, toolchain: str = "zig") -> dict[str, Path]:
     """Prebuilt CPU libraries for the given bundle targets (PackageOptions.libraries)."""
-    return {TARGETS[t].cpu_library_target: built_library(TARGETS[t].cpu_library_target) for t in targets}
+    return {TARGETS[t].cpu_library_target: built_library(TARGETS[t].cpu_library_target, toolchain) for t in targets}
