@@ -93,8 +93,31 @@ def _m2_indexes_and_leases(c: sqlite3.Connection) -> None:
     """)
 
 
+def _m3_history_and_detail(c: sqlite3.Connection) -> None:
+    """The console's needs: a per-device history, the release in the other slot, the last metrics a
+    device reported, and the human detail beside a rollout member's reason code.  Plain SQL (no
+    rowid or AUTOINCREMENT): history rows are ordered by ``ts`` then ``kind``."""
+    _script(c, """
+    CREATE TABLE device_events (
+        device_id TEXT NOT NULL, ts REAL NOT NULL,
+        kind TEXT NOT NULL,                   -- online | offline | install (an Outcome) | registered
+        rollout_id TEXT, bundle_sha256 TEXT,
+        result TEXT, reason TEXT,             -- install: Outcome.result and reason code
+        message TEXT,                         -- install: Outcome.message, online: what it serves
+        release TEXT                          -- JSON InstalledRelease serving after the event
+    );
+    CREATE INDEX device_events_by_device ON device_events(device_id, ts);
+    ALTER TABLE devices ADD COLUMN previous TEXT;
+    ALTER TABLE devices ADD COLUMN last_metrics TEXT;
+    ALTER TABLE rollout_members ADD COLUMN detail TEXT
+    """)  # devices.previous: JSON InstalledRelease in the other slot, last_metrics: JSON DeviceMetrics,
+    # rollout_members.detail: the human text beside reason (Outcome.message).  No comments inside an
+    # ALTER: SQLite copies them into the table's stored CREATE statement.
+
+
 #: Ordered; entry i takes the schema from version i to i + 1.  Append only.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_indexes_and_leases]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_indexes_and_leases,
+                                                          _m3_history_and_detail]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -34,6 +34,7 @@ SCHEMAS: dict[str, str] = {
     "protocol-chunk-request": "bitnet_edge.sdk.protocol:ChunkRequest",
     "protocol-chunk-header": "bitnet_edge.sdk.protocol:ChunkHeader",
     "protocol-progress": "bitnet_edge.sdk.protocol:Progress",
+    "protocol-device-metrics": "bitnet_edge.sdk.protocol:DeviceMetrics",
     "protocol-tuf-request": "bitnet_edge.sdk.protocol:TufRequest",
     "protocol-tuf-part-header": "bitnet_edge.sdk.protocol:TufPartHeader",
     "tuf-bundle-target": "bitnet_edge.sdk.tuf_meta:BundleTarget",
