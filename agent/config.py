@@ -31,6 +31,8 @@ class MqttConfig(Strict):
     tls_key: str | None = Field(default=None, description="client key (mTLS)")
     keepalive: int = Field(default=30, gt=0, description="seconds")
     reconnect_max: float = Field(default=30.0, gt=0, description="longest reconnect backoff, seconds")
+    metrics_interval: float = Field(default=60.0, ge=0, description="seconds between the metrics reports sent to "
+                                                                    "the fleet (0: none)")
 
 
 class LimitsConfig(Strict):

@@ -41,7 +41,7 @@ def clean(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-def log_event(logger: logging.Logger, event: str, msg: str, *args, level: int = logging.INFO, **fields) -> None:
+def log_event(logger: logging.Logger, event: str, msg: str, /, *args, level: int = logging.INFO, **fields) -> None:
     """Log ``msg % args`` as ``event`` with structured ``fields`` (JSON-serialisable values)."""
     if logger.isEnabledFor(level):
         logger.log(level, msg, *args, extra={"bne_event": event, "bne_fields": fields}, stacklevel=2)
