@@ -153,6 +153,10 @@ class Browser:
         p = Page(self, session, target)
         for domain in ("Page", "Runtime", "Network", "Log"):
             p.send(f"{domain}.enable")
+        # every Content-Security-Policy violation becomes a console error the test sees
+        p.send("Page.addScriptToEvaluateOnNewDocument", source=(
+            "document.addEventListener('securitypolicyviolation', e => console.error("
+            "'CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));"))
         p.viewport(width, height, mobile, scale)
         return p
 
@@ -224,13 +228,9 @@ class Page:
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def fill(self, selector: str, value: str) -> None:
-        """Focus the field, clear it, and type ``value`` (as keyboard input)."""
+        """Click into the field, clear it, and type ``value`` (as keyboard input)."""
         self.click(selector)
-        self.eval(f"document.querySelector({json.dumps(selector)}).select && "
-                  f"document.querySelector({json.dumps(selector)}).select()")
-        self.send("Input.dispatchKeyEvent", type="keyDown", key="Backspace", code="Backspace",
-                  windowsVirtualKeyCode=8)
-        self.send("Input.dispatchKeyEvent", type="keyUp", key="Backspace", code="Backspace", windowsVirtualKeyCode=8)
+        self.eval(f"(e => {{ e.focus(); e.value = ''; }})(document.querySelector({json.dumps(selector)}))")
         self.send("Input.insertText", text=value)
 
     def select(self, selector: str, value: str) -> None:
@@ -261,12 +261,13 @@ class Page:
         return [e["params"]["request"]["url"] for e in self.b.events(self.session, "Network.requestWillBeSent")]
 
     def problems(self) -> list[str]:
-        """Script exceptions, console errors and browser log errors (CSP violations among them)."""
+        """Script exceptions, console errors (CSP violations among them) and the browser's own
+        errors, except failed requests (a refused request is what some tests want)."""
         out = [e["params"]["exceptionDetails"].get("exception", {}).get("description")
                or e["params"]["exceptionDetails"].get("text") for e in self.b.events(self.session,
                                                                                     "Runtime.exceptionThrown")]
         out += [" ".join(str(a.get("value", a.get("description", ""))) for a in e["params"]["args"])
                 for e in self.b.events(self.session, "Runtime.consoleAPICalled") if e["params"]["type"] == "error"]
         out += [e["params"]["entry"]["text"] for e in self.b.events(self.session, "Log.entryAdded")
-                if e["params"]["entry"]["level"] == "error"]
+                if e["params"]["entry"]["level"] == "error" and e["params"]["entry"].get("source") != "network"]
         return out
