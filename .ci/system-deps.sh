@@ -8,6 +8,7 @@ declare -A NEED=(
   [clang]=clang
   [llvm-objdump]=llvm
   [mosquitto]=mosquitto
+  [chromium]=chromium  # the fleet console's browser test (tests/e2e/test_console_browser.py)
 )
 missing=()
 for tool in "${!NEED[@]}"; do

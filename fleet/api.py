@@ -1,5 +1,5 @@
 """The service's small HTTP port: the control API the CLI uses, ``/metrics`` (docs/adr/0007), and the
-operator's web console at every path outside ``/v1/`` (:mod:`bitnet_edge.fleet.console`, ADR 0012).
+operator's web console at every path outside ``/v1/`` (:mod:`bitnet_edge.fleet.console`, ADR 0014).
 
     GET  /metrics                      Prometheus text (no token)
     GET  /v1/health                    {ok, broker_connected, leader} (no token)
@@ -22,7 +22,7 @@ cookie from its login page instead (the same token), never the other way round: 
 ``/v1/`` route.
 
 Server: the standard library's threading HTTP server (one thread per connection, a socket timeout
-so an idle or stalled client frees its thread; ADR 0012 says why it stays).
+so an idle or stalled client frees its thread; ADR 0014 says why it stays).
 """
 
 from __future__ import annotations

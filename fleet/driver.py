@@ -250,9 +250,12 @@ class RolloutDriver:
                          updated_at=? WHERE id=?""",
                       (r.state, r.stage, r.reason, r.ack_failed, r.ack_assigned, now, r.id))
             old = {m.device_id: m.status for m in self._members(r.id).values()} if st.members else {}
-            c.executemany("""INSERT OR REPLACE INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
-                             started_at, finished_at, from_release_id, reason, detail)
-                             VALUES (?,?,?,?,?,?,?,?,?,?)""",
+            c.executemany("""INSERT INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
+                             started_at, finished_at, from_release_id, reason, detail) VALUES (?,?,?,?,?,?,?,?,?,?)
+                             ON CONFLICT(rollout_id, device_id) DO UPDATE SET status=excluded.status,
+                             wave=excluded.wave, assigned_at=excluded.assigned_at, started_at=excluded.started_at,
+                             finished_at=excluded.finished_at, from_release_id=excluded.from_release_id,
+                             reason=excluded.reason, detail=excluded.detail""",
                           [(r.id, m.device_id, m.status, m.wave, m.assigned_at, m.started_at, m.finished_at,
                             m.from_release_id, m.reason, m.detail) for m in st.members.values()])
             for a in st.actions:

@@ -1,4 +1,4 @@
-"""The operator's web console, served by ``fleet serve`` on the control API's port (ADR 0012).
+"""The operator's web console, served by ``fleet serve`` on the control API's port (ADR 0014).
 
 Pages (server-rendered HTML, escaped; a small script for live updates and relative times)::
 
@@ -219,7 +219,8 @@ class Console:
             return self._login_page(nxt)
         if req.method != "POST":
             return self._plain(405, "method not allowed")
-        if not same_origin(req.headers.get("Host"), req.headers.get("Origin"), req.headers.get("Referer")):
+        if not same_origin(req.headers.get("Host"), req.headers.get("Origin"), req.headers.get("Referer"),
+                           req.headers.get("X-Forwarded-Host")):
             return self._plain(403, "cross-site login refused")
         form = self._form(req)
         if form is None:
@@ -255,7 +256,8 @@ class Console:
     def _post(self, req: Request, session: Session | None) -> Response:
         if session is None:
             return self._plain(401, "log in first")
-        if not same_origin(req.headers.get("Host"), req.headers.get("Origin"), req.headers.get("Referer")):
+        if not same_origin(req.headers.get("Host"), req.headers.get("Origin"), req.headers.get("Referer"),
+                           req.headers.get("X-Forwarded-Host")):
             log.warning("console: cross-origin %s %s refused (Origin %r)", req.method, req.path,
                         req.headers.get("Origin"))
             return self._plain(403, "cross-site request refused")

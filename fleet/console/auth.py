@@ -91,20 +91,22 @@ class Sessions:
             self._revoked[session.nonce] = session.expires
 
 
-def same_origin(host: str | None, origin: str | None, referer: str | None) -> bool:
+def same_origin(host: str | None, origin: str | None, referer: str | None, forwarded_host: str | None = None) -> bool:
     """A state-changing request is from the console's own pages: the browser's ``Origin`` (else
-    ``Referer``) names the host the request was sent to.  Neither given (not a browser): True,
-    the CSRF token still decides."""
+    ``Referer``) names the host the request was sent to (``Host``, or the ``X-Forwarded-Host`` a
+    reverse proxy sets: a page on another site cannot add that header to a form post).  Neither
+    given (not a browser): True, the CSRF token still decides."""
     claimed = origin if origin is not None else referer
     if claimed is None:
         return True
-    if not host or claimed == "null":
+    hosts = {h.strip().lower() for h in (host, *(forwarded_host or "").split(",")) if h and h.strip()}
+    if not hosts or claimed == "null":
         return False
     try:
         u = urlsplit(claimed)
     except ValueError:
         return False
-    return u.scheme in ("http", "https") and u.netloc.lower() == host.lower()
+    return u.scheme in ("http", "https") and u.netloc.lower() in hosts
 
 
 def safe_next(target: str | None, default: str = "/") -> str:

@@ -298,3 +298,5 @@ def test_sessions_expire_and_helpers_refuse_foreign_targets():
     assert same_origin("h:1", "http://h:1", None) and not same_origin("h:1", "http://h:2", None)
     assert same_origin("h:1", None, None) and not same_origin("h:1", "null", None)
     assert not same_origin("h:1", None, "https://evil/h:1")
+    assert same_origin("127.0.0.1:8780", "https://fleet.example", None, "fleet.example")  # behind a proxy
+    assert not same_origin("127.0.0.1:8780", "https://evil.example", None, "fleet.example")
