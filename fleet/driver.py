@@ -273,16 +273,16 @@ class RolloutDriver:
                      actor: str | None) -> None:
         """One line per rollout transition and stage; a member's timeout is a device failure the
         device could not report itself (reported failures are logged as they arrive: registry)."""
+        if before.stage != r.stage:
+            log_event(log, "rollout.stage", "rollout %s: stage %d (%g%%) -> stage %d (%g%%)", r.id, before.stage + 1,
+                      r.spec.stages[before.stage], r.stage + 1, r.spec.stages[r.stage], rollout=r.id,
+                      stage=r.stage + 1, percent=r.spec.stages[r.stage])
         if before.state != r.state or actor:
             why = f"{r.reason}: {actor}" if actor and r.reason else (r.reason or actor)
             log_event(log, "rollout.state", "rollout %s: %s -> %s%s", r.id, before.state, r.state,
                       f" ({why})" if why else "", level=logging.WARNING if r.state == "paused" and
                       r.reason != "operator" else logging.INFO, rollout=r.id, state=r.state, previous=before.state,
                       reason=r.reason, actor=actor)
-        if before.stage != r.stage:
-            log_event(log, "rollout.stage", "rollout %s: stage %d (%g%%) -> stage %d (%g%%)", r.id, before.stage + 1,
-                      r.spec.stages[before.stage], r.stage + 1, r.spec.stages[r.stage], rollout=r.id,
-                      stage=r.stage + 1, percent=r.spec.stages[r.stage])
         for m in members.values():
             if m.status == "failed" and old.get(m.device_id) != "failed" and m.reason == "timeout":
                 log_event(log, "device.failed", "device %s failed in rollout %s: %s: %s", m.device_id, r.id, m.reason,

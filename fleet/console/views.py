@@ -42,7 +42,8 @@ def stage_progress(st: dict) -> list[dict]:
     """Per stage of a rollout status: its cumulative target, the members it assigned by status,
     and whether it passed, is current, or waits."""
     members = st.get("members") or []
-    population = sum(1 for m in members if m["status"] != "skipped")
+    # the devices the stages were computed over (abort and rollback skip pending ones afterwards)
+    population = sum(1 for m in members if not (m["status"] == "skipped" and m["reason"] == "no-bundle-for-target"))
     out = []
     for i, pct in enumerate(st["stages"]):
         counts = Counter(m["status"] for m in members if m["wave"] == i)

@@ -300,3 +300,63 @@ def test_sessions_expire_and_helpers_refuse_foreign_targets():
     assert not same_origin("h:1", None, "https://evil/h:1")
     assert same_origin("127.0.0.1:8780", "https://fleet.example", None, "fleet.example")  # behind a proxy
     assert not same_origin("127.0.0.1:8780", "https://evil.example", None, "fleet.example")
+
+
+def test_releases_page_shows_tuf_state_per_bundle(tmp_path):
+    """With TUF initialised: each bundle listed in the signed targets or not, and the roles' versions."""
+    from click.testing import CliRunner
+
+    from bitnet_edge.cli import main
+    from bitnet_edge.fleet.service import load_token
+    from tests.support.agent_fixtures import Bundles
+
+    b = Bundles(tmp_path / "bundles")
+    data = tmp_path / "fleet"
+    svc = FleetService(FleetConfig(data_dir=str(data), embedded_port=0, api_port=0, trust=[str(b.pub)])).start()
+    try:
+        api = ["--api", svc.api.url, "--token", load_token(data)]
+
+        def run(*args):
+            res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+            assert res.exit_code == 0, res.output
+            return res.output
+
+        c = json.loads(run("fleet", "tuf", "init", tmp_path / "offline", "--online-key",
+                           run("fleet", "tuf", "online-key", "--data", data).strip()))
+        run("fleet", "tuf", "push", c["root"], c["targets"], *api)
+        run("fleet", "publish", b.v1, "--targets-key", tmp_path / "offline" / "keys" / "targets-1.key", *api)
+        run("fleet", "publish", b.v2, *api)
+        client = Client(svc.api.port)
+        client.login(load_token(data))
+        body = client.get("/releases")[2]
+        v1 = body[body.index('id="release-sensor-mlp-1"'):]
+        v2 = body[body.index('id="release-sensor-mlp-2"'):body.index('id="release-sensor-mlp-1"')]
+        assert "pill-ok\">listed" in v1.split("</section>")[0]
+        assert "not listed" in v2 and "pill-ok\">verified" in v2
+        tuf = body[:body.index('id="release-sensor-mlp-2"')]
+        assert re.search(r"<td>targets</td><td class=\"num\">2</td>", tuf), tuf
+        assert re.search(r"<td>root</td><td class=\"num\">1</td>", tuf)
+    finally:
+        svc.stop()
+
+
+def test_a_silent_device_fails_with_timeout_detail_and_a_log_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    svc = FleetService(FleetConfig(data_dir=str(tmp_path / "fleet"), embedded_port=0, api_port=0, chunk_bytes=4096,
+                                   tick=0.2)).start()
+    slow = FakeAgent("slow", tmp_path / "slow", svc.broker_url, install_delay=4.0).start()
+    try:
+        wait_for(lambda: any(d["online"] for d in svc.devices()), 20)
+        svc.publish([svc.store.add_file(bundles().r1)[0]])
+        rid = svc.create_rollout(RolloutSpec(model="test-mlp", version="1.0.0", stages=[100], device_timeout=1.0,
+                                             failure_threshold=0.5))["id"]
+        wait_for(lambda: svc.rollout(rid)["state"] == "paused", 20, what="paused on the timeout")
+        (m,) = svc.rollout(rid)["members"]
+        assert (m["status"], m["reason"], m["detail"]) == ("failed", "timeout",
+                                                           "no install outcome within 1 s while online")
+        (line,) = [r for r in caplog.records if getattr(r, "bne_event", None) == "device.failed"]
+        assert line.bne_fields == {"device": "slow", "rollout": rid, "reason": "timeout",
+                                   "detail": "no install outcome within 1 s while online"}
+    finally:
+        slow.stop()
+        svc.stop()

@@ -14,6 +14,7 @@ process could attach to.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -45,6 +46,11 @@ class Browser:
     def __enter__(self) -> Browser:
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
+        # the browser's ends move above 9 first, so that mapping them onto 3 and 4 cannot clobber them
+        low = (to_chrome_r, from_chrome_w)
+        to_chrome_r, from_chrome_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in low)
+        for fd in low:
+            os.close(fd)
         args = ["--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
