@@ -167,6 +167,7 @@ class ConsoleData:
         except Exception as exc:  # noqa: BLE001 - damaged metadata: the page says so, the rest still shows
             listed, tuf = {}, {**tuf, "error": f"{type(exc).__name__}: {exc}"}
         created = {r["id"]: r["created_at"] for r in self.svc.db.query("SELECT id, created_at FROM releases")}
+        rollouts = self.svc.rollouts()
         rels = []
         for r in sorted(self.svc.releases(), key=lambda r: (r["model"], -r["release"])):
             rows = [{"kind": "full", "target": t, "base_sha256": None, **b} for t, b in sorted(r["bundles"].items())]
@@ -175,8 +176,7 @@ class ConsoleData:
                 b.update(self._bundle_info(b["sha256"]))
                 b["tuf"] = "listed" if b["sha256"] in listed else ("not listed" if tuf.get("enabled") else "-")
             rels.append({**r, "created_at": created.get(r["id"]), "rows": rows,
-                         "rollouts": [x for x in self.svc.rollouts() if (x["model"], x["version"])
-                                      == (r["model"], r["version"])]})
+                         "rollouts": [x for x in rollouts if (x["model"], x["version"]) == (r["model"], r["version"])]})
         return {"releases": rels, "tuf": tuf}
 
     def release_choices(self) -> list[dict]:

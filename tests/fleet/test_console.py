@@ -257,7 +257,8 @@ def test_service_log_lines(tmp_path, caplog):
     try:
         wait_for(lambda: sum(d["online"] for d in svc.devices()) == 2, 20)
         svc.publish([svc.store.add_file(bundles().r1)[0]])
-        st = svc.create_rollout(RolloutSpec(model="test-mlp", version="1.0.0", stages=[50, 100]))
+        # both devices in one stage; it pauses once both finished (1 of 2 succeeded, 90% needed)
+        st = svc.create_rollout(RolloutSpec(model="test-mlp", version="1.0.0", stages=[100], failure_threshold=0.5))
         wait_for(lambda: svc.rollout(st["id"])["state"] == "paused", 30)
         svc.rollout_command(st["id"], "rollback", actor="alice@ops")
         b.stop()
