@@ -13,7 +13,7 @@ schemas: venv
 
 all: test
 
-# System packages the tests need (cross toolchain, emulator, Mach-O linker, broker).
+# System packages the tests need (cross toolchain, emulator, Mach-O linker, broker, PostgreSQL).
 # Installed with apt-get only when running as root and something is missing.
 system-deps:
 	@bash .ci/system-deps.sh
@@ -23,7 +23,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade "pip==25.3"
 
 venv: $(PY)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,demo]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,demo,fleet]'
 
 # Rebuild the host kernel library in place (pip install -e . does this too).
 native: $(PY)

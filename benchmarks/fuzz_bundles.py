@@ -69,8 +69,8 @@ def build_corpus(root: Path) -> Corpus:
     from bitnet_edge.packagers.container import read_envelope
     from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
     from bitnet_edge.packagers.targets import host_target
-    from tests._bundle_models import built_library, make_mlp_dir
-    from tests.agent_fixtures import HOST_DEVICE, write_config
+    from tests.support.bundle_models import built_library, make_mlp_dir
+    from tests.support.agent_fixtures import HOST_DEVICE, write_config
 
     root.mkdir(parents=True, exist_ok=True)
     kp = generate_keypair(root / "keys", "release")

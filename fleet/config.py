@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,15 +15,25 @@ from bitnet_edge.sdk.schemas import Strict
 #: the fleet data directory the CLI uses when --data is not given
 DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
 
-__all__ = ["FleetConfig"]
+__all__ = ["FleetConfig", "is_loopback", "embedded_broker_exposure"]
 
 
 class FleetConfig(Strict):
     data_dir: str = Field(description="database, bundle store, service.json and control.token live here")
+    database: str | None = Field(default=None, pattern=r"^postgres(ql)?://",
+                                 description="postgresql://user:password@host:port/dbname of the registry's "
+                                             "PostgreSQL database (replicas on several hosts); None: SQLite "
+                                             "in data_dir/fleet.db")
     broker_url: str | None = Field(default=None, description="mqtt[s]://host:port of an external broker; "
                                                               "None: start the embedded broker")
     embedded_host: str = Field(default="127.0.0.1", description="listen address of the embedded broker")
     embedded_port: int = Field(default=1883, ge=0, le=65535, description="TCP port of the embedded broker (0: any)")
+    embedded_tls_cert: str | None = Field(default=None, description="server certificate of the embedded broker "
+                                                                    "(PEM); with embedded_tls_key: MQTT over TLS")
+    embedded_tls_key: str | None = Field(default=None, description="private key of embedded_tls_cert (PEM)")
+    embedded_auth: Literal["anonymous", "per-device"] = Field(
+        default="anonymous", description="who may connect to the embedded broker: anonymous (loopback only) or "
+                                         "per-device credentials from enrollment with per-device topic ACLs")
     username: str | None = Field(default=None, description="broker user name")
     password: str | None = Field(default=None, description="broker password")
     tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
@@ -51,3 +62,30 @@ class FleetConfig(Strict):
     @property
     def data(self) -> Path:
         return Path(self.data_dir)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); a wildcard or any other name is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def embedded_broker_exposure(cfg: FleetConfig) -> str | None:
+    """Why the embedded broker may not listen where ``cfg`` says (None: it may).
+
+    Beyond loopback the broker carries every device's traffic over a network: it must speak TLS
+    and admit each device with its own credentials, restricted to its own topics.
+    """
+    if cfg.broker_url is not None or is_loopback(cfg.embedded_host):
+        return None
+    missing = [what for what, ok in (
+        ("TLS (--mqtt-tls-cert and --mqtt-tls-key)", cfg.embedded_tls_cert and cfg.embedded_tls_key),
+        ("per-device credentials (--mqtt-auth per-device)", cfg.embedded_auth == "per-device")) if not ok]
+    if not missing:
+        return None
+    return (f"the embedded MQTT broker binds {cfg.embedded_host} beyond loopback only with "
+            f"{' and '.join(missing)}; or use --broker with an external broker (docs/scaling.md)")

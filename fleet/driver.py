@@ -75,17 +75,35 @@ class RolloutDriver:
         self.chunk_size, self.holder, self.lease_seconds, self.clock = chunk_size, holder, lease_seconds, clock
         self.profile_targets, self.library_targets = _profile_targets()
         self._lock = threading.RLock()
+        self._held: bool | None = None  # None: not asked yet (the first answer is logged)
 
     # ---- leadership ------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        now = self.clock()
+        """Take or renew the ``driver`` lease; True while this replica holds it.
+
+        The lease row expires ``lease_seconds`` after its last renewal, by the database's clock
+        (one clock for replicas on several hosts); another replica takes it over only then.
+        """
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO leases(name, holder, expires) VALUES ('driver', ?, ?)",
+            now = self.db.now()
+            c.execute("INSERT INTO leases(name, holder, expires) VALUES ('driver', ?, ?) ON CONFLICT DO NOTHING",
                       (self.holder, now + self.lease_seconds))
             c.execute("UPDATE leases SET holder=?, expires=? WHERE name='driver' AND (holder=? OR expires<?)",
                       (self.holder, now + self.lease_seconds, self.holder, now))
-            return c.execute("SELECT holder FROM leases WHERE name='driver'").fetchone()["holder"] == self.holder
+            row = c.execute("SELECT holder FROM leases WHERE name='driver'").fetchone()
+            held = row["holder"] == self.holder
+        with self._lock:
+            if held != self._held:
+                log.info("replica %s %s the driver lease", self.holder, "holds" if held else "does not hold")
+            self._held = held
+        return held
+
+    def release_lease(self) -> None:
+        """Give the lease up now (a replica that stops): another replica takes it on its next pass."""
+        with self.db.tx() as c:
+            c.execute("UPDATE leases SET expires=0 WHERE name='driver' AND holder=?", (self.holder,))
+        self._held = False
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -249,7 +267,9 @@ class RolloutDriver:
             c.execute("""UPDATE rollouts SET state=?, stage=?, reason=?, ack_failed=?, ack_assigned=?, rev=rev+1,
                          updated_at=? WHERE id=?""",
                       (r.state, r.stage, r.reason, r.ack_failed, r.ack_assigned, now, r.id))
-            old = {m.device_id: m.status for m in self._members(r.id).values()} if st.members else {}
+            old = {row["device_id"]: row["status"] for row in c.execute(
+                "SELECT device_id, status FROM rollout_members WHERE rollout_id=?", (r.id,)).fetchall()} \
+                if st.members else {}
             c.executemany("""INSERT INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
                              started_at, finished_at, from_release_id, reason, detail) VALUES (?,?,?,?,?,?,?,?,?,?)
                              ON CONFLICT(rollout_id, device_id) DO UPDATE SET status=excluded.status,
@@ -260,7 +280,9 @@ class RolloutDriver:
                             m.from_release_id, m.reason, m.detail) for m in st.members.values()])
             for a in st.actions:
                 payload = self._desired_payload(r, a, devices.get(a.device_id), now)
-                c.execute("INSERT OR REPLACE INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
+                             ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,
+                             rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",
                           (a.device_id, payload, r.id, now))
                 out.append((a.device_id, payload))
         for device_id, payload in out:

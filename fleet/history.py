@@ -4,9 +4,7 @@ several replicas a transition is recorded once; the newest :data:`KEEP` rows per
 
 from __future__ import annotations
 
-import sqlite3
-
-from bitnet_edge.fleet.db import Database
+from bitnet_edge.fleet.db import Database, Tx
 from bitnet_edge.sdk.protocol import InstalledRelease, Outcome
 
 __all__ = ["KEEP", "record", "record_outcome", "device_history"]
@@ -15,7 +13,7 @@ KEEP = 200  # history rows kept per device
 _COLUMNS = ("device_id", "ts", "kind", "rollout_id", "bundle_sha256", "result", "reason", "message", "release")
 
 
-def record(c: sqlite3.Connection, device_id: str, ts: float, kind: str, *, rollout_id: str | None = None,
+def record(c: Tx, device_id: str, ts: float, kind: str, *, rollout_id: str | None = None,
            bundle_sha256: str | None = None, result: str | None = None, reason: str | None = None,
            message: str | None = None, release: InstalledRelease | None = None) -> None:
     """Append one row (inside the caller's transaction) and drop the device's rows beyond KEEP."""
@@ -26,7 +24,7 @@ def record(c: sqlite3.Connection, device_id: str, ts: float, kind: str, *, rollo
                  ORDER BY ts DESC LIMIT 1 OFFSET ?)""", (device_id, device_id, KEEP - 1))
 
 
-def record_outcome(c: sqlite3.Connection, device_id: str, o: Outcome, serving: InstalledRelease | None) -> None:
+def record_outcome(c: Tx, device_id: str, o: Outcome, serving: InstalledRelease | None) -> None:
     record(c, device_id, o.ts, "install", rollout_id=o.rollout_id, bundle_sha256=o.bundle_sha256, result=o.result,
            reason=o.reason, message=o.message, release=serving)
 

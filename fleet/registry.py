@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ class DeviceRow:
                 "metrics": None if self.metrics is None else self.metrics.model_dump(mode="json")}
 
 
-def _device(r: sqlite3.Row) -> DeviceRow:
+def _device(r) -> DeviceRow:
     return DeviceRow(
         id=r["id"], profile=r["profile"], target=r["target"],
         capabilities=Capabilities.model_validate_json(r["capabilities"]) if r["capabilities"] else None,
@@ -200,8 +199,8 @@ class Registry:
     def add_bundle(self, sha: str, size: int, model: str, version: str, release: int, target: str, digest: str,
                    delta_base_digest: str | None, now: float) -> None:
         with self.db.tx() as c:
-            c.execute("""INSERT OR IGNORE INTO bundles(sha256, size, model, version, release, target, release_digest,
-                         delta_base_digest, added_at) VALUES (?,?,?,?,?,?,?,?,?)""",
+            c.execute("""INSERT INTO bundles(sha256, size, model, version, release, target, release_digest,
+                         delta_base_digest, added_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING""",
                       (sha, size, model, version, release, target, digest, delta_base_digest, now))
 
     def bundle_size(self, sha: str) -> int | None:
@@ -229,8 +228,8 @@ class Registry:
                     raise PublishError("conflict", f"{model} release {release} is version {r['version']}, "
                                                    f"not {version}")
                 return r["id"]
-            return c.execute("INSERT INTO releases(model, version, release, created_at) VALUES (?,?,?,?)",
-                             (model, version, release, now)).lastrowid
+            return c.execute("INSERT INTO releases(model, version, release, created_at) VALUES (?,?,?,?) RETURNING id",
+                             (model, version, release, now)).fetchall()[0]["id"]
 
     def set_release_bundle(self, release_id: int, target: str, sha: str) -> None:
         with self.db.tx() as c:
@@ -239,12 +238,13 @@ class Registry:
             if r is not None and r["sha256"] != sha:
                 raise PublishError("conflict", f"release {release_id} already has bundle {r['sha256'][:12]} for "
                                                f"{target}")
-            c.execute("INSERT OR IGNORE INTO release_bundles(release_id, target, sha256) VALUES (?,?,?)",
+            c.execute("INSERT INTO release_bundles(release_id, target, sha256) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                       (release_id, target, sha))
 
     def add_release_delta(self, release_id: int, target: str, sha: str, base_sha: str) -> None:
         with self.db.tx() as c:
-            c.execute("INSERT OR REPLACE INTO release_deltas(release_id, target, sha256, base_sha256) VALUES (?,?,?,?)",
+            c.execute("""INSERT INTO release_deltas(release_id, target, sha256, base_sha256) VALUES (?,?,?,?)
+                         ON CONFLICT(release_id, target, base_sha256) DO UPDATE SET sha256=excluded.sha256""",
                       (release_id, target, sha, base_sha))
 
     def release(self, release_id: int) -> ReleaseInfo:

@@ -69,7 +69,7 @@ def test_explicit_downgrade_is_allowed(agent, bundles):
 
 
 def test_wrong_target_is_refused(agent, bundles, tmp_path):
-    from tests._bundle_models import tools_missing
+    from tests.support.bundle_models import tools_missing
 
     if tools_missing("linux-aarch64"):
         pytest.skip("needs the aarch64 cross compiler")

@@ -217,7 +217,7 @@ _KEY = _Key()
 # ---- MQTT message handlers -----------------------------------------------------------------------
 
 def _caps():
-    from _fleet_helpers import capabilities
+    from tests.support.fleet_helpers import capabilities
 
     return capabilities()
 

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 from tests.support.fleet_helpers import FakeAgent, bundles, wait_for
+from tests.support.postgres import postgres_server  # noqa: F401 - fixture
 
 from bitnet_edge.fleet.config import FleetConfig
 from bitnet_edge.fleet.console.auth import Sessions, safe_next, same_origin
@@ -62,11 +63,15 @@ class Client:
 
 
 @pytest.fixture
-def fleet(tmp_path):
+def fleet(tmp_path, request):
     """A fleet service (embedded broker) with two fake agents: a serves release 1; b fails its
-    health gate with a hostile message; one rollout ran (paused on b's failure)."""
-    svc = FleetService(FleetConfig(data_dir=str(tmp_path / "fleet"), embedded_port=0, api_port=0, chunk_bytes=4096,
-                                   tick=0.2, trust=[str(bundles().pub_path)])).start()
+    health gate with a hostile message; one rollout ran (paused on b's failure).  The registry is
+    SQLite, or PostgreSQL where a test asks for it (``indirect`` parameter)."""
+    database = None
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database = request.getfixturevalue("postgres_server").new_database()
+    svc = FleetService(FleetConfig(data_dir=str(tmp_path / "fleet"), database=database, embedded_port=0, api_port=0,
+                                   chunk_bytes=4096, tick=0.2, trust=[str(bundles().pub_path)])).start()
     agents = [FakeAgent("dev-a", tmp_path / "a", svc.broker_url, tags=["lab", HOSTILE]).start(),
               FakeAgent("dev-b", tmp_path / "b", svc.broker_url, tags=["lab"], fail=True).start()]
     try:
@@ -173,6 +178,7 @@ def test_pages_escape_hostile_device_strings_and_send_strict_headers(fleet):
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in body
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 def test_rollout_page_shows_each_failure_with_reason_and_detail(fleet):
     svc, c, token, rid, _ = fleet
     c.login(token)
@@ -187,6 +193,7 @@ def test_rollout_page_shows_each_failure_with_reason_and_detail(fleet):
     assert (member["reason"], member["detail"]) == ("health_failed", "golden vectors out of tolerance (test)")
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 def test_device_page_shows_history_capabilities_and_releases(fleet):
     svc, c, token, rid, agents = fleet
     c.login(token)

@@ -233,7 +233,7 @@ def test_device_cannot_impersonate_another(broker, tmp_path):
     assert all(t.split("/")[3] != "dev-b" for t, _ in fleet.got[1:])
 
     # a certificate with B's name from any other CA is refused at the TLS handshake
-    from _fleet_helpers import make_certs
+    from tests.support.fleet_helpers import make_certs
 
     rogue = make_certs(tmp_path / "rogue")
     r = broker.peer(rogue["client"], rogue["client_key"], "dev-b")

@@ -79,7 +79,7 @@ def _copy(src, tmp_path, sha):
 def test_a_delta_is_used_only_when_it_is_listed_too(tmp_path):
     import hashlib
 
-    from _fleet_helpers import bundles as fleet_bundles
+    from tests.support.fleet_helpers import bundles as fleet_bundles
 
     b = fleet_bundles()  # release 1, release 2 and its delta from 1 (x86-64-v4)
     sha = {k: hashlib.sha256(getattr(b, k).read_bytes()).hexdigest() for k in ("r1", "r2", "r2_delta")}

@@ -266,8 +266,8 @@ def test_environment_forces_mlx_and_the_probe_reports_it(mx, tmp_path, monkeypat
 
 def test_macos_bundle_runs_on_mlx_bit_exact(mx, tmp_path):
     """A macos-arm64 bundle carries nothing MLX-specific: the installed 2-bit layout is what MLX runs."""
-    from _bundle_models import make_mlp_dir, prebuilt, tools_missing
-    from conftest import require_tool
+    from tests.support.bundle_models import make_mlp_dir, prebuilt, tools_missing
+    from tests.support.tools import require_tool
 
     from bitnet_edge.packagers.builder import PackageOptions, package_model
     from bitnet_edge.packagers.golden import check_outputs, read_golden, run_model
