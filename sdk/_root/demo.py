@@ -294,7 +294,8 @@ class Demo:
         console.rule("[bold cyan]The fleet keeps running (--keep-open)")
         self._print_console()
         console.print("agents: " + ", ".join(f"{d} http://127.0.0.1:{p}" for d, p in self.ports.items()) +
-                      f"\nlogs: {self.procs.log_dir}/   press Ctrl-C to stop everything", highlight=False)
+                      f"\nlogs: {self.procs.log_dir}/", highlight=False)
+        console.print("press Ctrl-C to stop everything")
         while all(p.poll() is None for _, p in self.procs.procs):
             time.sleep(1.0)
         console.print("[yellow]a demo process exited; stopping the rest[/yellow]")
