@@ -27,8 +27,8 @@ venv: $(PY)
 
 # Rebuild the host kernel library in place (pip install -e . does this too).
 native: $(PY)
-	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_library, host_target; \
-	print(build_library(host_target(), Path('native'), Path('sdk/native/_lib')))"
+	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_host_library; \
+	print(build_host_library(Path('native'), Path('sdk/native/_lib')))"
 	cp native/include/bitnet_edge.h sdk/native/_lib/bitnet_edge.h
 	cp native/cuda/bne_cuda.h sdk/native/_lib/bne_cuda.h
 

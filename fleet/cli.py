@@ -141,13 +141,14 @@ def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, m
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     try:
         options = dict(
-            data_dir=os.path.abspath(data_dir), database=database, broker_url=broker, embedded_host=mqtt_host,
+            data_dir=os.path.abspath(data_dir), database=database, embedded_host=mqtt_host,
             embedded_port=mqtt_port, embedded_auth=mqtt_auth,
             embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
             embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
             api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
             trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
-            username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+            broker=dict(url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
+                        tls_key=tls_key))
         cfg = parse_model(FleetConfig, options, source="fleet serve options")
         svc = FleetService(cfg).start()
     except (FleetError, BitnetEdgeError, RuntimeError, OSError, ValueError) as exc:

@@ -64,7 +64,7 @@ def _m1_initial(c: Tx) -> None:
     CREATE TABLE bundles (
         sha256 TEXT PRIMARY KEY, size {int} NOT NULL,
         model TEXT NOT NULL, version TEXT NOT NULL, release {int} NOT NULL, target TEXT NOT NULL,
-        release_digest TEXT NOT NULL,          -- packagers.manifest.release_digest
+        release_digest TEXT NOT NULL,          -- sdk.bundle.manifest.release_digest
         delta_base_digest TEXT,                -- set for delta bundles
         added_at {real} NOT NULL
     );

@@ -28,7 +28,7 @@ from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
 from bitnet_edge.sdk.logs import log_event
-from bitnet_edge.sdk.protocol import DesiredState, device_topic
+from bitnet_edge.sdk.wire.protocol import DesiredState, device_topic
 
 __all__ = ["RolloutDriver", "DeviceView"]
 
@@ -49,10 +49,10 @@ class DeviceView:
 
 
 def _profile_targets() -> tuple[dict[str, str], dict[str, str]]:
-    from bitnet_edge.packagers.targets import TARGETS
+    from bitnet_edge.sdk.native.targets import TARGETS
 
     try:
-        from bitnet_edge.packagers.devices import load_devices
+        from bitnet_edge.sdk.bundle.devices import load_devices
 
         profiles = {name: p.target for name, p in load_devices().items()}
     except Exception:  # noqa: BLE001 - no profiles shipped: targets come from the devices' reports

@@ -5,7 +5,7 @@ several replicas a transition is recorded once; the newest :data:`KEEP` rows per
 from __future__ import annotations
 
 from bitnet_edge.fleet.db import Database, Tx
-from bitnet_edge.sdk.protocol import InstalledRelease, Outcome
+from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome
 
 __all__ = ["KEEP", "record", "record_outcome", "device_history"]
 

@@ -14,7 +14,7 @@ from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.errors import NotFound, PublishError
 from bitnet_edge.fleet.selection import BundleRow, DeltaRow, ReleaseInfo
 from bitnet_edge.sdk.logs import log_event
-from bitnet_edge.sdk.protocol import Capabilities, DeviceMetrics, InstalledRelease, Outcome, Presence, ReportedState
+from bitnet_edge.sdk.wire.protocol import Capabilities, DeviceMetrics, InstalledRelease, Outcome, Presence, ReportedState
 
 __all__ = ["DeviceRow", "Registry"]
 

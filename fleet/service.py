@@ -1,6 +1,6 @@
 """The fleet service: wiring of broker, MQTT link, registry, chunk server, rollout driver and control API.
 
-Threads: the embedded broker (when no ``broker_url``), paho's network loop, the inbound dispatcher,
+Threads: the embedded broker (when no ``broker.url``), paho's network loop, the inbound dispatcher,
 the chunk workers, the HTTP server, and the driver loop, which runs a rollout pass every ``tick``
 seconds or sooner after a device's presence or state changed (debounced).
 
@@ -42,7 +42,6 @@ from bitnet_edge.fleet.store import BundleStore
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
 from bitnet_edge.sdk.logs import log_event
-from bitnet_edge.sdk.mqtt import parse_broker_url
 
 __all__ = ["FleetService", "load_token"]
 
@@ -92,7 +91,7 @@ class FleetService:
         problem = embedded_broker_exposure(cfg)
         if problem:
             raise ConfigError("exposed-broker", problem)
-        broker = None if cfg.broker_url is not None else EmbeddedBroker(  # checks its settings, starts nothing
+        broker = None if cfg.broker.url is not None else EmbeddedBroker(  # checks its settings, starts nothing
             cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert, tls_key=cfg.embedded_tls_key,
             auth=cfg.embedded_auth)
         self.data.mkdir(parents=True, exist_ok=True)
@@ -106,13 +105,11 @@ class FleetService:
             with self.db.tx() as c:  # a new in-memory broker: nobody is connected yet
                 c.execute("UPDATE devices SET online=0")
         else:
-            self.broker_url = cfg.broker_url
-        self.link = FleetLink(f"bne-fleet-{cfg.replica_id}", parse_broker_url(self.broker_url), self._handle,
-                              on_connected=self._republish.set, share_group=cfg.share_group,
-                              username=cfg.username, password=cfg.password,
-                              # our own TLS embedded broker: its certificate is the trust anchor unless a CA is given
-                              tls_ca=cfg.tls_ca or (cfg.embedded_tls_cert if self.broker else None),
-                              tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, max_pending_bytes=cfg.max_pending_mb << 20,
+            self.broker_url = cfg.broker.url
+        conn = cfg.broker.model_copy(update={  # our own TLS embedded broker: its certificate is the trust anchor
+            "url": self.broker_url, "tls_ca": cfg.broker.tls_ca or (cfg.embedded_tls_cert if self.broker else None)})
+        self.link = FleetLink(conn, f"bne-fleet-{cfg.replica_id}", self._handle, on_connected=self._republish.set,
+                              share_group=cfg.share_group, max_pending_bytes=cfg.max_pending_mb << 20,
                               counters=self.counters)
         self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
                                   queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
@@ -169,7 +166,7 @@ class FleetService:
         self.stop()
 
     def _trusted(self) -> list:
-        from bitnet_edge.packagers.signing import load_public_key
+        from bitnet_edge.sdk.bundle.signing import load_public_key
 
         return [load_public_key(p) for p in self.config.trust]
 

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 from bitnet_edge.fleet.history import device_history
 from bitnet_edge.fleet.rollout import allowed_actions
-from bitnet_edge.sdk.protocol import DesiredState
+from bitnet_edge.sdk.wire.protocol import DesiredState
 
 __all__ = ["ConsoleData", "stage_progress", "MAX_DEVICE_ROWS"]
 
@@ -135,9 +135,9 @@ class ConsoleData:
         with self._lock:
             if sha in self._bundles:
                 return self._bundles[sha]
-        from bitnet_edge.packagers.errors import BundleError
-        from bitnet_edge.packagers.signing import check_signatures
-        from bitnet_edge.packagers.verify import read_unverified
+        from bitnet_edge.sdk.bundle.errors import BundleError
+        from bitnet_edge.sdk.bundle.signing import check_signatures
+        from bitnet_edge.sdk.bundle.verify import read_unverified
 
         try:
             env, m = read_unverified(self.svc.store.path(sha))

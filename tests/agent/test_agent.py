@@ -81,7 +81,7 @@ def test_wrong_target_is_refused(agent, bundles, tmp_path):
 
 def test_health_gate_failure_keeps_the_old_model(agent, bundles, tmp_path):
     """A bundle whose golden vectors do not match what its model computes (a broken build)."""
-    from bitnet_edge.packagers import golden
+    from bitnet_edge.packagers import golden_vectors as golden
 
     agent.install_file(bundles.v1)
     m = make_mlp_dir(tmp_path / "m", sizes=(32, 48, 4), seed=1, name="sensor-mlp")

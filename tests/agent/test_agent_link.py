@@ -21,8 +21,8 @@ from tests.support.agent_fixtures import bundles, cli, free_port  # noqa: F401
 from tests.support.fleet_helpers import Mosquitto, wait_for
 from tests.support.tools import require_tool
 
-from bitnet_edge.packagers.verify import read_unverified
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.bundle.verify import read_unverified
+from bitnet_edge.sdk.wire import protocol as P
 
 DEV = "link-1"
 CHUNK = 2048
@@ -102,9 +102,9 @@ def test_agent_reports_link_and_transfer_and_logs_them(tmp_path, bundles):  # no
     data = tmp_path / "data"
     config = tmp_path / "agent.toml"
     config.write_text("\n".join([
-        f'device_id = "{DEV}"', f'data_dir = "{data}"', f'trust = ["{bundles.pub}"]', "[api]",
+        f'device_id = "{DEV}"', f'data_dir = "{data}"', f'trust = ["{bundles.pub}"]', "metrics_interval = 1", "[api]",
         f"port = {free_port()}", f'unix_socket = "{data}/api.sock"', "[health]", "max_latency_ms = 20000",
-        "[mqtt]", f'url = "{broker.url}"', "reconnect_max = 0.5", "keepalive = 5", "metrics_interval = 1"]) + "\n")
+        "[mqtt]", f'url = "{broker.url}"', "reconnect_max = 0.5", "keepalive = 5"]) + "\n")
     log = tmp_path / "agent.jsonl"
     fleet = ScriptedFleet(broker.port, bundles.v1)
     agent = AgentRun(config, log)

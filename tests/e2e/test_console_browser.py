@@ -57,9 +57,9 @@ class Agent:
         self.config = self.root / "agent.toml"
         self.config.write_text("\n".join([
             f'device_id = "{dev}"', f'data_dir = "{self.root / "data"}"', f'trust = ["{pub}"]',
-            f'profile = "{HOST_DEVICE}"', "tags = [" + ", ".join(f'"{t}"' for t in tags) + "]",
+            f'profile = "{HOST_DEVICE}"', "tags = [" + ", ".join(f'"{t}"' for t in tags) + "]", "metrics_interval = 1",
             "[api]", f"port = {free_port()}", "[health]", "max_latency_ms = 20000", extra,
-            "[mqtt]", f'url = "{broker}"', "reconnect_max = 1.0", "metrics_interval = 1"]) + "\n")
+            "[mqtt]", f'url = "{broker}"', "reconnect_max = 1.0"]) + "\n")
         self.log = self.root / "agent.jsonl"
         self.proc = None
 

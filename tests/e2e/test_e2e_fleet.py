@@ -21,8 +21,8 @@ from tests.support.procs import held as _held
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-from bitnet_edge.packagers.targets import host_target
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.native.targets import host_target
 
 
 @pytest.fixture

@@ -223,7 +223,8 @@ def test_publishing_groups_full_bundles_and_deltas_into_releases(target, tmp_pat
     with pytest.raises(PublishError) as e:
         publish_bundles(reg, store, [junk])
     assert e.value.reason == "not-a-bundle"
-    from bitnet_edge.packagers.signing import generate_keypair, load_public_key
+    from bitnet_edge.packagers.keys import generate_keypair
+    from bitnet_edge.sdk.bundle.signing import load_public_key
 
     other = load_public_key(generate_keypair(tmp_path / "k").public_path)
     with pytest.raises(PublishError) as e:

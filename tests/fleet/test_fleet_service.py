@@ -19,13 +19,13 @@ from tests.support.tools import require_tool
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bitnet_edge.agent.chunks import PartialFile
-from bitnet_edge.agent.config import MqttConfig
 from bitnet_edge.agent.sync import SyncLimits
 from bitnet_edge.cli import main
 from bitnet_edge.fleet.config import FleetConfig
 from bitnet_edge.fleet.rollout import RolloutSpec, Selector
 from bitnet_edge.fleet.service import FleetService
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
+from bitnet_edge.sdk.wire.broker import BrokerConnection
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def stack(tmp_path, request):
     services, agents = [], []
 
     def start(broker_url=None, **kw):
-        cfg = dict(data_dir=str(tmp_path / "fleet"), broker_url=broker_url, embedded_port=0, api_port=0,
-                   chunk_bytes=4096, tick=0.2, lease_seconds=2.0)
+        cfg = dict(data_dir=str(tmp_path / "fleet"), broker=BrokerConnection(url=broker_url), embedded_port=0,
+                   api_port=0, chunk_bytes=4096, tick=0.2, lease_seconds=2.0)
         cfg.update(kw)
         svc = FleetService(FleetConfig(**cfg))
         services.append(svc)
@@ -394,12 +394,12 @@ def test_mutual_tls_between_agent_fleet_and_broker(stack, tmp_path):
     try:
         url = f"mqtts://127.0.0.1:{m.port}"
         tls = dict(tls_ca=str(certs["ca"]), tls_cert=str(certs["client"]), tls_key=str(certs["client_key"]))
-        svc = start(url, **tls).start()
+        svc = start(broker=BrokerConnection(url=url, **tls)).start()
         _publish(svc, b.r1)
         a = FakeAgent("tls-dev", tmp_path / "tls-dev", None,
-                      mqtt=MqttConfig(url=url, keepalive=5, reconnect_max=1.0, **tls))
+                      mqtt=BrokerConnection(url=url, keepalive=5, reconnect_max=1.0, **tls))
         no_cert = FakeAgent("no-cert", tmp_path / "no-cert", None,
-                            mqtt=MqttConfig(url=url, reconnect_max=1.0, tls_ca=str(certs["ca"])))
+                            mqtt=BrokerConnection(url=url, reconnect_max=1.0, tls_ca=str(certs["ca"])))
         for x in (a, no_cert):
             x.start()
         try:
@@ -420,11 +420,11 @@ def test_the_embedded_broker_speaks_tls(stack, tmp_path):
     b = bundles()
     certs = make_certs(tmp_path / "certs")
     svc = start(embedded_tls_cert=str(certs["server"]), embedded_tls_key=str(certs["server_key"]),
-                tls_ca=str(certs["ca"])).start()
+                broker=BrokerConnection(tls_ca=str(certs["ca"]))).start()
     assert svc.broker_url.startswith("mqtts://127.0.0.1:")
     _publish(svc, b.r1)
     a = FakeAgent("tls-embedded", tmp_path / "tls-embedded", None,
-                  mqtt=MqttConfig(url=svc.broker_url, keepalive=5, reconnect_max=1.0, tls_ca=str(certs["ca"])))
+                  mqtt=BrokerConnection(url=svc.broker_url, keepalive=5, reconnect_max=1.0, tls_ca=str(certs["ca"])))
     a.start()
     try:
         wait_for(lambda: svc.devices(), what="the birth over TLS")

@@ -20,16 +20,16 @@ from bitnet_edge.cli import main
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_repo import online_key
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.tuf_meta import target_path
+from bitnet_edge.sdk.wire.tuf_meta import target_path
 from tests.support.agent_fixtures import bundles  # noqa: F401
 
 
 def _desired(path, *, sha=None, **over):
     import hashlib
 
-    from bitnet_edge.packagers.verify import read_unverified
+    from bitnet_edge.sdk.bundle.verify import read_unverified
 
     data = path.read_bytes()
     _, m = read_unverified(path)
@@ -151,7 +151,7 @@ def test_root_rotation_chain_and_targets_key_rotation(tmp_path, bundles):
     w.publish(bundles.v1)
     t = _trust(tmp_path, w)
     t.admit(_desired(bundles.v1), None)  # the device trusts root 1
-    from bitnet_edge.packagers.signing import generate_keypair
+    from bitnet_edge.packagers.keys import generate_keypair
 
     new = [generate_keypair(tmp_path / "new", f"root-{i}") for i in range(2)]
     new_keys = [S.key_from_file(k.public_path) for k in new]

@@ -26,8 +26,8 @@ from bitnet_edge.agent.sync import FleetSync, SyncLimits
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
-from bitnet_edge.packagers.verify import read_unverified
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.bundle.verify import read_unverified
+from bitnet_edge.sdk.wire import protocol as P
 
 DAY = 86400.0
 

@@ -171,7 +171,7 @@ class Progress(Strict):
 
 
 class DeviceMetrics(Strict):
-    """Device -> fleet on .../events, every ``mqtt.metrics_interval`` seconds: how the device is doing."""
+    """Device -> fleet on .../events, every ``metrics_interval`` seconds (agent config): how the device is doing."""
 
     type: Literal["metrics"] = "metrics"
     device_id: str = Field(pattern=DEVICE_ID, description="the device")
