@@ -15,6 +15,7 @@ declare -A NEED=(
   [clang]=clang
   [llvm-objdump]=llvm
   [mosquitto]=mosquitto
+  [chromium]=chromium  # the fleet console's browser test (tests/e2e/test_console_browser.py)
 )
 # Target glibc for qemu-user (-L SYSROOT): the dynamic loader of each architecture.
 declare -A SYSROOT_FILES=(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bitnet_edge.agent.config import load_config
@@ -102,6 +103,42 @@ def _print_outcome(o: dict, as_json: bool) -> None:
     Console().print(f"[{color}]{o['result']}[/{color}] ({o['reason']}): {o['message']}")
 
 
+def _ago(ts: float | None) -> str:
+    import time
+
+    if not ts:
+        return ""
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _sync_rows(sync: dict | None, url: str | None, daemon: bool) -> list[tuple[str, str]]:
+    """``agent status`` rows for the fleet link: MQTT connection state and the transfer in progress."""
+    if not url:
+        return [("fleet", "offline only (no [mqtt] url)")]
+    if not daemon or sync is None:
+        return [("fleet", f"{escape(url)}: not connected (the agent is not running)")]
+    link = sync.get("link") or {}
+    state, why, since = link.get("state", "?"), link.get("reason"), _ago(link.get("since"))
+    color = "green" if sync["connected"] else "yellow"
+    text = f"[{color}]{state}[/{color}] {escape(url)}" + (f" for {since}" if since else "")
+    if why and not sync["connected"]:
+        text += escape(f" ({why}; {link.get('attempts', 0)} attempts since)")
+    rows = [("fleet link (MQTT)", text)]
+    d = sync.get("download")
+    if d:
+        pct = 100 * d["received_bytes"] // max(1, d["total_bytes"])
+        resumed = f", resumed at {d['resumed_from_bytes']:,} B" if d["resumed_from_bytes"] else ""
+        rows.append(("transfer", escape(
+            f"{d['release']} ({'delta' if d['delta'] else 'full'} {d['file_sha256'][:12]}): {pct}% "
+            f"({d['received_bytes']:,} of {d['total_bytes']:,} B, chunk {d['chunks_done']} of {d['chunks']}), "
+            f"{d['bytes_per_s'] / 1000:.0f} kB/s{resumed}" + (f", rollout {d['rollout_id']}" if d["rollout_id"]
+                                                               else ""))))
+    else:
+        rows.append(("transfer", "none"))
+    return rows
+
+
 def register(main: click.Group) -> None:
     @main.group()
     def agent():
@@ -109,14 +146,16 @@ def register(main: click.Group) -> None:
 
     @agent.command()
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                  help="Log lines on stderr: readable text, or one JSON object per line.")
     @click.option("-v", "--verbose", is_flag=True)
-    def run(config_path, verbose):
+    def run(config_path, log_format, verbose):
         """Run the agent daemon (local API, serving, fleet sync) until SIGTERM / Ctrl-C."""
         from bitnet_edge.agent.daemon import Agent
         from bitnet_edge.agent.server import serve
+        from bitnet_edge.sdk.logs import setup_logging
 
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
         cfg = load_config(config_path)
         _require_sync_extras(cfg)
         ag = Agent(cfg)
@@ -142,7 +181,7 @@ def register(main: click.Group) -> None:
                 return out.model_copy(update={"rollout_id": desired.rollout_id})
 
             ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha,
-                                activate_previous=activate_previous)
+                                activate_previous=activate_previous, metrics=ag.device_metrics)
             ag.sync.start()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,7 +253,9 @@ def register(main: click.Group) -> None:
         t.add_row("serving", f"{installed['model']} {installed['version']} (release {installed['release']})"
                   if installed else "nothing")
         last = state.get("last_outcome")
-        t.add_row("last install", f"{last['result']} ({last['reason']}): {last['message']}" if last else "-")
+        t.add_row("last install", escape(f"{last['result']} ({last['reason']}): {last['message']}") if last else "-")
+        for k, v in _sync_rows(st.get("sync"), cfg.mqtt.url, bool(st.get("daemon"))):
+            t.add_row(k, v)
         Console().print(t)
 
     @agent.command()

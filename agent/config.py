@@ -77,6 +77,8 @@ class AgentConfig(Strict):
                                                                     "never honoured")
     profile: str | None = Field(default=None, description="device profile name; default: matched by the probe")
     tags: list[str] = Field(default_factory=list, description="operator labels reported to the fleet")
+    metrics_interval: float = Field(default=60.0, ge=0, description="seconds between the metrics reports sent to the "
+                                                                    "fleet on events (DeviceMetrics; 0: none)")
     api: ApiConfig = Field(default_factory=ApiConfig, description="local inference API")
     mqtt: BrokerConnection = Field(default_factory=BrokerConnection, description="fleet connection")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")

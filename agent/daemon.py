@@ -21,7 +21,8 @@ from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
 from bitnet_edge.agent.workers import WorkerBudget, WorkerHandle, start_worker
-from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome, ReportedState
+from bitnet_edge.sdk.logs import log_event
+from bitnet_edge.sdk.wire.protocol import DeviceMetrics, InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
 
@@ -70,6 +71,28 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _rss_mb(pid) -> float | None:
+    """Resident memory of a process in MiB (Linux /proc; None where there is none)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _log_outcome(o: Outcome | None, path: Path | None) -> None:
+    if o is None:
+        return
+    ok = o.result == "installed" or (o.result == "rolled_back" and o.reason == "ok")
+    log_event(log, "install", "install %s: %s%s: %s", o.result, o.reason,
+              f" (rollout {o.rollout_id})" if o.rollout_id else "", o.message,
+              level=logging.INFO if ok else logging.WARNING, result=o.result, reason=o.reason, message=o.message,
+              rollout=o.rollout_id, bundle_sha256=o.bundle_sha256, file=str(path) if path else None)
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
@@ -93,6 +116,8 @@ class Agent:
         self._inflight: dict[int, int] = {}
         self.sync = None
         self.worker_budget = self._worker_budget()
+        self.started = time.time()
+        self._metrics_mark = (time.monotonic(), 0, 0, 0.0)  # (when, requests, errors, seconds) at the last report
 
     def _worker_budget(self) -> WorkerBudget:
         """Concurrency and in-flight request bytes of a worker, from limits and the memory budget
@@ -182,6 +207,7 @@ class Agent:
             if outcome.result != "installed":
                 self.store.record_outcome(outcome)
             self.metrics.install(outcome.result, outcome.reason)
+            _log_outcome(outcome, path)
             return outcome
 
     def install_local(self, path: str, *, allow_downgrade: bool = False) -> Outcome:
@@ -351,6 +377,7 @@ class Agent:
             self._swap(w)
             self._set_model_metrics(info.release, state.active)
             self.metrics.install("rolled_back", "ok")
+            _log_outcome(state.last_outcome, None)
             return state.last_outcome
 
     def _used_bytes(self) -> int:
@@ -388,7 +415,28 @@ class Agent:
         rs = self.reported_state()
         return {"device_id": self.cfg.device_id, "capabilities": self.caps.model_dump(),
                 "state": rs.model_dump(), "active_slot": self.store.load().active,
-                "worker": (self._worker.report if self._worker else None)}
+                "worker": (self._worker.report if self._worker else None),
+                "sync": self.sync.status() if self.sync is not None else None}
+
+    def device_metrics(self) -> DeviceMetrics:
+        """What the fleet's console shows for this device; request figures since the last call."""
+        from bitnet_edge.agent.server import PROXIED
+
+        now = time.monotonic()
+        req, err, secs = self.metrics.totals(PROXIED)
+        t0, req0, err0, secs0 = self._metrics_mark
+        self._metrics_mark = (now, req, err, secs)
+        n = req - req0
+        w = self._worker
+        try:
+            load1 = os.getloadavg()[0]
+        except OSError:
+            load1 = None
+        return DeviceMetrics(device_id=self.cfg.device_id, ts=time.time(), uptime_s=time.time() - self.started,
+                             interval_s=now - t0, requests=n, errors=err - err0,
+                             latency_ms_mean=(secs - secs0) / n * 1000 if n else None,
+                             agent_rss_mb=_rss_mb("self"), worker_rss_mb=_rss_mb(w.proc.pid) if w else None,
+                             disk_free_mb=shutil.disk_usage(self.root).free >> 20, load1=load1)
 
     def shutdown(self) -> None:
         if self.sync is not None:

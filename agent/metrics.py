@@ -31,6 +31,13 @@ class Metrics:
             h[i] += 1
             self.sums[route] += seconds
 
+    def totals(self, routes) -> tuple[int, int, float]:
+        """(requests, of them 5xx, seconds spent) over ``routes`` since start."""
+        with self._lock:
+            req = sum(n for (r, _), n in self.requests.items() if r in routes)
+            err = sum(n for (r, code), n in self.requests.items() if r in routes and code >= 500)
+            return req, err, sum(v for r, v in self.sums.items() if r in routes)
+
     def install(self, result: str, reason: str) -> None:
         with self._lock:
             self.installs[(result, reason)] += 1

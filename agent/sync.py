@@ -36,10 +36,12 @@ from bitnet_edge.agent.transfer import Window
 from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.wire.desired_sig import load_fleet_keys, verify_desired
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.logs import log_event
 from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
     ChunkRequest,
     DesiredState,
+    DeviceMetrics,
     InstalledRelease,
     Outcome,
     Presence,
@@ -78,6 +80,8 @@ class _Job:
     partial: PartialFile
     window: Window
     last_progress: float = 0.0
+    started: float = 0.0  # time.monotonic() when this run of the transfer began
+    held_at_start: int = 0  # bytes already on disk then (a resumed transfer)
 
 
 def _desired_key(d: DesiredState) -> str:
@@ -91,12 +95,16 @@ class FleetSync:
     def __init__(self, config: AgentConfig, capabilities: Capabilities, get_state: Callable[[], ReportedState],
                  install: InstallCallback, installed_sha: Callable[[], str | None], *,
                  limits: SyncLimits = SyncLimits(),
-                 activate_previous: Callable[[DesiredState], Outcome] | None = None):
+                 activate_previous: Callable[[DesiredState], Outcome] | None = None,
+                 metrics: Callable[[], DeviceMetrics | None] | None = None):
         """``activate_previous`` (optional): switch back to the release in the other slot when the
-        desired state names it (a rollback), without downloading it again; never raises."""
+        desired state names it (a rollback), without downloading it again; never raises.
+        ``metrics`` (optional): the device's metrics, sent on ``events`` every
+        ``metrics_interval`` seconds while connected."""
         self.config, self.capabilities, self.limits = config, capabilities, limits
         self._get_state, self._install, self._installed_sha = get_state, install, installed_sha
         self._activate_previous = activate_previous
+        self._metrics, self._next_metrics = metrics, 0.0
         self.device_id = config.device_id
         self._kinds = {device_topic(self.device_id, "desired"): "desired",
                        device_topic(self.device_id, "chunk/data"): "chunk"}
@@ -121,6 +129,8 @@ class FleetSync:
         except FormatError as exc:
             raise ConfigError("fleet_keys", str(exc)) from None
         self._last_attempt, self._last_outcome, self._desired_ts = self._load_attempt()
+        # the broker link, for status and logs: since when (unix time) connected or not, and why not
+        self.link: dict = {"state": "not started", "since": None, "reason": None, "attempts": 0}
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -142,7 +152,9 @@ class FleetSync:
         death = Presence(type="death", device_id=self.device_id, ts=time.time(), tags=self.config.tags)
         c.will_set(device_topic(self.device_id, "presence"), death.model_dump_json(), qos=1, retain=True)
         c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message
+        c.on_connect_fail = self._on_connect_fail
         self._client = c
+        self._set_link("connecting", None)
         self._stopping.clear()
         self._worker = threading.Thread(target=self._run, name=f"bne-sync-{self.device_id}", daemon=True)
         self._worker.start()
@@ -180,20 +192,36 @@ class FleetSync:
             self._publish("state", self._state().model_dump_json(), qos=1, retain=True)
 
     def status(self) -> dict:
-        """What the sync is doing, for the agent's status output."""
+        """What the sync is doing, for the agent's status output: the broker link (state, since,
+        why it is down) and the transfer in progress (bytes, rate, where it resumed from)."""
         j = self._job
-        return {"connected": self.connected, "broker": self.config.mqtt.url,
-                "download": None if j is None else {
-                    "file_sha256": j.sha256, "delta": j.is_delta, "received_bytes": j.partial.received_bytes,
-                    "total_bytes": j.partial.size, "rollout_id": j.desired.rollout_id},
+        download = None
+        if j is not None:
+            got = j.partial.received_bytes
+            secs = max(1e-6, time.monotonic() - j.started)
+            download = {"file_sha256": j.sha256, "delta": j.is_delta, "received_bytes": got,
+                        "total_bytes": j.partial.size, "chunks_done": j.partial.chunks_done,
+                        "chunks": j.partial.n_chunks, "rollout_id": j.desired.rollout_id,
+                        "release": f"{j.desired.release.model} {j.desired.release.version}",
+                        "resumed_from_bytes": j.held_at_start, "bytes_per_s": (got - j.held_at_start) / secs,
+                        "in_flight": j.window.in_flight, "timeouts": j.window.timeouts}
+        return {"connected": self.connected, "broker": self.config.mqtt.url, "link": dict(self.link),
+                "download": download,
                 "last_outcome": None if self._last_outcome is None else self._last_outcome.model_dump(mode="json"),
                 "stats": dict(self.stats)}
 
     # ---- MQTT callbacks (paho's thread): parse the topic, queue the work ----------------------------
 
+    def _set_link(self, state: str, reason: str | None) -> None:
+        self.link = {**self.link, "state": state, "since": time.time(), "reason": reason}
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
+            self.link["attempts"] += 1
+            if self.link["state"] != "refused":
+                log_event(log, "mqtt.refused", "broker %s refused the connection: %s", self.config.mqtt.url,
+                          reason_code, level=logging.WARNING, broker=self.config.mqtt.url, reason=str(reason_code))
+            self._set_link("refused", str(reason_code))
             return
         client.subscribe([(device_topic(self.device_id, "desired"), 1), (device_topic(self.device_id, "chunk/data"), 1)]
                          + ([(device_topic(self.device_id, "tuf/data"), 1)] if self.trust is not None else []))
@@ -203,12 +231,40 @@ class FleetSync:
         self._publish("presence", birth.model_dump_json(), qos=1, retain=True)
         self._publish("state", state.model_dump_json(), qos=1, retain=True)
         self.stats["connects"] += 1
+        was = self.link
+        self._set_link("connected", None)
+        self.link["attempts"] = 0
         self._connected.set()
+        log_event(log, "mqtt.connected", "connected to %s (%s)%s", self.config.mqtt.url,
+                  "session resumed" if flags.session_present else "new session",
+                  f" after {time.time() - was['since']:.1f} s {was['state']}" if was["since"] else "",
+                  broker=self.config.mqtt.url, session_present=bool(flags.session_present),
+                  down_s=round(time.time() - was["since"], 3) if was["since"] else None)
+        self._next_metrics = 0.0  # report at once
         self._events.put(("connected", bool(flags.session_present)))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        if self._stopping.is_set():
+            reason = "agent stopping"
+        elif getattr(flags, "is_disconnect_packet_from_server", False):
+            reason = f"the broker disconnected us: {reason_code}"
+        else:
+            reason = f"connection lost: {reason_code}"
+        self._set_link("disconnected", reason)
+        log_event(log, "mqtt.disconnected", "disconnected from %s: %s", self.config.mqtt.url, reason,
+                  level=logging.INFO if self._stopping.is_set() else logging.WARNING, broker=self.config.mqtt.url,
+                  reason=reason, code=str(reason_code))
         self._events.put(("disconnected", None))
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A (re)connect attempt failed before the broker answered: logged once per outage."""
+        self.link["attempts"] += 1
+        if self.link["state"] not in ("unreachable",):
+            log_event(log, "mqtt.unreachable", "cannot reach broker %s; retrying with backoff up to %g s",
+                      self.config.mqtt.url, self.config.mqtt.reconnect_max, level=logging.WARNING,
+                      broker=self.config.mqtt.url)
+            self._set_link("unreachable", "connection refused or timed out")
 
     def _on_message(self, client, userdata, msg) -> None:
         kind = self._kinds.get(msg.topic)
@@ -246,6 +302,23 @@ class FleetSync:
                 log.exception("sync worker: %s event failed", kind)
                 self.stats["worker_errors"] += 1
             self._pump()
+            self._report_metrics()
+
+    def _report_metrics(self) -> None:
+        interval = self.config.metrics_interval
+        if self._metrics is None or not interval or not self._connected.is_set():
+            return
+        now = time.monotonic()
+        if now < self._next_metrics:
+            return
+        self._next_metrics = now + interval
+        try:
+            m = self._metrics()
+        except Exception:  # noqa: BLE001 - a broken probe never stops the sync
+            log.exception("collecting device metrics failed")
+            return
+        if m is not None:
+            self._publish("events", m.model_dump_json(), qos=0)
 
     def _handle(self, kind: str, arg) -> None:
         if kind == "desired":
@@ -338,9 +411,14 @@ class FleetSync:
             return
         partial = PartialFile(self.downloads, sha, size, rel.chunk_size)
         self._job = _Job(d, key, sha, use_delta, partial,
-                         Window(partial.missing(), self.limits.window, self.limits.chunk_timeout))
-        log.info("fetching %s (%d bytes, %s, %d of %d chunks held)", sha[:12], size,
-                 "delta" if use_delta else "full", partial.chunks_done, partial.n_chunks)
+                         Window(partial.missing(), self.limits.window, self.limits.chunk_timeout),
+                         started=time.monotonic(), held_at_start=partial.received_bytes)
+        log_event(log, "transfer.resume" if partial.chunks_done else "transfer.start",
+                  "fetching %s (%d bytes, %s, %d of %d chunks held) for %s %s%s", sha[:12], size,
+                  "delta" if use_delta else "full", partial.chunks_done, partial.n_chunks, rel.model, rel.version,
+                  f", rollout {d.rollout_id}" if d.rollout_id else "", file_sha256=sha, bytes=size, delta=use_delta,
+                  chunks=partial.n_chunks, chunks_held=partial.chunks_done, held_bytes=partial.received_bytes,
+                  rollout=d.rollout_id, model=rel.model, version=rel.version)
         self._progress(self._job, "downloading", force=True)
         if partial.complete:
             self._complete()
@@ -374,7 +452,11 @@ class FleetSync:
 
     def _drop_job(self) -> None:
         if self._job is not None:
-            self._job.partial.close()
+            j = self._job
+            log_event(log, "transfer.stop", "stopped fetching %s at %d of %d bytes (kept for later): the desired "
+                      "state changed", j.sha256[:12], j.partial.received_bytes, j.partial.size, file_sha256=j.sha256,
+                      received_bytes=j.partial.received_bytes, bytes=j.partial.size)
+            j.partial.close()
             self._job = None
 
     # ---- chunks ---------------------------------------------------------------------------------
@@ -416,6 +498,13 @@ class FleetSync:
             self._finish(j.desired, j.key, "failed", exc.reason, exc.detail)
             return
         self._job = None
+        secs = time.monotonic() - j.started
+        fetched = j.partial.size - j.held_at_start
+        log_event(log, "transfer.finish", "fetched %s: %d bytes in %.1f s (%d of them this run, %.0f kB/s), "
+                  "%d chunk requests timed out", j.sha256[:12], j.partial.size, secs, fetched,
+                  fetched / max(secs, 1e-6) / 1000, j.window.timeouts, file_sha256=j.sha256, bytes=j.partial.size,
+                  fetched_bytes=fetched, seconds=round(secs, 3), timeouts=j.window.timeouts,
+                  rollout=j.desired.rollout_id)
         self._install_file(j.desired, j.key, path, j.is_delta)
 
     def _install_file(self, d: DesiredState, key: str, path: Path, is_delta: bool) -> None:
@@ -449,7 +538,9 @@ class FleetSync:
 
     def _finish(self, d: DesiredState, key: str, result: str, reason: str, message: str) -> None:
         """An attempt that ended before the install callback: record, report."""
-        log.warning("desired release %s not installed: %s (%s)", d.release.version, reason, message)
+        log_event(log, "install", "%s %s (release %d) %s before install: %s: %s", d.release.model, d.release.version,
+                  d.release.release, result, reason, message, level=logging.WARNING, result=result, reason=reason,
+                  message=message, rollout=d.rollout_id, bundle_sha256=d.release.bundle_sha256)
         self._record(key, Outcome(rollout_id=d.rollout_id, bundle_sha256=d.release.bundle_sha256, result=result,
                                   reason=reason, message=message[:2000], ts=time.time()))
         self.publish_state()

@@ -1,4 +1,5 @@
-"""The service's small HTTP port: the control API the CLI uses, and ``/metrics`` (docs/adr/0006).
+"""The service's small HTTP port: the control API the CLI uses, ``/metrics`` (docs/adr/0007), and the
+operator's web console at every path outside ``/v1/`` (:mod:`bitnet_edge.fleet.console`, ADR 0018).
 
     GET  /metrics                      Prometheus text (no token)
     GET  /v1/health                    {ok, broker_connected, leader} (no token)
@@ -14,9 +15,14 @@
     GET  /v1/tuf/{file}                a metadata file (root.json, 3.targets.json, timestamp.json, ...)
     POST /v1/tuf                       {"root": text?, "targets": text?}: offline-signed metadata (ADR 0010)
 
-Every other request needs ``Authorization: Bearer <token>`` (``DATA/control.token``).  Errors
-are JSON ``{"error": reason, "detail": text}`` with 400 (bad input), 401, 404, 409 (state); a
-bug is a 500 with a JSON body, never a dead server.
+Every other ``/v1/`` request needs ``Authorization: Bearer <token>`` (``DATA/control.token``).
+Errors are JSON ``{"error": reason, "detail": text}`` with 400 (bad input), 401, 404, 409 (state); a
+bug is a 500 with a JSON body, never a dead server.  The console authenticates with a session
+cookie from its login page instead (the same token), never the other way round: a cookie opens no
+``/v1/`` route.
+
+Server: the standard library's threading HTTP server (one thread per connection, a socket timeout
+so an idle or stalled client frees its thread; ADR 0018 says why it stays).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from bitnet_edge.fleet.errors import NotFound, PublishError, RolloutError, TufError
+from bitnet_edge.fleet.console import SECURITY_HEADERS, Console, Request, parse_query
+from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError, TufError
 from bitnet_edge.sdk.errors import BitnetEdgeError, FormatError, listen_error
 from bitnet_edge.sdk.schemas import parse_model
 
@@ -36,6 +43,7 @@ __all__ = ["ControlServer"]
 
 log = logging.getLogger("bitnet_edge.fleet.api")
 MAX_JSON = 1 << 20  # bytes of a JSON request body
+SOCKET_TIMEOUT = 120.0  # seconds a connection may sit idle (or a client stall a write) before it is closed
 
 
 def _status(exc: BitnetEdgeError) -> int:
@@ -54,6 +62,7 @@ def _status(exc: BitnetEdgeError) -> int:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
 
     def log_message(self, fmt, *args):  # quiet: requests go to the debug log
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -62,8 +71,56 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
+
+    def _read_limited(self, limit: int) -> bytes:
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise FormatError("Content-Length is not a number") from None
+        if n < 0 or n > limit:
+            raise FormatError(f"request body of {n} bytes exceeds {limit}")
+        return self.rfile.read(n)
+
+    def _console(self, method: str, path: str, qs: str) -> None:
+        req = Request(method, path, parse_query(qs), self.headers, self.client_address[0], self._read_limited, qs)
+        try:
+            resp = self.server.console.handle(req)
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500, the server lives on
+            log.exception("console %s %s failed", method, path)
+            body = f"internal error: {type(exc).__name__}\n".encode()
+            self.send_response(500)
+            for k, v in (("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                         *SECURITY_HEADERS):
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.ctype)
+        for k, v in resp.headers:
+            self.send_header(k, v)
+        if resp.stream is None:
+            self.send_header("Content-Length", str(len(resp.body)))
+            self.end_headers()
+            self.wfile.write(resp.body)
+            return
+        self.close_connection = True  # an event stream ends with the connection
+        self.send_header("Connection", "close")
+        self.send_header("X-Accel-Buffering", "no")
+        self.end_headers()
+        try:
+            for piece in resp.stream:
+                self.wfile.write(piece)
+                self.wfile.flush()
+        except OSError:  # the browser went away (or stalled past the socket timeout)
+            pass
+        finally:
+            resp.stream.close()
 
     def _json(self, status: int, data) -> None:
         self._send(status, json.dumps(data, sort_keys=True).encode())
@@ -98,7 +155,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         svc = self.server.service
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        raw, _, qs = self.path.partition("?")
+        path = raw.rstrip("/") or "/"
+        if path != "/metrics" and path != "/v1" and not path.startswith("/v1/"):
+            return self._console(method, path, qs)
         try:
             if method == "GET" and path == "/metrics":
                 return self._send(200, svc.metrics_text().encode(), "text/plain; version=0.0.4")
@@ -163,6 +223,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr, service, token: str):
         super().__init__(addr, _Handler)
         self.service, self.token = service, token
+        self.console = Console(service, token)
 
 
 class ControlServer:

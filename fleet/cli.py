@@ -106,18 +106,23 @@ def fleet_group() -> None:
 @click.option("--tls-ca", default=None, help="CA bundle for mqtts://.")
 @click.option("--tls-cert", default=None, help="Client certificate (mTLS).")
 @click.option("--tls-key", default=None, help="Client key (mTLS).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines on stderr: readable text, or one JSON object per line.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @json_option("Print where the service listens as JSON, then serve.")
 def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, mqtt_tls_key, mqtt_auth,
               lease_seconds, api_host, api_port, chunk_kib, trust, share_group, replica_id, username, password, tls_ca,
-              tls_cert, tls_key, as_json) -> None:
-    """Run the fleet service until interrupted (SIGINT / SIGTERM)."""
+              tls_cert, tls_key, log_format, verbose, as_json) -> None:
+    """Run the fleet service until interrupted (SIGINT / SIGTERM).  The operator's console is at
+    the control API's URL (log in with DATA/control.token)."""
     import logging
 
     from bitnet_edge.fleet.config import FleetConfig
     from bitnet_edge.fleet.service import FleetService
+    from bitnet_edge.sdk.logs import setup_logging
     from bitnet_edge.sdk.schemas import parse_model
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     options = dict(
         data_dir=os.path.abspath(data_dir), database=database, embedded_host=mqtt_host,
         embedded_port=mqtt_port, embedded_auth=mqtt_auth,
@@ -129,13 +134,15 @@ def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, m
                     tls_key=tls_key))
     cfg = parse_model(FleetConfig, options, source="fleet serve options")
     svc = FleetService(cfg).start()
-    info = {"api": svc.api.url, "broker": svc.broker_url, "data": cfg.data_dir, "database": svc.db.where,
-            "replica": cfg.replica_id}
+    info = {"api": svc.api.url, "console": svc.api.url + "/", "broker": svc.broker_url, "data": cfg.data_dir,
+            "database": svc.db.where, "replica": cfg.replica_id,
+            "token_file": os.path.join(cfg.data_dir, "control.token")}
     if as_json:
         _emit_json(info)
     else:
         console.print(f"fleet service [bold]{cfg.replica_id}[/bold]: broker {svc.broker_url}, control API and "
-                      f"/metrics on {svc.api.url}, data in {cfg.data_dir}, registry {svc.db.kind} {svc.db.where}",
+                      f"/metrics on {svc.api.url}, data in {cfg.data_dir}, registry {svc.db.kind} {svc.db.where}\n"
+                      f"console: [bold]{svc.api.url}/[/bold] (log in with the token in {info['token_file']})",
                       highlight=False)
     sys.stdout.flush()
     done = threading.Event()
@@ -163,9 +170,9 @@ def devices_cmd(client, as_json) -> None:
         if prog and prog["stage"] != "done" and prog["total_bytes"]:
             last = f"{prog['stage']} {100 * prog['received_bytes'] // prog['total_bytes']}%"
         t.add_row(r["id"], "[green]yes[/green]" if r["online"] else "[yellow]no[/yellow]",
-                  f"{r['profile'] or '-'} / {r['target'] or '-'}", ",".join(r["tags"]) or "-",
-                  f"{inst['model']} {inst['version']} (r{inst['release']})" if inst else "-", r["health"], last,
-                  _ago(r["last_seen"]))
+                  escape(f"{r['profile'] or '-'} / {r['target'] or '-'}"), escape(",".join(r["tags"])) or "-",
+                  escape(f"{inst['model']} {inst['version']} (r{inst['release']})") if inst else "-", r["health"],
+                  escape(last), _ago(r["last_seen"]))
     console.print(t)
 
 
@@ -265,12 +272,13 @@ def _print_status(st: dict) -> None:
                   ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     if st.get("members"):
         t = Table()
-        for col in ("device", "status", "stage", "reason"):
+        for col in ("device", "status", "stage", "reason", "detail"):
             t.add_column(col)
         for m in st["members"]:
             color = {"succeeded": "green", "failed": "red", "reverted": "cyan"}.get(m["status"], "white")
-            t.add_row(m["device_id"], f"[{color}]{m['status']}[/{color}]",
-                      "-" if m["wave"] is None else str(m["wave"]), m["reason"] or "")
+            t.add_row(escape(m["device_id"]), f"[{color}]{m['status']}[/{color}]",
+                      "-" if m["wave"] is None else str(m["wave"]), escape(m["reason"] or ""),
+                      escape(m.get("detail") or ""))
         console.print(t)
 
 

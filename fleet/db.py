@@ -114,8 +114,30 @@ def _m2_indexes_and_leases(c: Tx) -> None:
     """)
 
 
+def _m3_history_and_detail(c: Tx) -> None:
+    """The console's needs: a per-device history, the release in the other slot, the last metrics a
+    device reported, and the human detail beside a rollout member's reason code.  History rows
+    have no key of their own: they are ordered by ``ts`` then ``kind``."""
+    _script(c, """
+    CREATE TABLE device_events (
+        device_id TEXT NOT NULL, ts {real} NOT NULL,
+        kind TEXT NOT NULL,                   -- online | offline | install (an Outcome) | registered
+        rollout_id TEXT, bundle_sha256 TEXT,
+        result TEXT, reason TEXT,             -- install: Outcome.result and reason code
+        message TEXT,                         -- install: Outcome.message, online: what it serves
+        release TEXT                          -- JSON InstalledRelease serving after the event
+    );
+    CREATE INDEX device_events_by_device ON device_events(device_id, ts);
+    ALTER TABLE devices ADD COLUMN previous TEXT;
+    ALTER TABLE devices ADD COLUMN last_metrics TEXT;
+    ALTER TABLE rollout_members ADD COLUMN detail TEXT
+    """)  # devices.previous: JSON InstalledRelease in the other slot, last_metrics: JSON DeviceMetrics,
+    # rollout_members.detail: the human text beside reason (Outcome.message).  No comments inside an
+    # ALTER: SQLite copies them into the table's stored CREATE statement.
+
+
 #: Ordered; entry i takes the schema from version i to i + 1.  Append only.
-MIGRATIONS: list[Callable[[Tx], None]] = [_m1_initial, _m2_indexes_and_leases]
+MIGRATIONS: list[Callable[[Tx], None]] = [_m1_initial, _m2_indexes_and_leases, _m3_history_and_detail]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -27,6 +27,7 @@ from bitnet_edge.fleet.errors import NotFound, RolloutError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
+from bitnet_edge.sdk.logs import log_event
 from bitnet_edge.sdk.wire.desired_sig import sign_desired
 from bitnet_edge.sdk.wire.protocol import DesiredState, device_topic
 
@@ -70,10 +71,12 @@ def _selector_text(sel) -> str:
 class RolloutDriver:
     def __init__(self, db: Database, registry: Registry, publish: Callable[[str, bytes], bool], *,
                  chunk_size: int, holder: str = "fleet-1", lease_seconds: float = 10.0,
-                 clock: Callable[[], float] = time.time, signing_key=None):
+                 clock: Callable[[], float] = time.time, signing_key=None,
+                 on_change: Callable[[], None] = lambda: None):
         """``signing_key``: the fleet's Ed25519 desired-state key (fleet/desired_key.py); every desired
-        state published is signed with it (devices with ``fleet_keys`` accept no other)."""
-        self.db, self.registry, self._publish = db, registry, publish
+        state published is signed with it (devices with ``fleet_keys`` accept no other).  ``on_change``:
+        called after the registry changed (the console's live updates)."""
+        self.db, self.registry, self._publish, self._on_change = db, registry, publish, on_change
         self.signing_key = signing_key
         self._fetchable: dict[str, tuple[float, set[str]]] = {}  # device -> (when read, files it may fetch)
         self.chunk_size, self.holder, self.lease_seconds, self.clock = chunk_size, holder, lease_seconds, clock
@@ -126,7 +129,7 @@ class RolloutDriver:
 
     def _members(self, rollout_id: str) -> dict[str, Member]:
         return {r["device_id"]: Member(r["device_id"], r["status"], r["wave"], r["assigned_at"], r["started_at"],
-                                       r["finished_at"], r["from_release_id"], r["reason"])
+                                       r["finished_at"], r["from_release_id"], r["reason"], r["detail"])
                 for r in self.db.query("SELECT * FROM rollout_members WHERE rollout_id=?", (rollout_id,))}
 
     def _devices(self) -> dict[str, DeviceView]:
@@ -159,10 +162,16 @@ class RolloutDriver:
             c.execute("""INSERT INTO rollouts(id, seq, release_id, previous_release_id, spec, state, stage, created_at,
                          updated_at) VALUES (?,?,?,?,?,'running',0,?,?)""",
                       (rid, seq, rel.id, self.registry.previous_release(rel.id), spec.model_dump_json(), now, now))
+        sel = spec.selector
+        log_event(log, "rollout.created", "rollout %s created: %s %s (release %d), stages %s, selector %s", rid,
+                  rel.model, rel.version, rel.release, ",".join(f"{x:g}%" for x in spec.stages),
+                  _selector_text(sel), rollout=rid, model=rel.model, version=rel.version, release=rel.release,
+                  stages=spec.stages, selector=sel.model_dump(mode="json"))
+        self._on_change()
         self.tick()
         return self.status(rid)
 
-    def command(self, rollout_id: str, action: str) -> dict:
+    def command(self, rollout_id: str, action: str, actor: str | None = None) -> dict:
         with self._lock:
             r, rev = self._rollout(rollout_id)
             members, now = self._members(rollout_id), self.clock()
@@ -180,7 +189,7 @@ class RolloutDriver:
                 st = sm.rollback(r, members, now)
             else:
                 raise RolloutError(rollout_id, "bad-spec", f"unknown action {action!r}")
-            if not self._apply(st, rev, self._devices(), now):
+            if not self._apply(st, rev, self._devices(), now, before=r, actor=actor):
                 raise RolloutError(rollout_id, "bad-state", "the rollout changed meanwhile; try again")
         if action == "resume":
             self.tick()
@@ -204,6 +213,15 @@ class RolloutDriver:
             s.update(model=rel.model, version=rel.version, release=rel.release)
             out.append(s)
         return out
+
+    def memberships(self, device_id: str, limit: int = 50) -> list[dict]:
+        """The rollouts a device is (or was) in, newest first, with its status, reason and detail."""
+        rows = self.db.query("""SELECT m.rollout_id, m.status, m.wave, m.assigned_at, m.finished_at, m.reason,
+                                       m.detail, r.state, rel.model, rel.version, rel.release
+                                FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id
+                                JOIN releases rel ON rel.id = r.release_id
+                                WHERE m.device_id=? ORDER BY r.seq DESC LIMIT ?""", (device_id, limit))
+        return [dict(r) for r in rows]
 
     # ---- passes ----------------------------------------------------------------------------------
 
@@ -239,19 +257,20 @@ class RolloutDriver:
                 obs = {d.id: self._observe(r, rel, shas, d, ids) for d in seen}
                 st = sm.step(r, self._members(r.id), obs, now)
                 if st.members or st.actions or st.rollout != r:
-                    self._apply(st, rev, devices, now)
+                    self._apply(st, rev, devices, now, before=r)
                     sent += len(st.actions)
             return sent
 
     def _observe(self, r: Rollout, rel: ReleaseInfo, shas: set[str], d: DeviceView, ids) -> Observation:
         o = d.outcome
-        failure = None
+        failure = detail = None
         if o and o.get("rollout_id") == r.id and o.get("result") != "installed" and o.get("bundle_sha256") in shas:
-            failure = o.get("reason") or "failed"
+            failure, detail = o.get("reason") or "failed", o.get("message")
         return Observation(d.id, d.online, ids.get((d.model, d.release)), failure,
-                           pick_bundle(rel, self._targets(d)) is not None)
+                           pick_bundle(rel, self._targets(d)) is not None, detail)
 
-    def _apply(self, st: Step, rev: int, devices: dict[str, DeviceView], now: float) -> bool:
+    def _apply(self, st: Step, rev: int, devices: dict[str, DeviceView], now: float, before: Rollout,
+               actor: str | None = None) -> bool:
         r = st.rollout
         out: list[tuple[str, bytes]] = []
         with self.db.tx() as c:
@@ -261,14 +280,17 @@ class RolloutDriver:
             c.execute("""UPDATE rollouts SET state=?, stage=?, reason=?, ack_failed=?, ack_assigned=?, rev=rev+1,
                          updated_at=? WHERE id=?""",
                       (r.state, r.stage, r.reason, r.ack_failed, r.ack_assigned, now, r.id))
+            old = {row["device_id"]: row["status"] for row in c.execute(
+                "SELECT device_id, status FROM rollout_members WHERE rollout_id=?", (r.id,)).fetchall()} \
+                if st.members else {}
             c.executemany("""INSERT INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
-                             started_at, finished_at, from_release_id, reason) VALUES (?,?,?,?,?,?,?,?,?)
+                             started_at, finished_at, from_release_id, reason, detail) VALUES (?,?,?,?,?,?,?,?,?,?)
                              ON CONFLICT(rollout_id, device_id) DO UPDATE SET status=excluded.status,
                              wave=excluded.wave, assigned_at=excluded.assigned_at, started_at=excluded.started_at,
                              finished_at=excluded.finished_at, from_release_id=excluded.from_release_id,
-                             reason=excluded.reason""",
+                             reason=excluded.reason, detail=excluded.detail""",
                           [(r.id, m.device_id, m.status, m.wave, m.assigned_at, m.started_at, m.finished_at,
-                            m.from_release_id, m.reason) for m in st.members.values()])
+                            m.from_release_id, m.reason, m.detail) for m in st.members.values()])
             for a in st.actions:
                 payload = self._desired_payload(r, a, devices.get(a.device_id), now)
                 c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
@@ -279,7 +301,29 @@ class RolloutDriver:
         for device_id, payload in out:
             self._fetchable.pop(device_id, None)
             self._publish(device_topic(device_id, "desired"), payload)
+        self._log_changes(before, r, old, st.members, actor)
+        self._on_change()
         return True
+
+    def _log_changes(self, before: Rollout, r: Rollout, old: dict[str, str], members: dict[str, Member],
+                     actor: str | None) -> None:
+        """One line per rollout transition and stage; a member's timeout is a device failure the
+        device could not report itself (reported failures are logged as they arrive: registry)."""
+        if before.stage != r.stage:
+            log_event(log, "rollout.stage", "rollout %s: stage %d (%g%%) -> stage %d (%g%%)", r.id, before.stage + 1,
+                      r.spec.stages[before.stage], r.stage + 1, r.spec.stages[r.stage], rollout=r.id,
+                      stage=r.stage + 1, percent=r.spec.stages[r.stage])
+        if before.state != r.state or actor:
+            why = f"{r.reason}: {actor}" if actor and r.reason else (r.reason or actor)
+            log_event(log, "rollout.state", "rollout %s: %s -> %s%s", r.id, before.state, r.state,
+                      f" ({why})" if why else "", level=logging.WARNING if r.state == "paused" and
+                      r.reason != "operator" else logging.INFO, rollout=r.id, state=r.state, previous=before.state,
+                      reason=r.reason, actor=actor)
+        for m in members.values():
+            if m.status == "failed" and old.get(m.device_id) != "failed" and m.reason == "timeout":
+                log_event(log, "device.failed", "device %s failed in rollout %s: %s: %s", m.device_id, r.id, m.reason,
+                          m.detail, level=logging.WARNING, device=m.device_id, rollout=r.id, reason=m.reason,
+                          detail=m.detail)
 
     def _desired_payload(self, r: Rollout, a: SetDesired, d: DeviceView | None, now: float) -> bytes:
         if a.release_id is None or d is None:

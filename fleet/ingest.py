@@ -19,7 +19,7 @@ from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.metrics import Counters
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.wire.protocol import Progress, parse_device_topic, parse_message
+from bitnet_edge.sdk.wire.protocol import DeviceMetrics, Progress, parse_device_topic, parse_message
 
 __all__ = ["Ingest", "INBOUND_LEAVES"]
 
@@ -29,9 +29,12 @@ INBOUND_LEAVES = ("presence", "state", "events", "chunk/req")
 
 class Ingest:
     def __init__(self, registry: Registry, chunks: ChunkServer, counters: Counters,
-                 on_change: Callable[[str], None] = lambda device_id: None, clock: Callable[[], float] = time.time):
+                 on_change: Callable[[str], None] = lambda device_id: None, clock: Callable[[], float] = time.time,
+                 on_event: Callable[[str], None] = lambda device_id: None):
+        """``on_change``: a device's presence or state changed (rollouts care); ``on_event``: it sent
+        progress or metrics (only views care)."""
         self.registry, self.chunks, self.counters = registry, chunks, counters
-        self._on_change, self._clock = on_change, clock
+        self._on_change, self._clock, self._on_event = on_change, clock, on_event
         self.progress: dict[str, Progress] = {}  # latest Progress event per device (not persisted)
         self._lock = threading.Lock()
 
@@ -68,9 +71,13 @@ class Ingest:
             self.registry.on_state(msg, now)
             self._on_change(device_id)
         elif leaf == "events":
-            with self._lock:
-                self.progress[device_id] = msg
-            self.registry.touch(device_id, now)
+            if isinstance(msg, DeviceMetrics):
+                self.registry.on_metrics(msg, now)
+            else:
+                with self._lock:
+                    self.progress[device_id] = msg
+                self.registry.touch(device_id, now)
+            self._on_event(device_id)
         else:  # chunk/req
             self.registry.touch(device_id, now)
             self.chunks.submit(msg)

@@ -1,19 +1,26 @@
-"""The registry in the database: devices (fed by presence and state messages), bundles, releases."""
+"""The registry in the database: devices (fed by presence, state and metrics messages), bundles,
+releases.  Logs one line per device online / offline and per install outcome a device reports
+(a failure with its reason code and message), and records them in the device's history."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 
+from bitnet_edge.fleet import history
 from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.errors import NotFound, PublishError
 from bitnet_edge.fleet.selection import BundleRow, DeltaRow, ReleaseInfo
-from bitnet_edge.sdk.wire.protocol import Capabilities, InstalledRelease, Outcome, Presence, ReportedState
+from bitnet_edge.sdk.logs import log_event
+from bitnet_edge.sdk.wire.protocol import Capabilities, DeviceMetrics, InstalledRelease, Outcome, Presence, ReportedState
 
 __all__ = ["DeviceRow", "Registry"]
 
+log = logging.getLogger("bitnet_edge.fleet.registry")
 _TOUCH_EVERY = 5.0  # seconds: last_seen is written at most this often per device
+_METRICS_EVERY = 5.0  # seconds: a device's metrics are written at most this often
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class DeviceRow:
     installed: InstalledRelease | None
     health: str
     last_outcome: Outcome | None
+    previous: InstalledRelease | None = None
+    metrics: DeviceMetrics | None = None
 
     def as_dict(self) -> dict:
         return {"id": self.id, "profile": self.profile, "target": self.target, "tags": self.tags,
@@ -36,7 +45,9 @@ class DeviceRow:
                 "installed": None if self.installed is None else self.installed.model_dump(mode="json"),
                 "health": self.health,
                 "last_outcome": None if self.last_outcome is None else self.last_outcome.model_dump(mode="json"),
-                "capabilities": None if self.capabilities is None else self.capabilities.model_dump(mode="json")}
+                "capabilities": None if self.capabilities is None else self.capabilities.model_dump(mode="json"),
+                "previous": None if self.previous is None else self.previous.model_dump(mode="json"),
+                "metrics": None if self.metrics is None else self.metrics.model_dump(mode="json")}
 
 
 def _device(r) -> DeviceRow:
@@ -46,7 +57,13 @@ def _device(r) -> DeviceRow:
         tags=json.loads(r["tags"]), online=bool(r["online"]), first_seen=r["first_seen"], last_seen=r["last_seen"],
         installed=InstalledRelease.model_validate_json(r["installed"]) if r["installed"] else None,
         health=r["health"],
-        last_outcome=Outcome.model_validate_json(r["last_outcome"]) if r["last_outcome"] else None)
+        last_outcome=Outcome.model_validate_json(r["last_outcome"]) if r["last_outcome"] else None,
+        previous=InstalledRelease.model_validate_json(r["previous"]) if r["previous"] else None,
+        metrics=DeviceMetrics.model_validate_json(r["last_metrics"]) if r["last_metrics"] else None)
+
+
+def _serving(inst: InstalledRelease | None) -> str:
+    return f"{inst.model} {inst.version} (release {inst.release})" if inst else "nothing"
 
 
 class Registry:
@@ -55,6 +72,7 @@ class Registry:
         self._lock = threading.Lock()
         self._known = {r["id"] for r in db.query("SELECT id FROM devices")}
         self._touched: dict[str, float] = {}
+        self._metrics_at: dict[str, float] = {}
         self._sizes: dict[str, int] = {}
 
     # ---- devices --------------------------------------------------------------------------------
@@ -73,11 +91,17 @@ class Registry:
             if not self.known(p.device_id):
                 return False
             with self.db.tx() as c:
+                was = c.execute("SELECT online FROM devices WHERE id=?", (p.device_id,)).fetchone()
                 c.execute("UPDATE devices SET online=0, last_seen=? WHERE id=?", (now, p.device_id))
+                if was is not None and was["online"]:
+                    history.record(c, p.device_id, now, "offline")
+            if was is not None and was["online"]:
+                log_event(log, "device.offline", "device %s offline", p.device_id, device=p.device_id)
             return True
         caps = p.capabilities
         inst = p.installed
         with self.db.tx() as c:
+            was = c.execute("SELECT online FROM devices WHERE id=?", (p.device_id,)).fetchone()
             c.execute(
                 """INSERT INTO devices(id, profile, target, capabilities, tags, online, first_seen, last_seen,
                                        installed, installed_model, installed_release, installed_sha)
@@ -90,21 +114,67 @@ class Registry:
                  caps.model_dump_json() if caps else None, json.dumps(sorted(set(p.tags))), now, now,
                  inst.model_dump_json() if inst else None, inst.model if inst else None,
                  inst.release if inst else None, inst.bundle_sha256 if inst else None))
+            came_online = was is None or not was["online"]
+            if was is None:
+                history.record(c, p.device_id, now, "registered", release=inst)
+            if came_online:
+                history.record(c, p.device_id, now, "online", message=f"serving {_serving(inst)}", release=inst)
         with self._lock:
             self._known.add(p.device_id)
             self._touched[p.device_id] = now
+        if came_online:
+            log_event(log, "device.online", "device %s online%s: %s / %s, serving %s", p.device_id,
+                      " (new)" if was is None else "", caps.profile if caps else "-", caps.target if caps else "-",
+                      _serving(inst), device=p.device_id, new=was is None, profile=caps.profile if caps else None,
+                      target=caps.target if caps else None, tags=sorted(set(p.tags)),
+                      installed=inst.model_dump(mode="json") if inst else None)
         return True
 
     def on_state(self, s: ReportedState, now: float) -> bool:
         if not self.known(s.device_id):
             return False
-        inst = s.installed
+        inst, new = s.installed, s.last_outcome
         with self.db.tx() as c:
+            row = c.execute("SELECT last_outcome FROM devices WHERE id=?", (s.device_id,)).fetchone()
+            old = Outcome.model_validate_json(row["last_outcome"]) if row and row["last_outcome"] else None
             c.execute("""UPDATE devices SET installed=?, installed_model=?, installed_release=?, installed_sha=?,
-                         health=?, last_outcome=?, last_seen=? WHERE id=?""",
+                         previous=?, health=?, last_outcome=?, last_seen=? WHERE id=?""",
                       (inst.model_dump_json() if inst else None, inst.model if inst else None,
-                       inst.release if inst else None, inst.bundle_sha256 if inst else None, s.health,
-                       s.last_outcome.model_dump_json() if s.last_outcome else None, now, s.device_id))
+                       inst.release if inst else None, inst.bundle_sha256 if inst else None,
+                       s.previous.model_dump_json() if s.previous else None, s.health,
+                       new.model_dump_json() if new else None, now, s.device_id))
+            fresh = new is not None and new != old
+            if fresh:
+                history.record_outcome(c, s.device_id, new, inst)
+                what = c.execute("SELECT model, version FROM bundles WHERE sha256=?", (new.bundle_sha256,)).fetchone()
+        if fresh:
+            self._log_outcome(s.device_id, new, f"{what['model']} {what['version']}" if what else
+                              f"bundle {new.bundle_sha256[:12]}", inst)
+        return True
+
+    @staticmethod
+    def _log_outcome(device_id: str, o: Outcome, what: str, inst: InstalledRelease | None) -> None:
+        ctx = dict(device=device_id, rollout=o.rollout_id, result=o.result, reason=o.reason, detail=o.message,
+                   bundle_sha256=o.bundle_sha256)
+        via = f" (rollout {o.rollout_id})" if o.rollout_id else ""
+        if o.result == "installed" or o.result == "rolled_back" and o.reason == "ok":
+            log_event(log, "device.install", "device %s %s %s%s: serving %s", device_id, o.result, what, via,
+                      _serving(inst), **ctx)
+        else:
+            log_event(log, "device.failed", "device %s: %s %s%s: %s: %s", device_id, what, o.result, via, o.reason,
+                      o.message, level=logging.WARNING, **ctx)
+
+    def on_metrics(self, m: DeviceMetrics, now: float) -> bool:
+        """Keep the newest metrics of a known device (written at most every _METRICS_EVERY seconds)."""
+        if not self.known(m.device_id):
+            return False
+        with self._lock:
+            if now - self._metrics_at.get(m.device_id, 0.0) < _METRICS_EVERY:
+                return True
+            self._metrics_at[m.device_id] = self._touched[m.device_id] = now
+        with self.db.tx() as c:
+            c.execute("UPDATE devices SET last_metrics=?, last_seen=? WHERE id=?", (m.model_dump_json(), now,
+                                                                                   m.device_id))
         return True
 
     def touch(self, device_id: str, now: float) -> None:

@@ -33,7 +33,8 @@ from bitnet_edge.fleet.errors import RolloutError
 from bitnet_edge.sdk.schemas import Strict
 
 __all__ = ["Selector", "RolloutSpec", "Rollout", "Member", "Observation", "SetDesired", "Step", "step", "pause",
-           "resume", "abort", "rollback", "summary", "selector_matches", "ACTIVE_STATES"]
+           "resume", "abort", "rollback", "summary", "selector_matches", "allowed_actions", "ACTIVE_STATES",
+           "ACTIONS"]
 
 RolloutState = Literal["running", "paused", "completed", "aborted", "rolled_back"]
 MemberStatus = Literal["pending", "assigned", "succeeded", "failed", "skipped", "reverting", "reverted"]
@@ -93,7 +94,8 @@ class Member:
     started_at: float | None = None  # first seen online after assignment: the timeout clock
     finished_at: float | None = None
     from_release_id: int | None = None  # what it ran before (rollback target)
-    reason: str | None = None
+    reason: str | None = None  # machine code: a device ReasonCode, timeout, already-installed ...
+    detail: str | None = None  # for people: the device's Outcome.message, or why it timed out
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Observation:
     release_id: int | None  # the fleet release the device reports installed (None: none or unknown)
     failure: str | None = None  # reason code of a failed install outcome for this rollout
     compatible: bool = True  # the release has a bundle for the device's target
+    failure_detail: str | None = None  # that outcome's message
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,14 @@ def _observe(r: Rollout, x: Member, o: Observation, now: float) -> Member:
         if x.started_at is None and o.online:
             x = replace(x, started_at=now)
         if o.release_id == r.release_id:
-            return replace(x, status="succeeded", finished_at=now, reason=None)
+            return replace(x, status="succeeded", finished_at=now, reason=None, detail=None)
         if o.failure:
-            return replace(x, status="failed", finished_at=now, reason=o.failure)
+            return replace(x, status="failed", finished_at=now, reason=o.failure, detail=o.failure_detail)
         if x.started_at is not None and now - x.started_at > r.spec.device_timeout:
-            return replace(x, status="failed", finished_at=now, reason="timeout")
+            return replace(x, status="failed", finished_at=now, reason="timeout",
+                           detail=f"no install outcome within {r.spec.device_timeout:g} s while online")
     elif x.status == "failed" and o.release_id == r.release_id:
-        return replace(x, status="succeeded", finished_at=now, reason="late")
+        return replace(x, status="succeeded", finished_at=now, reason="late", detail=None)
     elif x.status == "pending":
         if o.release_id == r.release_id:
             return replace(x, status="succeeded", finished_at=now, reason="already-installed")
@@ -234,19 +238,29 @@ def _drive(r: Rollout, m: dict[str, Member], obs, now, put, actions) -> Rollout:
 
 # ---- operator commands ---------------------------------------------------------------------------
 
+#: operator commands, and the states each may be given in (the CLI, the API and the console ask here)
+ACTIONS: dict[str, tuple[str, ...]] = {"pause": ("running",), "resume": ("paused",), "abort": ACTIVE_STATES,
+                                       "rollback": ACTIVE_STATES + ("aborted",)}
+
+
+def allowed_actions(state: str) -> list[str]:
+    """The commands a rollout in ``state`` accepts, in ACTIONS order."""
+    return [a for a, states in ACTIONS.items() if state in states]
+
+
 def _require(r: Rollout, allowed: tuple[str, ...], what: str) -> None:
     if r.state not in allowed:
         raise RolloutError(r.id, "bad-state", f"cannot {what} a {r.state} rollout")
 
 
 def pause(r: Rollout) -> Step:
-    _require(r, ("running",), "pause")
+    _require(r, ACTIONS["pause"], "pause")
     return Step(replace(r, state="paused", reason="operator"))
 
 
 def resume(r: Rollout, members: dict[str, Member]) -> Step:
     """Continue a paused rollout; the failures so far are acknowledged (no longer counted)."""
-    _require(r, ("paused",), "resume")
+    _require(r, ACTIONS["resume"], "resume")
     assigned = [x for x in members.values() if x.wave is not None]
     return Step(replace(r, state="running", reason=None, ack_failed=sum(x.status == "failed" for x in assigned),
                         ack_assigned=len(assigned)))
@@ -254,7 +268,7 @@ def resume(r: Rollout, members: dict[str, Member]) -> Step:
 
 def abort(r: Rollout, members: dict[str, Member], now: float) -> Step:
     """Stop spreading: devices that have not installed the release are sent back to what they run."""
-    _require(r, ACTIVE_STATES, "abort")
+    _require(r, ACTIONS["abort"], "abort")
     out = Step(replace(r, state="aborted", reason="operator"))
     for x in members.values():
         if x.status == "pending":
@@ -266,7 +280,7 @@ def abort(r: Rollout, members: dict[str, Member], now: float) -> Step:
 
 def rollback(r: Rollout, members: dict[str, Member], now: float) -> Step:
     """Every device the rollout touched goes back to the release it ran before (a signed downgrade)."""
-    _require(r, ACTIVE_STATES + ("aborted",), "roll back")
+    _require(r, ACTIONS["rollback"], "roll back")
     out = Step(replace(r, state="rolled_back", reason="operator"))
     for x in members.values():
         if x.status == "pending":

@@ -30,6 +30,7 @@ from bitnet_edge.fleet.datadir import private_dir
 from bitnet_edge.fleet.desired_key import desired_key
 from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.config import FleetConfig, embedded_broker_exposure
+from bitnet_edge.fleet.console.live import ChangeFeed
 from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.driver import RolloutDriver
 from bitnet_edge.fleet.errors import ConfigError, PublishError
@@ -43,11 +44,19 @@ from bitnet_edge.fleet.store import BundleStore
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
 from bitnet_edge.sdk.durable import write_atomic
+from bitnet_edge.sdk.logs import log_event
 
 __all__ = ["FleetService", "load_token"]
 
 log = logging.getLogger("bitnet_edge.fleet.service")
 _DEBOUNCE = 0.2  # seconds: a burst of device changes makes one driver pass
+
+
+def _by_release(published: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
+    out: dict[tuple[str, str, int], list[dict]] = {}
+    for p in published:
+        out.setdefault((p["model"], p["version"], p["release"]), []).append(p)
+    return out
 
 
 def load_token(data_dir: Path) -> str:
@@ -76,6 +85,7 @@ class FleetService:
         self._republish = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self.leader = False
+        self.changes = ChangeFeed()  # bumped whenever what the console shows may have changed
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -123,11 +133,12 @@ class FleetService:
         self.tuf = TufRepository(self.data / "tuf")
         online_key(self.tuf.dir)  # the key ceremony needs its public half (DATA/tuf/online.pub)
         self.tuf_responder = TufResponder(self.tuf, lambda t, p: self.link.publish(t, p, qos=1), self.counters)
-        self.ingest = Ingest(self.registry, self.chunks, self.counters, on_change=lambda _d: self._wake.set())
+        self.ingest = Ingest(self.registry, self.chunks, self.counters, on_change=self._device_changed,
+                             on_event=self.changes.bump)
         self.driver = RolloutDriver(self.db, self.registry,
                                     lambda topic, payload: self.link.publish(topic, payload, qos=1, retain=True),
                                     chunk_size=cfg.chunk_bytes, holder=cfg.replica_id, lease_seconds=cfg.lease_seconds,
-                                    signing_key=self.desired_key)
+                                    signing_key=self.desired_key, on_change=self.changes.bump)
         self.audit = AuditLog(self.data / "audit.jsonl")  # operator actions, hash-chained (fleet/audit.py)
         self.api = ControlServer(self, cfg.api_host, cfg.api_port, load_token(self.data))
         self.chunks.start()
@@ -138,13 +149,15 @@ class FleetService:
         info = {"api": self.api.url, "broker": self.broker_url, "pid": os.getpid(), "replica": cfg.replica_id,
                 "database": self.db.where, "started": time.time()}
         write_atomic(self.data / "service.json", json.dumps(info, indent=2).encode())
-        log.info("fleet service %s: control API %s, broker %s, database %s (%s)", cfg.replica_id, self.api.url,
-                 self.broker_url, self.db.where, self.db.kind)
+        log_event(log, "service.started", "fleet service %s: console and control API %s/, broker %s, database %s (%s)",
+                  cfg.replica_id, self.api.url, self.broker_url, self.db.where, self.db.kind, replica=cfg.replica_id,
+                  api=self.api.url, broker=self.broker_url, database=self.db.where)
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.changes.close()  # ends the console's event streams
         if self._loop_thread is not None:
             self._loop_thread.join(10)
         if self.leader and hasattr(self, "driver"):
@@ -172,6 +185,14 @@ class FleetService:
         from bitnet_edge.sdk.bundle.signing import load_public_key
 
         return [load_public_key(p) for p in self.config.trust]
+
+    def _device_changed(self, _device_id: str) -> None:
+        self._wake.set()
+        self.changes.bump()
+
+    def _audit(self, action: str, actor: str, target: str, details: dict) -> None:
+        self.audit.append(action, actor, target, details)
+        self.changes.bump()
 
     def _handle(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/tuf/req"):
@@ -220,6 +241,10 @@ class FleetService:
         return {"ok": True, "broker": self.broker_url, "broker_connected": self.link.connected.is_set(),
                 "leader": self.leader, "replica": self.config.replica_id, "database": self.db.kind}
 
+    def devices_progress(self) -> dict[str, dict]:
+        """The latest transfer / install progress event per device (this replica's view)."""
+        return {d: p.model_dump(mode="json") for d, p in dict(self.ingest.progress).items()}
+
     def devices(self) -> list[dict]:
         progress = dict(self.ingest.progress)
         out = []
@@ -247,8 +272,16 @@ class FleetService:
         if missing:
             raise PublishError("not-stored", f"upload these first: {', '.join(m[:12] for m in missing)}")
         out = [p.as_dict() for p in publish_bundles(self.registry, self.store, shas, self.trusted)]
-        self.audit.append("publish", actor, ", ".join(sorted({f"{p['model']} {p['version']}" for p in out})),
-                          {"bundles": out})
+        self._audit("publish", actor, ", ".join(sorted({f"{p['model']} {p['version']}" for p in out})),
+                    {"bundles": out})
+        for (model, version, release), items in _by_release(out).items():
+            full = [p for p in items if not p["delta_base_sha256"]]
+            deltas = [p for p in items if p["delta_base_sha256"]]
+            log_event(log, "publish", "published %s %s (release %d): %s%s, by %s", model, version, release,
+                      ", ".join(f"{p['target']} {p['size']:,} B" for p in full) or "no full bundle",
+                      f"; {len(deltas)} delta(s) " + ", ".join(f"{p['target']} {p['size']:,} B" for p in deltas)
+                      if deltas else "", actor, model=model, version=version, release=release, actor=actor,
+                      bundles=[{k: p[k] for k in ("sha256", "size", "target", "delta_base_sha256")} for p in items])
         self.kick()  # a new delta may serve devices claimed by a running rollout
         return out
 
@@ -257,7 +290,7 @@ class FleetService:
 
     def tuf_update(self, root: bytes | None, targets: bytes | None, actor: str = "local") -> dict:
         st = self.tuf.update(root=root, targets=targets)
-        self.audit.append("tuf-update", actor, ", ".join(f"{r} {st[r]['version']}" for r, d in
+        self._audit("tuf-update", actor, ", ".join(f"{r} {st[r]['version']}" for r, d in
                                                          (("root", root), ("targets", targets)) if d),
                           {r: st[r] for r in ("root", "targets")})
         return st
@@ -267,15 +300,15 @@ class FleetService:
 
     def create_rollout(self, spec: RolloutSpec, actor: str = "local") -> dict:
         st = self.driver.create(spec)
-        self.audit.append("rollout-create", actor, st["id"], {"spec": spec.model_dump(mode="json")})
+        self._audit("rollout-create", actor, st["id"], {"spec": spec.model_dump(mode="json")})
         return st
 
     def rollout(self, rollout_id: str) -> dict:
         return self.driver.status(rollout_id)
 
     def rollout_command(self, rollout_id: str, action: str, actor: str = "local") -> dict:
-        st = self.driver.command(rollout_id, action)
-        self.audit.append(f"rollout-{action}", actor, rollout_id, {"state": st["state"]})
+        st = self.driver.command(rollout_id, action, actor=actor)
+        self._audit(f"rollout-{action}", actor, rollout_id, {"state": st["state"]})
         return st
 
     def metrics_text(self) -> str:

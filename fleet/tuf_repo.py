@@ -118,6 +118,18 @@ class TufRepository:
             out[role] = None if data is None else describe(data)
         return out
 
+    def signed_targets(self) -> dict[str, dict]:
+        """Bundle files the current targets metadata lists: file sha256 -> {length, custom}."""
+        md = self._current("targets")
+        if md is None:
+            return {}
+        out = {}
+        for path, tf in md.signed.targets.items():
+            sha = sha_of_target_path(path)
+            if sha is not None:
+                out[sha] = {"length": tf.length, "custom": (tf.custom or {}).get(CUSTOM_KEY)}
+        return out
+
     # ---- writing ---------------------------------------------------------------------------------
 
     @contextmanager

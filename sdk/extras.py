@@ -1,7 +1,7 @@
 """Optional dependencies by role: import one, or say which extra installs it.
 
 The base install is the runtime; each role adds an extra (pyproject.toml, docs/install.md):
-``agent`` (paho-mqtt, tuf), ``builder`` (gguf, flatbuffers, onnx), ``fleet`` (amqtt, paho-mqtt, tuf, psycopg),
+``agent`` (paho-mqtt, tuf), ``builder`` (gguf, flatbuffers, onnx), ``fleet`` (amqtt, paho-mqtt, tuf, psycopg, Jinja2),
 ``mlx``.  Code that needs one of them imports it through :func:`require`, so a device install
 without, say, gguf gets a one-line :class:`MissingExtra` naming the extra, not a traceback.
 """
@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tuf": ("tuf", ("agent", "fleet")),
     "securesystemslib": ("securesystemslib", ("agent", "fleet")),
     "amqtt": ("amqtt", ("fleet",)),
+    "jinja2": ("Jinja2", ("fleet",)),
     "waitress": ("waitress", ("agent",)),
     "psycopg": ("psycopg", ("fleet",)),
     "mlx": ("mlx", ("mlx",)),

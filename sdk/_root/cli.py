@@ -152,11 +152,14 @@ def schemas(write: bool, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Where every artifact and log goes (replaced).")
 @click.option("--quick", is_flag=True, help="Shorter training.")
-def demo(out: str, quick: bool) -> None:
-    """The whole loop on this machine: train, package, fleet + 3 agents, staged OTA rollouts."""
+@click.option("--keep-open", is_flag=True, help="Keep the fleet, its console and the agents running after the "
+                                                "summary, until Ctrl-C.")
+def demo(out: str, quick: bool, keep_open: bool) -> None:
+    """The whole loop on this machine: train, package, fleet + 3 agents, staged OTA rollouts, and the
+    fleet console (its URL and token are printed)."""
     from bitnet_edge.demo import run_demo
 
-    run_demo(out, quick=quick)
+    run_demo(out, quick=quick, keep_open=keep_open)
 
 
 def _register_subcommands() -> None:

@@ -3,6 +3,8 @@
 train (QAT) -> convert -> package signed bundles for 3 targets -> embedded broker + fleet service +
 3 agents -> staged rollout -> inference over each agent's API -> release 2 as a delta -> a tampered
 bundle (refused everywhere) and a release that fails the health gate (rollout pauses) -> summary.
+While the fleet runs, the operator's console is open at the printed URL (log in with the printed
+token); ``--keep-open`` keeps the fleet and the agents running after the summary until Ctrl-C.
 Everything lands in ``demo-output/``; every process started is stopped, also on Ctrl-C.
 """
 
@@ -55,8 +57,8 @@ def _http(port: int, method: str, path: str, body=None, timeout: float = 60):
 
 
 class Demo:
-    def __init__(self, out: Path, quick: bool = False):
-        self.out, self.quick = out, quick
+    def __init__(self, out: Path, quick: bool = False, keep_open: bool = False):
+        self.out, self.quick, self.keep_open = out, quick, keep_open
         self.procs = ProcessGroup(out / "logs")
         self.summary: list[tuple[str, str]] = []
 
@@ -150,6 +152,8 @@ class Demo:
                          "--chunk-kib", "16", "--trust", self.pub, ready="control API")
         info = json.loads((fleet / "service.json").read_text())
         self.broker = info.get("broker") or info.get("broker_url")
+        self.console_url, self.token = info["api"] + "/", (fleet / "control.token").read_text().strip()
+        self._print_console()
         self.ports = {}
         t = Table(title="agents")
         for col in ("device", "profile", "kernels", "local API", "tags"):
@@ -288,6 +292,21 @@ class Demo:
                 console.print(f"  {dev} serves digits {out[dev]}")
         return out
 
+    def _print_console(self) -> None:
+        console.print(f"[bold]fleet console[/bold]: [link={self.console_url}]{self.console_url}[/link]  "
+                      f"token: [bold]{self.token}[/bold]  (open it in a browser while the demo runs)", highlight=False)
+
+    def _hold(self) -> None:
+        """--keep-open: leave the fleet and the agents running until Ctrl-C / SIGTERM."""
+        console.rule("[bold cyan]The fleet keeps running (--keep-open)")
+        self._print_console()
+        console.print("agents: " + ", ".join(f"{d} http://127.0.0.1:{p}" for d, p in self.ports.items()) +
+                      f"\nlogs: {self.procs.log_dir}/", highlight=False)
+        console.print("press Ctrl-C to stop everything")
+        while all(p.poll() is None for _, p in self.procs.procs):
+            time.sleep(1.0)
+        console.print("[yellow]a demo process exited; stopping the rest[/yellow]")
+
     def run(self):
         import signal
 
@@ -301,22 +320,32 @@ class Demo:
             self.release1()
             self.release2()
             self.bad_releases()
+            self._summary()
+            if self.keep_open:
+                try:
+                    self._hold()
+                except KeyboardInterrupt:
+                    console.print("stopping the fleet and the agents")
         finally:
             self.procs.stop_all()
+
+    def _summary(self) -> None:
         _step(7, "Summary")
         t = Table(title=f"demo - artifacts and logs in {self.out}/")
         t.add_column("step")
         t.add_column("result")
         for k, v in self.summary:
             t.add_row(k, v)
+        t.add_row("console", f"{self.console_url} (token in {self.fleet_data / 'control.token'}; " +
+                  ("open until Ctrl-C)" if self.keep_open else "closed with the demo: --keep-open keeps it)"))
         console.print(t)
         (self.out / "summary.json").write_text(json.dumps(dict(self.summary), indent=2))
 
 
-def run_demo(out: str | Path = "demo-output", quick: bool = False) -> Path:
+def run_demo(out: str | Path = "demo-output", quick: bool = False, keep_open: bool = False) -> Path:
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    Demo(out.resolve(), quick).run()
+    Demo(out.resolve(), quick, keep_open).run()
     return out

@@ -25,6 +25,7 @@ SCHEMAS: dict[str, str] = {
     "protocol-chunk-request": "bitnet_edge.sdk.wire.protocol:ChunkRequest",
     "protocol-chunk-header": "bitnet_edge.sdk.wire.protocol:ChunkHeader",
     "protocol-progress": "bitnet_edge.sdk.wire.protocol:Progress",
+    "protocol-device-metrics": "bitnet_edge.sdk.wire.protocol:DeviceMetrics",
     "protocol-tuf-request": "bitnet_edge.sdk.wire.protocol:TufRequest",
     "protocol-tuf-part-header": "bitnet_edge.sdk.wire.protocol:TufPartHeader",
     "tuf-bundle-target": "bitnet_edge.sdk.wire.tuf_meta:BundleTarget",

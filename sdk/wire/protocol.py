@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
@@ -20,7 +20,7 @@ from bitnet_edge.sdk.schemas import Strict, parse_model
 __all__ = [
     "PROTOCOL_VERSION", "PREFIX", "MAX_CONTROL_BYTES", "MAX_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES",
     "ReasonCode", "Capabilities", "InstalledRelease", "Presence", "Outcome", "ReportedState",
-    "DeltaRef", "ReleaseRef", "DesiredState", "ChunkRequest", "Progress",
+    "DeltaRef", "ReleaseRef", "DesiredState", "ChunkRequest", "Progress", "DeviceMetrics",
     "device_topic", "parse_device_topic", "pack_chunk", "unpack_chunk", "ChunkHeader", "parse_message",
     "DEVICE_ID",
     "TufRequest", "TufPartHeader", "pack_tuf_part", "unpack_tuf_part", "MAX_TUF_PART_BYTES", "TUF_FILE",
@@ -176,6 +176,24 @@ class Progress(Strict):
     ts: float = Field(description="unix time")
 
 
+class DeviceMetrics(Strict):
+    """Device -> fleet on .../events, every ``metrics_interval`` seconds (agent config): how the device is doing."""
+
+    type: Literal["metrics"] = "metrics"
+    device_id: str = Field(pattern=DEVICE_ID, description="the device")
+    ts: float = Field(description="unix time")
+    uptime_s: float = Field(ge=0, description="seconds since the agent started")
+    interval_s: float = Field(ge=0, description="seconds covered by the request figures below")
+    requests: int = Field(ge=0, description="local API requests answered in the interval")
+    errors: int = Field(ge=0, description="of those, answered with a 5xx status")
+    latency_ms_mean: float | None = Field(default=None, ge=0, description="mean request latency in the interval, "
+                                                                           "ms (None: no requests)")
+    agent_rss_mb: float | None = Field(default=None, ge=0, description="the agent process's resident memory, MiB")
+    worker_rss_mb: float | None = Field(default=None, ge=0, description="the model worker's resident memory, MiB")
+    disk_free_mb: int | None = Field(default=None, ge=0, description="free space in the agent's data directory, MiB")
+    load1: float | None = Field(default=None, ge=0, description="1-minute load average")
+
+
 # ---- TUF metadata over MQTT (docs/protocol.md "TUF metadata", ADR 0010) ---------------------------
 
 MAX_TUF_PART_BYTES = 64 * 1024  # bytes of metadata per tuf/data message
@@ -194,6 +212,9 @@ class TufRequest(Strict):
 
 _MODELS = {"presence": Presence, "state": ReportedState, "desired": DesiredState, "chunk/req": ChunkRequest,
            "events": Progress, "tuf/req": TufRequest}
+#: .../events carries either message, told apart by its "type"
+Event = Annotated[Union[Progress, DeviceMetrics], Field(discriminator="type")]
+_EVENT = TypeAdapter(Event)
 
 
 def parse_message(leaf: str, payload: bytes):
@@ -203,6 +224,12 @@ def parse_message(leaf: str, payload: bytes):
     model = _MODELS.get(leaf)
     if model is None:
         raise FormatError(f"{leaf}: not a JSON control topic")
+    if leaf == "events":
+        try:
+            return _EVENT.validate_json(payload)
+        except ValidationError as exc:
+            raise FormatError(f"{leaf}: invalid event: " + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())) from None
     return parse_model(model, payload, source=leaf)
 
 

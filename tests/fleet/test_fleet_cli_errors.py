@@ -27,9 +27,10 @@ def test_a_port_in_use_is_named_for_the_control_api_and_the_embedded_broker(tmp_
         held, port = _held_port()
         with held:
             free = {"--api-port": "0", "--mqtt-port": "0", flag: str(port)}
-            res = CliRunner().invoke(main, ["fleet", "serve", "--data", str(tmp_path / flag),
+            res = CliRunner().invoke(main, ["fleet", "serve", "--data", str(tmp_path / flag), "--log-format", "json",
                                             *[x for kv in free.items() for x in kv]])
-        one_line_error(res, what, f"127.0.0.1:{port}", f"port {port} is already in use", flag, reason="port-in-use")
+        one_line_error(res, what, f"127.0.0.1:{port}", f"port {port} is already in use", flag, reason="port-in-use",
+                       logs=True)
     assert threading.active_count() <= threads + 1  # what had started (broker, MQTT link) was stopped again
 
 
