@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
+from bitnet_edge.sdk.chat import ChatTemplate
 from bitnet_edge.sdk.schemas import Strict
 
 __all__ = [
@@ -171,6 +172,8 @@ class ModelManifest(Strict):
     precision: dict[str, Precision] = Field(description="per linear layer (weight name): its precision")
     tensors: list[TensorEntry] = Field(description="every tensor in weights.safetensors")
     tokenizer: str | None = Field(default=None, description="tokenizer file in the model directory")
+    chat_template: ChatTemplate | None = Field(default=None, description="decoders: how a conversation becomes a "
+                                                                          "prompt (/v1/chat/completions)")
     source: SourceInfo = Field(description="provenance")
     calibration: dict[str, float] = Field(default_factory=dict,
                                           description="measured quality of the precision plan, e.g. cosine")

@@ -142,6 +142,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     entries, arrays = build_tensors(m, plan)
     manifest = ModelManifest(
         name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
-        tokenizer="tokenizer.json" if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
+        tokenizer="tokenizer.json" if m.tokenizer_file else None,
+        chat_template=m.chat_template if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
     )
     return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file)
