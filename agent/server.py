@@ -12,7 +12,7 @@ from bitnet_edge.agent.httpbase import JsonHandler, TCPServer, UnixHTTPConnectio
 
 __all__ = ["make_handler", "serve", "PROXIED"]
 
-PROXIED = ("/v1/models", "/v1/infer", "/v1/embeddings", "/v1/completions")
+PROXIED = ("/v1/models", "/v1/infer", "/v1/embeddings", "/v1/completions", "/v1/chat/completions")
 
 
 def make_handler(agent):

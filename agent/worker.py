@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from bitnet_edge.agent.api import CompletionRequest, EmbeddingsRequest, InferRequest
+from bitnet_edge.agent.api import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, InferRequest
 from bitnet_edge.agent.httpbase import JsonHandler, UnixServer
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
@@ -85,7 +85,8 @@ def make_handler(model, name: str, lock: threading.Lock):
         def do_POST(self):
             routes = {"/v1/infer": (("mlp", "graph"), InferRequest, self._infer),
                       "/v1/embeddings": ("bert", EmbeddingsRequest, self._embed),
-                      "/v1/completions": ("bitnet", CompletionRequest, self._complete)}
+                      "/v1/completions": ("bitnet", CompletionRequest, self._complete),
+                      "/v1/chat/completions": ("bitnet", ChatCompletionRequest, self._chat)}
             if self.path not in routes:
                 self.send_error_json(404, "not_found", f"no route {self.path}")
                 return
@@ -140,8 +141,29 @@ def make_handler(model, name: str, lock: threading.Lock):
                     ids = [model.cfg.bos_token_id] + ids
             else:
                 ids = list(req.prompt)
+            self._generate(req, ids, req.max_tokens, [], chat=False)
+
+        def _chat(self, req: ChatCompletionRequest):
+            from bitnet_edge.sdk.chat import render_chat
+
+            tok, template = model.tokenizer, model.manifest.chat_template
+            if tok is None or template is None:
+                self.send_error_json(400, "invalid_request", "this model has no chat template: use /v1/completions")
+                return
+            ids = tok.encode(render_chat(template, req.messages), add_special_tokens=False).ids
+            # the template's stop texts that are tokens (special tokens are not in decoded text)
+            stop_ids = [i for i in (tok.token_to_id(s) for s in template.stop) if i is not None]
+            limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+            if limit is None:  # unset: up to 256 tokens, within the context
+                limit = max(0, min(256, model.cfg.max_position_embeddings - len(ids)))
+            self._generate(req, ids, limit, stop_ids, chat=True)
+
+        def _generate(self, req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool):
+            """Generate and answer as a text completion or a chat completion (plain or streamed)."""
+            tok = model.tokenizer
             stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-            cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            ends = set(model.cfg.eos_token_ids) | set(stop_ids)
+            cid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
             out: list[int] = []
             state = {"text": "", "finish": "length"}
 
@@ -149,6 +171,10 @@ def make_handler(model, name: str, lock: threading.Lock):
                 return tok.decode(t) if tok else "".join(f"{i} " for i in t)
 
             def chunk(text: str, finish):
+                if chat:
+                    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                            "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
+                                         "finish_reason": finish, "logprobs": None}]}
                 return {"id": cid, "object": "text_completion", "created": created, "model": name,
                         "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
                                      "token_ids": out[-1:] if text or finish is None else []}]}
@@ -160,9 +186,9 @@ def make_handler(model, name: str, lock: threading.Lock):
                 if any(s and s in full for s in stops):
                     state["finish"] = "stop"
                     raise _Stop
-                if t in model.cfg.eos_token_ids:
+                if t in ends:
                     state["finish"] = "stop"
-                if req.stream:
+                if req.stream and (piece or not chat):
                     self._sse(chunk(piece, None))
 
             if req.stream:
@@ -171,10 +197,14 @@ def make_handler(model, name: str, lock: threading.Lock):
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                if chat:  # OpenAI's first chunk: the role
+                    first = chunk("", None)
+                    first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                    self._sse(first)
             with lock:
                 try:
-                    model.generate(ids, req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                                   top_p=req.top_p, seed=req.seed, on_token=on_token)
+                    model.generate(ids, max_tokens, temperature=req.temperature, top_k=req.top_k,
+                                   top_p=req.top_p, seed=req.seed, stop=stop_ids, on_token=on_token)
                 except _Stop:
                     pass
                 except BitnetEdgeError as exc:
@@ -193,6 +223,11 @@ def make_handler(model, name: str, lock: threading.Lock):
                 final["usage"] = usage
                 self._sse(final)
                 self._end_stream()
+            elif chat:
+                self.send_json(200, {"id": cid, "object": "chat.completion", "created": created, "model": name,
+                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                  "finish_reason": state["finish"], "logprobs": None}],
+                                     "usage": usage})
             else:
                 body = chunk(text, state["finish"])
                 body["choices"][0]["token_ids"] = out

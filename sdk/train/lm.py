@@ -44,11 +44,11 @@ class LmConfig(Strict):
 
     vocab_size: int = Field(default=2048, ge=16, le=1 << 20, description="BPE vocabulary, special tokens included")
     hidden_size: int = Field(default=128, ge=8, le=8192)
-    intermediate_size: int = Field(default=384, ge=8, le=32768)
-    num_layers: int = Field(default=4, ge=1, le=128)
+    intermediate_size: int = Field(default=256, ge=8, le=32768)
+    num_layers: int = Field(default=2, ge=1, le=128)
     num_heads: int = Field(default=4, ge=1, le=256)
     num_kv_heads: int = Field(default=2, ge=1, le=256, description="grouped-query attention: K/V heads")
-    max_position: int = Field(default=512, ge=8, le=1 << 20, description="tokens of context the exported model accepts")
+    max_position: int = Field(default=256, ge=8, le=1 << 20, description="tokens of context the exported model accepts")
     rope_theta: float = Field(default=10000.0, gt=0)
     rms_norm_eps: float = Field(default=1e-5, gt=0, lt=1)
 
@@ -196,34 +196,41 @@ def forward(params: dict[str, np.ndarray], cfg: LmConfig, ids: np.ndarray, mode:
     mask = np.triu(np.ones((t, t), dtype=bool), k=1)
     scale = _F(hd ** -0.5)
     x = w[EMBED][ids.reshape(-1)]  # (B*T, d)
+    nq, nk = nh * hd, nkv * hd
     saved = []
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
+        # q/k/v and gate/up as one product each (each part keeps its own ternary scale)
+        wqkv = np.concatenate([w[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        wgu = np.concatenate([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
         h, s_n1 = _rms(x, params[p + "input_layernorm.weight"], eps)
         hq = aq(h)
-        q = (hq @ w[p + "self_attn.q_proj.weight"].T).reshape(b, t, nh, hd).transpose(0, 2, 1, 3)
-        k = (hq @ w[p + "self_attn.k_proj.weight"].T).reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
-        v = (hq @ w[p + "self_attn.v_proj.weight"].T).reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
+        qkv = hq @ wqkv.T
+        q = qkv[:, :nq].reshape(b, t, nh, hd).transpose(0, 2, 1, 3)
+        k = qkv[:, nq:nq + nk].reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
+        v = qkv[:, nq + nk:].reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
         q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
         kr, vr = (np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)) if groups > 1 else (k, v)
-        scores = np.where(mask, _F(-np.inf), (q @ kr.transpose(0, 1, 3, 2)) * scale)
+        scores = q @ kr.transpose(0, 1, 3, 2)
+        scores *= scale
+        scores[..., mask] = _F(-np.inf)
         e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
         prob = e / np.sum(e, axis=-1, keepdims=True)  # (B, H, T, T), as ops.softmax
-        att = (prob @ vr).transpose(0, 2, 1, 3).reshape(b * t, nh * hd)
+        att = (prob @ vr).transpose(0, 2, 1, 3).reshape(b * t, nq)
         a, s_sa = _rms(att, params[p + "self_attn.attn_sub_norm.weight"], eps)
         aqd = aq(a)
         x_mid = x + aqd @ w[p + "self_attn.o_proj.weight"].T
         h2, s_n2 = _rms(x_mid, params[p + "post_attention_layernorm.weight"], eps)
         h2q = aq(h2)
-        gate = h2q @ w[p + "mlp.gate_proj.weight"].T
-        up = h2q @ w[p + "mlp.up_proj.weight"].T
+        gu = h2q @ wgu.T
+        gate, up = gu[:, :cfg.intermediate_size], gu[:, cfg.intermediate_size:]
         relu = np.maximum(gate, _F(0))
         act = relu * relu
         m, s_sf = _rms(act * up, params[p + "mlp.ffn_sub_norm.weight"], eps)
         mq = aq(m)
         x_out = x_mid + mq @ w[p + "mlp.down_proj.weight"].T
         if keep:
-            saved.append((s_n1, hq, q, kr, vr, prob, att, s_sa, aqd, s_n2, h2q, relu, act, up, s_sf, mq))
+            saved.append((wqkv, wgu, s_n1, hq, q, kr, vr, prob, s_sa, aqd, s_n2, h2q, relu, act, up, s_sf, mq))
         x = x_out
     hf, s_nf = _rms(x, params["model.norm.weight"], eps)
     hfq = aq(hf)
@@ -250,20 +257,19 @@ def loss_and_grads(params: dict[str, np.ndarray], cfg: LmConfig, ids: np.ndarray
     grads: dict[str, np.ndarray] = {}
     grads[EMBED] = dlog.T @ hfq  # head (tied): straight-through the int8 weight quantizer
     dx, grads["model.norm.weight"] = _rms_back(dlog @ w[EMBED], params["model.norm.weight"], s_nf)
+    nq, nk, f = nh * hd, nkv * hd, cfg.intermediate_size
     for i in reversed(range(cfg.num_layers)):
         p = f"model.layers.{i}."
-        (s_n1, hq, q, kr, vr, prob, att, s_sa, aqd, s_n2, h2q, relu, act, up, s_sf, mq) = saved[i]
+        (wqkv, wgu, s_n1, hq, q, kr, vr, prob, s_sa, aqd, s_n2, h2q, relu, act, up, s_sf, mq) = saved[i]
         # MLP: x_out = x_mid + down(q(sub_norm(relu(gate)^2 * up)))
         grads[p + "mlp.down_proj.weight"] = dx.T @ mq
         dm, grads[p + "mlp.ffn_sub_norm.weight"] = _rms_back(dx @ w[p + "mlp.down_proj.weight"],
                                                              params[p + "mlp.ffn_sub_norm.weight"], s_sf)
-        dup = dm * act
-        dgate = dm * up * (_F(2) * relu)
-        grads[p + "mlp.gate_proj.weight"] = dgate.T @ h2q
-        grads[p + "mlp.up_proj.weight"] = dup.T @ h2q
-        dh2 = dgate @ w[p + "mlp.gate_proj.weight"] + dup @ w[p + "mlp.up_proj.weight"]
+        dgu = np.concatenate([dm * up * (_F(2) * relu), dm * act], axis=1)  # d gate, d up
+        dwgu = dgu.T @ h2q
+        grads[p + "mlp.gate_proj.weight"], grads[p + "mlp.up_proj.weight"] = dwgu[:f], dwgu[f:]
         dxm, grads[p + "post_attention_layernorm.weight"] = _rms_back(
-            dh2, params[p + "post_attention_layernorm.weight"], s_n2)
+            dgu @ wgu, params[p + "post_attention_layernorm.weight"], s_n2)
         dx = dx + dxm
         # attention: x_mid = x + o(q(sub_norm(attn)))
         grads[p + "self_attn.o_proj.weight"] = dx.T @ aqd
@@ -272,24 +278,28 @@ def loss_and_grads(params: dict[str, np.ndarray], cfg: LmConfig, ids: np.ndarray
         dout = datt.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
         dprob = dout @ vr.transpose(0, 1, 3, 2)
         dvr = prob.transpose(0, 1, 3, 2) @ dout
-        ds = prob * (dprob - np.sum(dprob * prob, axis=-1, keepdims=True)) * scale
-        dq = ds @ kr
-        dkr = ds.transpose(0, 1, 3, 2) @ q
+        dprob -= np.sum(dprob * prob, axis=-1, keepdims=True)
+        dprob *= prob
+        dprob *= scale  # d scores
+        dq = dprob @ kr
+        dkr = dprob.transpose(0, 1, 3, 2) @ q
         if groups > 1:
             dkr = dkr.reshape(b, nkv, groups, t, hd).sum(axis=2)
             dvr = dvr.reshape(b, nkv, groups, t, hd).sum(axis=2)
         dq, dk = _rope_back(dq, cos, sin), _rope_back(dkr, cos, sin)
-        dq = dq.transpose(0, 2, 1, 3).reshape(b * t, nh * hd)
-        dk = dk.transpose(0, 2, 1, 3).reshape(b * t, nkv * hd)
-        dv = dvr.transpose(0, 2, 1, 3).reshape(b * t, nkv * hd)
-        grads[p + "self_attn.q_proj.weight"] = dq.T @ hq
-        grads[p + "self_attn.k_proj.weight"] = dk.T @ hq
-        grads[p + "self_attn.v_proj.weight"] = dv.T @ hq
-        dh = (dq @ w[p + "self_attn.q_proj.weight"] + dk @ w[p + "self_attn.k_proj.weight"]
-              + dv @ w[p + "self_attn.v_proj.weight"])
-        dxa, grads[p + "input_layernorm.weight"] = _rms_back(dh, params[p + "input_layernorm.weight"], s_n1)
+        dqkv = np.concatenate([dq.transpose(0, 2, 1, 3).reshape(b * t, nq), dk.transpose(0, 2, 1, 3).reshape(b * t, nk),
+                               dvr.transpose(0, 2, 1, 3).reshape(b * t, nk)], axis=1)
+        dwqkv = dqkv.T @ hq
+        grads[p + "self_attn.q_proj.weight"] = dwqkv[:nq]
+        grads[p + "self_attn.k_proj.weight"] = dwqkv[nq:nq + nk]
+        grads[p + "self_attn.v_proj.weight"] = dwqkv[nq + nk:]
+        dxa, grads[p + "input_layernorm.weight"] = _rms_back(dqkv @ wqkv, params[p + "input_layernorm.weight"], s_n1)
         dx = dx + dxa
-    np.add.at(grads[EMBED], ids.reshape(-1), dx)  # the lookup (straight-through the int8 rows)
+    # the lookup (straight-through the int8 rows): sum the rows of each id, then add once per id
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    uniq, starts = np.unique(flat[order], return_index=True)
+    grads[EMBED][uniq] += np.add.reduceat(dx[order], starts, axis=0)
     return loss, grads
 
 

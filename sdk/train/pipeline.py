@@ -31,9 +31,11 @@ from bitnet_edge.sdk.train import tokenizer as tok_mod
 from bitnet_edge.sdk.train.report import (CorpusReport, GreedyCheck, LmRecipe, LmTrainingReport, ModelReport,
                                           ParityReport, REPORT_FILE, Sample)
 
-__all__ = ["train_lm", "TrainingFailed", "COMPLETION_PROMPTS"]
+__all__ = ["train_lm", "TrainingFailed", "COMPLETION_PROMPTS", "MODEL_NAMES"]
 
 COMPLETION_PROMPTS = ["def ", "import os\n", "class "]
+MODEL_NAMES = {"ternary": "stdlib-lm", "float": "stdlib-lm-float"}
+SAMPLING = {"temperature": 0.7, "top_k": 40}  # the samples shown; the parity check is greedy
 GREEDY_TOKENS = 24
 SAMPLE_TOKENS = 48
 ZSTD_LEVEL = 19  # the bundle codec's default level
@@ -182,7 +184,7 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
     runs = _train_both(recipe, s, jobs, on_step)
 
     stage("exporting Hugging Face checkpoints and converting them")
-    hf = {m: export.export_hf(out / "hf" / m, runs[m].params, mc, tok, ternary=m == "ternary", name=f"stdlib-lm-{m}")
+    hf = {m: export.export_hf(out / "hf" / m, runs[m].params, mc, tok, ternary=m == "ternary", name=MODEL_NAMES[m])
           for m in ("ternary", "float")}
     conversions = [("ternary", "ternary", "ternary", {"precision": "ternary", "embeddings": "int8"},
                     "W1.58A8, int8 embeddings/head"),
@@ -234,10 +236,11 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
     parity = ParityReport(max_abs_logit_diff=float(diff.max()),
                           logit_scale=float(np.abs(rt.logits(code_w[0][:-1])).max()), greedy=checks)
     samples = []
-    for text, ids in prompts:
-        new = rt.generate(ids, SAMPLE_TOKENS)
+    for seed, (text, ids) in enumerate(prompts):
+        new = rt.generate(ids, SAMPLE_TOKENS, seed=seed, **SAMPLING)
         kind = "chat" if text in questions else "completion"
-        samples.append(Sample(kind=kind, prompt=text, text=tok.decode(new, skip_special_tokens=True)))
+        samples.append(Sample(kind=kind, prompt=text, text=tok.decode(new, skip_special_tokens=True), seed=seed,
+                              **SAMPLING))
 
     report = LmTrainingReport(
         recipe=recipe,

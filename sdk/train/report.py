@@ -22,11 +22,11 @@ class LmRecipe(Strict):
     model: LmConfig = Field(default_factory=LmConfig, description="decoder shape")
     train: TrainConfig = Field(default_factory=TrainConfig, description="ternary (QAT) run; the float run "
                                                                           "differs only in its learning rate")
-    float_lr: float = Field(default=3e-3, gt=0, le=1, description="peak learning rate of the float baseline")
+    float_lr: float = Field(default=5e-3, gt=0, le=1, description="peak learning rate of the float baseline")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of stdlib modules held out")
     max_train_bytes: int = Field(default=2_000_000, ge=1, description="source bytes read for training")
     max_heldout_bytes: int = Field(default=400_000, ge=1, description="source bytes read for evaluation")
-    eval_windows: int = Field(default=32, ge=1, le=100_000, description="held-out windows of seq_len tokens")
+    eval_windows: int = Field(default=48, ge=1, le=100_000, description="held-out windows of seq_len tokens")
 
 
 class CorpusReport(Strict):
@@ -76,9 +76,14 @@ class ParityReport(Strict):
 
 
 class Sample(Strict):
+    """A completion of the converted ternary model in our runtime (seeded sampling)."""
+
     kind: Literal["completion", "chat"]
     prompt: str
     text: str
+    temperature: float
+    top_k: int | None
+    seed: int
 
 
 class LmTrainingReport(Strict):

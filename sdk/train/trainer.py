@@ -23,12 +23,12 @@ __all__ = ["TrainConfig", "TrainResult", "train", "eval_windows", "windows_nll"]
 
 
 class TrainConfig(Strict):
-    steps: int = Field(default=400, ge=1, le=10**7, description="optimizer steps")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="windows per step")
-    seq_len: int = Field(default=128, ge=2, le=1 << 16, description="tokens per window")
-    lr: float = Field(default=3e-3, gt=0, le=1, description="peak learning rate")
+    steps: int = Field(default=800, ge=1, le=10**7, description="optimizer steps")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="windows per step")
+    seq_len: int = Field(default=64, ge=2, le=1 << 16, description="tokens per window")
+    lr: float = Field(default=5e-3, gt=0, le=1, description="peak learning rate")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the cosine ends at lr * this")
-    warmup_steps: int = Field(default=20, ge=0, description="linear warmup")
+    warmup_steps: int = Field(default=40, ge=0, description="linear warmup")
     weight_decay: float = Field(default=0.01, ge=0, lt=1, description="decoupled (AdamW), on matrices only")
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
