@@ -100,9 +100,11 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
     arrays: dict[str, np.ndarray] = {}
     tensors = dict(m.tensors)
     cfg = m.config
-    shared = plan.get("model.embed_tokens.weight") == "int8" == plan.get("lm_head.weight")
-    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors and not shared:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied: the head is a copy
+    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors:
+        embed = tensors["model.embed_tokens.weight"]
+        stored = plan.get(EMBED) or ("f16" if embed.kind == "float" and embed.data.dtype == np.float16 else "f32")
+        if plan.get("lm_head.weight") != stored:  # tied, at another precision: the head is a copy
+            tensors["lm_head.weight"] = embed
     for name, t in sorted(tensors.items()):
         if name in plan:
             e, arr = _linear(name, t, plan[name])
@@ -124,7 +126,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     """Write ``m`` as a converted model directory; returns its path.
 
     ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
-    embeddings and an int8 head, one int8 matrix serves both (no second copy).
+    embeddings and a head at the embeddings' precision, one matrix serves both (no second copy).
     """
     calib_metrics: dict[str, float] = {}
     if precision == "auto":

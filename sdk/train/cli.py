@@ -38,7 +38,9 @@ def print_report(report, console: Console | None = None) -> None:
                   _fmt_bytes(m.weights_zstd_bytes), f"{m.weights_bytes / base:.2f}x")
     console.print(t)
     for m in report.models:
-        console.print(f"  {m.name}: {m.deployed}", highlight=False)
+        trained = (f"; trained {m.train_tokens:,} tokens in {m.train_seconds:.0f} s ({m.train_cpu_seconds:.0f} CPU-s)"
+                   if m.train_seconds is not None else "")
+        console.print(f"  {m.name}: {m.deployed}{trained}", highlight=False)
     p = report.parity
     ok = all(g.match for g in p.greedy)
     console.print(f"runtime vs trainer: max |logit diff| {p.max_abs_logit_diff:.2e} (logits up to {p.logit_scale:.1f}); "

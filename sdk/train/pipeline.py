@@ -189,7 +189,7 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
     conversions = [("ternary", "ternary", "ternary", {"precision": "ternary", "embeddings": "int8"},
                     "W1.58A8, int8 embeddings/head"),
                    ("float32", "float", "float", {"precision": "f32"}, "f32"),
-                   ("float16", "float", "float", {"precision": "f16"}, "f16"),
+                   ("float16", "float", "float", {"precision": "f16", "embeddings": "f16"}, "f16"),
                    ("ternary-ptq", "float", "float", {"precision": "ternary", "embeddings": "int8"},
                     "W1.58A8, int8 embeddings/head, ternarized after float training (no QAT)")]
     dirs = {}
@@ -211,7 +211,8 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
         wfile = dirs[name] / "weights.safetensors"
         rows.append(ModelReport(
             name=name, trained="ternary-qat" if mode == "ternary" else "float", deployed=deployed,
-            train_seconds=round(r.seconds, 2) if own else None, train_tokens=r.tokens if own else None,
+            train_seconds=round(r.seconds, 2) if own else None,
+            train_cpu_seconds=round(r.cpu_seconds, 2) if own else None, train_tokens=r.tokens if own else None,
             final_train_loss=float(np.mean(r.losses[-10:])) if own else None,
             heldout_ppl_trainer=trainer_ppl[mode] if own else None,
             heldout_ppl=_ppl(rt.logits, code_w), heldout_chat_ppl=_ppl(rt.logits, chat_w),

@@ -47,6 +47,7 @@ class ModelReport(Strict):
     trained: Literal["ternary-qat", "float"] = Field(description="how the weights were trained")
     deployed: str = Field(description="precision of the converted model")
     train_seconds: float | None = Field(default=None, description="wall time of its training run")
+    train_cpu_seconds: float | None = Field(default=None, description="CPU time of its training run (all threads)")
     train_tokens: int | None = None
     final_train_loss: float | None = Field(default=None, description="mean loss of the last 10 steps")
     heldout_ppl_trainer: float | None = Field(default=None, description="held-out code perplexity, trainer's forward")

@@ -41,7 +41,8 @@ class TrainConfig(Strict):
 class TrainResult:
     params: dict[str, np.ndarray]
     losses: list[float] = field(default_factory=list)  # training loss per step
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # this process, all threads
     tokens: int = 0
 
 
@@ -72,7 +73,7 @@ def train(model_cfg: lm.LmConfig, cfg: TrainConfig, code: np.ndarray, chats: np.
     m2 = {k: np.zeros_like(v) for k, v in params.items()}
     n_chat = int(round(cfg.batch_size * cfg.chat_fraction)) if len(chats) > cfg.seq_len else 0
     out = TrainResult(params)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
         win = np.concatenate([_sample(rng, code, cfg.batch_size - n_chat, cfg.seq_len + 1),
                               _sample(rng, chats, n_chat, cfg.seq_len + 1)] if n_chat else
@@ -98,7 +99,7 @@ def train(model_cfg: lm.LmConfig, cfg: TrainConfig, code: np.ndarray, chats: np.
         out.tokens += win.shape[0] * cfg.seq_len
         if on_step is not None:
             on_step(step, loss)
-    out.seconds = time.perf_counter() - t0
+    out.seconds, out.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return out
 
 

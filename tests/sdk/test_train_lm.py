@@ -22,7 +22,7 @@ from bitnet_edge.sdk.train.report import REPORT_FILE, LmRecipe, LmTrainingReport
 TINY = {"model": {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
                   "num_kv_heads": 2, "max_position": 128},
         "train": {"steps": 40, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "warmup_steps": 4},
-        "float_lr": 1e-2, "max_train_bytes": 120_000, "max_heldout_bytes": 30_000, "eval_windows": 8}
+        "float_lr": 1e-2, "max_train_bytes": 80_000, "max_heldout_bytes": 20_000, "eval_windows": 8}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_ternary_forward_uses_deployed_weights():
 
 
 def test_training_lowers_heldout_perplexity():
-    cfg = lm.LmConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2)
+    cfg = lm.LmConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=2)
     rng = np.random.default_rng(5)
     # a stream with structure: a repeated 16-token phrase with noise
     phrase = rng.integers(0, 64, 16)
@@ -76,7 +76,7 @@ def test_training_lowers_heldout_perplexity():
     held = trainer.eval_windows(stream[-800:], 8, 32)
     for mode in lm.MODES:
         before = lm.init_params(cfg, 0)
-        res = trainer.train(cfg, trainer.TrainConfig(steps=40, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=4),
+        res = trainer.train(cfg, trainer.TrainConfig(steps=30, batch_size=8, seq_len=32, lr=2e-2, warmup_steps=3),
                             stream[:-800], stream[:0], mode)
         ppl = {n: np.exp(trainer.windows_nll(lambda ids, q=q: lm.sequence_logits(q, cfg, ids, mode), held))
                for n, q in (("before", before), ("after", res.params))}
@@ -215,8 +215,8 @@ def test_cli_convert_and_run_the_export(run, tmp_path):
 def test_cli_train_lm_reports(tmp_path):
     recipe = tmp_path / "recipe.json"
     tiny = json.loads(json.dumps(TINY))
-    tiny["train"]["steps"] = 6
-    tiny["eval_windows"] = 2
+    tiny["train"]["steps"] = 4
+    tiny.update(eval_windows=2, max_train_bytes=30_000, max_heldout_bytes=10_000)
     recipe.write_text(json.dumps(tiny))
     r = CliRunner().invoke(main, ["train-lm", "--out", str(tmp_path / "o"), "--recipe", str(recipe), "--jobs", "1",
                                   "--json"])
