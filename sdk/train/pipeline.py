@@ -35,7 +35,7 @@ __all__ = ["train_lm", "TrainingFailed", "COMPLETION_PROMPTS", "MODEL_NAMES"]
 
 COMPLETION_PROMPTS = ["def ", "import os\n", "class "]
 MODEL_NAMES = {"ternary": "stdlib-lm", "float": "stdlib-lm-float"}
-SAMPLING = {"temperature": 0.7, "top_k": 40}  # the samples shown; the parity check is greedy
+SAMPLING = {"temperature": 0.3, "top_k": 20}  # the samples shown; the parity check is greedy
 GREEDY_TOKENS = 24
 SAMPLE_TOKENS = 48
 ZSTD_LEVEL = 19  # the bundle codec's default level
