@@ -43,7 +43,8 @@ def print_report(report, console: Console | None = None) -> None:
         console.print(f"  {m.name}: {m.deployed}{trained}", highlight=False)
     p = report.parity
     ok = all(g.match for g in p.greedy)
-    console.print(f"runtime vs trainer: max |logit diff| {p.max_abs_logit_diff:.2e} (logits up to {p.logit_scale:.1f}); "
+    console.print(f"runtime vs trainer: |logit diff| mean {p.mean_abs_logit_diff:.1e}, max {p.max_abs_logit_diff:.1e} "
+                  f"(logits up to {p.logit_scale:.1f}); "
                   f"greedy tokens {'[green]identical[/green]' if ok else '[red]differ[/red]'} on {len(p.greedy)} prompts")
     for s in report.samples:
         console.print(f"[bold]{s.kind}[/bold] {s.prompt!r} -> {s.text!r}", markup=True, highlight=False)

@@ -234,7 +234,7 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
         mine = lm.greedy(p, mc, ids, GREEDY_TOKENS, "ternary", stop=stop)
         theirs = rt.generate(ids, GREEDY_TOKENS)
         checks.append(GreedyCheck(prompt=text, trainer_ids=mine, runtime_ids=theirs, match=mine == theirs))
-    parity = ParityReport(max_abs_logit_diff=float(diff.max()),
+    parity = ParityReport(max_abs_logit_diff=float(diff.max()), mean_abs_logit_diff=float(diff.mean()),
                           logit_scale=float(np.abs(rt.logits(code_w[0][:-1])).max()), greedy=checks)
     samples = []
     for seed, (text, ids) in enumerate(prompts):

