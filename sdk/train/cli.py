@@ -12,14 +12,7 @@ from rich.table import Table
 
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
-__all__ = ["register", "print_report", "QUICK"]
-
-#: a recipe that runs in seconds (smoke tests; the model learns little)
-QUICK = {"model": {"vocab_size": 384, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-                   "num_kv_heads": 2, "max_position": 256},
-         "train": {"steps": 30, "batch_size": 8, "seq_len": 64, "lr": 5e-3, "warmup_steps": 5},
-         "float_lr": 5e-3, "max_train_bytes": 300_000, "max_heldout_bytes": 60_000, "eval_windows": 8}
-
+__all__ = ["register", "print_report"]
 
 def _fmt_bytes(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
@@ -70,11 +63,11 @@ def register(main: click.Group) -> None:
 
         from bitnet_edge.sdk.schemas import parse_model
         from bitnet_edge.sdk.train.pipeline import train_lm
-        from bitnet_edge.sdk.train.report import LmRecipe
+        from bitnet_edge.sdk.train.report import QUICK_RECIPE, LmRecipe
 
         err = Console(stderr=True)
         try:
-            data = json.loads(recipe.read_text()) if recipe else (dict(QUICK) if quick else {})
+            data = json.loads(recipe.read_text()) if recipe else (QUICK_RECIPE.model_dump() if quick else {})
             if steps is not None:
                 data = {**data, "train": {**data.get("train", {}), "steps": steps}}
             rec = parse_model(LmRecipe, data, source=str(recipe) if recipe else "train-lm options")

@@ -10,7 +10,7 @@ from bitnet_edge.sdk.schemas import Strict
 from bitnet_edge.sdk.train.lm import LmConfig
 from bitnet_edge.sdk.train.trainer import TrainConfig
 
-__all__ = ["LmRecipe", "CorpusReport", "ModelReport", "GreedyCheck", "ParityReport", "Sample", "LmTrainingReport",
+__all__ = ["LmRecipe", "QUICK_RECIPE", "CorpusReport", "ModelReport", "GreedyCheck", "ParityReport", "Sample", "LmTrainingReport",
            "REPORT_FILE"]
 
 REPORT_FILE = "lm-training.json"
@@ -27,6 +27,14 @@ class LmRecipe(Strict):
     max_train_bytes: int = Field(default=2_000_000, ge=1, description="source bytes read for training")
     max_heldout_bytes: int = Field(default=400_000, ge=1, description="source bytes read for evaluation")
     eval_windows: int = Field(default=48, ge=1, le=100_000, description="held-out windows of seq_len tokens")
+
+
+#: runs in seconds (smoke tests, ``demo --quick``); the model learns little
+QUICK_RECIPE = LmRecipe.model_validate({
+    "model": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+              "num_kv_heads": 2, "max_position": 256},
+    "train": {"steps": 60, "batch_size": 8, "seq_len": 64, "lr": 1e-2, "warmup_steps": 6},
+    "float_lr": 1e-2, "max_train_bytes": 300_000, "max_heldout_bytes": 60_000, "eval_windows": 8})
 
 
 class CorpusReport(Strict):
