@@ -67,7 +67,8 @@ class ChatCompletionRequest(Strict):
     """POST /v1/chat/completions (bitnet models whose manifest carries a chat template)."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024, description="the conversation so far")
-    max_tokens: int | None = Field(default=None, ge=0, le=32768, description="new tokens at most (default: 256, within the context)")
+    max_tokens: int | None = Field(default=None, ge=0, le=32768,
+                                   description="new tokens at most (default: 256, within the context)")
     max_completion_tokens: int | None = Field(default=None, ge=0, le=32768, description="OpenAI's newer name")
     temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="0: greedy")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling")

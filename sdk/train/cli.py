@@ -38,7 +38,8 @@ def print_report(report, console: Console | None = None) -> None:
     ok = all(g.match for g in p.greedy)
     console.print(f"runtime vs trainer: |logit diff| mean {p.mean_abs_logit_diff:.1e}, max {p.max_abs_logit_diff:.1e} "
                   f"(logits up to {p.logit_scale:.1f}); "
-                  f"greedy tokens {'[green]identical[/green]' if ok else '[red]differ[/red]'} on {len(p.greedy)} prompts")
+                  f"greedy tokens {'[green]identical[/green]' if ok else '[red]differ[/red]'} "
+                  f"on {len(p.greedy)} prompts")
     for s in report.samples:
         console.print(f"[bold]{s.kind}[/bold] {s.prompt!r} -> {s.text!r}", markup=True, highlight=False)
     console.print(f"took {report.seconds:.1f} s ({report.jobs} training process(es)); "

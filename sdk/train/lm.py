@@ -190,7 +190,7 @@ def forward(params: dict[str, np.ndarray], cfg: LmConfig, ids: np.ndarray, mode:
     w = weights if weights is not None else quantized_weights(params, mode)
     aq = _act_q if mode == "ternary" else (lambda x: x)
     b, t = ids.shape
-    d, hd, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     groups, eps = nh // nkv, cfg.rms_norm_eps
     cos, sin = ops.rope_tables(hd, cfg.rope_theta, np.arange(t))
     mask = np.triu(np.ones((t, t), dtype=bool), k=1)
@@ -242,7 +242,7 @@ def loss_and_grads(params: dict[str, np.ndarray], cfg: LmConfig, ids: np.ndarray
                    mode: str) -> tuple[float, dict[str, np.ndarray]]:
     """Mean next-token cross-entropy of ``targets`` (B, T) and its gradient for every parameter."""
     b, t = ids.shape
-    d, hd, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     groups = nh // nkv
     logits, (w, cos, sin, scale, saved, s_nf, hfq) = forward(params, cfg, ids, mode, keep=True)
     y = targets.reshape(-1)

@@ -92,7 +92,8 @@ def _train_both(recipe: LmRecipe, s: dict[str, np.ndarray], jobs: int, on_step: 
         for mode in modes:
             cb = (lambda st, loss, m=mode: on_step(m, st, loss)) if on_step else None
             try:
-                out[mode] = trainer.train(recipe.model, _train_cfg(recipe, mode), s["code"], s["chats"], mode, on_step=cb)
+                out[mode] = trainer.train(recipe.model, _train_cfg(recipe, mode), s["code"], s["chats"], mode,
+                                          on_step=cb)
             except FloatingPointError as exc:
                 raise TrainingFailed(f"{mode} training: {exc}") from None
         return out
@@ -113,7 +114,8 @@ def _train_both(recipe: LmRecipe, s: dict[str, np.ndarray], jobs: int, on_step: 
             except queue_mod.Empty:
                 dead = [m for m, p in procs.items() if m not in results and not p.is_alive()]
                 if dead:
-                    raise TrainingFailed(f"{dead[0]} training process exited with code {procs[dead[0]].exitcode}") from None
+                    code = procs[dead[0]].exitcode
+                    raise TrainingFailed(f"{dead[0]} training process exited with code {code}") from None
                 continue
             kind, mode = msg[0], msg[1]
             if kind == "step" and on_step is not None:
@@ -225,17 +227,19 @@ def train_lm(out: str | os.PathLike, recipe: LmRecipe | None = None, jobs: int |
     if template is None:
         raise TrainingFailed("the converted model lost its chat template")
     p = runs["ternary"].params
-    diff = np.abs(rt.logits(code_w[0][:-1]) - lm.sequence_logits(p, mc, code_w[0][:-1], "ternary", weights=qw["ternary"]))
+    window = code_w[0][:-1]
+    diff = np.abs(rt.logits(window) - lm.sequence_logits(p, mc, window, "ternary", weights=qw["ternary"]))
     stop = set(rt.cfg.eos_token_ids)
     questions = [c.train_chats[0][0], c.heldout_chats[0][0]]
-    prompts = [(t, _prompt_ids(tok, t)) for t in COMPLETION_PROMPTS] + [(q, _chat_ids(tok, template, q)) for q in questions]
+    prompts = ([(t, _prompt_ids(tok, t)) for t in COMPLETION_PROMPTS]
+               + [(q, _chat_ids(tok, template, q)) for q in questions])
     checks = []
     for text, ids in prompts:
         mine = lm.greedy(p, mc, ids, GREEDY_TOKENS, "ternary", stop=stop)
         theirs = rt.generate(ids, GREEDY_TOKENS)
         checks.append(GreedyCheck(prompt=text, trainer_ids=mine, runtime_ids=theirs, match=mine == theirs))
     parity = ParityReport(max_abs_logit_diff=float(diff.max()), mean_abs_logit_diff=float(diff.mean()),
-                          logit_scale=float(np.abs(rt.logits(code_w[0][:-1])).max()), greedy=checks)
+                          logit_scale=float(np.abs(rt.logits(window)).max()), greedy=checks)
     samples = []
     for seed, (text, ids) in enumerate(prompts):
         new = rt.generate(ids, SAMPLE_TOKENS, seed=seed, **SAMPLING)

@@ -10,8 +10,8 @@ from bitnet_edge.sdk.schemas import Strict
 from bitnet_edge.sdk.train.lm import LmConfig
 from bitnet_edge.sdk.train.trainer import TrainConfig
 
-__all__ = ["LmRecipe", "QUICK_RECIPE", "CorpusReport", "ModelReport", "GreedyCheck", "ParityReport", "Sample", "LmTrainingReport",
-           "REPORT_FILE"]
+__all__ = ["LmRecipe", "QUICK_RECIPE", "CorpusReport", "ModelReport", "GreedyCheck", "ParityReport", "Sample",
+           "LmTrainingReport", "REPORT_FILE"]
 
 REPORT_FILE = "lm-training.json"
 

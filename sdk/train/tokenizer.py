@@ -75,6 +75,6 @@ def write_tokenizer_config(path: Path, max_length: int) -> None:
            "add_bos_token": True, "chat_template": JINJA_CHAT_TEMPLATE,
            "additional_special_tokens": [SYSTEM, USER, ASSISTANT, END]}
     (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (path / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "additional_special_tokens": [SYSTEM, USER, ASSISTANT, END]},
-        indent=2) + "\n")
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
+               "additional_special_tokens": [SYSTEM, USER, ASSISTANT, END]}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

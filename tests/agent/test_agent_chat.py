@@ -28,7 +28,8 @@ def _chat_model(root):
 def _post_stream(port: int, path: str, body: dict) -> list[dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     data = json.dumps(body).encode()
-    conn.request("POST", path, body=data, headers={"Content-Type": "application/json", "Content-Length": str(len(data))})
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+    conn.request("POST", path, body=data, headers=headers)
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
     events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]

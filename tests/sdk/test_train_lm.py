@@ -64,7 +64,8 @@ def test_ternary_forward_uses_deployed_weights():
     assert set(np.unique(np.round(q / np.float32(g), 4))) <= {-1.0, 0.0, 1.0}
     e = w[lm.EMBED] / np.abs(w[lm.EMBED]).max(1, keepdims=True) * 127  # int8 rows: integers up to 127
     assert np.allclose(e, np.rint(e), atol=1e-3) and not np.allclose(w[lm.EMBED], p[lm.EMBED])
-    assert not np.allclose(lm.sequence_logits(p, cfg, [1, 2, 3], "ternary"), lm.sequence_logits(p, cfg, [1, 2, 3], "float"))
+    ternary, flt = (lm.sequence_logits(p, cfg, [1, 2, 3], m) for m in ("ternary", "float"))
+    assert not np.allclose(ternary, flt)
 
 
 def test_training_lowers_heldout_perplexity():
@@ -127,7 +128,8 @@ def test_chat_template_matches_transformers(run):
     out, _ = run
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out / "hf" / "ternary"))
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does os.path.join do?"}]
-    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == render_chat(tk.CHAT_TEMPLATE, msgs)
+    want = render_chat(tk.CHAT_TEMPLATE, msgs)
+    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == want
 
 
 def test_derive_chat_template_refuses_what_it_cannot_express():
