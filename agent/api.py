@@ -13,7 +13,7 @@ from pydantic import Field
 
 from bitnet_edge.sdk.schemas import Strict
 
-__all__ = ["InferRequest", "EmbeddingsRequest", "CompletionRequest"]
+__all__ = ["InferRequest", "EmbeddingsRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest"]
 
 
 class InferRequest(Strict):
@@ -47,4 +47,36 @@ class CompletionRequest(Strict):
     model: str | None = Field(default=None, description="ignored: the device serves one model")
     n: Literal[1] = Field(default=1, description="only 1")
     echo: Literal[False] = Field(default=False, description="not supported")
+    user: str | None = Field(default=None, description="ignored")
+
+
+MAX_MESSAGE_CHARS = 1 << 20  # characters per message; the context length bounds the rest
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"] = Field(description="who said it")
+    content: str = Field(max_length=MAX_MESSAGE_CHARS, description="text")
+    name: str | None = Field(default=None, max_length=256, description="ignored")
+
+
+class StreamOptions(Strict):
+    include_usage: bool = Field(default=True, description="usage is always sent with the last chunk")
+
+
+class ChatCompletionRequest(Strict):
+    """POST /v1/chat/completions (bitnet models whose manifest carries a chat template)."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024, description="the conversation so far")
+    max_tokens: int | None = Field(default=None, ge=0, le=32768,
+                                   description="new tokens at most (default: 256, within the context)")
+    max_completion_tokens: int | None = Field(default=None, ge=0, le=32768, description="OpenAI's newer name")
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0, description="0: greedy")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling")
+    top_k: int | None = Field(default=None, ge=1, description="top-k sampling (extension)")
+    seed: int | None = Field(default=None, description="sampling seed")
+    stop: str | list[str] | None = Field(default=None, description="text that ends the reply")
+    stream: bool = Field(default=False, description="server-sent events, one per token")
+    stream_options: StreamOptions | None = Field(default=None, description="accepted; usage is always sent")
+    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    n: Literal[1] = Field(default=1, description="only 1")
     user: str | None = Field(default=None, description="ignored")

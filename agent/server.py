@@ -35,7 +35,7 @@ from bitnet_edge.sdk.errors import listen_error
 
 __all__ = ["make_app", "serve", "PROXIED", "ADMIN"]
 
-PROXIED = ("/v1/models", "/v1/infer", "/v1/embeddings", "/v1/completions")
+PROXIED = ("/v1/models", "/v1/infer", "/v1/embeddings", "/v1/completions", "/v1/chat/completions")
 ADMIN = ("/v1/admin/install", "/v1/admin/rollback", "/v1/admin/status")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 

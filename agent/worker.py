@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from bitnet_edge.agent.api import CompletionRequest, EmbeddingsRequest, InferRequest
+from bitnet_edge.agent.api import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, InferRequest
 from bitnet_edge.agent.httpbase import (
     MAX_BODY,
     HttpError,
@@ -122,11 +122,12 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def make_app(model, name: str, lock: threading.Lock, admission: Admission):
-    """The worker's WSGI app: /v1/models, /v1/infer, /v1/embeddings, /v1/completions."""
+    """The worker's WSGI app: /v1/models, /v1/infer, /v1/embeddings, /v1/completions, /v1/chat/completions."""
     arch = model.architecture
     routes = {"/v1/infer": (("mlp", "graph"), InferRequest, "_infer"),
               "/v1/embeddings": (("bert",), EmbeddingsRequest, "_embed"),
-              "/v1/completions": (("bitnet",), CompletionRequest, "_complete")}
+              "/v1/completions": (("bitnet",), CompletionRequest, "_complete"),
+              "/v1/chat/completions": (("bitnet",), ChatCompletionRequest, "_chat")}
 
     def app(environ, start_response):
         req = Request(environ)
@@ -196,8 +197,28 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 ids = [model.cfg.bos_token_id] + ids
         else:
             ids = list(req.prompt)
+        return _generate(req, ids, req.max_tokens, [], False, start_response)
+
+    def _chat(req: ChatCompletionRequest, start_response):
+        from bitnet_edge.sdk.chat import render_chat
+
+        tok, template = model.tokenizer, model.manifest.chat_template
+        if tok is None or template is None:
+            raise HttpError(400, "invalid_request", "this model has no chat template: use /v1/completions")
+        ids = tok.encode(render_chat(template, req.messages), add_special_tokens=False).ids
+        # the template's stop texts that are tokens (special tokens are not in decoded text)
+        stop_ids = [i for i in (tok.token_to_id(s) for s in template.stop) if i is not None]
+        limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        if limit is None:  # unset: up to 256 tokens, within the context
+            limit = max(0, min(256, model.cfg.max_position_embeddings - len(ids)))
+        return _generate(req, ids, limit, stop_ids, True, start_response)
+
+    def _generate(req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool, start_response):
+        """Generate and answer as a text completion or a chat completion (plain or streamed)."""
+        tok = model.tokenizer
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        ends = set(model.cfg.eos_token_ids) | set(stop_ids)
+        cid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         out: list[int] = []
         state = {"text": "", "finish": "length"}
         write = None
@@ -206,6 +227,10 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             return tok.decode(t) if tok else "".join(f"{i} " for i in t)
 
         def chunk(text: str, finish):
+            if chat:
+                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                        "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
+                                     "finish_reason": finish, "logprobs": None}]}
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
                                  "token_ids": out[-1:] if text or finish is None else []}]}
@@ -220,17 +245,21 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             if any(s and s in full for s in stops):
                 state["finish"] = "stop"
                 raise _Stop
-            if t in model.cfg.eos_token_ids:
+            if t in ends:
                 state["finish"] = "stop"
-            if req.stream:
+            if req.stream and (piece or not chat):
                 sse(chunk(piece, None))
 
         if req.stream:  # chunked by the server as it is written (WSGI write callable)
             write = start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+            if chat:  # OpenAI's first chunk: the role
+                first = chunk("", None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                sse(first)
         with lock:
             try:
-                model.generate(ids, req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                               top_p=req.top_p, seed=req.seed, on_token=on_token)
+                model.generate(ids, max_tokens, temperature=req.temperature, top_k=req.top_k,
+                               top_p=req.top_p, seed=req.seed, stop=stop_ids, on_token=on_token)
             except _Stop:
                 pass
             except ClientGone:
@@ -255,12 +284,17 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             except ClientGone:
                 pass
             return []
+        if chat:
+            return json_response(start_response, 200, {
+                "id": cid, "object": "chat.completion", "created": created, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": state["finish"], "logprobs": None}], "usage": usage})
         body = chunk(text, state["finish"])
         body["choices"][0]["token_ids"] = out
         body["usage"] = usage
         return json_response(start_response, 200, body)
 
-    handlers = {"_infer": _infer, "_embed": _embed, "_complete": _complete}
+    handlers = {"_infer": _infer, "_embed": _embed, "_complete": _complete, "_chat": _chat}
     return app
 
 

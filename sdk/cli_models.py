@@ -90,7 +90,7 @@ def _manifest_summary(md) -> dict:
             "layers_by_precision": counts, "linear_params": sum(params.values()),
             "linear_bytes": lin_bytes, "total_bytes": sum(sizes.values()),
             "bits_per_linear_weight": 8 * lin_bytes / max(1, sum(params.values())),
-            "calibration": man.calibration}
+            "calibration": man.calibration, "chat_template": man.chat_template is not None}
 
 
 def register(main: click.Group) -> None:
@@ -121,6 +121,7 @@ def register(main: click.Group) -> None:
             path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
                               embeddings=embeddings)
         summary = _manifest_summary(open_model_dir(path))
+        summary["notes"] = list(imported.notes)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
             return
@@ -128,6 +129,10 @@ def register(main: click.Group) -> None:
         for k in ("architecture", "layers_by_precision", "linear_params", "linear_bytes", "total_bytes"):
             t.add_row(k, str(summary[k]))
         t.add_row("bits / linear weight", f"{summary['bits_per_linear_weight']:.2f}")
+        if summary["architecture"] == "bitnet":
+            t.add_row("chat template", "yes" if summary["chat_template"] else "no")
+        for note in summary["notes"]:
+            t.add_row("note", note)
         if summary["calibration"]:
             t.add_row("calibration", json.dumps(summary["calibration"]))
         Console().print(t)

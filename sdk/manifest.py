@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
+from bitnet_edge.sdk.chat import ChatTemplate
 from bitnet_edge.sdk.schemas import Strict
 
 __all__ = [
@@ -176,6 +177,8 @@ class ModelManifest(Strict):
     tokenizer: str | None = Field(default=None, pattern=FILE_NAME,
                                   description="tokenizer file in the model directory (one file name: letters, "
                                               "digits, '.', '_', '-'; no path)")
+    chat_template: ChatTemplate | None = Field(default=None, description="decoders: how a conversation becomes a "
+                                                                          "prompt (/v1/chat/completions)")
     source: SourceInfo = Field(description="provenance")
     calibration: dict[str, float] = Field(default_factory=dict,
                                           description="measured quality of the precision plan, e.g. cosine")

@@ -167,10 +167,12 @@ def _register_subcommands() -> None:
     from bitnet_edge.agent import cli as agent_cli
     from bitnet_edge.packagers import cli as packagers_cli
     from bitnet_edge.sdk import cli_models
+    from bitnet_edge.sdk.train import cli as train_cli
 
     agent_cli.register(main)
 
     cli_models.register(main)
+    train_cli.register(main)
     packagers_cli.register(main)
     __import__("bitnet_edge.fleet.cli", fromlist=["register"]).register(main)
 

@@ -34,6 +34,7 @@ SCHEMAS: dict[str, str] = {
     "bundle-manifest": "bitnet_edge.sdk.bundle.manifest:BundleManifest",
     "fleet-config": "bitnet_edge.fleet.config:FleetConfig",
     "fleet-rollout-spec": "bitnet_edge.fleet.rollout:RolloutSpec",
+    "lm-training-report": "bitnet_edge.sdk.train.report:LmTrainingReport",
 }
 
 

@@ -100,9 +100,11 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
     arrays: dict[str, np.ndarray] = {}
     tensors = dict(m.tensors)
     cfg = m.config
-    shared = plan.get("model.embed_tokens.weight") == "int8" == plan.get("lm_head.weight")
-    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors and not shared:
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied: the head is a copy
+    if isinstance(cfg, DecoderConfig) and "lm_head.weight" not in tensors:
+        embed = tensors["model.embed_tokens.weight"]
+        stored = plan.get(EMBED) or ("f16" if embed.kind == "float" and embed.data.dtype == np.float16 else "f32")
+        if plan.get("lm_head.weight") != stored:  # tied, at another precision: the head is a copy
+            tensors["lm_head.weight"] = embed
     for name, t in sorted(tensors.items()):
         if name in plan:
             e, arr = _linear(name, t, plan[name])
@@ -124,7 +126,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     """Write ``m`` as a converted model directory; returns its path.
 
     ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
-    embeddings and an int8 head, one int8 matrix serves both (no second copy).
+    embeddings and a head at the embeddings' precision, one matrix serves both (no second copy).
     """
     if m.tokenizer_file is not None:  # a tokenizer that does not load never reaches a model directory
         from bitnet_edge.sdk.tokenizer import load_tokenizer
@@ -146,6 +148,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     entries, arrays = build_tensors(m, plan)
     manifest = ModelManifest(
         name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
-        tokenizer="tokenizer.json" if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
+        tokenizer="tokenizer.json" if m.tokenizer_file else None,
+        chat_template=m.chat_template if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
     )
     return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet_edge.sdk.convert.chat_template import read_hf_chat_template
 from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_tensor_names
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, SourceInfo
@@ -177,6 +178,8 @@ def read_hf(path: str | Path) -> ImportedModel:
         tensors[name] = ImportedTensor("float", data)
     tok = path / "tokenizer.json"
     details = {"model_type": kind, "packed_ternary_layers": str(packed_layers)}
+    chat, why_not = read_hf_chat_template(path) if kind != "bert" else (None, "")
     return ImportedModel(name=c.get("_name_or_path") or path.name, config=cfg, tensors=tensors,
                          source=SourceInfo(kind="hf", path=str(path), details=details),
-                         tokenizer_file=str(tok) if tok.is_file() else None)
+                         tokenizer_file=str(tok) if tok.is_file() else None, chat_template=chat,
+                         notes=[why_not] if why_not else [])

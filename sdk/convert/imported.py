@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bitnet_edge.sdk.chat import ChatTemplate
 from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo
 
 __all__ = ["ImportedTensor", "ImportedModel", "decoder_linear_names", "decoder_tensor_names"]
@@ -32,6 +33,7 @@ class ImportedModel:
     tensors: dict[str, ImportedTensor]
     source: SourceInfo
     tokenizer_file: str | None = None
+    chat_template: ChatTemplate | None = None
     notes: list[str] = field(default_factory=list)
 
 
