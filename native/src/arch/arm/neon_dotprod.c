@@ -216,4 +216,6 @@ const bne_kernels bne_kernels_neon_dotprod = {
     ternary_gemm_neon_dotprod,
     int8_gemm_neon_dotprod,
     bne_quantize_rows_neon,
+    NULL,
+    bne_decoder_forward_neon, /* neon.c's glue with this table's kernels */
 };

@@ -11,6 +11,7 @@
  * at most 2*128*127 = 32512, so it never saturates; widened per 32 products.
  */
 #include <immintrin.h>
+#include <string.h>
 #include "bne_internal.h"
 
 #define BNE_INLINE static inline __attribute__((always_inline))
@@ -82,6 +83,85 @@ static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
         size_t i = 0;
         for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
         for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1, 0);
+    }
+}
+
+/* ---- base-3 ternary (BNE_TERNARY3_*) ------------------------------------------------------------
+ * A 64-byte block is two 32-byte halves (bytes 0-31, 32-63).  Digit d of byte j is the code of
+ * weight 64 d + j.  The digits are peeled from t = byte ^ 0x80, which keeps unsigned order as
+ * signed order (t >= 86 <=> t' > -43, t >= 171 <=> t' > 42) and is closed under t -> 3 t mod 256:
+ * per 32 codes, two signed compares, code = |m1 + m2|, then t' += 2 t' for the next digit.  The
+ * codes meet x in _mm256_maddubs_epi16 as in the 2-bit path (|pair| <= 512); ten such pairs a block
+ * are summed in int16 (<= 5120) and widened once per block. */
+
+/* Codes (0..2) of the current digit of t' (biased bytes). */
+BNE_INLINE __m256i trit_codes(__m256i t, __m256i lo, __m256i hi) {
+    return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(t, lo), _mm256_cmpgt_epi8(t, hi)));
+}
+
+BNE_INLINE __m256i times3(__m256i t) { return _mm256_add_epi8(t, _mm256_add_epi8(t, t)); }
+
+/* NR weight rows j.. x MR activation rows (pointers xr[c], blocks of 320) over nb full blocks, plus
+ * the last partial block from the zero-padded copies in xt. */
+BNE_INLINE void ternary3_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t nb = a->k / BNE_TERNARY3_BLOCK, tail = a->k - nb * BNE_TERNARY3_BLOCK;
+    __m256i acc[4][4];
+    int8_t xt[4][BNE_TERNARY3_BLOCK] __attribute__((aligned(32)));
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_setzero_si256();
+    if (tail)
+        for (int c = 0; c < MR; ++c) {
+            memset(xt[c], 0, sizeof xt[c]);
+            memcpy(xt[c], a->x + (i + c) * a->ldx + nb * BNE_TERNARY3_BLOCK, tail);
+        }
+    for (size_t b = 0; b < nb + (tail != 0); ++b) {
+        __m256i t0[4], t1[4], s16[4][4];
+        for (int r = 0; r < NR; ++r) {
+            const uint8_t *src = a->w + (j + r) * a->ldw + b * BNE_TERNARY3_BLOCK_BYTES;
+            if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            t0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), bias);
+            t1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), bias);
+            for (int c = 0; c < MR; ++c) s16[r][c] = _mm256_setzero_si256();
+        }
+        for (int d = 0; d < 5; ++d) {
+            __m256i c0[4], c1[4];
+            for (int r = 0; r < NR; ++r) {
+                c0[r] = trit_codes(t0[r], lo, hi);
+                c1[r] = trit_codes(t1[r], lo, hi);
+                if (d < 4) {
+                    t0[r] = times3(t0[r]);
+                    t1[r] = times3(t1[r]);
+                }
+            }
+            for (int c = 0; c < MR; ++c) {
+                const int8_t *xb = b < nb ? a->x + (i + c) * a->ldx + b * BNE_TERNARY3_BLOCK : xt[c];
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d));
+                __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d + 32));
+                for (int r = 0; r < NR; ++r)
+                    s16[r][c] = _mm256_add_epi16(s16[r][c], _mm256_add_epi16(_mm256_maddubs_epi16(c0[r], x0),
+                                                                             _mm256_maddubs_epi16(c1[r], x1)));
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(s16[r][c], ones));
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) bne_store(a, i + c, j + r, hsum_epi32(acc[r][c]) - a->xsum[i + c]);
+}
+
+void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
+    size_t j = n0;
+    if (a->m == 1) {
+        for (; j + 2 <= n1; j += 2) ternary3_tile(a, j, 0, 2, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) ternary3_tile(a, j, 0, 1, 1, 0);
+        return;
+    }
+    for (; j < n1; ++j) {
+        size_t i = 0;
+        for (; i + 4 <= a->m; i += 4) ternary3_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) ternary3_tile(a, j, i, 1, 1, 0);
     }
 }
 
@@ -180,8 +260,13 @@ static int quantize_avx2(const float *x, size_t m, size_t k, size_t ldx, int8_t 
     return BNE_OK;
 }
 
+#define BNE_DEC_FN bne_decoder_forward_avx2
+#include "decoder_impl.h"
+
 const bne_kernels bne_kernels_avx2 = {
     ternary_gemm_avx2,
     int8_gemm_avx2,
     quantize_avx2,
+    bne_ternary3_gemm_avx2,
+    bne_decoder_forward_avx2,
 };
