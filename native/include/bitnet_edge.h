@@ -220,6 +220,11 @@ typedef struct {
     const float *final_norm;           /* (hidden,) */
     bne_linear head;                   /* (vocab, hidden) */
     const float *rope_cos, *rope_sin;  /* (max_positions, head_dim / 2): rotate-half RoPE tables */
+    uint64_t *profile_ns;              /* NULL, or 4 counters the pass adds its wall time to (ns):
+                                          [0] serial glue (norms, quantization, RoPE, cache writes),
+                                          [1] attention, [2] the layers' linears (+ the fused activation
+                                          and residual adds), [3] final norm + head.  Builds without
+                                          threads (freestanding) add nothing. */
 } bne_decoder;
 
 /* Cache for `capacity` positions: per layer K and V, (kv_heads, capacity, head_dim) of kv_type

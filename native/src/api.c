@@ -205,7 +205,7 @@ static size_t grain_for(size_t n) {
     return g < 4 ? 4 : g;
 }
 
-#define M_TILE 64 /* activation rows per pool job: bounds the xsum scratch */
+#define M_TILE 256 /* activation rows per pool job: bounds the xsum scratch */
 
 static int run_gemm(bne_gemm_kernel kernel, bne_gemm_args *a, int ternary) {
     int32_t xsum[M_TILE];

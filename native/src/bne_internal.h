@@ -101,6 +101,17 @@ static inline int32_t bne_tail_codes_dot(const uint8_t *blk, const int8_t *x, si
     return s;
 }
 
+/* Byte copy / zero without libc (the freestanding macOS build has no string.h). */
+static inline void bne_copy(void *dst, const void *src, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+static inline void bne_zero(void *dst, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    for (size_t i = 0; i < n; ++i) d[i] = 0;
+}
+
 /* Round half to even without libm: valid for |v| < 2^22, which holds since
  * |x * s| <= 127 (plus rounding) for every finite input.  Needs IEEE float32
  * evaluation (FLT_EVAL_METHOD 0) and no -ffast-math, which the build ensures. */
@@ -159,6 +170,9 @@ int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_l
 int bne_decoder_forward_ref(const struct bne_kernels_s *kt, const bne_decoder *d, void *cache, size_t capacity,
                             size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
                             float *hidden);
+
+/* Monotonic clock in ns for the decoder's optional profile (pool.c; 0 without threads/libc). */
+uint64_t bne_now_ns(void);
 
 /* Which features the CPU has (cpu.c). */
 uint32_t bne_detect_cpu(void);

@@ -20,8 +20,6 @@
 #error "define BNE_DEC_FN before including decoder_impl.h"
 #endif
 
-#include <string.h>
-
 #define DEC_L 16 /* float lanes of the reductions */
 #define DEC_INLINE static inline __attribute__((always_inline))
 
@@ -36,14 +34,12 @@ DEC_INLINE float dec_sqrtf(float v) { return __builtin_sqrtf(v); }
 #endif
 
 DEC_INLINE uint32_t dec_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
+    union { float f; uint32_t u; } v = {f};
+    return v.u;
 }
 DEC_INLINE float dec_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    union { uint32_t u; float f; } v = {u};
+    return v.f;
 }
 
 /* e^x for x in [-87, 88] (clamped outside: softmax and SiLU need no more), about 1 ulp. */
@@ -148,7 +144,7 @@ static void dec_linear_cols(const dec_lin *a, size_t n0, size_t n1) {
         return;
     }
     bne_gemm_args g;
-    memset(&g, 0, sizeof g);
+    bne_zero(&g, sizeof g);
     g.w = (const uint8_t *)L->w;
     g.n = L->n;
     g.k = L->k;
@@ -310,7 +306,7 @@ static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_
     const size_t hd = d->head_dim;
     uint8_t *dst = plane + r * lo->kv_row;
     if (d->kv_type == BNE_KV_F32) {
-        memcpy(dst, src, hd * 4);
+        bne_copy(dst, src, hd * 4);
     } else if (d->kv_type == BNE_KV_F16) {
         uint16_t *h = (uint16_t *)dst;
         for (size_t c = 0; c < hd; ++c) h[c] = dec_f2h(src[c]);
@@ -386,6 +382,15 @@ static dec_lin dec_lin_of(const bne_kernels *kt, const bne_linear *L, size_t m, 
     return a;
 }
 
+/* Profile: add the time since *t to counter c and restart *t (no-op without a profile buffer). */
+DEC_INLINE void dec_tick(const bne_decoder *d, uint64_t *t, int c) {
+    if (d->profile_ns) {
+        uint64_t now = bne_now_ns();
+        d->profile_ns[c] += now - *t;
+        *t = now;
+    }
+}
+
 int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t capacity, size_t pos0,
                const float *xin, size_t n, void *work, int all_logits, float *logits, float *hidden) {
     bne_dec_layout lo;
@@ -398,7 +403,8 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
     int8_t *xq = (int8_t *)(W + lo.xq);
     int32_t *xsum = (int32_t *)(W + lo.xsum);
     const size_t H = d->hidden, F = d->ffn, hd = d->head_dim;
-    memcpy(x, xin, n * H * sizeof(float));
+    bne_copy(x, xin, n * H * sizeof(float));
+    uint64_t t = d->profile_ns ? bne_now_ns() : 0;
 
     for (size_t li = 0; li < d->layers; ++li) {
         const bne_decoder_layer *L = &d->layer[li];
@@ -415,7 +421,9 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         mj.start[1] = lo.qd;
         mj.start[2] = lo.qd + lo.kvd;
         mj.start[3] = lo.qkvd;
+        dec_tick(d, &t, 0);
         bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
+        dec_tick(d, &t, 2);
         for (size_t i = 0; i < n; ++i) {
             float *row = qkv + i * lo.qkvd;
             dec_rope(d, row, d->heads, pos0 + i);
@@ -426,21 +434,29 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
             }
         }
         dec_attn aj = {d, &lo, qkv, kv, capacity, pos0, n, scores, att};
+        dec_tick(d, &t, 0);
         bne_pool_run(dec_attn_range, &aj, d->heads, 1);
+        dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};
+        dec_tick(d, &t, 0);
         bne_pool_run(dec_resid_range, &rj, H, dec_grain(H));
+        dec_tick(d, &t, 2);
 
         /* feed-forward block */
         if ((rc = dec_norm_quant(kt, x, n, H, L->post_norm, d->eps, h, xq, xs, xsum))) return rc;
         dec_gateup gj = {dec_lin_of(kt, &L->gate, n, xq, xs, xsum, h, gate, F),
                          dec_lin_of(kt, &L->up, n, xq, xs, xsum, h, up, F), d->act};
+        dec_tick(d, &t, 0);
         bne_pool_run(dec_gateup_range, &gj, F, dec_grain(F));
+        dec_tick(d, &t, 2);
         if ((rc = dec_norm_quant(kt, gate, n, F, L->ffn_sub_norm, d->eps, gate, xq, xs, xsum))) return rc;
         dec_resid dj = {dec_lin_of(kt, &L->down, n, xq, xs, xsum, gate, yo, H), x, H};
+        dec_tick(d, &t, 0);
         bne_pool_run(dec_resid_range, &dj, H, dec_grain(H));
+        dec_tick(d, &t, 2);
     }
-    if (hidden) memcpy(hidden, x, n * H * sizeof(float));
+    if (hidden) bne_copy(hidden, x, n * H * sizeof(float));
 
     const size_t first = all_logits ? 0 : n - 1, rows = n - first;
     if ((rc = dec_norm_quant(kt, x + first * H, rows, H, d->final_norm, d->eps, h, xq, xs, xsum))) return rc;
@@ -450,6 +466,7 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
     hj.start[0] = 0;
     hj.start[1] = d->vocab;
     bne_pool_run(dec_multi_range, &hj, d->vocab, dec_grain(d->vocab));
+    dec_tick(d, &t, 3);
     return BNE_OK;
 }
 

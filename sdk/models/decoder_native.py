@@ -124,6 +124,20 @@ class NativeDecoder:
 
     # ---- running ----------------------------------------------------------------------------------
 
+    #: the phases of :meth:`profile`'s counters (bne_decoder.profile_ns)
+    PROFILE_PHASES = ("glue", "attention", "linears", "head")
+
+    def profile(self, enable: bool = True) -> np.ndarray | None:
+        """Start (or stop) adding each pass's wall time per phase into a fresh uint64 ns array, which is
+        returned (the serial glue, attention, the layers' linear jobs, the head; PROFILE_PHASES)."""
+        if not enable:
+            self.desc.profile_ns = self.ffi.NULL
+            self._profile = None
+            return None
+        self._profile = np.zeros(4, dtype=np.uint64)
+        self.desc.profile_ns = self.ffi.from_buffer("uint64_t[]", self._profile)
+        return self._profile
+
     def new_cache(self, capacity: int) -> NativeKVCache:
         return NativeKVCache(self, capacity)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bitnet_edge.sdk.packing import pack_ternary_b3
+
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
 CC = "aarch64-linux-gnu-gcc"
@@ -34,7 +36,7 @@ BASE_FLAGS = [
     f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'src'}",
 ]
 WARN_FLAGS = ["-Wall", "-Wextra"]
-LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c"]
+LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "decoder.c"]
 ARM_SOURCES = {  # compiled one by one: each ISA level has its own -march
     "arch/arm/neon.c": "-march=armv8-a",
     "arch/arm/neon_dotprod.c": "-march=armv8.2-a+dotprod",
@@ -45,7 +47,8 @@ BNE_MAX_K = 65536
 BLOCK = 128  # weights per packed block
 BLOCK_BYTES = 32
 
-KIND_TERNARY, KIND_INT8, KIND_QUANT = 1, 2, 3
+KIND_TERNARY, KIND_INT8, KIND_QUANT, KIND_TERNARY3 = 1, 2, 3, 4
+TERNARY_KINDS = (KIND_TERNARY, KIND_TERNARY3)
 BNE_OK, BNE_ERR_NONFINITE = 0, 6
 
 # (qemu cpu, expected best backend, expected backends the harness runs)
@@ -101,11 +104,11 @@ class Case:
 
 def _gemm_case(rng, name, kind, n, k, m, *, w=None, x=None) -> Case:
     if w is None:
-        w = (rng.integers(-1, 2, (n, k)) if kind == KIND_TERNARY
+        w = (rng.integers(-1, 2, (n, k)) if kind in TERNARY_KINDS
              else rng.integers(-127, 128, (n, k)))
     if x is None:
         x = rng.integers(-128, 128, (m, k))
-    nws = 1 if kind == KIND_TERNARY else n
+    nws = 1 if kind in TERNARY_KINDS else n
     wscale = rng.uniform(1e-3, 2.0, nws).astype(np.float32)
     xscale = rng.uniform(0.5, 200.0, m).astype(np.float32)
     return Case(name, kind, np.asarray(w, np.int8), wscale, np.asarray(x, np.int8), xscale)
@@ -116,11 +119,12 @@ def _quant_case(name, x, expect=BNE_OK) -> Case:
 
 
 def _gemm_cases(rng, kind: int) -> list[Case]:
-    tag = "ternary" if kind == KIND_TERNARY else "int8"
-    wmax = 1 if kind == KIND_TERNARY else 127
+    tag = {KIND_TERNARY: "ternary", KIND_TERNARY3: "ternary3", KIND_INT8: "int8"}[kind]
+    wmax = 1 if kind in TERNARY_KINDS else 127
     cases = [_gemm_case(rng, f"{tag}-tiny", kind, 1, 1, 1)]
-    # k around the 16-byte vectors and 128-weight blocks; n = 5 and 7 leave a GEMV remainder
-    for k in (1, 15, 16, 17, 127, 128, 129, 255, 256, 300):
+    # k around the 16-byte vectors and 128-weight blocks (base-3: 320); n = 5 and 7 leave a GEMV remainder
+    ks = (1, 15, 16, 17, 127, 128, 129, 255, 256, 300) + ((319, 320, 321, 641) if kind == KIND_TERNARY3 else ())
+    for k in ks:
         for n, m in ((5, 1), (7, 2), (3, 3), (5, 5)):
             cases.append(_gemm_case(rng, f"{tag}-n{n}-k{k}-m{m}", kind, n, k, m))
     # larger shapes: GEMV and a 4-row tile + remainder; m = 65 crosses api.c's 64-row tile
@@ -171,7 +175,8 @@ def _quant_cases(rng) -> list[Case]:
 
 def _all_cases() -> list[Case]:
     rng = np.random.default_rng(0x0B17E)
-    return _gemm_cases(rng, KIND_TERNARY) + _gemm_cases(rng, KIND_INT8) + _quant_cases(rng)
+    return (_gemm_cases(rng, KIND_TERNARY) + _gemm_cases(rng, KIND_INT8) + _quant_cases(rng)
+            + _gemm_cases(rng, KIND_TERNARY3))
 
 
 # ---- expected results (plain numpy) ----------------------------------------------------
@@ -186,7 +191,7 @@ def _expected(c: Case) -> tuple[np.ndarray, np.ndarray]:
     acc = c.x.astype(np.int64) @ c.w.astype(np.int64).T  # (m, n)
     assert np.all(np.abs(acc) < 2**31)
     accf = acc.astype(np.int32).astype(np.float32)
-    ws = c.wscale[None, :] if c.kind == KIND_INT8 else c.wscale[0]
+    ws = c.wscale[None, :] if c.kind == KIND_INT8 else c.wscale[0]  # ternary kinds: one scale
     yf = ((accf * ws).astype(np.float32) / c.xscale[:, None]).astype(np.float32)
     return acc.astype(np.int32), yf
 
@@ -200,7 +205,12 @@ def _write_vectors(path: Path, cases: list[Case]) -> None:
         if c.kind == KIND_QUANT:
             parts.append(np.ascontiguousarray(c.x, "<f4").tobytes())
             continue
-        w = _pack_ternary_np(c.w) if c.kind == KIND_TERNARY else c.w.astype(np.int8)
+        if c.kind == KIND_TERNARY:
+            w = _pack_ternary_np(c.w)
+        elif c.kind == KIND_TERNARY3:
+            w = pack_ternary_b3(c.w)  # the numpy reference packer of the base-3 compute format
+        else:
+            w = c.w.astype(np.int8)
         parts += [np.ascontiguousarray(w).tobytes(), c.wscale.astype("<f4").tobytes(),
                   np.ascontiguousarray(c.x, np.int8).tobytes(), c.xscale.astype("<f4").tobytes()]
     path.write_bytes(b"".join(parts))

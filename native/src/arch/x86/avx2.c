@@ -11,6 +11,7 @@
  * at most 2*128*127 = 32512, so it never saturates; widened per 32 products.
  */
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 #include "bne_internal.h"
 
@@ -71,6 +72,9 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     }
 }
 
+#define PANEL_MIN_M 8 /* activation rows from which the GEMM goes through panels */
+static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3);
+
 /* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
@@ -79,6 +83,7 @@ static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
         for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 0)) return;
     for (; j < n1; ++j) {
         size_t i = 0;
         for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
@@ -158,11 +163,172 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
         for (; j < n1; ++j) ternary3_tile(a, j, 0, 1, 1, 0);
         return;
     }
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 1)) return;
     for (; j < n1; ++j) {
         size_t i = 0;
         for (; i + 4 <= a->m; i += 4) ternary3_tile(a, j, i, 1, 4, 0);
         for (; i < a->m; ++i) ternary3_tile(a, j, i, 1, 1, 0);
     }
+}
+
+/* ---- ternary GEMM for prefill (m >= PANEL_MIN_M), both layouts ---------------------------------
+ * The weight rows of a chunk are unpacked, 16 at a time, into a panel of codes (0..2) laid out for
+ * broadcasting activations: step q (k = 4q .. 4q+3) holds 64 bytes, [column group g of 8][column
+ * c][4 codes].  The micro-kernel keeps 6 activation rows x 16 columns of int16 sums in 12
+ * registers: per step 2 panel loads, 6 broadcasts of 4 x bytes, 12 _mm256_maddubs_epi16 (codes u8
+ * x x s8: 32 multiply-adds each, |pair| <= 512) and 12 int16 adds.  Every 32 steps (k 128, |sum| <=
+ * 16384) the int16 sums are widened with _mm256_madd_epi16 into int32 tile sums; exact for every
+ * int8 x.  The layout only changes the unpack; the same panel serves the 2-bit and base-3 rows. */
+#define PANEL_N 16
+#define PANEL_MR 6
+#define PANEL_WIDEN 32
+
+/* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
+static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    size_t nb = k / BNE_TERNARY_BLOCK, b;
+    for (b = 0; b < nb; ++b) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(row + b * 32));
+        uint8_t *o = dst + b * BNE_TERNARY_BLOCK;
+        _mm256_storeu_si256((__m256i *)o, _mm256_and_si256(v, m3));
+        _mm256_storeu_si256((__m256i *)(o + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), m3));
+        _mm256_storeu_si256((__m256i *)(o + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), m3));
+        _mm256_storeu_si256((__m256i *)(o + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), m3));
+    }
+    for (size_t t = nb * BNE_TERNARY_BLOCK; t < k; ++t) {
+        size_t r = t % BNE_TERNARY_BLOCK;
+        dst[t] = (uint8_t)((row[b * 32 + (r & 31)] >> (2 * (r >> 5))) & 3);
+    }
+}
+
+static void unpack_codes_b3(const uint8_t *row, size_t k, uint8_t *dst) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
+    const size_t nb = (k + BNE_TERNARY3_BLOCK - 1) / BNE_TERNARY3_BLOCK;
+    uint8_t last[BNE_TERNARY3_BLOCK];
+    for (size_t b = 0; b < nb; ++b) {
+        uint8_t *o = (b + 1) * BNE_TERNARY3_BLOCK <= k ? dst + b * BNE_TERNARY3_BLOCK : last;
+        __m256i t0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + b * 64)), bias);
+        __m256i t1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + b * 64 + 32)), bias);
+        for (int d = 0; d < 5; ++d) {
+            _mm256_storeu_si256((__m256i *)(o + 64 * d), trit_codes(t0, lo, hi));
+            _mm256_storeu_si256((__m256i *)(o + 64 * d + 32), trit_codes(t1, lo, hi));
+            t0 = times3(t0);
+            t1 = times3(t1);
+        }
+        if (o == last) memcpy(dst + b * BNE_TERNARY3_BLOCK, last, k - b * BNE_TERNARY3_BLOCK);
+    }
+}
+
+/* acc += p (int16 lanes) in acc's own register: with the plain intrinsic GCC adds into p's register
+ * and copies back, a move per accumulator and step. */
+BNE_INLINE void add16_inplace(__m256i *acc, __m256i p) { __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(p)); }
+
+/* MR activation rows from i against the panel (16 columns): int32 sums over the k4 full quads. */
+BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t k4, size_t i, int MR,
+                             int32_t c32[PANEL_MR][PANEL_N]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[PANEL_MR][2], tot[PANEL_MR][2];
+    const int8_t *xr[PANEL_MR];
+    for (int r = 0; r < MR; ++r) {
+        xr[r] = a->x + (i + r) * a->ldx;
+        tot[r][0] = tot[r][1] = _mm256_setzero_si256();
+    }
+    for (size_t q0 = 0; q0 < k4; q0 += PANEL_WIDEN) {
+        size_t q1 = q0 + PANEL_WIDEN < k4 ? q0 + PANEL_WIDEN : k4;
+        for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (size_t q = q0; q < q1; ++q) {
+            __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
+            __m256i w1 = _mm256_load_si256((const __m256i *)(panel + q * 64 + 32));
+            for (int r = 0; r < MR; ++r) {
+                int32_t xv;
+                memcpy(&xv, xr[r] + 4 * q, 4);
+                __m256i b = _mm256_set1_epi32(xv);
+                add16_inplace(&acc[r][0], _mm256_maddubs_epi16(w0, b));
+                add16_inplace(&acc[r][1], _mm256_maddubs_epi16(w1, b));
+            }
+        }
+        for (int r = 0; r < MR; ++r) {
+            tot[r][0] = _mm256_add_epi32(tot[r][0], _mm256_madd_epi16(acc[r][0], ones));
+            tot[r][1] = _mm256_add_epi32(tot[r][1], _mm256_madd_epi16(acc[r][1], ones));
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        _mm256_storeu_si256((__m256i *)c32[r], tot[r][0]);
+        _mm256_storeu_si256((__m256i *)(c32[r] + 8), tot[r][1]);
+    }
+}
+
+/* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
+ * buffer (the caller then uses the tile kernels). */
+static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
+    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4;
+    const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + 64);
+    if (!buf) return 0;
+    uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
+    uint8_t tailc[PANEL_N][4];
+    int32_t c32[PANEL_MR][PANEL_N] __attribute__((aligned(32)));
+    for (size_t j = n0; j < n1; j += PANEL_N) {
+        const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
+        for (size_t g = 0; g < PANEL_N / 8; ++g) {
+            for (size_t c = 0; c < 8; ++c) { /* unpack the group's 8 rows (zeros past nc and k) */
+                uint8_t *dst = codes + c * k32;
+                memset(dst + 4 * k4, 0, k32 - 4 * k4);
+                if (g * 8 + c < nc) {
+                    const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
+                    if (base3) unpack_codes_b3(row, k, dst);
+                    else unpack_codes_2bit(row, k, dst);
+                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4 + t];
+                    memset(dst + 4 * k4, 0, kt);
+                } else {
+                    memset(dst, 0, 4 * k4);
+                }
+            }
+            /* 8 x 8 transposes of 4-byte quads: row c, quads 8p..8p+7 -> steps 8p..8p+7, column c */
+            for (size_t p = 0; p < k32 / 32; ++p) {
+                __m256i r[8], t[8];
+                for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_si256((const __m256i *)(codes + c * k32 + 32 * p));
+                for (int c = 0; c < 8; c += 2) {
+                    t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+                    t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+                }
+                for (int c = 0; c < 8; c += 4) {
+                    r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
+                    r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
+                    r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
+                    r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
+                }
+                /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
+                for (int c = 0; c < 4; ++c) {
+                    t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
+                    t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
+                }
+                for (int q = 0; q < 8; ++q)
+                    if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
+            }
+        }
+        for (size_t i = 0; i < a->m; i += PANEL_MR) {
+            const int mr = a->m - i < PANEL_MR ? (int)(a->m - i) : PANEL_MR;
+            switch (mr) {
+            case 6: panel_kernel(a, panel, k4, i, 6, c32); break;
+            case 5: panel_kernel(a, panel, k4, i, 5, c32); break;
+            case 4: panel_kernel(a, panel, k4, i, 4, c32); break;
+            case 3: panel_kernel(a, panel, k4, i, 3, c32); break;
+            case 2: panel_kernel(a, panel, k4, i, 2, c32); break;
+            default: panel_kernel(a, panel, k4, i, 1, c32); break;
+            }
+            for (int r = 0; r < mr; ++r) {
+                const int8_t *x = a->x + (i + r) * a->ldx + 4 * k4;
+                for (size_t c = 0; c < nc; ++c) {
+                    int32_t s = c32[r][c];
+                    for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                    bne_store(a, i + r, j + c, s - a->xsum[i + r]);
+                }
+            }
+        }
+    }
+    free(buf);
+    return 1;
 }
 
 BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
