@@ -90,9 +90,7 @@ class DecoderModel:
         rt = (runtime or os.environ.get("BITNET_EDGE_DECODER") or "native").strip().lower()
         if rt not in ("native", "numpy"):
             raise InputError("runtime", f"{rt!r} is not one of native, numpy")
-        if rt == "numpy":
-            return None, "runtime numpy requested"
-        why = native_unavailable_reason(self)
+        why = "runtime numpy requested" if rt == "numpy" else native_unavailable_reason(self)
         if why is None:
             try:
                 return NativeDecoder(self, kv), None
@@ -170,7 +168,9 @@ class DecoderModel:
         if pos0 + n > cache.capacity:
             raise ContextLengthError(pos0 + n, cache.capacity)
         if not isinstance(cache, KVCache):  # the native runtime's cache
-            return cache.decoder.forward(self.embed(ids), cache, all_logits, hidden)
+            if self.native is None or getattr(cache, "decoder", None) is not self.native:
+                raise InputError("cache", "was made by another model (or is not a KV cache)")
+            return self.native.forward(self.embed(ids), cache, all_logits, hidden)
         with ops.single_threaded_blas():
             return self._forward(ids, cache, all_logits, hidden)
 
