@@ -209,8 +209,10 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
     for label in engines:
         if label in ("ours", "ours-base3"):
             fmt = "2bit" if label == "ours" else "base3"
-            say(f"converting the model for {label} ({fmt})")
-            d = convert(imported(), workdir / label, precision="ternary", head="int8", ternary_format=fmt)
+            d = workdir / f"{label}-{layers}l"
+            if not (d / "manifest.json").is_file():  # (a --workdir from an earlier run already has it)
+                say(f"converting the model for {label} ({fmt})")
+                convert(imported(), d, precision="ternary", head="int8", ternary_format=fmt)
             ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head")
         elif label == "bitnet.cpp":
             from benchmarks.peers.bitnet_cpp import bytes_per_token, find_peer
@@ -232,8 +234,10 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             from bitnet_edge.sdk.convert.gguf_write import write_gguf
 
             qt = "TQ2_0" if "TQ2_0" in label else "TQ1_0"
-            say(f"writing the {qt} GGUF")
-            p = write_gguf(imported(), workdir / f"{qt.lower()}.gguf", qt, "Q8_0")
+            p = workdir / f"{qt.lower()}-{layers}l.gguf"
+            if not p.is_file():
+                say(f"writing the {qt} GGUF")
+                write_gguf(imported(), p.with_suffix(".tmp"), qt, "Q8_0").replace(p)
             ready[label] = ("llama", p, _gguf_bytes_per_token(p), f"{qt} linears, Q8_0 head")
     return ready, missing
 
@@ -358,6 +362,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per engine (default 3; quick 2)")
     ap.add_argument("--keep", action="store_true", help="keep the model files (printed path)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the model files go and stay (reused when a previous run left them there)")
     ap.add_argument("--worker", choices=["ours", "llama"], help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--prefill", type=int, help=argparse.SUPPRESS)
@@ -381,11 +387,12 @@ def main(argv=None) -> None:
         ap.error(f"unknown engine(s) {unknown}; known: {', '.join(ALL_ENGINES)}")
     avail = len(os.sched_getaffinity(0))
     threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, min(2, avail)})
-    workdir = Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print)
     finally:
-        if args.keep:
+        if args.keep or args.workdir:
             console.print(f"model files kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,19 +2,18 @@
  * (with BNE_T3_SDOT defined) by neon_dotprod.c, which name it through BNE_T3_FN.
  *
  * A 64-byte block is four 16-byte vectors t; digit d of byte j is the code of weight 64 d + j.
- * Per 16 codes: c = -((t >= 86) + (t >= 171)) from two unsigned compares (0xff = -1 each), then
- * t *= 3 (byte multiply, mod 256) for the next digit: 5 instructions.  The codes (0..2) meet x as
+ * Per 16 codes: the negated code s = (t >= 86) + (t >= 171) as bytes 0 / -1 / -2 (two unsigned
+ * compares give 0xff = -1 each, one add), then t *= 3 (mod 256) for the next digit.  s meets x as
  * signed bytes: SDOT into int32 lanes, or, without it, SMLAL into int16 lanes (two products of
  * at most 2 * 128 a lane per 16 codes, 40 a block: <= 10240) widened with SADALP once a block.
- * acc = sum(c * x) - sum(x). */
+ * The sums are -sum(c * x), so the result is -acc - sum(x). */
 #ifndef BNE_T3_FN
 #error "define BNE_T3_FN before including ternary3_neon.h"
 #endif
 
-/* Codes of the current digit of t (16 bytes). */
+/* Negated codes (0, -1, -2) of the current digit of t (16 bytes). */
 static inline __attribute__((always_inline)) int8x16_t t3_codes(uint8x16_t t) {
-    uint8x16_t m = vaddq_u8(vcgeq_u8(t, vdupq_n_u8(86)), vcgeq_u8(t, vdupq_n_u8(171)));
-    return vnegq_s8(vreinterpretq_s8_u8(m));
+    return vreinterpretq_s8_u8(vaddq_u8(vcgeq_u8(t, vdupq_n_u8(86)), vcgeq_u8(t, vdupq_n_u8(171))));
 }
 
 /* nr weight rows from j x mr activation rows from i (nr, mr <= 4). */
@@ -70,7 +69,7 @@ static inline __attribute__((always_inline)) void t3_tile(const bne_gemm_args *a
 #endif
     }
     for (int r = 0; r < nr; ++r)
-        for (int c = 0; c < mr; ++c) bne_store(a, i + c, j + r, vaddvq_s32(acc[r][c]) - a->xsum[i + c]);
+        for (int c = 0; c < mr; ++c) bne_store(a, i + c, j + r, -vaddvq_s32(acc[r][c]) - a->xsum[i + c]);
 }
 
 static void BNE_T3_FN(const bne_gemm_args *a, size_t n0, size_t n1) {
