@@ -228,8 +228,8 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
         else:
             try:
                 import llama_cpp  # noqa: F401
-            except ImportError:
-                missing[label] = "llama-cpp-python is not installed (pip install llama-cpp-python)"
+            except ImportError as exc:
+                missing[label] = f"llama-cpp-python does not import ({exc}; pip install llama-cpp-python)"
                 continue
             from bitnet_edge.sdk.convert.gguf_write import write_gguf
 
