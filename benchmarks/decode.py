@@ -20,8 +20,9 @@ the others still run.
 
 Rounds: in each round the machine is probed (read bandwidth of a 1 GiB buffer, the int8 dot-product
 peak: :mod:`benchmarks.machine`) and every engine runs once, in turn, so a change in machine load
-hits them alike; figures are medians over rounds.  Derived: decode GB/s = weight bytes read per
-token / median step time, its share of the read bandwidth; prefill GMAC/s = multiply-adds of the
+hits them alike; figures are medians over rounds.  Derived: decode GB/s = bytes read per token
+(weights + the KV cache at the mean context of the timed steps) / median step time, its share of the
+read bandwidth; prefill GMAC/s = multiply-adds of the
 linears per token x prefill tok/s, its share of the int8 dot peak; ratios of ours to every peer
 measured in this run; for ours, the C decoder's own profile of a decode step (time outside the
 linears).  The JSON (benchmarks/results/) is written by this script.
@@ -50,6 +51,11 @@ ALL_ENGINES = ("ours", "ours-base3", "bitnet.cpp", "llama.cpp TQ2_0+Q8_0", "llam
 DEFAULT_ENGINES = ALL_ENGINES[:4]
 GOALS = {"decode_x_bitnet_cpp": 1.2, "decode_x_tq2": 1.4, "fraction_of_read_bandwidth": 0.9,
          "prefill_x_bitnet_cpp": 2.0}
+
+
+def kv_bytes_per_token(layers: int, mean_context: float, elem_bytes: int) -> float:
+    """Bytes of keys and values a decode step reads at a context of mean_context positions."""
+    return layers * 2 * SHAPE["num_key_value_heads"] * SHAPE["head_dim"] * elem_bytes * mean_context
 
 
 def linear_macs_per_token(layers: int) -> int:
@@ -213,7 +219,7 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             if not (d / "manifest.json").is_file():  # (a --workdir from an earlier run already has it)
                 say(f"converting the model for {label} ({fmt})")
                 convert(imported(), d, precision="ternary", head="int8", ternary_format=fmt)
-            ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head")
+            ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head, f32 KV cache")
         elif label == "bitnet.cpp":
             from benchmarks.peers.bitnet_cpp import bytes_per_token, find_peer
 
@@ -224,7 +230,8 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
                 missing[label] = "not run with --quick (its model has all 30 layers)"
             else:
                 ready[label] = ("bitnet.cpp", info, bytes_per_token(info["model"]),
-                                f"i2_s, F16 head; {info.get('bitnet_commit', '?')[:7]}, {info.get('compiler', '?')}")
+                                f"i2_s, F16 head, F16 KV cache; {info.get('bitnet_commit', '?')[:7]}, "
+                                f"{info.get('compiler', '?')}")
         else:
             try:
                 import llama_cpp  # noqa: F401
@@ -238,7 +245,7 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             if not p.is_file():
                 say(f"writing the {qt} GGUF")
                 write_gguf(imported(), p.with_suffix(".tmp"), qt, "Q8_0").replace(p)
-            ready[label] = ("llama", p, _gguf_bytes_per_token(p), f"{qt} linears, Q8_0 head")
+            ready[label] = ("llama", p, _gguf_bytes_per_token(p), f"{qt} linears, Q8_0 head, F16 KV cache")
     return ready, missing
 
 
@@ -251,11 +258,17 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
     t0 = time.perf_counter()
     ready, missing = _prepare(list(engines or DEFAULT_ENGINES), layers, workdir, bitnet_cpp, quick, say)
     macs = linear_macs_per_token(layers)
+    # KV bytes a decode step reads: its element size and the mean context of the timed steps (ours and
+    # llama.cpp decode after the prompt; llama-bench's tg decodes 64 tokens from an empty context)
+    kv = {label: kv_bytes_per_token(layers, 32 if kind == "bitnet.cpp" else n_prefill + n_decode / 2,
+                                    4 if kind == "ours" else 2)
+          for label, (kind, *_rest) in ready.items()}
     res = {"config": {"layers": layers, "prefill_tokens": n_prefill, "decode_tokens": n_decode,
                       "prefill_reps": reps, "rounds": rounds, "linear_macs_per_token": macs,
                       **{k: v for k, v in SHAPE.items() if k != "num_hidden_layers"}},
            "prepare_s": time.perf_counter() - t0,
-           "engines": {k: {"bytes_per_token": v[2], "what": v[3]} for k, v in ready.items()},
+           "engines": {k: {"weight_bytes_per_token": v[2], "kv_bytes_per_token": kv[k], "what": v[3]}
+                       for k, v in ready.items()},
            "not_run": missing, "rows": [], "machine_probe": {}}
     for label, why in missing.items():
         say(f"[yellow]{label}: not run: {why}[/yellow]")
@@ -293,8 +306,9 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
         res["machine_probe"][str(threads)] = {"read_gbs": bw, "read_gbs_rounds": probe["read_gbs"],
                                               "int8_dot_gmacs": peak, "int8_dot_rounds": probe["int8_dot_gmacs"],
                                               "int8_dot": probe.get("int8_dot")}
-        for label, (kind, target, nbytes, what) in ready.items():
+        for label, (kind, target, wbytes, what) in ready.items():
             acc = samples[label]
+            nbytes = wbytes + kv[label]
             pre = statistics.median(acc["round_prefill_s"])
             step = statistics.median(acc["round_step_median_s"])
             row = {"engine": label, "threads": threads, "what": what,
@@ -302,7 +316,8 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
                    "decode_ms_per_token": step * 1e3,
                    "decode_tok_s_best_round": 1.0 / min(acc["round_step_median_s"]),
                    "prefill_tok_s_best": n_prefill / min(acc["prefill_s"]),
-                   "bytes_per_token": nbytes, "effective_gbs": nbytes / step / 1e9,
+                   "bytes_per_token": nbytes, "weight_bytes_per_token": wbytes, "kv_bytes_per_token": kv[label],
+                   "effective_gbs": nbytes / step / 1e9,
                    "fraction_of_read_bandwidth": nbytes / step / 1e9 / bw,
                    "prefill_gmacs": macs * n_prefill / pre / 1e9,
                    "fraction_of_int8_peak": (macs * n_prefill / pre / 1e9 / peak) if peak else None,

@@ -21,6 +21,10 @@
 #endif
 
 #define DEC_L 16 /* float lanes of the reductions */
+/* Attention below this many multiply-adds (scores) runs on the caller's thread (a decode step at a
+ * context below ~100 for the 2B shape): a pool job costs a wake-up.  Above, the heads are split
+ * over the threads, which also read the cache from DRAM in parallel. */
+#define DEC_ATTN_POOL_MACS ((size_t)1 << 18)
 #define DEC_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -74,15 +78,20 @@ DEC_INLINE float dec_h2f(uint16_t h) {
     return dec_float(((uint32_t)(h & 0x8000u) << 16) | dec_bits(dec_float((uint32_t)(h & 0x7fffu) << 13) * 0x1p112f));
 }
 
+/* Sum of the 16 lanes as a fixed tree (8 + 4 + 2 + 1 element-wise adds: vectorizable, short chains). */
+DEC_INLINE float dec_lanes_sum(float *acc) {
+    for (int w = DEC_L / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
 static float dec_dot(const float *a, const float *b, size_t n) {
     float acc[DEC_L] = {0};
     size_t i = 0;
     for (; i + DEC_L <= n; i += DEC_L)
         for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * b[i + l];
     for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * b[i + l];
-    float s = 0.0f;
-    for (int l = 0; l < DEC_L; ++l) s += acc[l];
-    return s;
+    return dec_lanes_sum(acc);
 }
 
 static float dec_dot_h(const float *a, const uint16_t *b, size_t n) {
@@ -91,9 +100,7 @@ static float dec_dot_h(const float *a, const uint16_t *b, size_t n) {
     for (; i + DEC_L <= n; i += DEC_L)
         for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
     for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
-    float s = 0.0f;
-    for (int l = 0; l < DEC_L; ++l) s += acc[l];
-    return s;
+    return dec_lanes_sum(acc);
 }
 
 static float dec_dot_i8(const float *a, const int8_t *b, size_t n) {
@@ -102,9 +109,7 @@ static float dec_dot_i8(const float *a, const int8_t *b, size_t n) {
     for (; i + DEC_L <= n; i += DEC_L)
         for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * (float)b[i + l];
     for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * (float)b[i + l];
-    float s = 0.0f;
-    for (int l = 0; l < DEC_L; ++l) s += acc[l];
-    return s;
+    return dec_lanes_sum(acc);
 }
 
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * w  (w NULL: no weight) */
@@ -114,8 +119,7 @@ static void dec_rmsnorm(const float *x, const float *w, size_t n, float eps, flo
     for (; i + DEC_L <= n; i += DEC_L)
         for (int l = 0; l < DEC_L; ++l) acc[l] += x[i + l] * x[i + l];
     for (int l = 0; i + (size_t)l < n; ++l) acc[l] += x[i + l] * x[i + l];
-    float ss = 0.0f;
-    for (int l = 0; l < DEC_L; ++l) ss += acc[l];
+    float ss = dec_lanes_sum(acc);
     float inv = 1.0f / dec_sqrtf(ss / (float)n + eps);
     for (i = 0; i < n; ++i) y[i] = (x[i] * inv) * w[i];
 }
@@ -435,7 +439,10 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         }
         dec_attn aj = {d, &lo, qkv, kv, capacity, pos0, n, scores, att};
         dec_tick(d, &t, 0);
-        bne_pool_run(dec_attn_range, &aj, d->heads, 1);
+        if ((pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS)
+            dec_attn_range(&aj, 0, d->heads); /* a decode step's attention: not worth a job */
+        else
+            bne_pool_run(dec_attn_range, &aj, d->heads, 1);
         dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};

@@ -72,6 +72,75 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     }
 }
 
+/* acc += p (int16 lanes) in acc's own register: with the plain intrinsic GCC adds into p's register
+ * and copies back, a move per accumulator and step. */
+BNE_INLINE __m256i add16(__m256i acc, __m256i p) {
+    __asm__("vpaddw %1, %0, %0" : "+x"(acc) : "x"(p));
+    return acc;
+}
+
+/* One row's 128 weights (32 bytes at src) against the x block x0..x3, added to int16 sums. */
+BNE_INLINE __m256i gemv_block(__m256i s16, const uint8_t *src, __m256i x0, __m256i x1, __m256i x2, __m256i x3,
+                              __m256i m3) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)src);
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(v, m3), x0));
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1));
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2));
+    return add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3));
+}
+
+/* GEMV (one activation row), 4 weight rows: the x of a block is loaded once for the 4 rows, and
+ * the 4 maddubs results of a block are added straight into int16 sums, widened every 8 blocks
+ * (8 x 4 x 512 = 16384 < 32768): 16 instructions per row and 32 weight bytes.  Two blocks (one
+ * cache line of each row) per step, one prefetch each. */
+BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const size_t nb = a->k / BNE_TERNARY_BLOCK;
+    const uint8_t *w[4];
+    __m256i acc[4];
+    for (int r = 0; r < 4; ++r) {
+        w[r] = a->w + (j + r) * a->ldw;
+        acc[r] = _mm256_setzero_si256();
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += 8) {
+        const size_t b1 = nb - b0 < 8 ? nb : b0 + 8;
+        __m256i s16[4];
+        for (int r = 0; r < 4; ++r) s16[r] = _mm256_setzero_si256();
+        size_t b = b0;
+        for (; b + 2 <= b1; b += 2) {
+            const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < 4; ++r) {
+                _mm_prefetch((const char *)(w[r] + b * 32 + pf), _MM_HINT_T0);
+                s16[r] = gemv_block(s16[r], w[r] + b * 32, x0, x1, x2, x3, m3);
+            }
+            x0 = _mm256_loadu_si256((const __m256i *)(xb + 128));
+            x1 = _mm256_loadu_si256((const __m256i *)(xb + 160));
+            x2 = _mm256_loadu_si256((const __m256i *)(xb + 192));
+            x3 = _mm256_loadu_si256((const __m256i *)(xb + 224));
+            for (int r = 0; r < 4; ++r) s16[r] = gemv_block(s16[r], w[r] + b * 32 + 32, x0, x1, x2, x3, m3);
+        }
+        if (b < b1) {
+            const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < 4; ++r) s16[r] = gemv_block(s16[r], w[r] + b * 32, x0, x1, x2, x3, m3);
+        }
+        for (int r = 0; r < 4; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], _mm256_set1_epi16(1)));
+    }
+    const size_t tail = a->k - nb * BNE_TERNARY_BLOCK;
+    for (int r = 0; r < 4; ++r) {
+        int32_t s = hsum_epi32(acc[r]);
+        if (tail) s += bne_tail_codes_dot(w[r] + nb * 32, a->x + nb * BNE_TERNARY_BLOCK, tail);
+        bne_store(a, 0, j + r, s - a->xsum[0]);
+    }
+}
+
 #define PANEL_MIN_M 8 /* activation rows from which the GEMM goes through panels */
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3);
 
@@ -79,7 +148,7 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) { /* GEMV: four weight rows share each x load */
-        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j + 4 <= n1; j += 4) ternary_gemv4(a, j, bne_prefetch_offset(a->ldw));
         for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
@@ -258,6 +327,22 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
     }
 }
 
+/* y[i][j .. j+nc) from acc (the epilogue of bne_store, 8 columns a step: the same IEEE operations). */
+BNE_INLINE void panel_store(const bne_gemm_args *a, size_t i, size_t j, size_t nc, const int32_t *acc) {
+    size_t c = 0;
+    if (a->yi) {
+        for (; c < nc; ++c) a->yi[i * a->ldy + j + c] = acc[c];
+        return;
+    }
+    const __m256 ws = _mm256_set1_ps(a->wscale[0]), xs = _mm256_set1_ps(a->xscale[i]);
+    float *y = a->yf + i * a->ldy + j;
+    for (; c + 8 <= nc; c += 8) {
+        __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + c)));
+        _mm256_storeu_ps(y + c, _mm256_div_ps(_mm256_mul_ps(v, ws), xs));
+    }
+    for (; c < nc; ++c) bne_store(a, i, j + c, acc[c]);
+}
+
 /* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
  * buffer (the caller then uses the tile kernels). */
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
@@ -319,11 +404,13 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
             }
             for (int r = 0; r < mr; ++r) {
                 const int8_t *x = a->x + (i + r) * a->ldx + 4 * k4;
+                const int32_t xs = a->xsum[i + r];
                 for (size_t c = 0; c < nc; ++c) {
                     int32_t s = c32[r][c];
                     for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                    bne_store(a, i + r, j + c, s - a->xsum[i + r]);
+                    c32[r][c] = s - xs;
                 }
+                panel_store(a, i + r, j, nc, c32[r]);
             }
         }
     }
