@@ -7,8 +7,8 @@ The model has the shape of microsoft/bitnet-b1.58-2B-4T (hidden 2560, FFN 6912, 
 5 KV heads, head_dim 128, vocab 128256, tied embeddings, relu2, sub norms) with random ternary
 weights.  Engines (each in its own subprocess, so thread pools never compete):
 
-- ``ours``: ``convert(..., precision="ternary", head="int8")`` + ``load_model`` (2-bit ternary
-  linears, int8 LM head, the C decoder);
+- ``ours``: ``convert(..., precision="ternary", head="int8")`` + ``load_model(..., kv_cache="f16")``
+  (2-bit ternary linears, int8 LM head, the C decoder, float16 KV cache like the peers');
 - ``ours-base3``: the same weights in the base-3 layout (1.6 bits/weight, ``--ternary-format base3``);
 - ``bitnet.cpp``: microsoft/BitNet's llama.cpp fork, i2_s kernel, its own random model of the same
   shape (F16 head), built by ``benchmarks/peers/build_bitnet_cpp.sh`` and found through
@@ -122,6 +122,11 @@ def _gguf_bytes_per_token(path: Path) -> int:
 
 # ------------------------------------------------------------------------------ the workers
 
+#: KV cache element type of our engines: float16, as the peers' default (llama.cpp and bitnet.cpp keep
+#: K and V in F16), so all engines read the same KV bytes.  Our library default is float32.
+OURS_KV = "f16"
+
+
 def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, reps: int) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -129,7 +134,7 @@ def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, re
 
     kernels.set_threads(threads)
     with threadpool_limits(limits=threads):
-        model = load_model(model_dir)
+        model = load_model(model_dir, kv_cache=OURS_KV)
         rng = np.random.default_rng(1)
         prompt = rng.integers(0, model.cfg.vocab_size, size=n_prefill).tolist()
         model.generate(prompt[:16], 4)  # warm-up: pages the weights in
@@ -219,7 +224,7 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             if not (d / "manifest.json").is_file():  # (a --workdir from an earlier run already has it)
                 say(f"converting the model for {label} ({fmt})")
                 convert(imported(), d, precision="ternary", head="int8", ternary_format=fmt)
-            ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head, f32 KV cache")
+            ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head, {OURS_KV} KV cache")
         elif label == "bitnet.cpp":
             from benchmarks.peers.bitnet_cpp import bytes_per_token, find_peer
 
@@ -261,7 +266,7 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
     # KV bytes a decode step reads: its element size and the mean context of the timed steps (ours and
     # llama.cpp decode after the prompt; llama-bench's tg decodes 64 tokens from an empty context)
     kv = {label: kv_bytes_per_token(layers, 32 if kind == "bitnet.cpp" else n_prefill + n_decode / 2,
-                                    4 if kind == "ours" else 2)
+                                    {"f32": 4, "f16": 2, "int8": 1}[OURS_KV] if kind == "ours" else 2)
           for label, (kind, *_rest) in ready.items()}
     res = {"config": {"layers": layers, "prefill_tokens": n_prefill, "decode_tokens": n_decode,
                       "prefill_reps": reps, "rounds": rounds, "linear_macs_per_token": macs,

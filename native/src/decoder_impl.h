@@ -80,18 +80,62 @@ DEC_INLINE float dec_h2f(uint16_t h) {
 
 /* Sum of the 16 lanes as a fixed tree (8 + 4 + 2 + 1 element-wise adds: vectorizable, short chains). */
 DEC_INLINE float dec_lanes_sum(float *acc) {
-    for (int w = DEC_L / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) acc[l] = acc[l] + acc[l + w];
-    return acc[0];
+    for (int l = 0; l < 8; ++l) acc[l] = acc[l] + acc[l + 8];
+    for (int l = 0; l < 4; ++l) acc[l] = acc[l] + acc[l + 4];
+    for (int l = 0; l < 2; ++l) acc[l] = acc[l] + acc[l + 2];
+    return acc[0] + acc[1];
 }
 
+/* 8 floats as one value (GCC/clang vector extension: the compiler splits it to the target's width;
+ * + and * stay separate IEEE operations under -ffp-contract=off). */
+typedef float dec_v8 __attribute__((vector_size(32)));
+/* (macros, not functions: a 32-byte vector argument draws GCC ABI notes on builds without AVX) */
+#define dec_ld8(p) __extension__({ dec_v8 v_; __builtin_memcpy(&v_, (p), sizeof v_); v_; })
+#define dec_st8(p, v) do { dec_v8 w_ = (v); __builtin_memcpy((p), &w_, sizeof w_); } while (0)
+
+/* acc[0 .. 16) = the lanes lo (0-7) and hi (8-15), plus the tail products. */
+#define DEC_LANES(acc, lo, hi, tail, nt)                                        \
+    do {                                                                        \
+        dec_st8(acc, lo);                                                       \
+        dec_st8(acc + 8, hi);                                                   \
+        for (size_t l_ = 0; l_ < (nt); ++l_) acc[l_] = acc[l_] + (tail)[l_];    \
+    } while (0)
+
 static float dec_dot(const float *a, const float *b, size_t n) {
-    float acc[DEC_L] = {0};
+    dec_v8 lo = {0}, hi = {0};
     size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * b[i + l];
+    for (; i + DEC_L <= n; i += DEC_L) {
+        lo = lo + dec_ld8(a + i) * dec_ld8(b + i);
+        hi = hi + dec_ld8(a + i + 8) * dec_ld8(b + i + 8);
+    }
+    float t[DEC_L], acc[DEC_L];
+    for (size_t l = 0; i + l < n; ++l) t[l] = a[i + l] * b[i + l];
+    DEC_LANES(acc, lo, hi, t, n - i);
     return dec_lanes_sum(acc);
+}
+
+/* dec_dot of two vectors a0, a1 against one b, interleaved (twice the independent chains); each
+ * result has the bits dec_dot gives. */
+DEC_INLINE void dec_dot2(const float *a0, const float *a1, const float *b, size_t n, float *r0, float *r1) {
+    dec_v8 l0 = {0}, h0 = {0}, l1 = {0}, h1 = {0};
+    size_t i = 0;
+    for (; i + DEC_L <= n; i += DEC_L) {
+        const dec_v8 bl = dec_ld8(b + i), bh = dec_ld8(b + i + 8);
+        l0 = l0 + dec_ld8(a0 + i) * bl;
+        h0 = h0 + dec_ld8(a0 + i + 8) * bh;
+        l1 = l1 + dec_ld8(a1 + i) * bl;
+        h1 = h1 + dec_ld8(a1 + i + 8) * bh;
+    }
+    float t0[DEC_L], t1[DEC_L];
+    for (size_t l = 0; i + l < n; ++l) {
+        t0[l] = a0[i + l] * b[i + l];
+        t1[l] = a1[i + l] * b[i + l];
+    }
+    float acc[DEC_L];
+    DEC_LANES(acc, l0, h0, t0, n - i);
+    *r0 = dec_lanes_sum(acc);
+    DEC_LANES(acc, l1, h1, t1, n - i);
+    *r1 = dec_lanes_sum(acc);
 }
 
 static float dec_dot_h(const float *a, const uint16_t *b, size_t n) {
@@ -251,54 +295,138 @@ typedef struct {
     float *out;           /* (n, qd) */
 } dec_attn;
 
-static void dec_attn_range(void *ctx, size_t h0, size_t h1) {
+/* A K or V row as floats: f16 converted, int8 times its scale (f32 rows are used in place). */
+DEC_INLINE void dec_kv_row(int kvt, const uint8_t *r, float scale, size_t n, float *dst) {
+    if (kvt == BNE_KV_F16) {
+        const uint16_t *h = (const uint16_t *)r;
+        for (size_t c = 0; c < n; ++c) dst[c] = dec_h2f(h[c]);
+    } else {
+        const int8_t *q = (const int8_t *)r;
+        for (size_t c = 0; c < n; ++c) dst[c] = (float)q[c] * scale;
+    }
+}
+
+#define DEC_VB 32                       /* output floats of a head kept in registers over positions */
+#define DEC_CHUNK_FLOATS 8192           /* converted value rows at a time (32 KB of stack) */
+
+/* o[c0 .. c0+32) += sum over t < tl of p[t] * V_t[c0 ..), positions in order (4 x 8 floats in
+ * registers over all positions). */
+DEC_INLINE void dec_values_block(const float *p, size_t tl, const float *v0, size_t ldv, float *o) {
+    dec_v8 a0 = dec_ld8(o), a1 = dec_ld8(o + 8), a2 = dec_ld8(o + 16), a3 = dec_ld8(o + 24);
+    for (size_t t = 0; t < tl; ++t) {
+        const dec_v8 pt = (dec_v8){0} + p[t];
+        const float *v = v0 + t * ldv;
+        __builtin_prefetch(v + 8 * ldv);
+        a0 = a0 + pt * dec_ld8(v);
+        a1 = a1 + pt * dec_ld8(v + 8);
+        a2 = a2 + pt * dec_ld8(v + 16);
+        a3 = a3 + pt * dec_ld8(v + 24);
+    }
+    dec_st8(o, a0);
+    dec_st8(o + 8, a1);
+    dec_st8(o + 16, a2);
+    dec_st8(o + 24, a3);
+}
+
+/* Query heads per attention work unit: pairs when a kv head serves an even number of them (a decode
+ * step of the 2B shape then has 10 units, which 2 threads share evenly), else one. */
+static size_t dec_attn_hb(const bne_decoder *d) { return (d->heads / d->kv_heads) % 2 == 0 ? 2 : 1; }
+
+/* Work units u in [u0, u1): u = (i * kv_heads + g) * (groups / hb) + b, query token i against kv head
+ * g, for hb of the query heads sharing it (block b).  Each cached row is read (and converted) once
+ * for them; per head the operations and their order do not depend on the grouping, thread count
+ * or vector width. */
+static void dec_attn_range(void *ctx, size_t u0, size_t u1) {
     const dec_attn *A = (const dec_attn *)ctx;
     const bne_decoder *d = A->d;
-    const size_t hd = d->head_dim, groups = d->heads / d->kv_heads, cap = A->capacity;
+    const size_t hd = d->head_dim, hb = dec_attn_hb(d), nblk = d->heads / d->kv_heads / hb, cap = A->capacity,
+                 row = A->lo->kv_row;
+    const size_t groups = hb; /* the heads of one unit */
     const int kvt = d->kv_type;
-    for (size_t hh = h0; hh < h1; ++hh) {
-        const size_t g = hh / groups;
-        const uint8_t *kplane = A->kv, *vplane = A->kv + A->lo->kv_plane;
+    const int vec = hd % DEC_VB == 0 && hd <= DEC_CHUNK_FLOATS / 16; /* the blocked value path */
+    const size_t chunk = vec ? DEC_CHUNK_FLOATS / hd : 0;
+    const uint8_t *kplane = A->kv, *vplane = A->kv + A->lo->kv_plane;
+    const size_t scale_off = (d->kv_heads * cap * row + 63) & ~(size_t)63;
+    float buf[DEC_CHUNK_FLOATS];
+    for (size_t u = u0; u < u1; ++u) {
+        const size_t ig = u / nblk, i = ig / d->kv_heads, g = ig % d->kv_heads, h0 = g * nblk * hb + (u % nblk) * hb;
         const size_t row0 = g * cap; /* first cache row of this kv head */
-        const size_t scale_off = (d->kv_heads * cap * A->lo->kv_row + 63) & ~(size_t)63;
         const float *kscale = (const float *)(kplane + scale_off) + row0;
         const float *vscale = (const float *)(vplane + scale_off) + row0;
-        float *s = A->scores + hh * cap;
-        for (size_t i = 0; i < A->n; ++i) {
-            const float *q = A->qkv + i * A->lo->qkvd + hh * hd;
-            const size_t len = A->pos0 + i + 1; /* causal: positions 0 .. pos0 + i */
-            float mx = -3.402823466e38f;
-            for (size_t t = 0; t < len; ++t) {
-                const size_t r = row0 + t;
+        const size_t len = A->pos0 + i + 1; /* causal: positions 0 .. pos0 + i */
+        const float *q0 = A->qkv + i * A->lo->qkvd + h0 * hd;
+        for (size_t t = 0; t < len; ++t) { /* scores of every head of the group */
+            const uint8_t *kr = kplane + (row0 + t) * row;
+            __builtin_prefetch(kr + 8 * row);
+            const float *k = (const float *)kr;
+            if (kvt != BNE_KV_F32 && hd <= DEC_CHUNK_FLOATS) {
+                dec_kv_row(kvt, kr, kvt == BNE_KV_I8 ? kscale[t] : 1.0f, hd, buf);
+                k = buf;
+            }
+            if (groups == 2 && (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS)) {
+                float r0, r1;
+                dec_dot2(q0, q0 + hd, k, hd, &r0, &r1);
+                A->scores[h0 * cap + t] = r0 * d->attn_scale;
+                A->scores[(h0 + 1) * cap + t] = r1 * d->attn_scale;
+                continue;
+            }
+            for (size_t h = 0; h < groups; ++h) {
                 float dot;
-                if (kvt == BNE_KV_F32) dot = dec_dot(q, (const float *)(kplane + r * A->lo->kv_row), hd);
-                else if (kvt == BNE_KV_F16) dot = dec_dot_h(q, (const uint16_t *)(kplane + r * A->lo->kv_row), hd);
-                else dot = dec_dot_i8(q, (const int8_t *)(kplane + r * A->lo->kv_row), hd) * kscale[t];
-                s[t] = dot * d->attn_scale;
-                mx = s[t] > mx ? s[t] : mx;
+                if (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS) dot = dec_dot(q0 + h * hd, k, hd);
+                else if (kvt == BNE_KV_F16) dot = dec_dot_h(q0 + h * hd, (const uint16_t *)kr, hd);
+                else dot = dec_dot_i8(q0 + h * hd, (const int8_t *)kr, hd) * kscale[t];
+                A->scores[(h0 + h) * cap + t] = dot * d->attn_scale;
             }
-            float sum = 0.0f;
-            for (size_t t = 0; t < len; ++t) {
-                s[t] = dec_expf(s[t] - mx);
-                sum += s[t];
-            }
-            const float inv = 1.0f / sum;
-            float *o = A->out + i * A->lo->qd + hh * hd;
+        }
+        for (size_t h = 0; h < groups; ++h) { /* softmax of each head's scores, in place */
+            float *s = A->scores + (h0 + h) * cap;
+            float mx = s[0];
+            for (size_t t = 1; t < len; ++t) mx = s[t] > mx ? s[t] : mx; /* exact in any order */
+            for (size_t t = 0; t < len; ++t) s[t] = dec_expf(s[t] - mx);
+            float acc[DEC_L] = {0};
+            size_t t = 0;
+            for (; t + DEC_L <= len; t += DEC_L)
+                for (int l = 0; l < DEC_L; ++l) acc[l] += s[t + l];
+            for (int l = 0; t + (size_t)l < len; ++l) acc[l] += s[t + l];
+            const float inv = 1.0f / dec_lanes_sum(acc);
+            for (t = 0; t < len; ++t) s[t] = s[t] * inv;
+            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
             for (size_t c = 0; c < hd; ++c) o[c] = 0.0f;
-            for (size_t t = 0; t < len; ++t) {
-                const float p = s[t] * inv;
-                const size_t r = row0 + t;
-                if (kvt == BNE_KV_F32) {
-                    const float *v = (const float *)(vplane + r * A->lo->kv_row);
-                    for (size_t c = 0; c < hd; ++c) o[c] = o[c] + p * v[c];
-                } else if (kvt == BNE_KV_F16) {
-                    const uint16_t *v = (const uint16_t *)(vplane + r * A->lo->kv_row);
-                    for (size_t c = 0; c < hd; ++c) o[c] = o[c] + p * dec_h2f(v[c]);
-                } else {
-                    const int8_t *v = (const int8_t *)(vplane + r * A->lo->kv_row);
-                    const float pv = p * vscale[t];
-                    for (size_t c = 0; c < hd; ++c) o[c] = o[c] + pv * (float)v[c];
+        }
+        const uint8_t *vbase = vplane + row0 * row;
+        if (vec) { /* positions in chunks (converted once for the group), 32 output floats at a time */
+            for (size_t t0 = 0; t0 < len; t0 += chunk) {
+                const size_t tl = len - t0 < chunk ? len - t0 : chunk;
+                const float *v0 = (const float *)(vbase + t0 * row);
+                size_t ldv = row / 4;
+                if (kvt != BNE_KV_F32) {
+                    for (size_t t = 0; t < tl; ++t)
+                        dec_kv_row(kvt, vbase + (t0 + t) * row, kvt == BNE_KV_I8 ? vscale[t0 + t] : 1.0f, hd,
+                                   buf + t * hd);
+                    v0 = buf;
+                    ldv = hd;
                 }
+                for (size_t h = 0; h < groups; ++h) {
+                    const float *p = A->scores + (h0 + h) * cap + t0;
+                    float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
+                    for (size_t c = 0; c < hd; c += DEC_VB) dec_values_block(p, tl, v0 + c, ldv, o + c);
+                }
+            }
+            continue;
+        }
+        for (size_t h = 0; h < groups; ++h) { /* the general case, one element at a time */
+            const float *s = A->scores + (h0 + h) * cap;
+            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
+            for (size_t c = 0; c < hd; ++c) {
+                float a = 0.0f;
+                for (size_t t = 0; t < len; ++t) {
+                    const uint8_t *vr = vbase + t * row;
+                    float v = kvt == BNE_KV_F32 ? ((const float *)vr)[c]
+                              : kvt == BNE_KV_F16 ? dec_h2f(((const uint16_t *)vr)[c])
+                                                  : (float)((const int8_t *)vr)[c] * vscale[t];
+                    a = a + s[t] * v;
+                }
+                o[c] = a;
             }
         }
     }
@@ -439,10 +567,11 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         }
         dec_attn aj = {d, &lo, qkv, kv, capacity, pos0, n, scores, att};
         dec_tick(d, &t, 0);
+        const size_t units = n * d->heads / dec_attn_hb(d);
         if ((pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS)
-            dec_attn_range(&aj, 0, d->heads); /* a decode step's attention: not worth a job */
+            dec_attn_range(&aj, 0, units); /* a short decode step's attention: not worth a job */
         else
-            bne_pool_run(dec_attn_range, &aj, d->heads, 1);
+            bne_pool_run(dec_attn_range, &aj, units, 1);
         dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};

@@ -48,10 +48,11 @@ def _linear(rng, fmt: str, n: int, k: int) -> bytes:
     return struct.pack("<IIIfQ", FORMATS[fmt], n, k, scale, len(body)) + body + extra
 
 
-def decoder_blob(seed: int, act: int, sub_norms: bool, n_prompt: int = 9, n_steps: int = 5) -> bytes:
+def decoder_blob(seed: int, act: int, sub_norms: bool, heads: int, kvh: int, hd: int, n_prompt: int = 9,
+                 n_steps: int = 5) -> bytes:
     """A random decoder in the harness's input format."""
     rng = np.random.default_rng(seed)
-    hidden, ffn, layers, heads, kvh, hd, vocab, maxpos = 64, 160, 2, 4, 2, 16, 50, 32
+    hidden, ffn, layers, vocab, maxpos = 64, 160, 2, 50, 32
     qd = heads * hd
     parts = [b"BNDV", struct.pack("<I", 1),
              struct.pack("<12I", hidden, ffn, layers, heads, kvh, hd, vocab, maxpos, act, n_prompt, n_steps,
@@ -111,9 +112,10 @@ def _build(cc: str, objs_flags: dict, base: list[str], out: Path, extra: list[st
 def blobs(tmp_path_factory):
     d = tmp_path_factory.mktemp("decoders")
     out = {}
-    for name, act, sub in (("bitnet", 0, True), ("llama", 1, False)):
+    # head_dim 32: the attention's vector path (2 query heads a kv head); 16: its general path (4)
+    for name, act, sub, heads, kvh, hd in (("bitnet", 0, True, 4, 2, 32), ("llama", 1, False, 8, 2, 16)):
         p = d / f"{name}.bndv"
-        p.write_bytes(decoder_blob(7, act, sub))
+        p.write_bytes(decoder_blob(7, act, sub, heads, kvh, hd))
         out[name] = p
     return out
 
