@@ -251,6 +251,7 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
 #define PANEL_N 16
 #define PANEL_MR 6
 #define PANEL_WIDEN 32
+#define PANEL_KC 256 /* quads (1024 k) of a panel slice: 16 KB */
 
 /* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
 static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
@@ -293,17 +294,18 @@ static void unpack_codes_b3(const uint8_t *row, size_t k, uint8_t *dst) {
 BNE_INLINE void add16_inplace(__m256i *acc, __m256i p) { __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(p)); }
 
 /* MR activation rows from i against the panel (16 columns): int32 sums over the k4 full quads. */
-BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t k4, size_t i, int MR,
-                             int32_t c32[PANEL_MR][PANEL_N]) {
+BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t qa, size_t qb, size_t i, int MR,
+                             int32_t *c32) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[PANEL_MR][2], tot[PANEL_MR][2];
     const int8_t *xr[PANEL_MR];
     for (int r = 0; r < MR; ++r) {
         xr[r] = a->x + (i + r) * a->ldx;
-        tot[r][0] = tot[r][1] = _mm256_setzero_si256();
+        tot[r][0] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N));
+        tot[r][1] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N + 8));
     }
-    for (size_t q0 = 0; q0 < k4; q0 += PANEL_WIDEN) {
-        size_t q1 = q0 + PANEL_WIDEN < k4 ? q0 + PANEL_WIDEN : k4;
+    for (size_t q0 = qa; q0 < qb; q0 += PANEL_WIDEN) {
+        size_t q1 = q0 + PANEL_WIDEN < qb ? q0 + PANEL_WIDEN : qb;
         for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (size_t q = q0; q < q1; ++q) {
             __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
@@ -322,8 +324,8 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
         }
     }
     for (int r = 0; r < MR; ++r) {
-        _mm256_storeu_si256((__m256i *)c32[r], tot[r][0]);
-        _mm256_storeu_si256((__m256i *)(c32[r] + 8), tot[r][1]);
+        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N), tot[r][0]);
+        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N + 8), tot[r][1]);
     }
 }
 
@@ -348,11 +350,11 @@ BNE_INLINE void panel_store(const bne_gemm_args *a, size_t i, size_t j, size_t n
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
     const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4;
     const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
-    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + 64);
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + a->m * PANEL_N * 4 + 64);
     if (!buf) return 0;
     uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
+    int32_t *call = (int32_t *)(codes + 8 * k32);      /* (m, 16) int32 sums of the panel */
     uint8_t tailc[PANEL_N][4];
-    int32_t c32[PANEL_MR][PANEL_N] __attribute__((aligned(32)));
     for (size_t j = n0; j < n1; j += PANEL_N) {
         const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
         for (size_t g = 0; g < PANEL_N / 8; ++g) {
@@ -392,26 +394,32 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
                     if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
             }
         }
-        for (size_t i = 0; i < a->m; i += PANEL_MR) {
-            const int mr = a->m - i < PANEL_MR ? (int)(a->m - i) : PANEL_MR;
-            switch (mr) {
-            case 6: panel_kernel(a, panel, k4, i, 6, c32); break;
-            case 5: panel_kernel(a, panel, k4, i, 5, c32); break;
-            case 4: panel_kernel(a, panel, k4, i, 4, c32); break;
-            case 3: panel_kernel(a, panel, k4, i, 3, c32); break;
-            case 2: panel_kernel(a, panel, k4, i, 2, c32); break;
-            default: panel_kernel(a, panel, k4, i, 1, c32); break;
-            }
-            for (int r = 0; r < mr; ++r) {
-                const int8_t *x = a->x + (i + r) * a->ldx + 4 * k4;
-                const int32_t xs = a->xsum[i + r];
-                for (size_t c = 0; c < nc; ++c) {
-                    int32_t s = c32[r][c];
-                    for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                    c32[r][c] = s - xs;
+        /* k in slices of PANEL_KC quads, so the panel's slice (16 KB) stays in L1 for all the rows */
+        memset(call, 0, a->m * PANEL_N * 4);
+        for (size_t qa = 0; qa < k4; qa += PANEL_KC) {
+            const size_t qb = k4 - qa < PANEL_KC ? k4 : qa + PANEL_KC;
+            for (size_t i = 0; i < a->m; i += PANEL_MR) {
+                int32_t *c = call + i * PANEL_N;
+                switch (a->m - i < PANEL_MR ? a->m - i : PANEL_MR) {
+                case 6: panel_kernel(a, panel, qa, qb, i, 6, c); break;
+                case 5: panel_kernel(a, panel, qa, qb, i, 5, c); break;
+                case 4: panel_kernel(a, panel, qa, qb, i, 4, c); break;
+                case 3: panel_kernel(a, panel, qa, qb, i, 3, c); break;
+                case 2: panel_kernel(a, panel, qa, qb, i, 2, c); break;
+                default: panel_kernel(a, panel, qa, qb, i, 1, c); break;
                 }
-                panel_store(a, i + r, j, nc, c32[r]);
             }
+        }
+        for (size_t i = 0; i < a->m; ++i) {
+            int32_t *crow = call + i * PANEL_N;
+            const int8_t *x = a->x + i * a->ldx + 4 * k4;
+            const int32_t xs = a->xsum[i];
+            for (size_t c = 0; c < nc; ++c) {
+                int32_t s = crow[c];
+                for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                crow[c] = s - xs;
+            }
+            panel_store(a, i, j, nc, crow);
         }
     }
     free(buf);
