@@ -86,55 +86,59 @@ DEC_INLINE float dec_lanes_sum(float *acc) {
     return acc[0] + acc[1];
 }
 
-/* 8 floats as one value (GCC/clang vector extension: the compiler splits it to the target's width;
- * + and * stay separate IEEE operations under -ffp-contract=off). */
-typedef float dec_v8 __attribute__((vector_size(32)));
-/* (macros, not functions: a 32-byte vector argument draws GCC ABI notes on builds without AVX) */
-#define dec_ld8(p) __extension__({ dec_v8 v_; __builtin_memcpy(&v_, (p), sizeof v_); v_; })
-#define dec_st8(p, v) do { dec_v8 w_ = (v); __builtin_memcpy((p), &w_, sizeof w_); } while (0)
+/* The target's float vector (GCC/clang vector extension): 8 floats with AVX, else 4 (SSE2, NEON).
+ * + and * stay separate IEEE operations (-ffp-contract=off), and lane l of a 16-lane sum is always
+ * element l mod 16, whatever the width: every variant computes the same bits. */
+#if defined(__AVX__)
+#define DEC_VW 8
+#else
+#define DEC_VW 4
+#endif
+typedef float dec_vf __attribute__((vector_size(DEC_VW * 4)));
+#define DEC_NV (DEC_L / DEC_VW) /* vectors of 16 lanes */
+/* (macros, not functions: a vector argument draws GCC ABI notes on some builds) */
+#define dec_ld(p) __extension__({ dec_vf v_; __builtin_memcpy(&v_, (p), sizeof v_); v_; })
+#define dec_st(p, v) do { dec_vf w_ = (v); __builtin_memcpy((p), &w_, sizeof w_); } while (0)
 
-/* acc[0 .. 16) = the lanes lo (0-7) and hi (8-15), plus the tail products. */
-#define DEC_LANES(acc, lo, hi, tail, nt)                                        \
-    do {                                                                        \
-        dec_st8(acc, lo);                                                       \
-        dec_st8(acc + 8, hi);                                                   \
-        for (size_t l_ = 0; l_ < (nt); ++l_) acc[l_] = acc[l_] + (tail)[l_];    \
+/* acc[0 .. 16) = the 16 lanes in v, plus the tail products. */
+#define DEC_LANES(acc, v, tail, nt)                                              \
+    do {                                                                         \
+        for (int k_ = 0; k_ < DEC_NV; ++k_) dec_st(acc + k_ * DEC_VW, (v)[k_]);   \
+        for (size_t l_ = 0; l_ < (nt); ++l_) acc[l_] = acc[l_] + (tail)[l_];     \
     } while (0)
 
 static float dec_dot(const float *a, const float *b, size_t n) {
-    dec_v8 lo = {0}, hi = {0};
+    dec_vf v[DEC_NV];
+    for (int k = 0; k < DEC_NV; ++k) v[k] = (dec_vf){0};
     size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L) {
-        lo = lo + dec_ld8(a + i) * dec_ld8(b + i);
-        hi = hi + dec_ld8(a + i + 8) * dec_ld8(b + i + 8);
-    }
+    for (; i + DEC_L <= n; i += DEC_L)
+        for (int k = 0; k < DEC_NV; ++k) v[k] = v[k] + dec_ld(a + i + k * DEC_VW) * dec_ld(b + i + k * DEC_VW);
     float t[DEC_L], acc[DEC_L];
     for (size_t l = 0; i + l < n; ++l) t[l] = a[i + l] * b[i + l];
-    DEC_LANES(acc, lo, hi, t, n - i);
+    DEC_LANES(acc, v, t, n - i);
     return dec_lanes_sum(acc);
 }
 
 /* dec_dot of two vectors a0, a1 against one b, interleaved (twice the independent chains); each
  * result has the bits dec_dot gives. */
 DEC_INLINE void dec_dot2(const float *a0, const float *a1, const float *b, size_t n, float *r0, float *r1) {
-    dec_v8 l0 = {0}, h0 = {0}, l1 = {0}, h1 = {0};
+    dec_vf v0[DEC_NV], v1[DEC_NV];
+    for (int k = 0; k < DEC_NV; ++k) v0[k] = v1[k] = (dec_vf){0};
     size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L) {
-        const dec_v8 bl = dec_ld8(b + i), bh = dec_ld8(b + i + 8);
-        l0 = l0 + dec_ld8(a0 + i) * bl;
-        h0 = h0 + dec_ld8(a0 + i + 8) * bh;
-        l1 = l1 + dec_ld8(a1 + i) * bl;
-        h1 = h1 + dec_ld8(a1 + i + 8) * bh;
-    }
-    float t0[DEC_L], t1[DEC_L];
+    for (; i + DEC_L <= n; i += DEC_L)
+        for (int k = 0; k < DEC_NV; ++k) {
+            const dec_vf bk = dec_ld(b + i + k * DEC_VW);
+            v0[k] = v0[k] + dec_ld(a0 + i + k * DEC_VW) * bk;
+            v1[k] = v1[k] + dec_ld(a1 + i + k * DEC_VW) * bk;
+        }
+    float t0[DEC_L], t1[DEC_L], acc[DEC_L];
     for (size_t l = 0; i + l < n; ++l) {
         t0[l] = a0[i + l] * b[i + l];
         t1[l] = a1[i + l] * b[i + l];
     }
-    float acc[DEC_L];
-    DEC_LANES(acc, l0, h0, t0, n - i);
+    DEC_LANES(acc, v0, t0, n - i);
     *r0 = dec_lanes_sum(acc);
-    DEC_LANES(acc, l1, h1, t1, n - i);
+    DEC_LANES(acc, v1, t1, n - i);
     *r1 = dec_lanes_sum(acc);
 }
 
@@ -309,23 +313,18 @@ DEC_INLINE void dec_kv_row(int kvt, const uint8_t *r, float scale, size_t n, flo
 #define DEC_VB 32                       /* output floats of a head kept in registers over positions */
 #define DEC_CHUNK_FLOATS 8192           /* converted value rows at a time (32 KB of stack) */
 
-/* o[c0 .. c0+32) += sum over t < tl of p[t] * V_t[c0 ..), positions in order (4 x 8 floats in
- * registers over all positions). */
+/* o[c0 .. c0+32) += sum over t < tl of p[t] * V_t[c0 ..), positions in order (the 32 floats stay
+ * in registers over all positions). */
 DEC_INLINE void dec_values_block(const float *p, size_t tl, const float *v0, size_t ldv, float *o) {
-    dec_v8 a0 = dec_ld8(o), a1 = dec_ld8(o + 8), a2 = dec_ld8(o + 16), a3 = dec_ld8(o + 24);
+    dec_vf a[DEC_VB / DEC_VW];
+    for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = dec_ld(o + k * DEC_VW);
     for (size_t t = 0; t < tl; ++t) {
-        const dec_v8 pt = (dec_v8){0} + p[t];
+        const dec_vf pt = (dec_vf){0} + p[t];
         const float *v = v0 + t * ldv;
         __builtin_prefetch(v + 8 * ldv);
-        a0 = a0 + pt * dec_ld8(v);
-        a1 = a1 + pt * dec_ld8(v + 8);
-        a2 = a2 + pt * dec_ld8(v + 16);
-        a3 = a3 + pt * dec_ld8(v + 24);
+        for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = a[k] + pt * dec_ld(v + k * DEC_VW);
     }
-    dec_st8(o, a0);
-    dec_st8(o + 8, a1);
-    dec_st8(o + 16, a2);
-    dec_st8(o + 24, a3);
+    for (int k = 0; k < DEC_VB / DEC_VW; ++k) dec_st(o + k * DEC_VW, a[k]);
 }
 
 /* Query heads per attention work unit: pairs when a kv head serves an even number of them (a decode
