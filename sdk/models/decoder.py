@@ -155,7 +155,8 @@ class DecoderModel:
             g = ops.rms_norm(g, layer.ffn_sub, self.cfg.rms_norm_eps)
         return layer.down(g)
 
-    def embed(self, ids: np.ndarray) -> np.ndarray:
+    def token_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the embedding matrix for ids, float32 (int8 rows times their scale)."""
         x = np.asarray(self.embed_tokens[ids], dtype=_F)
         if self.embed_scale is not None:  # int8 rows with their absmax scale
             x *= self.embed_scale[ids][:, None]
@@ -170,13 +171,13 @@ class DecoderModel:
         if not isinstance(cache, KVCache):  # the native runtime's cache
             if self.native is None or getattr(cache, "decoder", None) is not self.native:
                 raise InputError("cache", "was made by another model (or is not a KV cache)")
-            return self.native.forward(self.embed(ids), cache, all_logits, hidden)
+            return self.native.forward(self.token_embeddings(ids), cache, all_logits, hidden)
         with ops.single_threaded_blas():
             return self._forward(ids, cache, all_logits, hidden)
 
     def _forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool, hidden: bool = False):
         cfg, n, pos0 = self.cfg, len(ids), cache.length
-        x = self.embed(ids)
+        x = self.token_embeddings(ids)
         cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(pos0, pos0 + n))
         for li, layer in enumerate(self.layers):
             x = x + self._attention(layer, ops.rms_norm(x, layer.in_norm, cfg.rms_norm_eps), li, cache, pos0, cos, sin)

@@ -141,7 +141,7 @@ def test_numpy_runtime_and_cache_ownership(dirs, monkeypatch):
 def test_non_finite_activations_are_an_error(dirs):
     m = load_model(dirs["2bit"])
     cache = m.new_cache(8)
-    x = m.embed(np.array([1, 2]))
+    x = m.token_embeddings(np.array([1, 2]))
     x[1, 3] = np.nan
     with pytest.raises(NonFiniteError):
         m.native.forward(x, cache)
