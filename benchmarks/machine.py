@@ -14,6 +14,7 @@ benchmark divides each engine's work by these.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -41,7 +42,9 @@ def _lib():
     cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
     if cc is None:
         raise RuntimeError("no C compiler (set CC) to build benchmarks/probe.c")
-    out = Path(tempfile.mkdtemp(prefix="bne-probe-")) / "probe.so"
+    tmp = Path(tempfile.mkdtemp(prefix="bne-probe-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the library stays loaded; its file is not needed
+    out = tmp / "probe.so"
     subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-pthread", str(_SRC), "-o", str(out)], check=True,
                    capture_output=True)
     ffi = cffi.FFI()
