@@ -1,29 +1,31 @@
-"""Decode benchmark: our runtime against llama.cpp on a BitNet-2B-4T-shaped model.
+"""Decode benchmark: our runtime against bitnet.cpp and llama.cpp on a BitNet-2B-4T-shaped model.
 
-    python -m benchmarks.decode [--quick] [--threads 1,2] [--out benchmarks/results/decode-<date>.json]
+    python -m benchmarks.decode [--quick] [--threads 1,2] [--engines ...] [--bitnet-cpp DIR]
+                                [--out benchmarks/results/decode-<date>.json]
 
 The model has the shape of microsoft/bitnet-b1.58-2B-4T (hidden 2560, FFN 6912, 30 layers, 20 heads,
 5 KV heads, head_dim 128, vocab 128256, tied embeddings, relu2, sub norms) with random ternary
-weights.  It is built once as an ImportedModel and written three ways (under a temporary folder in
-/tmp, deleted at the end):
+weights.  Engines (each in its own subprocess, so thread pools never compete):
 
-- ours: ``convert(imported, dir, precision="ternary", head="int8")`` + ``load_model(dir)``
-  (2-bit ternary linears, int8 LM head);
-- llama.cpp TQ2_0 linears + Q8_0 token_embd (which llama.cpp's bitnet graph uses as the head);
-- llama.cpp TQ1_0 linears + Q8_0 token_embd.
+- ``ours``: ``convert(..., precision="ternary", head="int8")`` + ``load_model(..., kv_cache="f16")``
+  (2-bit ternary linears, int8 LM head, the C decoder, float16 KV cache like the peers');
+- ``ours-base3``: the same weights in the base-3 layout (1.6 bits/weight, ``--ternary-format base3``);
+- ``bitnet.cpp``: microsoft/BitNet's llama.cpp fork, i2_s kernel, its own random model of the same
+  shape (F16 head), built by ``benchmarks/peers/build_bitnet_cpp.sh`` and found through
+  :mod:`benchmarks.peers.bitnet_cpp`; timed by its ``llama-bench`` (prefill pp128; decode tg from an
+  empty context, where ours decodes after the 128-token prompt - a longer context, more attention);
+- ``llama.cpp TQ2_0+Q8_0`` (and ``TQ1_0`` with ``--engines``): llama-cpp-python on GGUFs of our weights.
+An engine that is not available (peer not built, llama-cpp-python missing) is reported as such and
+the others still run.
 
-Each engine runs in its own subprocess (so OpenMP/BLAS thread pools never compete), at 1 and 2
-threads: a warm-up, then prefill of 128 tokens (3 times) and 128 decode steps (the greedy next
-token is taken from the logits on both sides).  The engines take turns for 3 rounds, so a change
-in machine load hits them alike; figures are medians over all rounds (prefill times, step times),
-and the JSON also keeps the best round (``decode_tok_s_best_round``, ``prefill_tok_s_best``) for a
-shared, noisy machine.  Ratios are measured in the same run; effective GB/s = weight bytes read
-per decoded token / median step time, against the read bandwidth measured in this run
-(``benchmarks.kernels.read_bandwidth``).
-
-Note: the llama.cpp in llama-cpp-python 0.3.36 runs every ``bitnet`` file with a SiLU-gated FFN
-(it ignores ``bitnet.hidden_activation``); ours runs relu2.  The cost difference is negligible next
-to the matrix products, but the logits differ, so this benchmark compares speed only.
+Rounds: in each round the machine is probed (read bandwidth of a 1 GiB buffer, the int8 dot-product
+peak: :mod:`benchmarks.machine`) and every engine runs once, in turn, so a change in machine load
+hits them alike; figures are medians over rounds.  Derived: decode GB/s = bytes read per token
+(weights + the KV cache at the mean context of the timed steps) / median step time, its share of the
+read bandwidth; prefill GMAC/s = multiply-adds of the
+linears per token x prefill tok/s, its share of the int8 dot peak; ratios of ours to every peer
+measured in this run; for ours, the C decoder's own profile of a decode step (time outside the
+linears).  The JSON (benchmarks/results/) is written by this script.
 """
 
 from __future__ import annotations
@@ -45,6 +47,22 @@ import numpy as np
 
 SHAPE = dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
              num_attention_heads=20, num_key_value_heads=5, head_dim=128)
+ALL_ENGINES = ("ours", "ours-base3", "bitnet.cpp", "llama.cpp TQ2_0+Q8_0", "llama.cpp TQ1_0+Q8_0")
+DEFAULT_ENGINES = ALL_ENGINES[:4]
+GOALS = {"decode_x_bitnet_cpp": 1.2, "decode_x_tq2": 1.4, "fraction_of_read_bandwidth": 0.9,
+         "prefill_x_bitnet_cpp": 2.0}
+
+
+def kv_bytes_per_token(layers: int, mean_context: float, elem_bytes: int) -> float:
+    """Bytes of keys and values a decode step reads at a context of mean_context positions."""
+    return layers * 2 * SHAPE["num_key_value_heads"] * SHAPE["head_dim"] * elem_bytes * mean_context
+
+
+def linear_macs_per_token(layers: int) -> int:
+    """Multiply-adds of a token through the ternary linears (the head is once per prompt in prefill)."""
+    h, i = SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    q, kv = SHAPE["num_attention_heads"] * SHAPE["head_dim"], SHAPE["num_key_value_heads"] * SHAPE["head_dim"]
+    return layers * (q * h + 2 * kv * h + h * q + 2 * i * h + h * i)
 
 
 # ------------------------------------------------------------------------------ the model
@@ -86,7 +104,7 @@ def _ours_bytes_per_token(model_dir: Path) -> int:
     md = open_model_dir(model_dir)
     total = 0
     for t in md.manifest.tensors:
-        if t.format in ("ternary2", "int8") or t.name == "lm_head.weight":
+        if t.format in ("ternary2", "ternary_b3", "int8") or t.name == "lm_head.weight":
             total += md.weights.get(t.name).nbytes
             if t.scale_tensor:
                 total += md.weights.get(t.scale_tensor).nbytes
@@ -104,6 +122,11 @@ def _gguf_bytes_per_token(path: Path) -> int:
 
 # ------------------------------------------------------------------------------ the workers
 
+#: KV cache element type of our engines: float16, as the peers' default (llama.cpp and bitnet.cpp keep
+#: K and V in F16), so all engines read the same KV bytes.  Our library default is float32.
+OURS_KV = "f16"
+
+
 def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, reps: int) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -111,7 +134,7 @@ def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, re
 
     kernels.set_threads(threads)
     with threadpool_limits(limits=threads):
-        model = load_model(model_dir)
+        model = load_model(model_dir, kv_cache=OURS_KV)
         rng = np.random.default_rng(1)
         prompt = rng.integers(0, model.cfg.vocab_size, size=n_prefill).tolist()
         model.generate(prompt[:16], 4)  # warm-up: pages the weights in
@@ -124,7 +147,18 @@ def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, re
             prefill.append(stamps[0] - t0)
             if r == 0:
                 steps = np.diff(stamps).tolist()
-    return {"prefill_s": prefill, "decode_step_s": steps, "backend": kernels.resolve_backend()}
+        profile = None
+        if model.native is not None:  # the C decoder's phases over 16 decode steps after the prompt
+            cache = model.new_cache(n_prefill + 17)
+            logits = model.forward(np.array(prompt), cache)
+            tok = int(logits[-1].argmax())
+            counters = model.native.profile()
+            for _ in range(16):
+                tok = int(model.forward(np.array([tok]), cache)[-1].argmax())
+            model.native.profile(False)
+            profile = {k: float(v) / 16 / 1e6 for k, v in zip(model.native.PROFILE_PHASES, counters)}
+    return {"prefill_s": prefill, "decode_step_s": steps, "backend": kernels.resolve_backend(),
+            "runtime": "native" if model.native is not None else "numpy", "profile_ms_per_token": profile}
 
 
 def _worker_llama(gguf_path: str, threads: int, n_prefill: int, n_decode: int, reps: int) -> dict:
@@ -169,75 +203,187 @@ def _run_worker(kind: str, target: Path, threads: int, n_prefill: int, n_decode:
 
 # ------------------------------------------------------------------------------ the run
 
-def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None = None) -> dict:
-    from benchmarks.kernels import read_bandwidth
+def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | None, quick: bool,
+             say) -> tuple[dict, dict]:
+    """{label: (kind, target, bytes per token, note)} of the engines that can run, {label: why not}."""
     from bitnet_edge.sdk.convert.convert import convert
-    from bitnet_edge.sdk.convert.gguf_write import write_gguf
+
+    ready, missing = {}, {}
+    model = None
+
+    def imported():
+        nonlocal model
+        if model is None:
+            model = build_model(layers)
+        return model
+
+    for label in engines:
+        if label in ("ours", "ours-base3"):
+            fmt = "2bit" if label == "ours" else "base3"
+            d = workdir / f"{label}-{layers}l"
+            if not (d / "manifest.json").is_file():  # (a --workdir from an earlier run already has it)
+                say(f"converting the model for {label} ({fmt})")
+                convert(imported(), d, precision="ternary", head="int8", ternary_format=fmt)
+            ready[label] = ("ours", d, _ours_bytes_per_token(d), f"ternary {fmt}, int8 head, {OURS_KV} KV cache")
+        elif label == "bitnet.cpp":
+            from benchmarks.peers.bitnet_cpp import bytes_per_token, find_peer
+
+            info, where = find_peer(bitnet_cpp)
+            if info is None:
+                missing[label] = where
+            elif quick:
+                missing[label] = "not run with --quick (its model has all 30 layers)"
+            else:
+                ready[label] = ("bitnet.cpp", info, bytes_per_token(info["model"]),
+                                f"i2_s, F16 head, F16 KV cache; {info.get('bitnet_commit', '?')[:7]}, "
+                                f"{info.get('compiler', '?')}")
+        else:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError as exc:
+                missing[label] = f"llama-cpp-python does not import ({exc}; pip install llama-cpp-python)"
+                continue
+            from bitnet_edge.sdk.convert.gguf_write import write_gguf
+
+            qt = "TQ2_0" if "TQ2_0" in label else "TQ1_0"
+            p = workdir / f"{qt.lower()}-{layers}l.gguf"
+            if not p.is_file():
+                say(f"writing the {qt} GGUF")
+                write_gguf(imported(), p.with_suffix(".tmp"), qt, "Q8_0").replace(p)
+            ready[label] = ("llama", p, _gguf_bytes_per_token(p), f"{qt} linears, Q8_0 head, F16 KV cache")
+    return ready, missing
+
+
+def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None = None,
+        engines: list[str] | None = None, bitnet_cpp: str | None = None, say=print) -> dict:
+    from benchmarks.machine import int8_dot_peak, read_bandwidth
 
     layers, n_prefill, n_decode, reps = (4, 32, 32, 2) if quick else (30, 128, 128, 3)
     rounds = rounds or (2 if quick else 3)
     t0 = time.perf_counter()
-    model = build_model(layers)
-    ours_dir = convert(model, workdir / "ours", precision="ternary", head="int8")
-    files = {"llama.cpp TQ2_0+Q8_0": write_gguf(model, workdir / "tq2_0.gguf", "TQ2_0", "Q8_0"),
-             "llama.cpp TQ1_0+Q8_0": write_gguf(model, workdir / "tq1_0.gguf", "TQ1_0", "Q8_0")}
-    del model
-    prep_s = time.perf_counter() - t0
-    engines = {"ours": ("ours", ours_dir, _ours_bytes_per_token(ours_dir))}
-    for label, p in files.items():
-        engines[label] = ("llama", p, _gguf_bytes_per_token(p))
+    ready, missing = _prepare(list(engines or DEFAULT_ENGINES), layers, workdir, bitnet_cpp, quick, say)
+    macs = linear_macs_per_token(layers)
+    # KV bytes a decode step reads: its element size and the mean context of the timed steps (ours and
+    # llama.cpp decode after the prompt; llama-bench's tg decodes 64 tokens from an empty context)
+    kv = {label: kv_bytes_per_token(layers, 32 if kind == "bitnet.cpp" else n_prefill + n_decode / 2,
+                                    {"f32": 4, "f16": 2, "int8": 1}[OURS_KV] if kind == "ours" else 2)
+          for label, (kind, *_rest) in ready.items()}
     res = {"config": {"layers": layers, "prefill_tokens": n_prefill, "decode_tokens": n_decode,
-                      "prefill_reps": reps, "rounds": rounds, **{k: v for k, v in SHAPE.items() if k != "num_hidden_layers"}},
-           "prepare_s": prep_s, "file_bytes": {k: os.path.getsize(v[1]) if v[1].is_file() else
-                                               sum(f.stat().st_size for f in v[1].iterdir()) for k, v in engines.items()},
-           "rows": [], "read_bandwidth_gbs": {}}
+                      "prefill_reps": reps, "rounds": rounds, "linear_macs_per_token": macs,
+                      **{k: v for k, v in SHAPE.items() if k != "num_hidden_layers"}},
+           "prepare_s": time.perf_counter() - t0,
+           "engines": {k: {"weight_bytes_per_token": v[2], "kv_bytes_per_token": kv[k], "what": v[3]}
+                       for k, v in ready.items()},
+           "not_run": missing, "rows": [], "machine_probe": {}}
+    for label, why in missing.items():
+        say(f"[yellow]{label}: not run: {why}[/yellow]")
     for threads in thread_counts:
-        bw = read_bandwidth(threads)
-        res["read_bandwidth_gbs"][str(threads)] = bw
-        samples: dict[str, dict] = {label: {"prefill_s": [], "decode_step_s": [], "round_step_median_s": []}
-                                    for label in engines}
-        for _ in range(rounds):  # engines interleaved, so a change in machine load hits them alike
-            for label, (kind, target, _nbytes) in engines.items():
-                r = _run_worker(kind, target, threads, n_prefill, n_decode, reps)
+        samples = {label: {"prefill_s": [], "decode_step_s": [], "round_step_median_s": [], "round_prefill_s": []}
+                   for label in ready}
+        probe = {"read_gbs": [], "int8_dot_gmacs": []}
+        for rnd in range(rounds):  # engines interleaved, so a change in machine load hits them alike
+            say(f"threads {threads}, round {rnd + 1}/{rounds}: probing the machine")
+            probe["read_gbs"].append(read_bandwidth(threads))
+            peak = int8_dot_peak(threads)
+            if peak:
+                probe["int8_dot_gmacs"].append(peak[0])
+                probe["int8_dot"] = peak[1]
+            for label, (kind, target, _nbytes, _what) in ready.items():
+                say(f"threads {threads}, round {rnd + 1}/{rounds}: {label}")
+                if kind == "bitnet.cpp":
+                    from benchmarks.peers.bitnet_cpp import run_llama_bench
+
+                    r = run_llama_bench(target, threads, n_prefill, 64, reps=reps)
+                else:
+                    r = _run_worker(kind, target, threads, n_prefill, n_decode, reps)
                 acc = samples[label]
+                acc["round_prefill_s"].append(statistics.median(r["prefill_s"]))
                 acc["prefill_s"] += r.pop("prefill_s")
                 steps = r.pop("decode_step_s")
                 acc["decode_step_s"] += steps
                 acc["round_step_median_s"].append(statistics.median(steps))
+                prof = r.pop("profile_ms_per_token", None)
+                if prof:
+                    acc.setdefault("profiles", []).append(prof)
                 acc.update(r)
-        for label, (kind, target, nbytes) in engines.items():
+        bw = statistics.median(probe["read_gbs"])
+        peak = statistics.median(probe["int8_dot_gmacs"]) if probe["int8_dot_gmacs"] else None
+        res["machine_probe"][str(threads)] = {"read_gbs": bw, "read_gbs_rounds": probe["read_gbs"],
+                                              "int8_dot_gmacs": peak, "int8_dot_rounds": probe["int8_dot_gmacs"],
+                                              "int8_dot": probe.get("int8_dot")}
+        for label, (kind, target, wbytes, what) in ready.items():
             acc = samples[label]
-            pre = statistics.median(acc["prefill_s"])
-            step = statistics.median(acc["decode_step_s"])
-            res["rows"].append({
-                "engine": label, "threads": threads, "prefill_tok_s": n_prefill / pre,
-                "decode_tok_s": 1.0 / step, "decode_ms_per_token": step * 1e3,
-                "decode_tok_s_mean": len(acc["decode_step_s"]) / sum(acc["decode_step_s"]),
-                # least-disturbed figures, for a shared machine: the best round's median step, the fastest prefill
-                "decode_tok_s_best_round": 1.0 / min(acc["round_step_median_s"]),
-                "prefill_tok_s_best": n_prefill / min(acc["prefill_s"]),
-                "bytes_per_token": nbytes, "effective_gbs": nbytes / step / 1e9,
-                "fraction_of_read_bandwidth": nbytes / step / 1e9 / bw,
-                "prefill_s": acc["prefill_s"],
-                "round_decode_ms": [x * 1e3 for x in acc["round_step_median_s"]],
-                **{k: v for k, v in acc.items() if k not in ("prefill_s", "decode_step_s", "round_step_median_s")},
-            })
+            nbytes = wbytes + kv[label]
+            pre = statistics.median(acc["round_prefill_s"])
+            step = statistics.median(acc["round_step_median_s"])
+            row = {"engine": label, "threads": threads, "what": what,
+                   "prefill_tok_s": n_prefill / pre, "decode_tok_s": 1.0 / step,
+                   "decode_ms_per_token": step * 1e3,
+                   "decode_tok_s_best_round": 1.0 / min(acc["round_step_median_s"]),
+                   "prefill_tok_s_best": n_prefill / min(acc["prefill_s"]),
+                   "bytes_per_token": nbytes, "weight_bytes_per_token": wbytes, "kv_bytes_per_token": kv[label],
+                   "effective_gbs": nbytes / step / 1e9,
+                   "fraction_of_read_bandwidth": nbytes / step / 1e9 / bw,
+                   "prefill_gmacs": macs * n_prefill / pre / 1e9,
+                   "fraction_of_int8_peak": (macs * n_prefill / pre / 1e9 / peak) if peak else None,
+                   "round_prefill_s": acc["round_prefill_s"],
+                   "round_decode_ms": [x * 1e3 for x in acc["round_step_median_s"]]}
+            if acc.get("profiles"):
+                prof = {k: statistics.median(p[k] for p in acc["profiles"]) for k in acc["profiles"][0]}
+                row["profile_ms_per_token"] = prof
+                row["outside_linears_ms_per_token"] = prof["glue"] + prof["attention"]
+            row.update({k: v for k, v in acc.items() if k not in (
+                "prefill_s", "decode_step_s", "round_step_median_s", "round_prefill_s", "profiles")})
+            res["rows"].append(row)
+    _ratios(res)
+    return res
+
+
+def _ratios(res: dict) -> None:
+    peers = {"bitnet.cpp": "bitnet_cpp", "llama.cpp TQ2_0+Q8_0": "tq2", "llama.cpp TQ1_0+Q8_0": "tq1",
+             "ours": "ours_2bit"}
     for row in res["rows"]:
-        for label in files:
-            base = next(x for x in res["rows"] if x["engine"] == label and x["threads"] == row["threads"])
-            key = "tq2" if "TQ2_0" in label else "tq1"
+        for label, key in peers.items():
+            base = next((x for x in res["rows"] if x["engine"] == label and x["threads"] == row["threads"]), None)
+            if base is None or base is row:
+                continue
             row[f"decode_x_{key}"] = row["decode_tok_s"] / base["decode_tok_s"]
             row[f"prefill_x_{key}"] = row["prefill_tok_s"] / base["prefill_tok_s"]
-    return res
+    summary, goals = {}, {}
+    for row in res["rows"]:
+        if not row["engine"].startswith("ours"):
+            continue
+        tag = f"{row['threads']}t_{row['engine']}"
+        for k in ("decode_tok_s", "prefill_tok_s", "fraction_of_read_bandwidth", "fraction_of_int8_peak",
+                  "decode_x_bitnet_cpp", "prefill_x_bitnet_cpp", "decode_x_tq2", "prefill_x_tq2",
+                  "decode_x_ours_2bit", "outside_linears_ms_per_token"):
+            if row.get(k) is not None:
+                summary[f"{tag}_{k}"] = row[k]
+        if row["engine"] == "ours" and row["threads"] == 2:
+            for k, want in GOALS.items():
+                got = row.get(k)
+                goals[k] = {"want": f">= {want}", "got": got, "met": got is not None and got >= want}
+            got = row.get("outside_linears_ms_per_token")
+            goals["outside_linears_ms_per_token"] = {"want": "< 1.0", "got": got, "met": got is not None and got < 1.0}
+    res["summary"], res["goals_2_threads"] = summary, goals
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 layers, 32 prefill + 32 decode tokens")
+    ap.add_argument("--quick", action="store_true", help="4 layers, 32 prefill + 32 decode tokens (no bitnet.cpp)")
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--engines", default=None, help=f"comma-separated, of: {', '.join(ALL_ENGINES)} "
+                                                      f"(default: {', '.join(DEFAULT_ENGINES)})")
+    ap.add_argument("--bitnet-cpp", default=None, help="folder of the bitnet.cpp peer build (peer.json)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per engine (default 3; quick 2)")
     ap.add_argument("--keep", action="store_true", help="keep the model files (printed path)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the model files go and stay (reused when a previous run left them there)")
     ap.add_argument("--worker", choices=["ours", "llama"], help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--prefill", type=int, help=argparse.SUPPRESS)
@@ -255,40 +401,53 @@ def main(argv=None) -> None:
     from bitnet_edge.sdk.info import collect_info
 
     console = Console(width=None if sys.stdout.isatty() else 200)
+    engines = [e.strip() for e in args.engines.split(",")] if args.engines else None
+    unknown = [e for e in engines or () if e not in ALL_ENGINES]
+    if unknown:
+        ap.error(f"unknown engine(s) {unknown}; known: {', '.join(ALL_ENGINES)}")
     avail = len(os.sched_getaffinity(0))
     threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, min(2, avail)})
-    workdir = Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(args.quick, threads, workdir, args.rounds)
+        res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print)
     finally:
-        if args.keep:
+        if args.keep or args.workdir:
             console.print(f"model files kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     info = collect_info()
     res["machine"] = {"cpu": info["cpu"], "platform": platform.platform(),
+                      "load_average_at_end": os.getloadavg(),
                       "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}}
-    res["summary"] = {f"{r['threads']}t_{k}": r[k] for r in res["rows"] if r["engine"] == "ours"
-                      for k in ("decode_x_tq2", "prefill_x_tq2", "decode_x_tq1", "prefill_x_tq1",
-                                "decode_tok_s", "prefill_tok_s", "fraction_of_read_bandwidth")}
     cfg = res["config"]
     t = Table(title=f"decode benchmark: BitNet-2B-4T shape, {cfg['layers']} layers, prefill {cfg['prefill_tokens']}, "
-                    f"decode {cfg['decode_tokens']} (medians; ratios measured in this run)")
-    for col in ("engine", "thr", "prefill tok/s", "decode tok/s", "ms/token", "MB/token", "eff. GB/s",
-                "% read BW", "decode × TQ2_0", "prefill × TQ2_0", "decode × TQ1_0", "prefill × TQ1_0"):
+                    f"decode {cfg['decode_tokens']} (medians of {cfg['rounds']} interleaved rounds)")
+    cols = ("engine", "thr", "prefill tok/s", "decode tok/s", "ms/token", "MB/token", "GB/s", "% read BW",
+            "% int8 peak", "decode × bitnet.cpp", "prefill × bitnet.cpp", "decode × TQ2_0", "prefill × TQ2_0")
+    for col in cols:
         t.add_column(col, justify="left" if col == "engine" else "right")
     for r in res["rows"]:
+        frac = r["fraction_of_int8_peak"]
         t.add_row(r["engine"], str(r["threads"]), f"{r['prefill_tok_s']:.1f}", f"{r['decode_tok_s']:.2f}",
                   f"{r['decode_ms_per_token']:.1f}", f"{r['bytes_per_token'] / 1e6:.0f}", f"{r['effective_gbs']:.1f}",
-                  f"{r['fraction_of_read_bandwidth']:.0%}", f"{r['decode_x_tq2']:.2f}", f"{r['prefill_x_tq2']:.2f}",
-                  f"{r['decode_x_tq1']:.2f}", f"{r['prefill_x_tq1']:.2f}")
+                  f"{r['fraction_of_read_bandwidth']:.0%}", "-" if frac is None else f"{frac:.0%}",
+                  _fmt(r.get("decode_x_bitnet_cpp"), ".2f"), _fmt(r.get("prefill_x_bitnet_cpp"), ".2f"),
+                  _fmt(r.get("decode_x_tq2"), ".2f"), _fmt(r.get("prefill_x_tq2"), ".2f"))
     console.print(t)
-    console.print("least-disturbed (best round decode / fastest prefill, tok/s): " + "; ".join(
-        f"{r['engine']} {r['threads']}t {r['decode_tok_s_best_round']:.1f} / {r['prefill_tok_s_best']:.1f}"
-        for r in res["rows"]))
-    console.print("read bandwidth (GB/s, by threads): " + json.dumps(
-        {k: round(v, 1) for k, v in res["read_bandwidth_gbs"].items()}))
-    console.print("summary: " + json.dumps(res["summary"]))
+    for th, p in res["machine_probe"].items():
+        console.print(f"machine, {th} thread(s): read {p['read_gbs']:.1f} GB/s, int8 dot peak "
+                      f"{_fmt(p['int8_dot_gmacs'], '.0f')} GMAC/s ({p.get('int8_dot')})")
+    for r in res["rows"]:
+        if r.get("profile_ms_per_token"):
+            console.print(f"{r['engine']} {r['threads']}t decode step profile (ms): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in r["profile_ms_per_token"].items()))
+    for label, why in res["not_run"].items():
+        console.print(f"not run: {label}: {why}")
+    if res["goals_2_threads"]:
+        console.print("goals (ours, 2 threads): " + "; ".join(
+            f"{k} {_fmt(v['got'], '.3g')} ({v['want']}: {'met' if v['met'] else 'NOT met'})"
+            for k, v in res["goals_2_threads"].items()))
     out = args.out or Path("benchmarks/results") / f"decode-{'quick-' if args.quick else ''}{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))

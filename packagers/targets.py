@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Sources every target compiles with the target's baseline flags.
-COMMON_SOURCES = ("src/api.c", "src/cpu.c", "src/pool.c", "src/kernels_ref.c", "src/conv.c")
+COMMON_SOURCES = ("src/api.c", "src/cpu.c", "src/pool.c", "src/kernels_ref.c", "src/conv.c", "src/decoder.c")
 
 #: Flags every target shares: C11, no FP contraction (bit-exact float epilogues),
 #: hidden symbols except the BNE_API ones.

@@ -103,13 +103,16 @@ def register(main: click.Group) -> None:
                   help="Precision of a decoder's LM head (default: int8 with --precision ternary).")
     @click.option("--embeddings", type=click.Choice(["int8", "f16", "f32"]), default=None,
                   help="Precision of a decoder's token embeddings (int8 shares one matrix with a tied int8 head).")
+    @click.option("--ternary-format", type=click.Choice(["2bit", "base3"]), default="2bit", show_default=True,
+                  help="Layout of ternary linears: 2bit (2 bits/weight) or base3 (1.6 bits/weight, 20% fewer bytes "
+                       "per decoded token, same results).")
     @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
                   help="Calibration data for --precision auto (.npy/.npz samples, .json token ids, .txt texts).")
     @click.option("--budget", type=float, default=0.99, show_default=True, help="Cosine to float that auto keeps.")
     @click.option("--activation", type=click.Choice(["relu", "gelu", "tanh"]), default=None,
                   help="MLP activation when the .npz does not say.")
     @json_option()
-    def convert(src, out, precision, head, embeddings, calibration, budget, activation, as_json):
+    def convert(src, out, precision, head, embeddings, ternary_format, calibration, budget, activation, as_json):
         """Convert a Hugging Face directory, GGUF, .npz, .tflite or .onnx model into a bitnet-edge model directory."""
         from bitnet_edge.sdk.convert.convert import convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
@@ -119,7 +122,7 @@ def register(main: click.Group) -> None:
         calib = load_calibration(calibration, imported)
         with console.status(f"converting ({precision})"):
             path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
-                              embeddings=embeddings)
+                              embeddings=embeddings, ternary_format=ternary_format)
         summary = _manifest_summary(open_model_dir(path))
         summary["notes"] = list(imported.notes)
         if as_json:

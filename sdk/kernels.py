@@ -30,6 +30,7 @@ from bitnet_edge.sdk.native import _binding as nb
 __all__ = [
     "NATIVE_BACKENDS",
     "TernaryMatrix",
+    "Ternary3Matrix",
     "Int8Matrix",
     "available_backends",
     "fallback_reason",
@@ -154,15 +155,21 @@ def quantize_activations(x, backend: str | None = None) -> tuple[np.ndarray, np.
 
 class TernaryMatrix:
     """A ternary weight matrix W (out_features, in_features) with one absmean scale,
-    held in the 2-bit compute format."""
+    held in the 2-bit compute format (:class:`Ternary3Matrix`: the base-3 one)."""
 
     __slots__ = ("packed", "out_features", "in_features", "scale")
+    format = "ternary2"  #: the manifest's name of the layout
+    _row_bytes = staticmethod(packing.row_bytes)
+    _pack = staticmethod(packing.pack_ternary_2bit)
+    _unpack = staticmethod(packing.unpack_ternary_2bit)
+    _gemm_i32 = staticmethod(nb.ternary_gemm_i32)
+    _gemm_f32 = staticmethod(nb.ternary_gemm_f32)
 
     def __init__(self, packed: np.ndarray, in_features: int, scale: float):
         packed = np.ascontiguousarray(packed)
         if packed.dtype != np.uint8 or packed.ndim != 2:
             raise DTypeError("packed", f"must be 2-D uint8, got {packed.dtype.name} {packed.shape}")
-        if in_features <= 0 or packed.shape[1] != packing.row_bytes(in_features):
+        if in_features <= 0 or packed.shape[1] != self._row_bytes(in_features):
             raise ShapeError("packed", f"rows of {packed.shape[1]} bytes do not hold {in_features} weights")
         if not np.isfinite(scale) or scale <= 0:
             raise RangeError("scale", f"must be a positive finite float, got {scale!r}")
@@ -178,11 +185,11 @@ class TernaryMatrix:
     @classmethod
     def from_ternary(cls, q, scale: float) -> TernaryMatrix:
         q = ternary_input("q", q)
-        return cls(packing.pack_ternary_2bit(q), q.shape[1], scale)
+        return cls(cls._pack(q), q.shape[1], scale)
 
     def ternary(self) -> np.ndarray:
         """The weights as int8 in {-1, 0, 1}, shape (out_features, in_features)."""
-        return packing.unpack_ternary_2bit(self.packed, self.in_features)
+        return self._unpack(self.packed, self.in_features)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -199,8 +206,7 @@ class TernaryMatrix:
         if be == "numpy":
             y = reference.int_matmul(self.ternary(), rows)
         else:
-            y = nb.ternary_gemm_i32(NATIVE_BACKENDS[be], self.packed, self.out_features,
-                                    self.in_features, rows)
+            y = self._gemm_i32(NATIVE_BACKENDS[be], self.packed, self.out_features, self.in_features, rows)
         return y[0] if one else y
 
     def linear_quantized(self, xq: np.ndarray, s: np.ndarray, backend: str | None = None) -> np.ndarray:
@@ -213,8 +219,8 @@ class TernaryMatrix:
             raise ShapeError("s", f"must have shape ({rows.shape[0]},), got {s.shape}")
         if be == "numpy":
             return reference.epilogue(reference.int_matmul(self.ternary(), rows), np.float32(self.scale), s)
-        return nb.ternary_gemm_f32(NATIVE_BACKENDS[be], self.packed, self.out_features, self.in_features,
-                                   self.scale, rows, s)
+        return self._gemm_f32(NATIVE_BACKENDS[be], self.packed, self.out_features, self.in_features,
+                              self.scale, rows, s)
 
     def linear(self, x, backend: str | None = None) -> np.ndarray:
         """x (m, k) or (k,) float -> y = (Wq @ absmax_int8(x)) * scale / s, float32."""
@@ -225,9 +231,21 @@ class TernaryMatrix:
         else:
             bid = NATIVE_BACKENDS[be]
             xq, s = nb.quantize_act(bid, rows)
-            y = nb.ternary_gemm_f32(bid, self.packed, self.out_features, self.in_features,
-                                    self.scale, xq, s)
+            y = self._gemm_f32(bid, self.packed, self.out_features, self.in_features, self.scale, xq, s)
         return y[0] if one else y
+
+
+class Ternary3Matrix(TernaryMatrix):
+    """A ternary weight matrix held in the base-3 compute format (1.6 bits/weight, ``ternary_b3``):
+    the same products as :class:`TernaryMatrix`, 20% fewer bytes to read."""
+
+    __slots__ = ()
+    format = "ternary_b3"
+    _row_bytes = staticmethod(packing.row_bytes3)
+    _pack = staticmethod(packing.pack_ternary_b3)
+    _unpack = staticmethod(packing.unpack_ternary_b3)
+    _gemm_i32 = staticmethod(nb.ternary3_gemm_i32)
+    _gemm_f32 = staticmethod(nb.ternary3_gemm_f32)
 
 
 class Int8Matrix:

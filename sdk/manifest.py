@@ -154,8 +154,9 @@ class TensorEntry(Strict):
     """One stored tensor.  ``shape`` is the logical shape (out, in) for linear weights."""
 
     name: str = Field(description="tensor name in weights.safetensors")
-    format: Literal["ternary2", "int8", "f32", "f16"] = Field(
-        description="ternary2: 2-bit compute layout uint8 (n, ceil(k/128)*32); int8: int8 (n, k)")
+    format: Literal["ternary2", "ternary_b3", "int8", "f32", "f16"] = Field(
+        description="ternary2: 2-bit compute layout uint8 (n, ceil(k/128)*32); ternary_b3: base-3 compute "
+                    "layout uint8 (n, ceil(k/320)*64), 1.6 bits/weight; int8: int8 (n, k)")
     shape: list[int] = Field(description="logical shape")
     scale: float | None = Field(default=None, description="ternary: the absmean scale g (float32 value)")
     scale_tensor: str | None = Field(default=None, description="int8: name of the float32 per-row scale tensor")

@@ -40,6 +40,7 @@ class ModelDir:
         n = entry.shape[0]
         expect = {
             "ternary2": ((n, packing.row_bytes(entry.shape[-1])), np.uint8),
+            "ternary_b3": ((n, packing.row_bytes3(entry.shape[-1])), np.uint8),
             "int8": (tuple(entry.shape), np.int8),
             "f32": (tuple(entry.shape), np.float32),
             "f16": (tuple(entry.shape), np.float16),

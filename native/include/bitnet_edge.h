@@ -116,6 +116,21 @@ BNE_API int bne_ternary_gemm_f32(int backend, const uint8_t *w, size_t n, size_t
 BNE_API int bne_ternary_gemv_i32(int backend, const uint8_t *w, size_t n, size_t k,
                                  const int8_t *x, int32_t *y);
 
+/* Ternary "base-3 compute format" (1.6 bits/weight, docs/adr/0002-ternary-packing.md): blocks of
+ * 320 weights in 64 bytes; byte j of a block holds the codes c = w + 1 of weights j, j+64, j+128,
+ * j+192, j+256 as v = 81 c0 + 27 c1 + 9 c2 + 3 c3 + c4, stored as ceil(v * 256 / 243), so the kernels
+ * peel one digit per step with byte adds and compares.  The last block of a row is padded with
+ * code 1; row stride = ceil(k/320) * 64.  Same products as the 2-bit format, 20% fewer bytes. */
+BNE_API size_t bne_ternary3_row_bytes(size_t k);
+BNE_API int bne_ternary3_pack(const int8_t *q, size_t n, size_t k, size_t ldq, uint8_t *out, size_t out_len);
+/* BNE_ERR_VALUE for a byte that is not ceil(v * 256 / 243) of a v in 0..242. */
+BNE_API int bne_ternary3_unpack(const uint8_t *packed, size_t n, size_t k, int8_t *q, size_t ldq);
+BNE_API int bne_ternary3_gemm_i32(int backend, const uint8_t *w, size_t n, size_t k,
+                                  const int8_t *x, size_t m, size_t ldx, int32_t *y, size_t ldy);
+BNE_API int bne_ternary3_gemm_f32(int backend, const uint8_t *w, size_t n, size_t k, float wscale,
+                                  const int8_t *x, size_t m, size_t ldx, const float *xscale,
+                                  float *y, size_t ldy);
+
 /* int8 weights W (n, k) in [-127, 127] (row stride ldw bytes) with wsum[j] = sum_t W[j][t]
  * (bne_int8_rowsum computes it and returns BNE_ERR_VALUE for a -128 weight, which the
  * SIMD kernels cannot multiply exactly), x (m, k) int8 -> y (m, n) int32.
@@ -162,6 +177,73 @@ BNE_API int bne_dwconv_f32(int backend, const bne_dwconv_shape *s, const float *
 BNE_API int bne_conv_gemm_f32(int backend, const int8_t *w4, const int32_t *wsum, size_t k, size_t n,
                               const float *wscale, const int8_t *x, size_t m, size_t ldx, const float *xscale,
                               const float *bias, float lo, float hi, float *y, size_t ldy);
+/* Decoder forward pass (native/src/decoder.c, decoder_impl.h): a whole BitNet / LLaMA-layout
+ * decoder step in C - RMSNorm, the linears, RoPE, grouped-query attention over a KV cache, the
+ * gated FFN, residuals - with the caller's memory only (no allocation, no libm).  The caller fills
+ * a bne_decoder with pointers to weights it keeps alive, and passes a cache and a workspace buffer
+ * sized by the two _bytes functions.  Per layer:
+ *   x += o(attn_sub_norm(attention(rope(q(h)), rope(k(h)), v(h))))   h = in_norm(x)
+ *   x += down(ffn_sub_norm(act(gate(h)) * up(h)))                     h = post_norm(x)
+ * then logits = head(final_norm(x)).  Linears quantize their input per row (bne_quantize_act) and
+ * use the kernels of `backend`; float glue is IEEE float32 in a fixed order (results do not depend
+ * on the thread count or the backend's vector width).  Sub norms may be NULL (LLaMA layout). */
+enum bne_wformat {
+    BNE_W_TERNARY2 = 1,  /* 2-bit compute format, one float scale */
+    BNE_W_TERNARY3 = 2,  /* base-3 compute format (bne_ternary3_*), one float scale */
+    BNE_W_INT8 = 3,      /* int8 in [-127, 127], per-row scales and row sums */
+    BNE_W_F32 = 4        /* float32, no input quantization */
+};
+enum bne_kv_type { BNE_KV_F32 = 0, BNE_KV_F16 = 1, BNE_KV_I8 = 2 };
+enum bne_act { BNE_ACT_RELU2 = 0, BNE_ACT_SILU = 1 };
+
+typedef struct {
+    int format;           /* enum bne_wformat */
+    const void *w;        /* (n, row bytes of the format) */
+    size_t n, k;          /* outputs, inputs */
+    float scale;          /* ternary: the tensor's scale */
+    const float *scales;  /* int8: (n,) */
+    const int32_t *wsum;  /* int8: (n,) row sums */
+} bne_linear;
+
+typedef struct {
+    const float *in_norm, *post_norm;  /* (hidden,) */
+    const float *attn_sub_norm;        /* (heads * head_dim,) or NULL */
+    const float *ffn_sub_norm;         /* (ffn,) or NULL */
+    bne_linear q, k, v, o, gate, up, down;
+} bne_decoder_layer;
+
+typedef struct {
+    size_t hidden, ffn, layers, heads, kv_heads, head_dim, vocab, max_positions;
+    float eps;                         /* RMSNorm epsilon */
+    float attn_scale;                  /* score scale, usually head_dim ** -0.5 */
+    int act;                           /* enum bne_act */
+    int kv_type;                       /* enum bne_kv_type: the cache's element type */
+    const bne_decoder_layer *layer;    /* (layers,) */
+    const float *final_norm;           /* (hidden,) */
+    bne_linear head;                   /* (vocab, hidden) */
+    const float *rope_cos, *rope_sin;  /* (max_positions, head_dim / 2): rotate-half RoPE tables */
+    uint64_t *profile_ns;              /* NULL, or 4 counters the pass adds its wall time to (ns):
+                                          [0] serial glue (norms, quantization, RoPE, cache writes),
+                                          [1] attention, [2] the layers' linears (+ the fused activation
+                                          and residual adds), [3] final norm + head.  Builds without
+                                          threads (freestanding) add nothing. */
+} bne_decoder;
+
+/* Cache for `capacity` positions: per layer K and V, (kv_heads, capacity, head_dim) of kv_type
+ * (int8 adds a float scale per (kv head, position) after each).  0 for an invalid decoder. */
+BNE_API size_t bne_decoder_cache_bytes(const bne_decoder *d, size_t capacity);
+/* Workspace of a forward pass over n tokens with that capacity.  0 for an invalid decoder. */
+BNE_API size_t bne_decoder_workspace_bytes(const bne_decoder *d, size_t n, size_t capacity);
+/* Tokens x (n, hidden) float32 (embedded), at positions pos0 .. pos0+n-1, after the pos0 positions
+ * the cache holds.  logits: (n, vocab) when all_logits, else (vocab,) of the last token.  hidden:
+ * NULL or (n, hidden), the residual stream after the last layer (before the final norm).
+ * cache, work: 64-byte aligned.  Errors: BNE_ERR_SHAPE (inconsistent decoder, pos0 + n beyond
+ * capacity or max_positions, small workspace), BNE_ERR_NULL, BNE_ERR_VALUE (unknown format, act or
+ * kv type), BNE_ERR_NONFINITE (an activation became NaN/inf; the cache rows of this call are then
+ * unspecified). */
+BNE_API int bne_decoder_forward(int backend, const bne_decoder *d, void *cache, size_t capacity, size_t pos0,
+                                const float *x, size_t n, void *work, size_t work_bytes, int all_logits,
+                                float *logits, float *hidden);
 /* BNE_CDEF_END */
 
 #ifdef __cplusplus

@@ -94,8 +94,7 @@ size_t bne_ternary_row_bytes(size_t k) {
     return (k + BNE_TERNARY_BLOCK - 1) / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK_BYTES;
 }
 
-/* Resolve a backend id to a kernel table, or an error status. */
-static int resolve(int backend, const bne_kernels **out) {
+int bne_resolve_backend(int backend, const bne_kernels **out) {
     if (backend < 0 || backend >= BNE_BACKEND_COUNT) return BNE_ERR_BACKEND;
     if (backend == BNE_BACKEND_AUTO) backend = bne_backend_best();
     if (!bne_backend_supported(backend)) return BNE_ERR_UNSUPPORTED;
@@ -122,6 +121,56 @@ int bne_ternary_pack(const int8_t *q, size_t n, size_t k, size_t ldq, uint8_t *o
     return BNE_OK;
 }
 
+size_t bne_ternary3_row_bytes(size_t k) {
+    return (k + BNE_TERNARY3_BLOCK - 1) / BNE_TERNARY3_BLOCK * BNE_TERNARY3_BLOCK_BYTES;
+}
+
+int bne_ternary3_pack(const int8_t *q, size_t n, size_t k, size_t ldq, uint8_t *out, size_t out_len) {
+    if (!q || !out) return BNE_ERR_NULL;
+    size_t rb = bne_ternary3_row_bytes(k);
+    if (n == 0 || k == 0 || ldq < k || out_len / rb < n) return BNE_ERR_SHAPE;
+    for (size_t j = 0; j < n; ++j) {
+        const int8_t *src = q + j * ldq;
+        for (size_t t = 0; t < k; ++t)
+            if (src[t] < -1 || src[t] > 1) return BNE_ERR_VALUE;
+        uint8_t *row = out + j * rb;
+        for (size_t b = 0; b < rb / BNE_TERNARY3_BLOCK_BYTES; ++b) {
+            for (size_t i = 0; i < BNE_TERNARY3_BLOCK_BYTES; ++i) {
+                unsigned v = 0;
+                for (size_t d = 0; d < 5; ++d) {
+                    size_t t = b * BNE_TERNARY3_BLOCK + d * BNE_TERNARY3_BLOCK_BYTES + i;
+                    v = 3 * v + (unsigned)(t < k ? src[t] + 1 : 1); /* padding: code 1 */
+                }
+                row[b * BNE_TERNARY3_BLOCK_BYTES + i] = (uint8_t)((v * 256 + 242) / 243);
+            }
+        }
+    }
+    return BNE_OK;
+}
+
+int bne_ternary3_unpack(const uint8_t *packed, size_t n, size_t k, int8_t *q, size_t ldq) {
+    if (!q || !packed) return BNE_ERR_NULL;
+    if (n == 0 || k == 0 || ldq < k) return BNE_ERR_SHAPE;
+    size_t rb = bne_ternary3_row_bytes(k);
+    for (size_t j = 0; j < n; ++j) {
+        for (size_t b = 0; b < rb / BNE_TERNARY3_BLOCK_BYTES; ++b) {
+            for (size_t i = 0; i < BNE_TERNARY3_BLOCK_BYTES; ++i) {
+                uint8_t byte = packed[j * rb + b * BNE_TERNARY3_BLOCK_BYTES + i];
+                unsigned t = byte, v = 0;
+                for (size_t d = 0; d < 5; ++d) {
+                    unsigned c = (unsigned)bne_trit((uint8_t)t);
+                    v = 3 * v + c;
+                    size_t pos = b * BNE_TERNARY3_BLOCK + d * BNE_TERNARY3_BLOCK_BYTES + i;
+                    if (pos < k) q[j * ldq + pos] = (int8_t)((int)c - 1);
+                    t = (t * 3) & 255u;
+                }
+                if ((v * 256 + 242) / 243 != byte) return BNE_ERR_VALUE; /* not a byte the packer writes */
+            }
+        }
+    }
+    return BNE_OK;
+}
+
 int bne_ternary_unpack(const uint8_t *packed, size_t n, size_t k, int8_t *q, size_t ldq) {
     if (!q || !packed) return BNE_ERR_NULL;
     if (n == 0 || k == 0 || ldq < k) return BNE_ERR_SHAPE;
@@ -140,7 +189,7 @@ int bne_ternary_unpack(const uint8_t *packed, size_t n, size_t k, int8_t *q, siz
 int bne_quantize_act(int backend, const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
                      size_t ldq, float *scales) {
     const bne_kernels *kt;
-    int rc = resolve(backend, &kt);
+    int rc = bne_resolve_backend(backend, &kt);
     if (rc) return rc;
     if (!x || !xq || !scales) return BNE_ERR_NULL;
     if (m == 0 || k == 0 || ldx < k || ldq < k) return BNE_ERR_SHAPE;
@@ -167,7 +216,7 @@ static size_t grain_for(size_t n) {
     return g < 4 ? 4 : g;
 }
 
-#define M_TILE 64 /* activation rows per pool job: bounds the xsum scratch */
+#define M_TILE 256 /* activation rows per pool job: bounds the xsum scratch */
 
 static int run_gemm(bne_gemm_kernel kernel, bne_gemm_args *a, int ternary) {
     int32_t xsum[M_TILE];
@@ -208,7 +257,7 @@ static int check_common(const void *w, size_t n, size_t k, const int8_t *x, size
 int bne_ternary_gemm_i32(int backend, const uint8_t *w, size_t n, size_t k, const int8_t *x,
                          size_t m, size_t ldx, int32_t *y, size_t ldy) {
     const bne_kernels *kt;
-    int rc = resolve(backend, &kt);
+    int rc = bne_resolve_backend(backend, &kt);
     if (rc) return rc;
     if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
     bne_gemm_args a = {0};
@@ -221,7 +270,7 @@ int bne_ternary_gemm_f32(int backend, const uint8_t *w, size_t n, size_t k, floa
                          const int8_t *x, size_t m, size_t ldx, const float *xscale, float *y,
                          size_t ldy) {
     const bne_kernels *kt;
-    int rc = resolve(backend, &kt);
+    int rc = bne_resolve_backend(backend, &kt);
     if (rc) return rc;
     if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
     if (!xscale) return BNE_ERR_NULL;
@@ -230,6 +279,36 @@ int bne_ternary_gemm_f32(int backend, const uint8_t *w, size_t n, size_t k, floa
     a.x = x; a.ldx = ldx; a.m = m; a.yf = y; a.ldy = ldy;
     a.wscale = &wscale; a.wscale_per_row = 0; a.xscale = xscale;
     return run_gemm(kt->ternary_gemm, &a, 1);
+}
+
+static bne_gemm_kernel ternary3_kernel(const bne_kernels *kt) {
+    return kt->ternary3_gemm ? kt->ternary3_gemm : bne_kernels_ref.ternary3_gemm;
+}
+
+int bne_ternary3_gemm_i32(int backend, const uint8_t *w, size_t n, size_t k, const int8_t *x, size_t m,
+                          size_t ldx, int32_t *y, size_t ldy) {
+    const bne_kernels *kt;
+    int rc = bne_resolve_backend(backend, &kt);
+    if (rc) return rc;
+    if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
+    bne_gemm_args a = {0};
+    a.w = w; a.ldw = bne_ternary3_row_bytes(k); a.n = n; a.k = k;
+    a.x = x; a.ldx = ldx; a.m = m; a.yi = y; a.ldy = ldy;
+    return run_gemm(ternary3_kernel(kt), &a, 1);
+}
+
+int bne_ternary3_gemm_f32(int backend, const uint8_t *w, size_t n, size_t k, float wscale, const int8_t *x,
+                          size_t m, size_t ldx, const float *xscale, float *y, size_t ldy) {
+    const bne_kernels *kt;
+    int rc = bne_resolve_backend(backend, &kt);
+    if (rc) return rc;
+    if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
+    if (!xscale) return BNE_ERR_NULL;
+    bne_gemm_args a = {0};
+    a.w = w; a.ldw = bne_ternary3_row_bytes(k); a.n = n; a.k = k;
+    a.x = x; a.ldx = ldx; a.m = m; a.yf = y; a.ldy = ldy;
+    a.wscale = &wscale; a.wscale_per_row = 0; a.xscale = xscale;
+    return run_gemm(ternary3_kernel(kt), &a, 1);
 }
 
 int bne_ternary_gemv_i32(int backend, const uint8_t *w, size_t n, size_t k, const int8_t *x,
@@ -255,7 +334,7 @@ int bne_int8_gemm_i32(int backend, const int8_t *w, size_t n, size_t k, size_t l
                       const int32_t *wsum, const int8_t *x, size_t m, size_t ldx, int32_t *y,
                       size_t ldy) {
     const bne_kernels *kt;
-    int rc = resolve(backend, &kt);
+    int rc = bne_resolve_backend(backend, &kt);
     if (rc) return rc;
     if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
     if (!wsum) return BNE_ERR_NULL;
@@ -270,7 +349,7 @@ int bne_int8_gemm_f32(int backend, const int8_t *w, size_t n, size_t k, size_t l
                       const int32_t *wsum, const float *wscale, const int8_t *x, size_t m,
                       size_t ldx, const float *xscale, float *y, size_t ldy) {
     const bne_kernels *kt;
-    int rc = resolve(backend, &kt);
+    int rc = bne_resolve_backend(backend, &kt);
     if (rc) return rc;
     if ((rc = check_common(w, n, k, x, m, ldx, y, ldy))) return rc;
     if (!wsum || !wscale || !xscale) return BNE_ERR_NULL;

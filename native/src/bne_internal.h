@@ -40,10 +40,19 @@ typedef void (*bne_gemm_kernel)(const bne_gemm_args *a, size_t n0, size_t n1);
 typedef int (*bne_quant_kernel)(const float *x, size_t m, size_t k, size_t ldx,
                                 int8_t *xq, size_t ldq, float *scales);
 
-typedef struct {
+struct bne_kernels_s;
+/* The decoder forward pass of a variant (decoder_impl.h), called by decoder.c after its checks. */
+typedef int (*bne_decoder_fn)(const struct bne_kernels_s *kt, const bne_decoder *d, void *cache, size_t capacity,
+                              size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
+                              float *hidden);
+
+typedef struct bne_kernels_s {
     bne_gemm_kernel ternary_gemm;
     bne_gemm_kernel int8_gemm;
     bne_quant_kernel quantize;
+    /* Optional (NULL: the dispatcher uses the ref variant's): */
+    bne_gemm_kernel ternary3_gemm; /* base-3 format (BNE_W_TERNARY3) */
+    bne_decoder_fn decoder;        /* decoder_impl.h compiled with the variant's flags */
 } bne_kernels;
 
 /* One table per variant; a variant not compiled for this target is absent. */
@@ -52,11 +61,20 @@ extern const bne_kernels bne_kernels_ref;
 #define BNE_HAVE_X86 1
 extern const bne_kernels bne_kernels_avx2;
 extern const bne_kernels bne_kernels_avx512;
+/* avx2.c's decoder and base-3 kernel, shared by the avx512 variant. */
+int bne_decoder_forward_avx2(const struct bne_kernels_s *kt, const bne_decoder *d, void *cache, size_t capacity,
+                             size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
+                             float *hidden);
+void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1);
 #endif
 #if defined(__aarch64__)
 #define BNE_HAVE_ARM 1
 extern const bne_kernels bne_kernels_neon;
 extern const bne_kernels bne_kernels_neon_dotprod;
+/* neon.c's decoder and base-3 kernel, shared by the dotprod variant. */
+int bne_decoder_forward_neon(const struct bne_kernels_s *kt, const bne_decoder *d, void *cache, size_t capacity,
+                             size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
+                             float *hidden);
 /* The NEON quantizer (neon.c), shared by the dotprod variant. */
 int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_t *xq,
                            size_t ldq, float *scales);
@@ -91,6 +109,17 @@ static inline int32_t bne_tail_codes_dot(const uint8_t *blk, const int8_t *x, si
     return s;
 }
 
+/* Byte copy / zero without libc (the freestanding macOS build has no string.h). */
+static inline void bne_copy(void *dst, const void *src, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+static inline void bne_zero(void *dst, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    for (size_t i = 0; i < n; ++i) d[i] = 0;
+}
+
 /* Round half to even without libm: valid for |v| < 2^22, which holds since
  * |x * s| <= 127 (plus rounding) for every finite input.  Needs IEEE float32
  * evaluation (FLT_EVAL_METHOD 0) and no -ffast-math, which the build ensures. */
@@ -117,6 +146,9 @@ static inline size_t bne_prefetch_offset(size_t ldw) {
     return (rows < 4 ? 4 : rows) * ldw;
 }
 
+/* Resolve a backend id (AUTO included) to a kernel table, or an error status (api.c). */
+int bne_resolve_backend(int backend, const bne_kernels **out);
+
 /* Scalar float -> int8 row quantizer shared by the variants' tails. */
 int bne_quantize_rows_scalar(const float *x, size_t m, size_t k, size_t ldx,
                              int8_t *xq, size_t ldq, float *scales);
@@ -124,6 +156,31 @@ int bne_quantize_rows_scalar(const float *x, size_t m, size_t k, size_t ldx,
 /* Worker pool (pool.c): run fn over [0, n) split in contiguous chunks. */
 typedef void (*bne_range_fn)(void *ctx, size_t begin, size_t end);
 void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain);
+
+/* Base-3 compute format (bne_ternary3_*): 64-byte blocks of 320 weights; byte j of a block holds the
+ * codes c = w + 1 of weights j, j+64, j+128, j+192, j+256 as v = 81 c0 + 27 c1 + 9 c2 + 3 c3 + c4,
+ * stored as b = ceil(v * 256 / 243).  Digit i is recovered as t_i >= 86 ? (t_i >= 171 ? 2 : 1) : 0
+ * with t_0 = b, t_{i+1} = 3 t_i mod 256 (exact for every v in 0..242).  Rows padded with code 1. */
+#define BNE_TERNARY3_BLOCK 320
+#define BNE_TERNARY3_BLOCK_BYTES 64
+static inline int bne_trit(uint8_t t) { return (t >= 86) + (t >= 171); }
+
+/* Workspace layout of one decoder forward pass (decoder.c computes it, decoder_impl.h uses it):
+ * byte offsets into the caller's buffer, each 64-byte aligned. */
+typedef struct {
+    size_t x, h, qkv, att, gu, yo, xq, xs, xsum, scores, total;
+    size_t qd, kvd, qkvd;   /* heads * head_dim, kv_heads * head_dim, qd + 2 kvd */
+    size_t kv_row, kv_plane, kv_layer; /* cache: bytes of one (kv head, position) row incl. scale,
+                                          of one (K or V) plane, of one layer */
+} bne_dec_layout;
+int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_layout *out);
+/* The ref variant's decoder and base-3 kernel, the fallback of variants without their own. */
+int bne_decoder_forward_ref(const struct bne_kernels_s *kt, const bne_decoder *d, void *cache, size_t capacity,
+                            size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
+                            float *hidden);
+
+/* Monotonic clock in ns for the decoder's optional profile (pool.c; 0 without threads/libc). */
+uint64_t bne_now_ns(void);
 
 /* Which features the CPU has (cpu.c). */
 uint32_t bne_detect_cpu(void);

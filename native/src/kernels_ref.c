@@ -23,6 +23,24 @@ static void ternary_gemm_ref(const bne_gemm_args *a, size_t n0, size_t n1) {
     }
 }
 
+/* W (n, k) base-3 packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
+static void ternary3_gemm_ref(const bne_gemm_args *a, size_t n0, size_t n1) {
+    for (size_t j = n0; j < n1; ++j) {
+        const uint8_t *row = a->w + j * a->ldw;
+        for (size_t i = 0; i < a->m; ++i) {
+            const int8_t *x = a->x + i * a->ldx;
+            int32_t acc = 0;
+            for (size_t t = 0; t < a->k; ++t) {
+                size_t r = t % BNE_TERNARY3_BLOCK, d = r / BNE_TERNARY3_BLOCK_BYTES;
+                unsigned v = row[(t / BNE_TERNARY3_BLOCK) * BNE_TERNARY3_BLOCK_BYTES + r % BNE_TERNARY3_BLOCK_BYTES];
+                for (size_t s = 0; s < d; ++s) v = (v * 3) & 255u; /* digit d: d steps of t -> 3t mod 256 */
+                acc += (bne_trit((uint8_t)v) - 1) * (int32_t)x[t];
+            }
+            bne_store(a, i, j, acc);
+        }
+    }
+}
+
 /* W (n, k) int8 @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void int8_gemm_ref(const bne_gemm_args *a, size_t n0, size_t n1) {
     for (size_t j = n0; j < n1; ++j) {
@@ -56,8 +74,13 @@ int bne_quantize_rows_scalar(const float *x, size_t m, size_t k, size_t ldx,
     return BNE_OK;
 }
 
+#define BNE_DEC_FN bne_decoder_forward_ref
+#include "decoder_impl.h"
+
 const bne_kernels bne_kernels_ref = {
     ternary_gemm_ref,
     int8_gemm_ref,
     bne_quantize_rows_scalar,
+    ternary3_gemm_ref,
+    bne_decoder_forward_ref,
 };

@@ -8,11 +8,16 @@
  * (same results, no deadlock).  Built with BNE_NO_THREADS (freestanding
  * targets) the pool runs everything on the caller's thread.
  */
+#if !defined(BNE_NO_THREADS) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
+#endif
 #include "bne_internal.h"
 
 #define BNE_MAX_THREADS 256
 
 #if defined(BNE_NO_THREADS)
+
+uint64_t bne_now_ns(void) { return 0; }
 
 int bne_set_threads(int n) { return n == 1 ? BNE_OK : (n < 1 ? BNE_ERR_THREADS : BNE_OK); }
 int bne_get_threads(void) { return 1; }
@@ -24,6 +29,13 @@ void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
 #else
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
+
+uint64_t bne_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* Job protocol.  `ticket` packs (job generation << 32 | next chunk index).  A thread claims a
  * chunk with a CAS that only succeeds while the generation is the one it read the job fields

@@ -11,8 +11,9 @@
  *
  * All integers are little-endian.  Input (version 1):
  *   "BNEV" u32 version u32 ncases, then per case:
- *   u32 kind (1 ternary, 2 int8, 3 quantize) u32 n u32 k u32 m i32 expect_status
+ *   u32 kind (1 ternary, 2 int8, 3 quantize, 4 ternary base-3) u32 n u32 k u32 m i32 expect_status
  *     ternary:  u8 w[n * row_bytes(k)]  f32 wscale     i8 x[m*k]  f32 xscale[m]
+ *     base-3:   u8 w[n * ternary3_row_bytes(k)]  f32 wscale  i8 x[m*k]  f32 xscale[m]
  *     int8:     i8 w[n * k]             f32 wscale[n]  i8 x[m*k]  f32 xscale[m]
  *     quantize: f32 x[m*k]                             (n is 0)
  * Output (version 1):
@@ -34,7 +35,7 @@
 #define FORMAT_VERSION 1u
 #define MAX_DIM (1u << 24) /* sanity bound on n, k, m read from the file */
 
-enum { KIND_TERNARY = 1, KIND_INT8 = 2, KIND_QUANT = 3 };
+enum { KIND_TERNARY = 1, KIND_INT8 = 2, KIND_QUANT = 3, KIND_TERNARY3 = 4 };
 
 /* Strides wider than the rows, with sentinel padding, so kernels that ignore
  * ldx/ldw/ldy or write past a row are caught. */
@@ -80,11 +81,12 @@ static int read_case(FILE *f, tcase *c) {
         c->xf = xmalloc(mk * sizeof(float));
         return c->xf && read_exact(f, c->xf, mk * sizeof(float));
     }
-    if (c->kind != KIND_TERNARY && c->kind != KIND_INT8) return 0;
+    if (c->kind != KIND_TERNARY && c->kind != KIND_INT8 && c->kind != KIND_TERNARY3) return 0;
     if (c->n == 0) return 0;
-    size_t wbytes = c->kind == KIND_TERNARY ? (size_t)c->n * bne_ternary_row_bytes(c->k)
-                                            : (size_t)c->n * c->k;
-    size_t nws = c->kind == KIND_TERNARY ? 1 : c->n;
+    size_t wbytes = c->kind == KIND_TERNARY    ? (size_t)c->n * bne_ternary_row_bytes(c->k)
+                    : c->kind == KIND_TERNARY3 ? (size_t)c->n * bne_ternary3_row_bytes(c->k)
+                                               : (size_t)c->n * c->k;
+    size_t nws = c->kind == KIND_INT8 ? c->n : 1;
     c->w = xmalloc(wbytes);
     c->wscale = xmalloc(nws * sizeof(float));
     c->x = xmalloc(mk);
@@ -142,6 +144,9 @@ static int run_case(const tcase *c, int backend, uint8_t *out, tally *t) {
             t->gemv_mismatches += memcmp(yv, yi, n * sizeof(int32_t)) != 0;
             free(yv);
         }
+    } else if (c->kind == KIND_TERNARY3) {
+        KEEP(bne_ternary3_gemm_i32(backend, c->w, n, k, x, m, ldx, yi, ldy));
+        KEEP(bne_ternary3_gemm_f32(backend, c->w, n, k, c->wscale[0], x, m, ldx, c->xscale, yf, ldy));
     } else {
         const size_t ldw = k + PAD_W;
         w8 = xmalloc(n * ldw);

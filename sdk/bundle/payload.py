@@ -43,9 +43,10 @@ def encode_weights(model: ModelManifest, array: Callable[[str], np.ndarray]) -> 
         arr = array(entry.name)
         count = int(np.prod(entry.shape, dtype=np.int64))
         params += count
-        if entry.format == "ternary2":
+        if entry.format in ("ternary2", "ternary_b3"):
             k = entry.shape[-1]
-            data = packing.pack_ternary_base3(packing.unpack_ternary_2bit(arr, k))
+            unpack = packing.unpack_ternary_2bit if entry.format == "ternary2" else packing.unpack_ternary_b3
+            data = packing.pack_ternary_base3(unpack(arr, k))
             section, wire = TERNARY_SECTION, "ternary-base3"
             ternary += count
         else:
@@ -80,10 +81,11 @@ def decode_weights(model: ModelManifest, tensors: list[WireTensor],
         count = int(np.prod(t.shape, dtype=np.int64))
         try:
             if t.format == "ternary-base3":
-                if entry.format != "ternary2" or len(t.shape) != 2:
+                if entry.format not in ("ternary2", "ternary_b3") or len(t.shape) != 2:
                     raise ValueError(f"{entry.format} tensor of shape {t.shape} sent as ternary-base3")
                 q = packing.unpack_ternary_base3(data, count).reshape(t.shape)
-                out[t.name] = packing.pack_ternary_2bit(q)
+                pack = packing.pack_ternary_2bit if entry.format == "ternary2" else packing.pack_ternary_b3
+                out[t.name] = pack(q)
             else:
                 if _WIRE[entry.format][0] != t.format:
                     raise ValueError(f"{entry.format} tensor sent as {t.format}")

@@ -19,9 +19,11 @@ from bitnet_edge.sdk.errors import InputError
 from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, ModelManifest, TensorEntry
 from bitnet_edge.sdk.modeldir import write_model_dir
 
-__all__ = ["PRECISIONS", "linear_layers", "head_name", "convert", "build_tensors"]
+__all__ = ["PRECISIONS", "TERNARY_FORMATS", "linear_layers", "head_name", "convert", "build_tensors"]
 
 PRECISIONS = ("ternary", "int8", "f16", "f32")
+#: How ternary linears are stored for the kernels: 2-bit (ternary2) or base-3, 1.6 bits/weight (ternary_b3).
+TERNARY_FORMATS = {"2bit": "ternary2", "base3": "ternary_b3"}
 
 
 def head_name(m: ImportedModel) -> str | None:
@@ -54,12 +56,14 @@ def _as_float(t: ImportedTensor) -> np.ndarray:
     return np.asarray(t.data, dtype=np.float32)
 
 
-def _linear(name: str, t: ImportedTensor, precision: str) -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
+def _linear(name: str, t: ImportedTensor, precision: str,
+            ternary_format: str = "2bit") -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
     shape = list(t.data.shape)
     if precision == "ternary":
         q, g = (t.data, t.scale) if t.kind == "ternary" else quant.absmean_ternary(_as_float(t))
-        return ([TensorEntry(name=name, format="ternary2", shape=shape, scale=float(np.float32(g)))],
-                {name: packing.pack_ternary_2bit(q)})
+        fmt = TERNARY_FORMATS[ternary_format]
+        packed = packing.pack_ternary_2bit(q) if fmt == "ternary2" else packing.pack_ternary_b3(q)
+        return [TensorEntry(name=name, format=fmt, shape=shape, scale=float(np.float32(g)))], {name: packed}
     if precision == "int8":
         q, s = (t.data, t.scales) if t.kind == "int8" else quant.absmax_int8_weights(_as_float(t))
         sname = name + "_scale"
@@ -95,7 +99,8 @@ def resolve_plan(m: ImportedModel, precision, head: str | None = None) -> dict[s
     return plan
 
 
-def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
+def build_tensors(m: ImportedModel, plan: dict[str, str],
+                  ternary_format: str = "2bit") -> tuple[list[TensorEntry], dict[str, np.ndarray]]:
     entries: list[TensorEntry] = []
     arrays: dict[str, np.ndarray] = {}
     tensors = dict(m.tensors)
@@ -107,7 +112,7 @@ def build_tensors(m: ImportedModel, plan: dict[str, str]) -> tuple[list[TensorEn
             tensors["lm_head.weight"] = embed
     for name, t in sorted(tensors.items()):
         if name in plan:
-            e, arr = _linear(name, t, plan[name])
+            e, arr = _linear(name, t, plan[name], ternary_format)
         else:
             keep16 = name.endswith("embed_tokens.weight") or name.endswith("word_embeddings.weight")
             dt = np.float16 if keep16 and t.data.dtype == np.float16 else np.float32
@@ -122,12 +127,20 @@ EMBED = "model.embed_tokens.weight"
 
 
 def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", head: str | None = None,
-            calibration=None, budget: float = 0.99, embeddings: str | None = None) -> Path:
+            calibration=None, budget: float = 0.99, embeddings: str | None = None,
+            ternary_format: str = "2bit") -> Path:
     """Write ``m`` as a converted model directory; returns its path.
+
+    ``ternary_format``: ``2bit`` (``ternary2``, 2 bits/weight) or ``base3`` (``ternary_b3``, 1.6
+    bits/weight: decode reads 20% fewer bytes; the products are the same, exact).
 
     ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
     embeddings and a head at the embeddings' precision, one matrix serves both (no second copy).
     """
+    if ternary_format not in TERNARY_FORMATS:
+        raise InputError("ternary_format", f"{ternary_format!r} is not one of {', '.join(TERNARY_FORMATS)}")
+    if ternary_format != "2bit" and isinstance(m.config, GraphConfig):
+        raise InputError("ternary_format", "graph models keep the 2-bit layout (their conv kernels read it)")
     if m.tokenizer_file is not None:  # a tokenizer that does not load never reaches a model directory
         from bitnet_edge.sdk.tokenizer import load_tokenizer
 
@@ -145,7 +158,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
         if embeddings not in ("int8", "f16", "f32"):
             raise InputError("embeddings", f"{embeddings!r} is not one of int8, f16, f32")
         plan[EMBED] = embeddings
-    entries, arrays = build_tensors(m, plan)
+    entries, arrays = build_tensors(m, plan, ternary_format)
     manifest = ModelManifest(
         name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
         tokenizer="tokenizer.json" if m.tokenizer_file else None,

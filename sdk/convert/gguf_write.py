@@ -84,9 +84,9 @@ def imported_from_model_dir(path: str | os.PathLike) -> ImportedModel:
         except KeyError:
             raise FormatError(f"{Path(path) / 'manifest.json'}: tensor {name!r} is missing") from None
         arr = md.array(name)
-        if entry.format == "ternary2":
-            tensors[name] = ImportedTensor("ternary", packing.unpack_ternary_2bit(arr, entry.shape[-1]),
-                                           scale=entry.scale)
+        if entry.format in ("ternary2", "ternary_b3"):
+            unpack = packing.unpack_ternary_2bit if entry.format == "ternary2" else packing.unpack_ternary_b3
+            tensors[name] = ImportedTensor("ternary", unpack(arr, entry.shape[-1]), scale=entry.scale)
         elif entry.format == "int8":
             if entry.scale_tensor is None:
                 raise FormatError(f"{Path(path) / 'manifest.json'}: int8 tensor {name!r} has no scale_tensor")

@@ -4,6 +4,11 @@ Per layer: x += o_proj(attn_sub_norm(attn(input_layernorm(x)))); x += down_proj(
 act(gate_proj(h)) * up_proj(h))) with h = post_attention_layernorm(x); act = relu^2 (BitNet) or
 silu (LLaMA, no sub norms).  RoPE (rotate_half), GQA, causal softmax attention, float32 glue.
 Prefill runs every linear as a GEMM over the prompt; decode runs GEMVs with a KV cache.
+
+Two runtimes compute this: the forward pass in C (:mod:`.decoder_native`, the default on the CPU:
+one native call per step, KV cache in float32, float16 or int8) and the numpy code below, the
+reference (``runtime="numpy"``, the ``numpy`` kernel backend, or weights the C decoder cannot take).
+A cache belongs to one runtime: :meth:`DecoderModel.new_cache` picks it, :meth:`forward` follows it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bitnet_edge.sdk.errors import InputError, ShapeError
+from bitnet_edge.sdk.errors import InputError, NativeLibraryError, ShapeError
 from bitnet_edge.sdk.manifest import DecoderConfig
 from bitnet_edge.sdk.modeldir import ModelDir
 from bitnet_edge.sdk.models import ops
@@ -49,7 +54,10 @@ class _Layer:
 class DecoderModel:
     architecture = "bitnet"
 
-    def __init__(self, md: ModelDir, tokenizer=None):
+    def __init__(self, md: ModelDir, tokenizer=None, kv_cache: str | None = None, runtime: str | None = None):
+        """``kv_cache``: ``f32`` | ``f16`` | ``int8`` keys and values in the native runtime's cache
+        (default ``$BITNET_EDGE_KV_CACHE``, else f32).  ``runtime``: ``native`` | ``numpy`` | None
+        (native when the weights allow it; ``$BITNET_EDGE_DECODER`` can say numpy)."""
         cfg = md.manifest.config
         assert isinstance(cfg, DecoderConfig)
         self.cfg, self.manifest, self.tokenizer = cfg, md.manifest, tokenizer
@@ -65,11 +73,47 @@ class DecoderModel:
         self.act = ops.relu2 if cfg.hidden_act == "relu2" else ops.silu
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
         self.scaling = _F(cfg.head_dim ** -0.5)
+        self.native, self.native_reason = self._build_native(kv_cache, runtime)
 
+    def all_linears(self) -> list[Linear]:
+        return [lin for layer in self.layers for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up,
+                                                         layer.down)] + [self.lm_head]
+
+    def _build_native(self, kv_cache: str | None, runtime: str | None):
+        import os
+
+        from bitnet_edge.sdk.models.decoder_native import KV_TYPES, NativeDecoder, native_unavailable_reason
+
+        kv = (kv_cache or os.environ.get("BITNET_EDGE_KV_CACHE") or "f32").strip().lower()
+        if kv not in KV_TYPES:
+            raise InputError("kv_cache", f"{kv!r} is not one of {', '.join(KV_TYPES)}")
+        rt = (runtime or os.environ.get("BITNET_EDGE_DECODER") or "native").strip().lower()
+        if rt not in ("native", "numpy"):
+            raise InputError("runtime", f"{rt!r} is not one of native, numpy")
+        why = "runtime numpy requested" if rt == "numpy" else native_unavailable_reason(self)
+        if why is None:
+            try:
+                return NativeDecoder(self, kv), None
+            except NativeLibraryError as exc:
+                why = f"no kernel library ({exc})"
+        if kv_cache is not None and kv != "f32":
+            raise InputError("kv_cache", f"{kv} needs the native runtime, which this model cannot use: {why}")
+        return None, why
     # ---- forward -------------------------------------------------------------------------------
 
-    def new_cache(self, capacity: int | None = None) -> KVCache:
-        return KVCache(self.cfg, capacity or self.cfg.max_position_embeddings)
+    def new_cache(self, capacity: int | None = None, runtime: str | None = None):
+        """A KV cache for ``capacity`` positions: the native runtime's when the model has it and the
+        kernel backend is native (``runtime`` can insist: ``native`` | ``numpy``)."""
+        from bitnet_edge.sdk.kernels import resolve_backend
+
+        capacity = capacity or self.cfg.max_position_embeddings
+        if runtime not in (None, "native", "numpy"):
+            raise InputError("runtime", f"{runtime!r} is not one of native, numpy")
+        if runtime == "native" and self.native is None:
+            raise InputError("runtime", f"this model has no native runtime: {self.native_reason}")
+        if self.native is not None and runtime != "numpy" and (runtime == "native" or resolve_backend() != "numpy"):
+            return self.native.new_cache(capacity)
+        return KVCache(self.cfg, capacity)
 
     def _check_ids(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids)
@@ -111,25 +155,37 @@ class DecoderModel:
             g = ops.rms_norm(g, layer.ffn_sub, self.cfg.rms_norm_eps)
         return layer.down(g)
 
-    def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Run ``ids`` after what ``cache`` holds; logits of every new position or only the last."""
-        with ops.single_threaded_blas():
-            return self._forward(ids, cache, all_logits)
-
-    def _forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool) -> np.ndarray:
-        cfg, n, pos0 = self.cfg, len(ids), cache.length
-        if pos0 + n > cache.capacity:
-            raise ContextLengthError(pos0 + n, cache.capacity)
+    def token_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the embedding matrix for ids, float32 (int8 rows times their scale)."""
         x = np.asarray(self.embed_tokens[ids], dtype=_F)
         if self.embed_scale is not None:  # int8 rows with their absmax scale
             x *= self.embed_scale[ids][:, None]
+        return x
+
+    def forward(self, ids: np.ndarray, cache, all_logits: bool = False, hidden: bool = False):
+        """Run ``ids`` after what ``cache`` holds; logits of every new position or only the last
+        [and, with ``hidden``, the residual stream after the last layer, (len(ids), hidden_size)]."""
+        n, pos0 = len(ids), cache.length
+        if pos0 + n > cache.capacity:
+            raise ContextLengthError(pos0 + n, cache.capacity)
+        if not isinstance(cache, KVCache):  # the native runtime's cache
+            if self.native is None or getattr(cache, "decoder", None) is not self.native:
+                raise InputError("cache", "was made by another model (or is not a KV cache)")
+            return self.native.forward(self.token_embeddings(ids), cache, all_logits, hidden)
+        with ops.single_threaded_blas():
+            return self._forward(ids, cache, all_logits, hidden)
+
+    def _forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool, hidden: bool = False):
+        cfg, n, pos0 = self.cfg, len(ids), cache.length
+        x = self.token_embeddings(ids)
         cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(pos0, pos0 + n))
         for li, layer in enumerate(self.layers):
             x = x + self._attention(layer, ops.rms_norm(x, layer.in_norm, cfg.rms_norm_eps), li, cache, pos0, cos, sin)
             x = x + self._mlp(layer, ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
         cache.length = pos0 + n
         h = ops.rms_norm(x if all_logits else x[-1:], self.norm, cfg.rms_norm_eps)
-        return self.lm_head(h)
+        logits = self.lm_head(h)
+        return (logits, x) if hidden else logits
 
     # ---- public API -----------------------------------------------------------------------------
 

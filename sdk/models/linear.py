@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitnet_edge.sdk.kernels import Int8Matrix, TernaryMatrix, quantize_activations
+from bitnet_edge.sdk.kernels import Int8Matrix, Ternary3Matrix, TernaryMatrix, quantize_activations
 from bitnet_edge.sdk.modeldir import ModelDir
 from bitnet_edge.sdk.models.device import current_device
 
@@ -23,8 +23,9 @@ class Linear:
         self._t = self._i8 = self._w = self._mx = None
         on_mlx = (device or current_device()) == "mlx"
         arr = md.array(name)
-        if entry.format == "ternary2":
-            self._t = TernaryMatrix(arr, self.in_features, entry.scale)
+        if entry.format in ("ternary2", "ternary_b3"):
+            cls = TernaryMatrix if entry.format == "ternary2" else Ternary3Matrix
+            self._t = cls(arr, self.in_features, entry.scale)
         elif entry.format == "int8":
             self._i8 = Int8Matrix(arr, md.array(entry.scale_tensor))
         elif not on_mlx:  # float: keep float32 (a copy for f16, a view for f32)

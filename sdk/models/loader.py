@@ -18,11 +18,13 @@ def _tokenizer(md):
     return load_tokenizer(md.path / md.manifest.tokenizer)
 
 
-def load_model(path: str | os.PathLike, device: str | None = None):
+def load_model(path: str | os.PathLike, device: str | None = None, kv_cache: str | None = None):
     """A DecoderModel (``bitnet``), BertModel (``bert``), MlpModel (``mlp``) or GraphModel (``graph``);
     weights are mmap'd.  ``device``: ``auto`` | ``cpu`` | ``mlx`` | ``cuda`` (see :mod:`.device`; default
     ``BITNET_EDGE_DEVICE``, else auto), reported as the model's ``device`` attribute, and why as
-    ``device_reason`` (``cuda`` runs decoders on an NVIDIA GPU; see :mod:`.decoder_cuda`)."""
+    ``device_reason`` (``cuda`` runs decoders on an NVIDIA GPU; see :mod:`.decoder_cuda`).
+    ``kv_cache``: ``f32`` | ``f16`` | ``int8``, the element type of a CPU decoder's KV cache
+    (default ``$BITNET_EDGE_KV_CACHE``, else f32; see :mod:`.decoder_native`)."""
     from bitnet_edge.sdk.models.bert import BertModel
     from bitnet_edge.sdk.models.decoder import DecoderModel
     from bitnet_edge.sdk.models.graph import GraphModel
@@ -41,7 +43,7 @@ def load_model(path: str | os.PathLike, device: str | None = None):
             return model
         dev, reason = "cpu", why
     with building_for(dev):
-        model = cls(md, _tokenizer(md))
+        model = cls(md, _tokenizer(md), kv_cache=kv_cache) if cls is DecoderModel else cls(md, _tokenizer(md))
     model.device = dev
     model.device_reason = reason
     return model

@@ -112,6 +112,48 @@ def ternary_gemm_f32(backend: int, packed: np.ndarray, n: int, k: int, wscale: f
     return y
 
 
+def ternary3_pack(q: np.ndarray) -> np.ndarray:
+    """q (n, k) int8 -> packed (n, ternary3 row bytes) uint8 (the base-3 compute format)."""
+    L = load()
+    n, k = q.shape
+    rb = L.lib.bne_ternary3_row_bytes(k)
+    out = np.empty((n, rb), dtype=np.uint8)
+    _check("bne_ternary3_pack", L.lib.bne_ternary3_pack(
+        _ptr(L.ffi, "int8_t[]", q), n, k, k, _ptr(L.ffi, "uint8_t[]", out), out.size))
+    return out
+
+
+def ternary3_unpack(packed: np.ndarray, k: int) -> np.ndarray:
+    L = load()
+    n = packed.shape[0]
+    q = np.empty((n, k), dtype=np.int8)
+    _check("bne_ternary3_unpack", L.lib.bne_ternary3_unpack(
+        _ptr(L.ffi, "uint8_t[]", packed), n, k, _ptr(L.ffi, "int8_t[]", q), k))
+    return q
+
+
+def ternary3_gemm_i32(backend: int, packed: np.ndarray, n: int, k: int, xq: np.ndarray) -> np.ndarray:
+    """base-3 packed W (n, k) @ xq (m, k) -> (m, n) int32."""
+    L = load()
+    m = xq.shape[0]
+    y = np.empty((m, n), dtype=np.int32)
+    _check("bne_ternary3_gemm_i32", L.lib.bne_ternary3_gemm_i32(
+        backend, _ptr(L.ffi, "uint8_t[]", packed), n, k, _ptr(L.ffi, "int8_t[]", xq), m, k,
+        _ptr(L.ffi, "int32_t[]", y), n))
+    return y
+
+
+def ternary3_gemm_f32(backend: int, packed: np.ndarray, n: int, k: int, wscale: float,
+                      xq: np.ndarray, xscale: np.ndarray) -> np.ndarray:
+    L = load()
+    m = xq.shape[0]
+    y = np.empty((m, n), dtype=np.float32)
+    _check("bne_ternary3_gemm_f32", L.lib.bne_ternary3_gemm_f32(
+        backend, _ptr(L.ffi, "uint8_t[]", packed), n, k, wscale, _ptr(L.ffi, "int8_t[]", xq), m, k,
+        _ptr(L.ffi, "float[]", xscale), _ptr(L.ffi, "float[]", y), n))
+    return y
+
+
 def int8_rowsum(w: np.ndarray) -> np.ndarray:
     L = load()
     n, k = w.shape

@@ -344,3 +344,27 @@ def test_base3_is_what_travels(bundle, model):
     t = bundle.manifest.tensors[0]
     q = packing.unpack_ternary_2bit(md.array(t.name), t.shape[1])
     assert hashlib.sha256(packing.pack_ternary_base3(q)).hexdigest() == t.sha256
+
+
+def test_base3_compute_layout_travels_as_the_same_wire_format(tmp_path):
+    """A ternary_b3 model goes on the wire as ternary-base3 and comes back in its own layout."""
+    from bitnet_edge.sdk.bundle.payload import decode_weights, encode_weights
+    from bitnet_edge.sdk.manifest import TensorEntry
+    from bitnet_edge.sdk.modeldir import open_model_dir, write_model_dir
+
+    src = open_model_dir(make_mlp_dir(tmp_path / "two"))
+    entries, arrays = [], {}
+    for e in src.manifest.tensors:
+        arr = src.array(e.name)
+        if e.format == "ternary2":
+            arr = packing.pack_ternary_b3(packing.unpack_ternary_2bit(arr, e.shape[1]))
+            e = TensorEntry(name=e.name, format="ternary_b3", shape=e.shape, scale=e.scale)
+        entries.append(e)
+        arrays[e.name] = arr
+    b3 = open_model_dir(write_model_dir(tmp_path / "b3", src.manifest.model_copy(update={"tensors": entries}),
+                                       arrays))
+    two, three = encode_weights(src.manifest, src.array), encode_weights(b3.manifest, b3.array)
+    assert [t.sha256 for t in two.tensors] == [t.sha256 for t in three.tensors]  # same wire bytes
+    back = decode_weights(b3.manifest, three.tensors, three.contents)
+    for e in b3.manifest.tensors:
+        np.testing.assert_array_equal(back[e.name], b3.array(e.name))

@@ -39,6 +39,8 @@ from tests.support.kernel_vectors import (
     write_vectors,
 )
 
+from bitnet_edge.sdk.packing import pack_ternary_b3
+
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
 CC = "aarch64-linux-gnu-gcc"
@@ -50,7 +52,7 @@ BASE_FLAGS = [
     f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'src'}",
 ]
 WARN_FLAGS = ["-Wall", "-Wextra"]
-LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c"]
+LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "decoder.c"]
 ARM_SOURCES = {  # compiled one by one: each ISA level has its own -march
     "arch/arm/neon.c": "-march=armv8-a",
     "arch/arm/neon_dotprod.c": "-march=armv8.2-a+dotprod",

@@ -25,7 +25,7 @@ from tests.support import qemu as Q
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
-LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "conv.c"]
+LIB_SOURCES = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "conv.c", "decoder.c"]
 ARM_SOURCES = {"arch/arm/neon.c": "-march=armv8-a", "arch/arm/neon_dotprod.c": "-march=armv8.2-a+dotprod"}
 FLAGS = ["-static", "-O3", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", f"-I{NATIVE / 'include'}",
          f"-I{NATIVE / 'src'}"]

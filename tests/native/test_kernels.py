@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from bitnet_edge.sdk import kernels, quant, reference
 from bitnet_edge.sdk.errors import BackendError, DTypeError, NonFiniteError, RangeError, ShapeError
-from bitnet_edge.sdk.kernels import Int8Matrix, TernaryMatrix
+from bitnet_edge.sdk.kernels import Int8Matrix, Ternary3Matrix, TernaryMatrix
 
 SHAPES = [  # (n, k, m): tiny, k not a multiple of any block, m = 1, tiles with remainders
     (1, 1, 1), (1, 127, 1), (3, 128, 1), (5, 129, 2), (7, 255, 3), (4, 256, 4), (9, 300, 5),
@@ -31,6 +31,23 @@ def test_ternary_int32_exact(native_backend, rng, n, k, m):
     np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
 
 
+@pytest.mark.parametrize("n,k,m", SHAPES + [(5, 319, 3), (7, 320, 8), (9, 321, 12), (17, 6912, 9), (24, 2560, 20)])
+def test_ternary_base3_int32_exact(native_backend, rng, n, k, m):
+    q, xq = _random_case(rng, n, k, m)
+    tm = Ternary3Matrix.from_ternary(q, 1.0)
+    np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
+    np.testing.assert_array_equal(tm.ternary(), q)
+
+
+@pytest.mark.parametrize("n,k,m", [(16, 256, 8), (33, 130, 9), (40, 6911, 13), (17, 5, 8), (20, 641, 64)])
+def test_ternary_prefill_panels_exact(native_backend, rng, n, k, m):
+    """m >= 8 takes the AVX2 panel GEMM (16-column code panels), both layouts."""
+    q, xq = _random_case(rng, n, k, m)
+    for cls in (TernaryMatrix, Ternary3Matrix):
+        tm = cls.from_ternary(q, 1.0)
+        np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
+
+
 @pytest.mark.parametrize("n,k,m", SHAPES)
 def test_int8_int32_exact(native_backend, rng, n, k, m):
     w = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
@@ -47,6 +64,8 @@ def test_no_overflow_at_the_extremes(native_backend, k, wval):
     xq = np.full((3, k), -128, dtype=np.int8)
     y = TernaryMatrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
     assert (y == -128 * wval * k).all()
+    y3 = Ternary3Matrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
+    assert (y3 == -128 * wval * k).all()
     w8 = np.full((5, k), -127 * wval, dtype=np.int8)
     y8 = Int8Matrix(w8, np.ones(5, np.float32)).matmul_int8(xq, backend=native_backend)
     assert (y8 == 128 * 127 * wval * k).all()
@@ -68,8 +87,10 @@ def test_property_all_backends_agree(n, k, m, seed):
     w8 = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
     expect_t, expect_8 = reference.int_matmul(q, xq), reference.int_matmul(w8, xq)
     tm, im = TernaryMatrix.from_ternary(q, 0.5), Int8Matrix(w8, np.ones(n, np.float32))
+    t3 = Ternary3Matrix.from_ternary(q, 0.5)
     for be in kernels.available_backends():
         np.testing.assert_array_equal(tm.matmul_int8(xq, backend=be), expect_t, err_msg=be)
+        np.testing.assert_array_equal(t3.matmul_int8(xq, backend=be), expect_t, err_msg=be)
         np.testing.assert_array_equal(im.matmul_int8(xq, backend=be), expect_8, err_msg=be)
 
 
@@ -84,6 +105,8 @@ def test_quantize_and_float_epilogue_exact(any_backend, rng, n, k, m):
     tm = TernaryMatrix.from_float(w)
     np.testing.assert_array_equal(tm.linear(x, backend=any_backend),
                                   reference.ternary_linear(tm.ternary(), tm.scale, x))
+    t3 = Ternary3Matrix.from_ternary(tm.ternary(), tm.scale)
+    np.testing.assert_array_equal(t3.linear(x, backend=any_backend), tm.linear(x, backend=any_backend))
     im = Int8Matrix.from_float(w)
     np.testing.assert_array_equal(im.linear(x, backend=any_backend),
                                   reference.int8_linear(im.weights, im.scales, x))

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet_edge.sdk.packing import pack_ternary_b3
+
 QEMU_TIMEOUT = 120  # seconds per harness run
 BNE_MAX_K = 65536
 BLOCK = 128  # weights per packed block
 BLOCK_BYTES = 32
 
-KIND_TERNARY, KIND_INT8, KIND_QUANT = 1, 2, 3
+KIND_TERNARY, KIND_INT8, KIND_QUANT, KIND_TERNARY3 = 1, 2, 3, 4  # 4: the 1.6-bit base-3 format
+TERNARY_KINDS = (KIND_TERNARY, KIND_TERNARY3)
 BNE_OK, BNE_ERR_NONFINITE = 0, 6
 
 BACKEND_NAMES = {0: "auto", 1: "ref", 2: "avx2", 3: "avx512", 4: "neon", 5: "neon-dotprod", 6: "rvv"}
@@ -73,11 +76,11 @@ class Case:
 
 def gemm_case(rng, name, kind, n, k, m, *, w=None, x=None) -> Case:
     if w is None:
-        w = (rng.integers(-1, 2, (n, k)) if kind == KIND_TERNARY
+        w = (rng.integers(-1, 2, (n, k)) if kind in TERNARY_KINDS
              else rng.integers(-127, 128, (n, k)))
     if x is None:
         x = rng.integers(-128, 128, (m, k))
-    nws = 1 if kind == KIND_TERNARY else n
+    nws = 1 if kind in TERNARY_KINDS else n
     wscale = rng.uniform(1e-3, 2.0, nws).astype(np.float32)
     xscale = rng.uniform(0.5, 200.0, m).astype(np.float32)
     return Case(name, kind, np.asarray(w, np.int8), wscale, np.asarray(x, np.int8), xscale)
@@ -88,11 +91,11 @@ def quant_case(name, x, expect=BNE_OK) -> Case:
 
 
 def gemm_cases(rng, kind: int) -> list[Case]:
-    tag = "ternary" if kind == KIND_TERNARY else "int8"
-    wmax = 1 if kind == KIND_TERNARY else 127
+    tag = {KIND_TERNARY: "ternary", KIND_TERNARY3: "ternary3", KIND_INT8: "int8"}[kind]
+    wmax = 1 if kind in TERNARY_KINDS else 127
     cases = [gemm_case(rng, f"{tag}-tiny", kind, 1, 1, 1)]
-    # k around the 16-byte vectors and 128-weight blocks; n = 5 and 7 leave a GEMV remainder
-    for k in (1, 15, 16, 17, 127, 128, 129, 255, 256, 300):
+    # k around the 16-byte vectors and 128-weight blocks (base-3: 320); n = 5 and 7 leave a GEMV remainder
+    for k in (1, 15, 16, 17, 127, 128, 129, 255, 256, 300) + ((319, 320, 321, 641) if kind == KIND_TERNARY3 else ()):
         for n, m in ((5, 1), (7, 2), (3, 3), (5, 5)):
             cases.append(gemm_case(rng, f"{tag}-n{n}-k{k}-m{m}", kind, n, k, m))
     # larger shapes: GEMV and a 4-row tile + remainder; m = 65 crosses api.c's 64-row tile
@@ -143,7 +146,8 @@ def quant_cases(rng) -> list[Case]:
 
 def all_cases() -> list[Case]:
     rng = np.random.default_rng(0x0B17E)
-    return gemm_cases(rng, KIND_TERNARY) + gemm_cases(rng, KIND_INT8) + quant_cases(rng)
+    return (gemm_cases(rng, KIND_TERNARY) + gemm_cases(rng, KIND_INT8) + quant_cases(rng)
+            + gemm_cases(rng, KIND_TERNARY3))
 
 
 # ---- expected results (plain numpy) ----------------------------------------------------
@@ -172,7 +176,12 @@ def write_vectors(path: Path, cases: list[Case]) -> None:
         if c.kind == KIND_QUANT:
             parts.append(np.ascontiguousarray(c.x, "<f4").tobytes())
             continue
-        w = pack_ternary_np(c.w) if c.kind == KIND_TERNARY else c.w.astype(np.int8)
+        if c.kind == KIND_TERNARY:
+            w = pack_ternary_np(c.w)
+        elif c.kind == KIND_TERNARY3:
+            w = pack_ternary_b3(c.w)  # the numpy reference packer of the base-3 compute format
+        else:
+            w = c.w.astype(np.int8)
         parts += [np.ascontiguousarray(w).tobytes(), c.wscale.astype("<f4").tobytes(),
                   np.ascontiguousarray(c.x, np.int8).tobytes(), c.xscale.astype("<f4").tobytes()]
     path.write_bytes(b"".join(parts))

@@ -287,8 +287,16 @@ int bne_quantize_rows_neon(const float *x, size_t m, size_t k, size_t ldx, int8_
     return BNE_OK;
 }
 
+#define BNE_T3_FN ternary3_gemm_neon
+#include "ternary3_neon.h"
+
+#define BNE_DEC_FN bne_decoder_forward_neon
+#include "decoder_impl.h"
+
 const bne_kernels bne_kernels_neon = {
     ternary_gemm_neon,
     int8_gemm_neon,
     bne_quantize_rows_neon,
+    ternary3_gemm_neon,
+    bne_decoder_forward_neon,
 };

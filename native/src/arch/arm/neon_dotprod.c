@@ -212,8 +212,14 @@ static void int8_gemm_neon_dotprod(const bne_gemm_args *a, size_t n0, size_t n1)
 /* SDOT does not help the quantizer: reuse the neon.c one (same rounding,
  * same status on NaN/inf); declared in bne_internal.h. */
 
+#define BNE_T3_FN ternary3_gemm_neon_dotprod
+#define BNE_T3_SDOT 1
+#include "ternary3_neon.h"
+
 const bne_kernels bne_kernels_neon_dotprod = {
     ternary_gemm_neon_dotprod,
     int8_gemm_neon_dotprod,
     bne_quantize_rows_neon,
+    ternary3_gemm_neon_dotprod,
+    bne_decoder_forward_neon, /* neon.c's glue with this table's kernels */
 };

@@ -305,4 +305,6 @@ const bne_kernels bne_kernels_neon = {
     ternary_gemm_neon32,
     int8_gemm_neon32,
     quantize_rows_neon32,
+    NULL, /* base-3 format: the reference kernel (api.c falls back) */
+    NULL, /* decoder: the reference forward pass with this table's kernels (decoder.c) */
 };

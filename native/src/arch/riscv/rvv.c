@@ -294,4 +294,6 @@ const bne_kernels bne_kernels_rvv = {
     ternary_gemm_rvv,
     int8_gemm_rvv,
     quantize_rows_rvv,
+    NULL, /* base-3 format: the reference kernel (api.c falls back) */
+    NULL, /* decoder: the reference forward pass with this table's kernels (decoder.c) */
 };

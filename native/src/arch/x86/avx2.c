@@ -11,6 +11,8 @@
  * at most 2*128*127 = 32512, so it never saturates; widened per 32 products.
  */
 #include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
 #include "bne_internal.h"
 
 #define BNE_INLINE static inline __attribute__((always_inline))
@@ -70,19 +72,358 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     }
 }
 
+/* acc += p (int16 lanes) in acc's own register: with the plain intrinsic GCC adds into p's register
+ * and copies back, a move per accumulator and step. */
+BNE_INLINE __m256i add16(__m256i acc, __m256i p) {
+    __asm__("vpaddw %1, %0, %0" : "+x"(acc) : "x"(p));
+    return acc;
+}
+
+/* One row's 128 weights (32 bytes at src) against the x block x0..x3, added to int16 sums. */
+BNE_INLINE __m256i gemv_block(__m256i s16, const uint8_t *src, __m256i x0, __m256i x1, __m256i x2, __m256i x3,
+                              __m256i m3) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)src);
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(v, m3), x0));
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1));
+    s16 = add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2));
+    return add16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3));
+}
+
+/* GEMV (one activation row), 4 weight rows: the x of a block is loaded once for the 4 rows, and
+ * the 4 maddubs results of a block are added straight into int16 sums, widened every 8 blocks
+ * (8 x 4 x 512 = 16384 < 32768): 16 instructions per row and 32 weight bytes.  Two blocks (one
+ * cache line of each row) per step, one prefetch each. */
+BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const size_t nb = a->k / BNE_TERNARY_BLOCK;
+    const uint8_t *w[4];
+    __m256i acc[4];
+    for (int r = 0; r < 4; ++r) {
+        w[r] = a->w + (j + r) * a->ldw;
+        acc[r] = _mm256_setzero_si256();
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += 8) {
+        const size_t b1 = nb - b0 < 8 ? nb : b0 + 8;
+        __m256i s16[4];
+        for (int r = 0; r < 4; ++r) s16[r] = _mm256_setzero_si256();
+        size_t b = b0;
+        for (; b + 2 <= b1; b += 2) {
+            const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < 4; ++r) {
+                _mm_prefetch((const char *)(w[r] + b * 32 + pf), _MM_HINT_T0);
+                s16[r] = gemv_block(s16[r], w[r] + b * 32, x0, x1, x2, x3, m3);
+            }
+            x0 = _mm256_loadu_si256((const __m256i *)(xb + 128));
+            x1 = _mm256_loadu_si256((const __m256i *)(xb + 160));
+            x2 = _mm256_loadu_si256((const __m256i *)(xb + 192));
+            x3 = _mm256_loadu_si256((const __m256i *)(xb + 224));
+            for (int r = 0; r < 4; ++r) s16[r] = gemv_block(s16[r], w[r] + b * 32 + 32, x0, x1, x2, x3, m3);
+        }
+        if (b < b1) {
+            const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < 4; ++r) s16[r] = gemv_block(s16[r], w[r] + b * 32, x0, x1, x2, x3, m3);
+        }
+        for (int r = 0; r < 4; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], _mm256_set1_epi16(1)));
+    }
+    const size_t tail = a->k - nb * BNE_TERNARY_BLOCK;
+    for (int r = 0; r < 4; ++r) {
+        int32_t s = hsum_epi32(acc[r]);
+        if (tail) s += bne_tail_codes_dot(w[r] + nb * 32, a->x + nb * BNE_TERNARY_BLOCK, tail);
+        bne_store(a, 0, j + r, s - a->xsum[0]);
+    }
+}
+
+#define PANEL_MIN_M 8 /* activation rows from which the GEMM goes through panels */
+static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3);
+
 /* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) { /* GEMV: four weight rows share each x load */
-        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
+        for (; j + 4 <= n1; j += 4) ternary_gemv4(a, j, bne_prefetch_offset(a->ldw));
         for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 0)) return;
     for (; j < n1; ++j) {
         size_t i = 0;
         for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
         for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1, 0);
     }
+}
+
+/* ---- base-3 ternary (BNE_TERNARY3_*) ------------------------------------------------------------
+ * A 64-byte block is two 32-byte halves (bytes 0-31, 32-63).  Digit d of byte j is the code of
+ * weight 64 d + j.  The digits are peeled from t = byte ^ 0x80, which keeps unsigned order as
+ * signed order (t >= 86 <=> t' > -43, t >= 171 <=> t' > 42) and is closed under t -> 3 t mod 256:
+ * per 32 codes, two signed compares, code = |m1 + m2|, then t' += 2 t' for the next digit.  The
+ * codes meet x in _mm256_maddubs_epi16 as in the 2-bit path (|pair| <= 512); ten such pairs a block
+ * are summed in int16 (<= 5120) and widened once per block. */
+
+/* Codes (0..2) of the current digit of t' (biased bytes). */
+BNE_INLINE __m256i trit_codes(__m256i t, __m256i lo, __m256i hi) {
+    return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(t, lo), _mm256_cmpgt_epi8(t, hi)));
+}
+
+BNE_INLINE __m256i times3(__m256i t) { return _mm256_add_epi8(t, _mm256_add_epi8(t, t)); }
+
+/* NR weight rows j.. x MR activation rows (pointers xr[c], blocks of 320) over nb full blocks, plus
+ * the last partial block from the zero-padded copies in xt. */
+BNE_INLINE void ternary3_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t nb = a->k / BNE_TERNARY3_BLOCK, tail = a->k - nb * BNE_TERNARY3_BLOCK;
+    __m256i acc[4][4];
+    int8_t xt[4][BNE_TERNARY3_BLOCK] __attribute__((aligned(32)));
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_setzero_si256();
+    if (tail)
+        for (int c = 0; c < MR; ++c) {
+            memset(xt[c], 0, sizeof xt[c]);
+            memcpy(xt[c], a->x + (i + c) * a->ldx + nb * BNE_TERNARY3_BLOCK, tail);
+        }
+    for (size_t b = 0; b < nb + (tail != 0); ++b) {
+        __m256i t0[4], t1[4], s16[4][4];
+        for (int r = 0; r < NR; ++r) {
+            const uint8_t *src = a->w + (j + r) * a->ldw + b * BNE_TERNARY3_BLOCK_BYTES;
+            if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            t0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), bias);
+            t1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), bias);
+            for (int c = 0; c < MR; ++c) s16[r][c] = _mm256_setzero_si256();
+        }
+        for (int d = 0; d < 5; ++d) {
+            __m256i c0[4], c1[4];
+            for (int r = 0; r < NR; ++r) {
+                c0[r] = trit_codes(t0[r], lo, hi);
+                c1[r] = trit_codes(t1[r], lo, hi);
+                if (d < 4) {
+                    t0[r] = times3(t0[r]);
+                    t1[r] = times3(t1[r]);
+                }
+            }
+            for (int c = 0; c < MR; ++c) {
+                const int8_t *xb = b < nb ? a->x + (i + c) * a->ldx + b * BNE_TERNARY3_BLOCK : xt[c];
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d));
+                __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d + 32));
+                for (int r = 0; r < NR; ++r)
+                    s16[r][c] = _mm256_add_epi16(s16[r][c], _mm256_add_epi16(_mm256_maddubs_epi16(c0[r], x0),
+                                                                             _mm256_maddubs_epi16(c1[r], x1)));
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int c = 0; c < MR; ++c) acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(s16[r][c], ones));
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < MR; ++c) bne_store(a, i + c, j + r, hsum_epi32(acc[r][c]) - a->xsum[i + c]);
+}
+
+void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
+    size_t j = n0;
+    if (a->m == 1) {
+        for (; j + 2 <= n1; j += 2) ternary3_tile(a, j, 0, 2, 1, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) ternary3_tile(a, j, 0, 1, 1, 0);
+        return;
+    }
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 1)) return;
+    for (; j < n1; ++j) {
+        size_t i = 0;
+        for (; i + 4 <= a->m; i += 4) ternary3_tile(a, j, i, 1, 4, 0);
+        for (; i < a->m; ++i) ternary3_tile(a, j, i, 1, 1, 0);
+    }
+}
+
+/* ---- ternary GEMM for prefill (m >= PANEL_MIN_M), both layouts ---------------------------------
+ * The weight rows of a chunk are unpacked, 16 at a time, into a panel of codes (0..2) laid out for
+ * broadcasting activations: step q (k = 4q .. 4q+3) holds 64 bytes, [column group g of 8][column
+ * c][4 codes].  The micro-kernel keeps 6 activation rows x 16 columns of int16 sums in 12
+ * registers: per step 2 panel loads, 6 broadcasts of 4 x bytes, 12 _mm256_maddubs_epi16 (codes u8
+ * x x s8: 32 multiply-adds each, |pair| <= 512) and 12 int16 adds.  Every 32 steps (k 128, |sum| <=
+ * 16384) the int16 sums are widened with _mm256_madd_epi16 into int32 tile sums; exact for every
+ * int8 x.  The layout only changes the unpack; the same panel serves the 2-bit and base-3 rows. */
+#define PANEL_N 16
+#define PANEL_MR 6
+#define PANEL_WIDEN 32
+#define PANEL_KC 256 /* quads (1024 k) of a panel slice: 16 KB */
+
+/* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
+static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    size_t nb = k / BNE_TERNARY_BLOCK, b;
+    for (b = 0; b < nb; ++b) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(row + b * 32));
+        uint8_t *o = dst + b * BNE_TERNARY_BLOCK;
+        _mm256_storeu_si256((__m256i *)o, _mm256_and_si256(v, m3));
+        _mm256_storeu_si256((__m256i *)(o + 32), _mm256_and_si256(_mm256_srli_epi16(v, 2), m3));
+        _mm256_storeu_si256((__m256i *)(o + 64), _mm256_and_si256(_mm256_srli_epi16(v, 4), m3));
+        _mm256_storeu_si256((__m256i *)(o + 96), _mm256_and_si256(_mm256_srli_epi16(v, 6), m3));
+    }
+    for (size_t t = nb * BNE_TERNARY_BLOCK; t < k; ++t) {
+        size_t r = t % BNE_TERNARY_BLOCK;
+        dst[t] = (uint8_t)((row[b * 32 + (r & 31)] >> (2 * (r >> 5))) & 3);
+    }
+}
+
+static void unpack_codes_b3(const uint8_t *row, size_t k, uint8_t *dst) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
+    const size_t nb = (k + BNE_TERNARY3_BLOCK - 1) / BNE_TERNARY3_BLOCK;
+    uint8_t last[BNE_TERNARY3_BLOCK];
+    for (size_t b = 0; b < nb; ++b) {
+        uint8_t *o = (b + 1) * BNE_TERNARY3_BLOCK <= k ? dst + b * BNE_TERNARY3_BLOCK : last;
+        __m256i t0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + b * 64)), bias);
+        __m256i t1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + b * 64 + 32)), bias);
+        for (int d = 0; d < 5; ++d) {
+            _mm256_storeu_si256((__m256i *)(o + 64 * d), trit_codes(t0, lo, hi));
+            _mm256_storeu_si256((__m256i *)(o + 64 * d + 32), trit_codes(t1, lo, hi));
+            t0 = times3(t0);
+            t1 = times3(t1);
+        }
+        if (o == last) memcpy(dst + b * BNE_TERNARY3_BLOCK, last, k - b * BNE_TERNARY3_BLOCK);
+    }
+}
+
+/* acc += p (int16 lanes) in acc's own register: with the plain intrinsic GCC adds into p's register
+ * and copies back, a move per accumulator and step. */
+BNE_INLINE void add16_inplace(__m256i *acc, __m256i p) { __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(p)); }
+
+/* MR activation rows from i against the panel (16 columns): int32 sums over the k4 full quads. */
+BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t qa, size_t qb, size_t i, int MR,
+                             int32_t *c32) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[PANEL_MR][2], tot[PANEL_MR][2];
+    const int8_t *xr[PANEL_MR];
+    for (int r = 0; r < MR; ++r) {
+        xr[r] = a->x + (i + r) * a->ldx;
+        tot[r][0] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N));
+        tot[r][1] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N + 8));
+    }
+    for (size_t q0 = qa; q0 < qb; q0 += PANEL_WIDEN) {
+        size_t q1 = q0 + PANEL_WIDEN < qb ? q0 + PANEL_WIDEN : qb;
+        for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (size_t q = q0; q < q1; ++q) {
+            __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
+            __m256i w1 = _mm256_load_si256((const __m256i *)(panel + q * 64 + 32));
+            for (int r = 0; r < MR; ++r) {
+                int32_t xv;
+                memcpy(&xv, xr[r] + 4 * q, 4);
+                __m256i b = _mm256_set1_epi32(xv);
+                add16_inplace(&acc[r][0], _mm256_maddubs_epi16(w0, b));
+                add16_inplace(&acc[r][1], _mm256_maddubs_epi16(w1, b));
+            }
+        }
+        for (int r = 0; r < MR; ++r) {
+            tot[r][0] = _mm256_add_epi32(tot[r][0], _mm256_madd_epi16(acc[r][0], ones));
+            tot[r][1] = _mm256_add_epi32(tot[r][1], _mm256_madd_epi16(acc[r][1], ones));
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N), tot[r][0]);
+        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N + 8), tot[r][1]);
+    }
+}
+
+/* y[i][j .. j+nc) from acc (the epilogue of bne_store, 8 columns a step: the same IEEE operations). */
+BNE_INLINE void panel_store(const bne_gemm_args *a, size_t i, size_t j, size_t nc, const int32_t *acc) {
+    size_t c = 0;
+    if (a->yi) {
+        for (; c < nc; ++c) a->yi[i * a->ldy + j + c] = acc[c];
+        return;
+    }
+    const __m256 ws = _mm256_set1_ps(a->wscale[0]), xs = _mm256_set1_ps(a->xscale[i]);
+    float *y = a->yf + i * a->ldy + j;
+    for (; c + 8 <= nc; c += 8) {
+        __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + c)));
+        _mm256_storeu_ps(y + c, _mm256_div_ps(_mm256_mul_ps(v, ws), xs));
+    }
+    for (; c < nc; ++c) bne_store(a, i, j + c, acc[c]);
+}
+
+/* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
+ * buffer (the caller then uses the tile kernels). */
+static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
+    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4;
+    const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + a->m * PANEL_N * 4 + 64);
+    if (!buf) return 0;
+    uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
+    int32_t *call = (int32_t *)(codes + 8 * k32);      /* (m, 16) int32 sums of the panel */
+    uint8_t tailc[PANEL_N][4];
+    for (size_t j = n0; j < n1; j += PANEL_N) {
+        const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
+        for (size_t g = 0; g < PANEL_N / 8; ++g) {
+            for (size_t c = 0; c < 8; ++c) { /* unpack the group's 8 rows (zeros past nc and k) */
+                uint8_t *dst = codes + c * k32;
+                memset(dst + 4 * k4, 0, k32 - 4 * k4);
+                if (g * 8 + c < nc) {
+                    const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
+                    if (base3) unpack_codes_b3(row, k, dst);
+                    else unpack_codes_2bit(row, k, dst);
+                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4 + t];
+                    memset(dst + 4 * k4, 0, kt);
+                } else {
+                    memset(dst, 0, 4 * k4);
+                }
+            }
+            /* 8 x 8 transposes of 4-byte quads: row c, quads 8p..8p+7 -> steps 8p..8p+7, column c */
+            for (size_t p = 0; p < k32 / 32; ++p) {
+                __m256i r[8], t[8];
+                for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_si256((const __m256i *)(codes + c * k32 + 32 * p));
+                for (int c = 0; c < 8; c += 2) {
+                    t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+                    t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+                }
+                for (int c = 0; c < 8; c += 4) {
+                    r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
+                    r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
+                    r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
+                    r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
+                }
+                /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
+                for (int c = 0; c < 4; ++c) {
+                    t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
+                    t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
+                }
+                for (int q = 0; q < 8; ++q)
+                    if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
+            }
+        }
+        /* k in slices of PANEL_KC quads, so the panel's slice (16 KB) stays in L1 for all the rows */
+        memset(call, 0, a->m * PANEL_N * 4);
+        for (size_t qa = 0; qa < k4; qa += PANEL_KC) {
+            const size_t qb = k4 - qa < PANEL_KC ? k4 : qa + PANEL_KC;
+            for (size_t i = 0; i < a->m; i += PANEL_MR) {
+                int32_t *c = call + i * PANEL_N;
+                switch (a->m - i < PANEL_MR ? a->m - i : PANEL_MR) {
+                case 6: panel_kernel(a, panel, qa, qb, i, 6, c); break;
+                case 5: panel_kernel(a, panel, qa, qb, i, 5, c); break;
+                case 4: panel_kernel(a, panel, qa, qb, i, 4, c); break;
+                case 3: panel_kernel(a, panel, qa, qb, i, 3, c); break;
+                case 2: panel_kernel(a, panel, qa, qb, i, 2, c); break;
+                default: panel_kernel(a, panel, qa, qb, i, 1, c); break;
+                }
+            }
+        }
+        for (size_t i = 0; i < a->m; ++i) {
+            int32_t *crow = call + i * PANEL_N;
+            const int8_t *x = a->x + i * a->ldx + 4 * k4;
+            const int32_t xs = a->xsum[i];
+            for (size_t c = 0; c < nc; ++c) {
+                int32_t s = crow[c];
+                for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                crow[c] = s - xs;
+            }
+            panel_store(a, i, j, nc, crow);
+        }
+    }
+    free(buf);
+    return 1;
 }
 
 BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
@@ -180,8 +521,13 @@ static int quantize_avx2(const float *x, size_t m, size_t k, size_t ldx, int8_t 
     return BNE_OK;
 }
 
+#define BNE_DEC_FN bne_decoder_forward_avx2
+#include "decoder_impl.h"
+
 const bne_kernels bne_kernels_avx2 = {
     ternary_gemm_avx2,
     int8_gemm_avx2,
     quantize_avx2,
+    bne_ternary3_gemm_avx2,
+    bne_decoder_forward_avx2,
 };

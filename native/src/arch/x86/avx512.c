@@ -167,8 +167,12 @@ static int quantize_avx512(const float *x, size_t m, size_t k, size_t ldx, int8_
     return BNE_OK;
 }
 
+/* The base-3 kernel and the decoder glue are avx2.c's (AVX2 code runs on every AVX-512 CPU; the
+ * decoder calls this table's own ternary/int8 kernels). */
 const bne_kernels bne_kernels_avx512 = {
     ternary_gemm_avx512,
     int8_gemm_avx512,
     quantize_avx512,
+    bne_ternary3_gemm_avx2,
+    bne_decoder_forward_avx2,
 };
