@@ -91,3 +91,51 @@ __device__ __forceinline__ void bne_mma_s8(int c[4], const uint32_t a[4], uint32
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// ---- persistent-kernel helpers (decode.cuh) ------------------------------------------------------
+
+// Grid-wide barrier for a cooperative launch (every block resident).  *bar counts arrivals and is
+// zeroed before the launch; barrier number k waits until it reaches k * gridDim.x (`target` is the
+// block's running count).  The fences around the arrival publish this block's writes and make the
+// other blocks' writes visible after it (as cooperative groups' grid.sync does).  A wait that lasts
+// ~2^22 polls (seconds; a real one takes microseconds) sets bit 1 of *status and gives up, and so
+// does every later barrier once that bit is set: a broken launch ends instead of hanging the GPU.
+#define BNE_STATUS_BARRIER_TIMEOUT 2
+__device__ __forceinline__ void bne_grid_sync(unsigned *bar, unsigned &target, int *status) {
+    target += gridDim.x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(bar, 1u);
+        unsigned v;
+        for (int polls = 0;; ++polls) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+            if (v >= target) break;
+            if ((polls & 1023) == 1023) {
+                int st;
+                asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(st) : "l"(status) : "memory");
+                if ((st & BNE_STATUS_BARRIER_TIMEOUT) || polls >= (1 << 22)) {
+                    atomicOr(status, BNE_STATUS_BARRIER_TIMEOUT);
+                    break;
+                }
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// 16 bytes global -> shared, asynchronously, through L2 only (cp.async.cg, sm_80+).
+__device__ __forceinline__ void bne_cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void bne_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bne_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Ask L2 for the 128-byte lines of [p, p + bytes), spread over the block's threads.
+__device__ __forceinline__ void bne_prefetch_l2(const void *p, size_t bytes) {
+    const char *c = static_cast<const char *>(p);
+    for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}

@@ -38,28 +38,24 @@ BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, in
     }
 }
 
-// q (m, heads * head_dim) after RoPE; caches (kv_heads, capacity, head_dim) holding positions
-// 0 .. *pos0 + m - 1.  Query i (position *pos0 + i) attends keys 0 .. *pos0 + i (causal); head h
-// reads kv head h / (heads / kv_heads) (GQA).  out (m, heads * head_dim) = softmax(q k^T * scale) v.
-// Grid (heads, m), block BNE_ATTN_THREADS; dynamic shared memory
-// (head_dim + capacity + (BNE_ATTN_THREADS / head_dim or 1) * head_dim) floats.
-BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q, int m, int heads, int kv_heads, int head_dim, const int32_t *pos0,
-                              const float *k_cache, const float *v_cache, int capacity, float scale,
-                              float *out) {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    const int h = blockIdx.x, i = blockIdx.y;
-    if (h >= heads || i >= m) return;
-    const int L = min(*pos0 + i + 1, capacity);
-    const int kvh = h / (heads / kv_heads);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-    float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
-    const float *qr = q + ((size_t)i * heads + h) * head_dim;
-    for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = qr[d];
-    __syncthreads();
+// RoPE of one head vector as bne_rope_kv computes it: dst[d] = src[d] * c[d] + rot(src)[d] * sn[d],
+// each product and the sum rounded once.  src is read through L2 (other blocks may have written it).
+__device__ __forceinline__ void bne_rope_vec(const float *src, const float *c, const float *sn, int head_dim, float *dst) {
+    const int half = head_dim / 2;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        const float rot = d < half ? -__ldcg(src + d + half) : __ldcg(src + d - half);
+        dst[d] = __fadd_rn(__fmul_rn(__ldcg(src + d), c[d]), __fmul_rn(rot, sn[d]));
+    }
+}
 
-    const float *K = k_cache + (size_t)kvh * capacity * head_dim;
-    const float *V = v_cache + (size_t)kvh * capacity * head_dim;
+// One query against keys 0 .. L-1 of one KV head: o[d] = softmax(qs . K_j * scale) . V.  qs (head_dim
+// floats) and the block's scratch are shared memory: sc (>= L floats), part (parts * head_dim floats,
+// parts = blockDim / head_dim or 1), red (32 floats).  Every float sum runs in an order fixed by
+// head_dim and the block width alone, so bne_attention and the persistent decode kernel (both
+// BNE_ATTN_THREADS = BNE_DECODE_THREADS wide) give the same bits.  K, V rows are read through L2.
+__device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim, const float *K, const float *V,
+                                           float scale, float *sc, float *part, float *red, float *o) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     // scores: a warp per group of 4 keys (4 independent loads in flight per lane), lanes over head_dim
     for (int j0 = warp * 4; j0 < L; j0 += nw * 4) {
         float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -67,7 +63,7 @@ BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q
             const float qd = qs[d];
 #pragma unroll
             for (int u = 0; u < 4; ++u)
-                if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, K[(size_t)(j0 + u) * head_dim + d]));
+                if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, __ldcg(K + (size_t)(j0 + u) * head_dim + d)));
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -92,15 +88,36 @@ BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q
     for (int idx = tid; idx < parts * head_dim; idx += blockDim.x) {
         const int d = idx % head_dim, pp = idx / head_dim;
         float a = 0.0f;
-#pragma unroll 8
-        for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], V[(size_t)j * head_dim + d]));
+#pragma unroll 16
+        for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], __ldcg(V + (size_t)j * head_dim + d)));
         part[idx] = a;
     }
     __syncthreads();
-    float *o = out + ((size_t)i * heads + h) * head_dim;
     for (int d = tid; d < head_dim; d += blockDim.x) {
         float a = 0.0f;
         for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
         o[d] = __fdiv_rn(a, sum);
     }
+}
+
+// q (m, heads * head_dim) after RoPE; caches (kv_heads, capacity, head_dim) holding positions
+// 0 .. *pos0 + m - 1.  Query i (position *pos0 + i) attends keys 0 .. *pos0 + i (causal); head h
+// reads kv head h / (heads / kv_heads) (GQA).  out (m, heads * head_dim) = softmax(q k^T * scale) v.
+// Grid (heads, m), block BNE_ATTN_THREADS; dynamic shared memory
+// (head_dim + capacity + (BNE_ATTN_THREADS / head_dim or 1) * head_dim) floats.
+BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q, int m, int heads, int kv_heads, int head_dim, const int32_t *pos0,
+                              const float *k_cache, const float *v_cache, int capacity, float scale,
+                              float *out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x, i = blockIdx.y;
+    if (h >= heads || i >= m) return;
+    const int L = min(*pos0 + i + 1, capacity);
+    const int kvh = h / (heads / kv_heads);
+    float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
+    const float *qr = q + ((size_t)i * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+    bne_attend(qs, L, head_dim, k_cache + (size_t)kvh * capacity * head_dim, v_cache + (size_t)kvh * capacity * head_dim,
+               scale, sc, part, red, out + ((size_t)i * heads + h) * head_dim);
 }
