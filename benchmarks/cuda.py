@@ -199,6 +199,35 @@ def _gpu_step_us(model, ids, mode: str, reps: int = 30) -> float:
     return g.time_ms(step, repeat=reps) * 1e3
 
 
+_STEP = {1: "norm-sumsq", 2: "norm-amax", 3: "norm-quant", 4: "dot-wait", 5: "dot-loop", 6: "prefetch-issue",
+         7: "sync", 8: "store", 9: "barrier", 10: "l2-prefetch", 11: "rope-kv", 12: "scores", 13: "softmax",
+         14: "pv", 15: "end"}
+_PHASE = {1: "A", 2: "B", 3: "C", 4: "D", 5: "E", 6: "head"}
+
+
+def _phase_table(trace: np.ndarray, layers: int) -> dict:
+    """Microseconds between the kernel's stamps (label = phase << 4 | step, see common.cuh), summed
+    by label: per layer (mean over the layers) for A..E, per step for the head; blocks 0 and grid-1."""
+    out = {}
+    for b, name in ((0, "block0"), (1, "block_last")):
+        ns, lab = trace[b, :, 0].astype(np.float64), trace[b, :, 1].astype(np.int64)
+        n = int(np.count_nonzero(ns))
+        if n < 2:
+            continue
+        row: dict[str, float] = {}
+        for i in range(1, n):
+            ph, st = _PHASE.get(int(lab[i]) >> 4, "?"), _STEP.get(int(lab[i]) & 15, str(int(lab[i]) & 15))
+            key = f"{ph}.{st}"
+            row[key] = row.get(key, 0.0) + (ns[i] - ns[i - 1]) / 1e3
+        for k in row:
+            if k[0] in "ABCDE":
+                row[k] /= layers
+        row["layer_total"] = sum(v for k, v in row.items() if k[0] in "ABCDE")
+        row["step_total"] = float((ns[n - 1] - ns[0]) / 1e3)
+        out[name] = {k: round(v, 3) for k, v in row.items()}
+    return out
+
+
 def decode_profile(model, ids, contexts=(16, 128, 512, 2048)) -> dict:
     """Where a decode step's GPU time goes: one captured step at several context lengths on both
     paths, and the persistent kernel with its plan cut to fewer layers (0 = final norm, LM head and
@@ -228,6 +257,15 @@ def decode_profile(model, ids, contexts=(16, 128, 512, 2048)) -> dict:
         g.synchronize()
         sweep[n] = g.time_ms(graph, repeat=20) * 1e3
     step.plan.upload(words)
+    opts = {}  # the L2 prefetches on and off (bit 0: weights during attention, bit 1: KV rows)
+    for o in (0, 1, 2, 3):
+        step.set_word("OPTS", o)
+        graph()
+        g.synchronize()
+        opts[o] = g.time_ms(graph, repeat=20) * 1e3
+    step.set_word("OPTS", 0)
+    out["persistent_opts_us"] = opts
+    out["trace"] = _phase_table(step.traced(graph), total)
     slope, icept = np.polyfit(list(sweep), list(sweep.values()), 1)
     head = model.head.weights.nbytes + model.head.wscale.nbytes
     out.update({"persistent_layers_sweep_us": sweep, "context": len(ids) + 1, "us_per_layer": float(slope),
@@ -397,6 +435,10 @@ def main(argv=None) -> None:
             pr = e["profile"]
             for ctx, r in pr["gpu_step_us_by_context"].items():
                 print(f"  GPU step at context {ctx}: persistent {r['persistent']:.0f} us, kernels {r['kernels']:.0f} us")
+            for o, us in pr.get("persistent_opts_us", {}).items():
+                print(f"  persistent opts {o} (1: no weight L2 prefetch, 2: no KV prefetch): {us:.0f} us")
+            for blk, row in pr.get("trace", {}).items():
+                print(f"  trace {blk}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
             if "us_per_layer" in pr:
                 print(f"  persistent: {pr['us_per_layer']:.2f} us a layer + {pr['fixed_us']:.0f} us fixed (norm, LM head "
                       f"{pr['head_bytes'] / 1e6:.0f} MB -> {pr['head_and_fixed_gb_s']:.0f} GB/s, argmax, launch)")

@@ -64,6 +64,7 @@ BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 #define BNE_GEMM_BN 128    /* weight rows per GEMM block (blockDim.x = 128, 4 warps x 32 rows) */
 #define BNE_NORM_THREADS 1024
 #define BNE_ATTN_THREADS 1024
+#define BNE_TRACE_MAX 1024      /* trace stamps a block */
 #define BNE_DECODE_THREADS 1024 /* the persistent decode kernel's block: equal to NORM and ATTN threads,
                                    so its float sums run in their order (same bits) */
 
@@ -104,6 +105,9 @@ BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 #define BNE_PLAN_ACC_ROWS 32     /* int32 row accumulators in shared memory (LM head chunk rows) */
 #define BNE_PLAN_REGION_FLOATS 33 /* floats of the norm-cache / attention region */
 #define BNE_PLAN_HEAD_L2 34      /* bytes of each block's LM-head rows prefetched into L2 in the last layer */
+#define BNE_PLAN_TRACE 35        /* 0, or uint64 (2, BNE_TRACE_MAX, 2): blocks 0 and grid-1 stamp (globaltimer ns,
+                                    clock64) at each phase boundary (benchmarks/cuda.py --profile) */
+#define BNE_PLAN_OPTS 36         /* bit 0: no L2 weight prefetch during attention; bit 1: no KV-cache prefetch */
 #define BNE_PLAN_HEADER 40
 /* then BNE_PLAN_LAYER words per layer (a norm weight of 0 = no such norm): */
 #define BNE_PLAN_L_IN_NORM 0

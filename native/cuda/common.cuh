@@ -94,10 +94,31 @@ __device__ __forceinline__ void bne_mma_s8(int c[4], const uint32_t a[4], uint32
 
 // ---- persistent-kernel helpers (decode.cuh) ------------------------------------------------------
 
+// Profiling stamps (benchmarks/cuda.py --profile): thread 0 of a traced block writes (globaltimer
+// ns, label) at each step boundary; label = phase << 4 | step.  p == nullptr: off (one branch).
+#ifndef BNE_TRACE_MAX
+#define BNE_TRACE_MAX 1024
+#endif
+struct BneTrace {
+    unsigned long long *p;
+    int ev;
+};
+
+__device__ __forceinline__ void bne_stamp(BneTrace *tr, int label) {
+    if (tr == nullptr || tr->p == nullptr) return;
+    if (threadIdx.x == 0 && tr->ev < BNE_TRACE_MAX) {
+        unsigned long long g;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+        tr->p[2 * tr->ev] = g;
+        tr->p[2 * tr->ev + 1] = (unsigned long long)label;
+    }
+    ++tr->ev;
+}
+
 // Grid-wide barrier for a cooperative launch (every block resident).  *bar counts arrivals and is
 // zeroed before the launch; barrier number k waits until it reaches k * gridDim.x (`target` is the
-// block's running count).  The fences around the arrival publish this block's writes and make the
-// other blocks' writes visible after it (as cooperative groups' grid.sync does).  A wait that lasts
+// block's running count).  The arrival is a release and the polling an acquire at GPU scope, with a
+// block barrier on either side: every write before the barrier is visible to every block after it.  A wait that lasts
 // ~2^22 polls (seconds; a real one takes microseconds) sets bit 1 of *status and gives up, and so
 // does every later barrier once that bit is set: a broken launch ends instead of hanging the GPU.
 #define BNE_STATUS_BARRIER_TIMEOUT 2
@@ -105,8 +126,9 @@ __device__ __forceinline__ void bne_grid_sync(unsigned *bar, unsigned &target, i
     target += gridDim.x;
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(bar, 1u);
+        // release: the block's writes (ordered before this by the bar.sync above) are visible to
+        // whoever acquires the count; acquire below: the other blocks' writes are visible here
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
         unsigned v;
         for (int polls = 0;; ++polls) {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
@@ -120,7 +142,6 @@ __device__ __forceinline__ void bne_grid_sync(unsigned *bar, unsigned &target, i
                 }
             }
         }
-        __threadfence();
     }
     __syncthreads();
 }

@@ -112,11 +112,12 @@ __device__ __forceinline__ int bne_unit_int8(const uint4 w, const uint4 x) {
     return a;
 }
 
-// acc[r] += sum over the row's units of (codes or int8 weights) . xq, for the block's rows.
+// acc[r] += sum over the row's units of (ternary or int8 weights) . xq, for the block's rows.
 // Call with every thread of the block (shuffles); acc must hold zeros (or a previous chunk's
 // already-stored rows zeroed by bne_phase_store).
 template <bool TERNARY>
-__device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wbuf, int pf, const int8_t *xq, int *acc) {
+__device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wbuf, int pf, const int8_t *xq, int *acc,
+                                              BneTrace *tr, int ph) {
     const int t = threadIdx.x, lane = t & 31;
     const int rt = t / p.upr, jt = t - rt * p.upr;
     const bool active = rt < p.rpi;
@@ -130,7 +131,20 @@ __device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wb
     } else {
         xp[0] = *reinterpret_cast<const uint4 *>(xq + 16 * jt);
     }
+    // sum(w x) = sum(c x) - sum(x): each unit subtracts the sum of its own 64 activations (exact),
+    // so no block-wide activation sum is needed
+    int xs_t = 0;
+    if (TERNARY) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            xs_t = __dp4a(0x01010101, (int)xp[q].x, xs_t);
+            xs_t = __dp4a(0x01010101, (int)xp[q].y, xs_t);
+            xs_t = __dp4a(0x01010101, (int)xp[q].z, xs_t);
+            xs_t = __dp4a(0x01010101, (int)xp[q].w, xs_t);
+        }
+    }
     bne_cp_async_wait_all();
+    bne_stamp(tr, ph | 4);
     constexpr int B = TERNARY ? 2 : 4;  // units in flight (registers: 4 words each)
     for (int i0 = 0; i0 < p.iters; i0 += B) {
         uint4 wv[B];
@@ -148,7 +162,7 @@ __device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wb
             if (i >= p.iters) break;  // the same for the whole block
             const bool ok = active && rl < p.rows;
             int v = 0;
-            if (ok) v = TERNARY ? bne_unit_ternary(wv[u], xp) : bne_unit_int8(wv[u], xp[0]);
+            if (ok) v = TERNARY ? bne_unit_ternary(wv[u], xp) - xs_t : bne_unit_int8(wv[u], xp[0]);
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
                 const int y = __shfl_down_sync(BNE_FULL_MASK, v, o);
@@ -157,28 +171,30 @@ __device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wb
             if (ok && head) atomicAdd(acc + rl, v);
         }
     }
+    bne_stamp(tr, ph | 5);
 }
 
-// y[row] = [y[row] +] ((acc - xsum) * wscale[row]) / s for the block's rows (the ADR 0003 epilogue,
+// y[row] = [y[row] +] ((acc - corr) * wscale[row]) / s for the block's rows (the ADR 0003 epilogue,
 // bit-exact with bne_epilogue); zeroes acc.  After a __syncthreads that follows bne_phase_dot.
 __device__ __forceinline__ void bne_phase_store(const BnePhase &p, int corr, float s, const float *wscale, bool add,
-                                                float *y, int *acc) {
+                                                float *y, int *acc, float ws0, float y0) {
     for (int r = threadIdx.x; r < p.rows; r += BNE_DT) {
         const int a = acc[r] - corr;
         acc[r] = 0;
         const int row = p.r0 + r;
-        float v = __fdiv_rn(__fmul_rn(__int2float_rn(a), __ldg(wscale + row)), s);
-        if (add) v = __fadd_rn(__ldcg(y + row), v);
+        const bool first = r == (int)threadIdx.x;  // ws0, y0: this row's scale and residual, loaded early
+        float v = __fdiv_rn(__fmul_rn(__int2float_rn(a), first ? ws0 : __ldg(wscale + row)), s);
+        if (add) v = __fadd_rn(first ? y0 : __ldcg(y + row), v);
         y[row] = v;
     }
 }
 
 __device__ __forceinline__ void bne_dot(bool ternary, const BnePhase &p, const uint4 *wbuf, int pf, const int8_t *xq,
-                                        int *acc) {
+                                        int *acc, BneTrace *tr, int ph) {
     if (ternary)
-        bne_phase_dot<true>(p, wbuf, pf, xq, acc);
+        bne_phase_dot<true>(p, wbuf, pf, xq, acc, tr, ph);
     else
-        bne_phase_dot<false>(p, wbuf, pf, xq, acc);
+        bne_phase_dot<false>(p, wbuf, pf, xq, acc, tr, ph);
 }
 
 // np.argmax order: NaN beats everything, then the larger value, then the smaller index.
@@ -237,35 +253,45 @@ __device__ __forceinline__ BneSmem bne_smem(const uint64_t *plan, unsigned char 
 }
 
 // Norm + quantize one activation row into shared memory; NaN/inf set bit 0 of the status word.
-__device__ __forceinline__ void bne_dec_norm(const uint64_t *plan, const BneSmem &m, const float *xr, const float *x2r,
-                                             int k, int act, const float *w, float *redf, int *redi, float &s, int &xs) {
+__device__ __noinline__ void bne_dec_norm(const uint64_t *plan, const BneSmem &m, const float *xr, const float *x2r,
+                                             int k, int act, const float *w, float *redf, int *redi, float &s, int &xs,
+                                             BneTrace *tr, int ph) {
     int bad;
     bne_norm_quant_row(xr, x2r, k, act, w, __int_as_float(BNE_I(BNE_PLAN_EPS)), m.xq, ((k + 127) >> 7) << 7, m.region,
-                       BNE_I(BNE_PLAN_REGION_FLOATS), redf, redi, s, xs, bad);
+                       BNE_I(BNE_PLAN_REGION_FLOATS), redf, redi, s, xs, bad, tr, ph, false);
     if (bad && threadIdx.x == 0) atomicOr(BNE_P(int, BNE_PLAN_FLAG), 1);
 }
 
 // y = [y +] W xq for this block's rows of W (n rows, k columns), prefetching `next` for the next phase.
 __device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool ternary, const float *wscale, bool add, float *y,
                                           const BneSmem &m, int pf, float s, int xs, const void *next_w, int next_n,
-                                          int next_k, bool next_ternary, int next_rows_cap) {
+                                          int next_k, bool next_ternary, int next_rows_cap, BneTrace *tr, int ph) {
     int r0, r1;
     bne_block_rows(n, r0, r1);
     const BnePhase p = bne_phase(w, k, ternary, r0, r1);
-    bne_dot(ternary, p, m.wbuf, pf, m.xq, m.acc);
+    float ws0 = 0.0f, y0 = 0.0f;  // the epilogue's loads, in flight during the dot
+    if ((int)threadIdx.x < p.rows) {
+        ws0 = __ldg(wscale + r0 + threadIdx.x);
+        if (add) y0 = __ldcg(y + r0 + threadIdx.x);  // this block wrote these rows last: final here
+    }
+    bne_dot(ternary, p, m.wbuf, pf, m.xq, m.acc, tr, ph);
     if (next_w != nullptr) {
         int q0, q1;
         bne_block_rows(next_n, q0, q1);
         bne_phase_prefetch(bne_phase(next_w, next_k, next_ternary, q0, min(q1, q0 + next_rows_cap)), m.wbuf, pf);
     }
+    bne_stamp(tr, ph | 6);
     __syncthreads();
-    bne_phase_store(p, ternary ? xs : 0, s, wscale, add, y, m.acc);
+    bne_stamp(tr, ph | 7);
+    bne_phase_store(p, 0, s, wscale, add, y, m.acc, ws0, y0);  // xsum already subtracted per unit
+    bne_stamp(tr, ph | 8);
 }
 
 // Phase B for the heads this block owns: RoPE of q (into shared memory) and of the new key, the
 // key and value written at pos (every block of a KV group writes the same bits, then reads its own
 // write), attention over positions 0 .. pos.
-__device__ __noinline__ void bne_dec_attention(const uint64_t *plan, const uint64_t *Lp, const BneSmem &m, float *red) {
+__device__ __noinline__ void bne_dec_attention(const uint64_t *plan, const uint64_t *Lp, const BneSmem &m, float *red,
+                                               BneTrace *tr) {
     const int H = BNE_I(BNE_PLAN_HEADS), KV = BNE_I(BNE_PLAN_KV_HEADS), hd = BNE_I(BNE_PLAN_HEAD_DIM);
     const int cap = BNE_I(BNE_PLAN_CAPACITY), pos = *BNE_P(const int, BNE_PLAN_POS);
     const float *qkv = BNE_P(const float, BNE_PLAN_QKV);
@@ -281,8 +307,10 @@ __device__ __noinline__ void bne_dec_attention(const uint64_t *plan, const uint6
         const float *vs = qkv + (size_t)(H + KV + kvh) * hd;
         for (int d = threadIdx.x; d < hd; d += BNE_DT) vd[d] = __ldcg(vs + d);
         __syncthreads();
+        bne_stamp(h == (int)blockIdx.x ? tr : nullptr, 0x2b);
         bne_attend(qs, min(pos + 1, cap), hd, kc + (size_t)kvh * cap * hd, vc + (size_t)kvh * cap * hd,
-                   __int_as_float(BNE_I(BNE_PLAN_SCALE)), sc, part, red, BNE_P(float, BNE_PLAN_ATTN) + (size_t)h * hd);
+                   __int_as_float(BNE_I(BNE_PLAN_SCALE)), sc, part, red, BNE_P(float, BNE_PLAN_ATTN) + (size_t)h * hd,
+                   h == (int)blockIdx.x ? tr : nullptr);
         __syncthreads();
     }
 }
@@ -293,6 +321,38 @@ __device__ __forceinline__ void bne_prefetch_rows(const void *w, int n, int k, b
     bne_block_rows(n, r0, r1);
     const size_t rb = (size_t)((k + 127) >> 7) * (ternary ? 32 : 128);
     bne_prefetch_l2(static_cast<const uint8_t *>(w) + (size_t)r0 * rb, min((size_t)(r1 - r0) * rb, cap_bytes));
+}
+
+// The LM head over this block's rows, in chunks of ACC_ROWS rows (the first prefetched): logits and
+// this block's (max, lowest id).
+__device__ __noinline__ void bne_dec_head(const uint64_t *plan, const BneSmem &m, float s, int xs, float &bv_out,
+                                          int &bi_out, BneTrace *tr) {
+    const int t = threadIdx.x, hidden = BNE_I(BNE_PLAN_HIDDEN), acc_rows = BNE_I(BNE_PLAN_ACC_ROWS);
+    const bool hter = BNE_I(BNE_PLAN_HEAD_TERNARY) != 0;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff, r0, r1;
+    bne_block_rows(BNE_I(BNE_PLAN_VOCAB), r0, r1);
+    for (int c0 = r0; c0 < r1; c0 += acc_rows) {
+        const BnePhase p = bne_phase(BNE_P(const void, BNE_PLAN_HEAD_W), hidden, hter, c0, min(r1, c0 + acc_rows));
+        bne_dot(hter, p, m.wbuf, c0 == r0 ? BNE_I(BNE_PLAN_PF) : 0, m.xq, m.acc, tr, 0x60);
+        __syncthreads();
+        const float *hscale = BNE_P(const float, BNE_PLAN_HEAD_SCALE);
+        float *logits = BNE_P(float, BNE_PLAN_LOGITS);
+        for (int r = t; r < p.rows; r += BNE_DT) {
+            const int a = m.acc[r];  // a ternary head's sum(x) is subtracted per unit
+            m.acc[r] = 0;
+            const int row = p.r0 + r;
+            const float v = __fdiv_rn(__fmul_rn(__int2float_rn(a), __ldg(hscale + row)), s);
+            logits[row] = v;
+            if (bne_better(v, row, bv, bi)) {
+                bv = v;
+                bi = row;
+            }
+        }
+        __syncthreads();
+    }
+    bv_out = bv;
+    bi_out = bi;
 }
 
 // plan: see BNE_PLAN_* in bne_cuda.h.  Grid: one block per SM (cooperative launch), block
@@ -309,6 +369,10 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
     float s;
     int xs;
     const size_t all = ~(size_t)0;
+    BneTrace tr{nullptr, 0};  // stamps: see bne_stamp (common.cuh)
+    if (bne_pw(plan, BNE_PLAN_TRACE) != 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1))
+        tr.p = BNE_P(unsigned long long, BNE_PLAN_TRACE) + (blockIdx.x == 0 ? 0 : 2 * BNE_TRACE_MAX);
+    const int opts = BNE_I(BNE_PLAN_OPTS);
 
     for (int r = t; r < BNE_I(BNE_PLAN_ACC_ROWS); r += BNE_DT) m.acc[r] = 0;  // visible after the first norm
     {
@@ -320,6 +384,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
                                      bne_pw(Lp, BNE_PLAN_L_TERNARY) & 1, r0, r1), m.wbuf, BNE_I(BNE_PLAN_PF));
     }
 
+    bne_stamp(&tr, 0x00);
     const int nl = BNE_I(BNE_PLAN_LAYERS);
     for (int l = 0; l < nl; ++l) {
         const uint64_t *Lp = plan + BNE_PLAN_HEADER + (size_t)l * BNE_PLAN_LAYER;
@@ -331,7 +396,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         const int pf = BNE_I(BNE_PLAN_PF);
 
         // ---- A: input norm -> q/k/v
-        if ((int)blockIdx.x < BNE_I(BNE_PLAN_HEADS)) {  // this block attends next: its KV head's cache into L2
+        if (!(opts & 2) && (int)blockIdx.x < BNE_I(BNE_PLAN_HEADS)) {  // this block attends next: its KV rows into L2
             const int hd = BNE_I(BNE_PLAN_HEAD_DIM), cap = BNE_I(BNE_PLAN_CAPACITY);
             const int kvh = blockIdx.x / (BNE_I(BNE_PLAN_HEADS) / BNE_I(BNE_PLAN_KV_HEADS));
             const size_t bytes = (size_t)(*BNE_P(const int, BNE_PLAN_POS)) * hd * 4;
@@ -339,87 +404,77 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
             bne_prefetch_l2(BNE_LP(const float, BNE_PLAN_L_V_CACHE) + (size_t)kvh * cap * hd, bytes);
         }
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_IN_NORM),
-                     redf, redi, s, xs);
+                     redf, redi, s, xs, &tr, 0x10);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_QKV), nqkv, hidden, tern & 1, BNE_LP(const float, BNE_PLAN_L_QKV_SCALE),
                      false, BNE_P(float, BNE_PLAN_QKV), m, pf, s, xs, BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim,
-                     tern & 2, 1 << 30);
+                     tern & 2, 1 << 30, &tr, 0x10);
         bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x19);
 
         // ---- B: attention (blocks < heads); every block brings its next weights into L2
-        bne_prefetch_rows(BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4, all);
-        bne_prefetch_rows(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, all);
-        if (Ln != nullptr)
-            bne_prefetch_rows(bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden, bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, all);
-        else
-            bne_prefetch_rows(BNE_P(const void, BNE_PLAN_HEAD_W), BNE_I(BNE_PLAN_VOCAB), hidden,
-                              BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, (size_t)bne_pw(plan, BNE_PLAN_HEAD_L2));
-        bne_dec_attention(plan, Lp, m, redf);
+        if (!(opts & 1)) {
+            bne_prefetch_rows(BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4, all);
+            bne_prefetch_rows(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, all);
+            if (Ln != nullptr)
+                bne_prefetch_rows(bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden,
+                                  bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, all);
+            else
+                bne_prefetch_rows(BNE_P(const void, BNE_PLAN_HEAD_W), BNE_I(BNE_PLAN_VOCAB), hidden,
+                                  BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, (size_t)bne_pw(plan, BNE_PLAN_HEAD_L2));
+        }
+        bne_stamp(&tr, 0x2a);
+        bne_dec_attention(plan, Lp, m, redf, &tr);
         bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x29);
 
         // ---- C: sub-norm -> o_proj, added into the residual
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_ATTN), nullptr, qdim, 0, BNE_LP(const float, BNE_PLAN_L_ATTN_SUB),
-                     redf, redi, s, xs);
+                     redf, redi, s, xs, &tr, 0x30);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim, tern & 2, BNE_LP(const float, BNE_PLAN_L_O_SCALE), true,
                      BNE_P(float, BNE_PLAN_X), m, pf, s, xs, BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden,
-                     tern & 4, 1 << 30);
+                     tern & 4, 1 << 30, &tr, 0x30);
         bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x39);
 
         // ---- D: post-attention norm -> gate/up
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_POST_NORM),
-                     redf, redi, s, xs);
+                     redf, redi, s, xs, &tr, 0x40);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4,
                      BNE_LP(const float, BNE_PLAN_L_GATE_UP_SCALE), false, BNE_P(float, BNE_PLAN_GU), m, pf, s, xs,
-                     BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, 1 << 30);
+                     BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, 1 << 30, &tr, 0x40);
         bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x49);
 
         // ---- E: act(gate) * up [+ sub-norm] -> down_proj, added into the residual
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_GU), BNE_P(const float, BNE_PLAN_GU) + inter, inter,
-                     BNE_I(BNE_PLAN_ACT), BNE_LP(const float, BNE_PLAN_L_FFN_SUB), redf, redi, s, xs);
+                     BNE_I(BNE_PLAN_ACT), BNE_LP(const float, BNE_PLAN_L_FFN_SUB), redf, redi, s, xs, &tr, 0x50);
         if (Ln != nullptr)
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
                          true, BNE_P(float, BNE_PLAN_X), m, pf, s, xs, bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden,
-                         bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, 1 << 30);
+                         bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, 1 << 30, &tr, 0x50);
         else  // the LM head's first chunk next
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
                          true, BNE_P(float, BNE_PLAN_X), m, pf, s, xs, BNE_P(const void, BNE_PLAN_HEAD_W),
-                         BNE_I(BNE_PLAN_VOCAB), hidden, BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, BNE_I(BNE_PLAN_ACC_ROWS));
+                         BNE_I(BNE_PLAN_VOCAB), hidden, BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, BNE_I(BNE_PLAN_ACC_ROWS), &tr, 0x50);
         bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x59);
     }
 
     // ---- final norm -> LM head (in chunks of ACC_ROWS rows) -> logits and their argmax
-    const int hidden = BNE_I(BNE_PLAN_HIDDEN), acc_rows = BNE_I(BNE_PLAN_ACC_ROWS);
-    bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_P(const float, BNE_PLAN_NORM), redf, redi,
-                 s, xs);
-    const bool hter = BNE_I(BNE_PLAN_HEAD_TERNARY) != 0;
-    float bv = -INFINITY;
-    int bi = 0x7fffffff, r0, r1;
-    bne_block_rows(BNE_I(BNE_PLAN_VOCAB), r0, r1);
-    for (int c0 = r0; c0 < r1; c0 += acc_rows) {
-        const BnePhase p = bne_phase(BNE_P(const void, BNE_PLAN_HEAD_W), hidden, hter, c0, min(r1, c0 + acc_rows));
-        bne_dot(hter, p, m.wbuf, c0 == r0 ? BNE_I(BNE_PLAN_PF) : 0, m.xq, m.acc);
-        __syncthreads();
-        const float *hscale = BNE_P(const float, BNE_PLAN_HEAD_SCALE);
-        float *logits = BNE_P(float, BNE_PLAN_LOGITS);
-        for (int r = t; r < p.rows; r += BNE_DT) {
-            const int a = m.acc[r] - (hter ? xs : 0);
-            m.acc[r] = 0;
-            const int row = p.r0 + r;
-            const float v = __fdiv_rn(__fmul_rn(__int2float_rn(a), __ldg(hscale + row)), s);
-            logits[row] = v;
-            if (bne_better(v, row, bv, bi)) {
-                bv = v;
-                bi = row;
-            }
-        }
-        __syncthreads();
-    }
+    bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, BNE_I(BNE_PLAN_HIDDEN), 0, BNE_P(const float, BNE_PLAN_NORM), redf, redi,
+                 s, xs, &tr, 0x60);
+    float bv;
+    int bi;
+    bne_dec_head(plan, m, s, xs, bv, bi, &tr);
     int *am = BNE_P(int, BNE_PLAN_ARGMAX);
     bne_block_argmax(bv, bi, redf, redi);
     if (t == 0) {
         am[2 * blockIdx.x] = __float_as_int(bv);
         am[2 * blockIdx.x + 1] = bi;
     }
+    bne_stamp(&tr, 0x6a);
     bne_grid_sync(bar, target, status);
+    bne_stamp(&tr, 0x69);
     if (blockIdx.x == 0) {
         bv = -INFINITY;
         bi = 0x7fffffff;
@@ -437,4 +492,5 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
             am[2 * gridDim.x + 1] = __ldcg(status);  // what went wrong in this step, if anything
         }
     }
+    bne_stamp(&tr, 0x6f);
 }

@@ -54,7 +54,8 @@ __device__ __forceinline__ void bne_rope_vec(const float *src, const float *c, c
 // head_dim and the block width alone, so bne_attention and the persistent decode kernel (both
 // BNE_ATTN_THREADS = BNE_DECODE_THREADS wide) give the same bits.  K, V rows are read through L2.
 __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim, const float *K, const float *V,
-                                           float scale, float *sc, float *part, float *red, float *o) {
+                                           float scale, float *sc, float *part, float *red, float *o,
+                                           BneTrace *tr = nullptr) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     // scores: a warp per group of 4 keys (4 independent loads in flight per lane), lanes over head_dim
     for (int j0 = warp * 4; j0 < L; j0 += nw * 4) {
@@ -72,6 +73,7 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
         }
     }
     __syncthreads();
+    bne_stamp(tr, 0x2c);
     float mx = -INFINITY;
     for (int j = tid; j < L; j += blockDim.x) mx = fmaxf(mx, sc[j]);
     mx = bne_block_max_f(mx, red);
@@ -82,6 +84,7 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
         sum = __fadd_rn(sum, e);
     }
     sum = bne_block_sum_f(sum, red);  // ends with a barrier-separated read: sc is complete here
+    bne_stamp(tr, 0x2d);
 
     // out = sum_j p_j v_j: thread (part, d) sums keys part, part + parts, ... (loads unrolled)
     const int parts = (int)blockDim.x >= head_dim ? (int)blockDim.x / head_dim : 1;
@@ -98,6 +101,7 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
         for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
         o[d] = __fdiv_rn(a, sum);
     }
+    bne_stamp(tr, 0x2e);
 }
 
 // q (m, heads * head_dim) after RoPE; caches (kv_heads, capacity, head_dim) holding positions

@@ -194,6 +194,31 @@ class DecodeStep:
         self.gpu.memset(self.ctl.ptr, 0, 8)
         self._launch()
 
+    def set_word(self, name: str, value: int) -> int:
+        """Set one header word of the plan (profiling: TRACE, OPTS, LAYERS); returns the old value."""
+        i = self.gpu.plan_layout[name]
+        words = self.plan.download()
+        old = int(words[i])
+        words[i] = value
+        self.plan.upload(words)
+        return old
+
+    def traced(self, run) -> np.ndarray:
+        """Run ``run()`` (one step) with phase stamps on: (2 blocks, BNE_TRACE_MAX, [globaltimer ns,
+        clock64]) of blocks 0 and grid-1; unused slots are 0."""
+        n = self.gpu.plan_layout.get("TRACE")
+        if n is None:
+            raise CudaUnavailable("version-mismatch", "this bne_cuda.h has no trace word")
+        tmax = 1024
+        buf = self.gpu.zeros((2, tmax, 2), np.uint64)
+        self.set_word("TRACE", buf.ptr)
+        try:
+            run()
+            self.gpu.synchronize()
+        finally:
+            self.set_word("TRACE", 0)
+        return buf.download()
+
     @staticmethod
     def check(status: int) -> None:
         """Raise CudaError when the step's status says its results are void (a grid barrier timed
