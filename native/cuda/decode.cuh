@@ -16,9 +16,10 @@
 // unit, 16 for int8) are loaded from shared memory once per phase.  A unit's dot product is the
 // GEMV kernel's (ternary: 16 LOP3 + 16 dp4a, planes joined by exact shifts); the lanes of one row
 // are summed by a segmented shuffle reduction and one shared-memory atomicAdd per row segment
-// (integers: order-free, exact).  Each phase's first `pf` units per thread are copied into shared
-// memory with cp.async at the end of the previous phase, so the weights stream in while the grid
-// waits at the barrier and the next norm runs; the rest are read from global memory, 4 in flight.
+// (integers: order-free, exact).  Each phase's weight rows (as many as the buffer of PF x 16 bytes a
+// thread holds) are copied into shared memory at the end of the previous phase — one bulk (TMA)
+// copy on sm_90, cp.async by every thread before — so they stream in while the grid waits at the
+// barrier and the next norm runs; rows past the buffer are read from global memory, 2-4 in flight.
 //
 // Numerics: the same device functions as the one-operation kernels (bne_norm_quant_row,
 // bne_attend, the ADR 0003 epilogue) with the same block width, so a decode step gives exactly the
@@ -74,17 +75,34 @@ __device__ __forceinline__ void bne_block_rows(int n, int &r0, int &r1) {
     r1 = (int)(((long long)(blockIdx.x + 1) * n) / gridDim.x);
 }
 
-// Start copying this thread's first pf units of the phase into wbuf (its own slots i * BNE_DT + t).
-__device__ __forceinline__ void bne_phase_prefetch(const BnePhase &p, uint4 *wbuf, int pf) {
+// Rows of the phase's slice that a prefetch buffer of bufb bytes holds.
+__device__ __forceinline__ int bne_buf_rows(const BnePhase &p, int bufb) { return min(p.rows, bufb / p.rb); }
+
+// Start bringing the first rows of the phase's slice (as many as bufb bytes hold) into wbuf, laid
+// out as in global memory (row rl, unit j at rl * upr + j).  sm_90: one bulk copy by thread 0 on
+// *bar; older GPUs: cp.async by every thread of the units it will use.  After a __syncthreads that
+// follows the last read of wbuf.  `seq` counts the copies issued (the mbarrier's parity).
+__device__ __forceinline__ void bne_phase_prefetch(const BnePhase &p, uint4 *wbuf, int bufb, uint64_t *bar,
+                                                   unsigned &seq) {
+    const int nr = bne_buf_rows(p, bufb);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) bne_bulk_g2s(wbuf, p.w, (unsigned)nr * (unsigned)p.rb, bar);
+#else
     const int t = threadIdx.x, rt = t / p.upr, jt = t - rt * p.upr;
-    if (rt < p.rpi) {
-        const int n = min(p.iters, pf);
-        for (int i = 0; i < n; ++i) {
-            const int rl = rt + i * p.rpi;
-            if (rl < p.rows) bne_cp_async16(wbuf + i * BNE_DT + t, p.w + (size_t)rl * p.rb + 16 * jt);
-        }
-    }
+    if (rt < p.rpi)
+        for (int rl = rt; rl < nr; rl += p.rpi) bne_cp_async16(wbuf + rl * p.upr + jt, p.w + (size_t)rl * p.rb + 16 * jt);
     bne_cp_async_commit();
+#endif
+    ++seq;
+}
+
+// Wait for the latest prefetch (sequence number seq - 1).
+__device__ __forceinline__ void bne_phase_wait(uint64_t *bar, unsigned seq) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    bne_mbar_wait(bar, seq - 1u);
+#else
+    bne_cp_async_wait_all();
+#endif
 }
 
 // One 16-byte unit of a ternary row against its 64 activations (planes as in gemv.cuh).
@@ -116,8 +134,9 @@ __device__ __forceinline__ int bne_unit_int8(const uint4 w, const uint4 x) {
 // Call with every thread of the block (shuffles); acc must hold zeros (or a previous chunk's
 // already-stored rows zeroed by bne_phase_store).
 template <bool TERNARY>
-__device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wbuf, int pf, const int8_t *xq, int *acc,
-                                              BneTrace *tr, int ph) {
+// nbuf: rows of the slice already prefetched into wbuf (0: none; then no wait); bar/seq: bne_phase_wait.
+__device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wbuf, int nbuf, uint64_t *bar, unsigned seq,
+                                              const int8_t *xq, int *acc, BneTrace *tr, int ph) {
     const int t = threadIdx.x, lane = t & 31;
     const int rt = t / p.upr, jt = t - rt * p.upr;
     const bool active = rt < p.rpi;
@@ -143,7 +162,7 @@ __device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wb
             xs_t = __dp4a(0x01010101, (int)xp[q].w, xs_t);
         }
     }
-    bne_cp_async_wait_all();
+    if (nbuf > 0) bne_phase_wait(bar, seq);
     bne_stamp(tr, ph | 4);
     constexpr int B = TERNARY ? 2 : 4;  // units in flight (registers: 4 words each)
     for (int i0 = 0; i0 < p.iters; i0 += B) {
@@ -153,8 +172,8 @@ __device__ __forceinline__ void bne_phase_dot(const BnePhase &p, const uint4 *wb
             const int i = i0 + u, rl = rt + i * p.rpi;
             wv[u] = make_uint4(0u, 0u, 0u, 0u);
             if (active && i < p.iters && rl < p.rows)
-                wv[u] = i < pf ? wbuf[i * BNE_DT + t]
-                               : __ldcs(reinterpret_cast<const uint4 *>(p.w + (size_t)rl * p.rb) + jt);
+                wv[u] = rl < nbuf ? wbuf[rl * p.upr + jt]
+                                  : __ldcs(reinterpret_cast<const uint4 *>(p.w + (size_t)rl * p.rb) + jt);
         }
 #pragma unroll
         for (int u = 0; u < B; ++u) {
@@ -189,12 +208,12 @@ __device__ __forceinline__ void bne_phase_store(const BnePhase &p, int corr, flo
     }
 }
 
-__device__ __forceinline__ void bne_dot(bool ternary, const BnePhase &p, const uint4 *wbuf, int pf, const int8_t *xq,
-                                        int *acc, BneTrace *tr, int ph) {
+__device__ __forceinline__ void bne_dot(bool ternary, const BnePhase &p, const uint4 *wbuf, int nbuf, uint64_t *bar,
+                                        unsigned seq, const int8_t *xq, int *acc, BneTrace *tr, int ph) {
     if (ternary)
-        bne_phase_dot<true>(p, wbuf, pf, xq, acc, tr, ph);
+        bne_phase_dot<true>(p, wbuf, nbuf, bar, seq, xq, acc, tr, ph);
     else
-        bne_phase_dot<false>(p, wbuf, pf, xq, acc, tr, ph);
+        bne_phase_dot<false>(p, wbuf, nbuf, bar, seq, xq, acc, tr, ph);
 }
 
 // np.argmax order: NaN beats everything, then the larger value, then the smaller index.
@@ -236,7 +255,8 @@ __device__ __forceinline__ void bne_block_argmax(float &v, int &i, float *red, i
 #define BNE_P(T, w) bne_pp<T>(plan, w)
 #define BNE_LP(T, w) bne_pp<T>(Lp, w)
 
-struct BneSmem {  // the block's dynamic shared memory
+struct BneSmem {  // the block's dynamic shared memory (and the weight copies' mbarrier)
+    uint64_t *bar;
     uint4 *wbuf;
     int8_t *xq;
     int *acc;
@@ -262,10 +282,12 @@ __device__ __noinline__ void bne_dec_norm(const uint64_t *plan, const BneSmem &m
     if (bad && threadIdx.x == 0) atomicOr(BNE_P(int, BNE_PLAN_FLAG), 1);
 }
 
-// y = [y +] W xq for this block's rows of W (n rows, k columns), prefetching `next` for the next phase.
+// y = [y +] W xq for this block's rows of W (n rows, k columns), then start prefetching `next` (the
+// next phase's matrix, its first next_rows_cap rows a block) into the buffer.
 __device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool ternary, const float *wscale, bool add, float *y,
-                                          const BneSmem &m, int pf, float s, int xs, const void *next_w, int next_n,
-                                          int next_k, bool next_ternary, int next_rows_cap, BneTrace *tr, int ph) {
+                                          const BneSmem &m, int bufb, unsigned &seq, float s, const void *next_w,
+                                          int next_n, int next_k, bool next_ternary, int next_rows_cap, BneTrace *tr,
+                                          int ph) {
     int r0, r1;
     bne_block_rows(n, r0, r1);
     const BnePhase p = bne_phase(w, k, ternary, r0, r1);
@@ -274,15 +296,16 @@ __device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool tern
         ws0 = __ldg(wscale + r0 + threadIdx.x);
         if (add) y0 = __ldcg(y + r0 + threadIdx.x);  // this block wrote these rows last: final here
     }
-    bne_dot(ternary, p, m.wbuf, pf, m.xq, m.acc, tr, ph);
+    bne_dot(ternary, p, m.wbuf, bne_buf_rows(p, bufb), m.bar, seq, m.xq, m.acc, tr, ph);
+    __syncthreads();  // wbuf read, acc complete
+    bne_stamp(tr, ph | 7);
     if (next_w != nullptr) {
         int q0, q1;
         bne_block_rows(next_n, q0, q1);
-        bne_phase_prefetch(bne_phase(next_w, next_k, next_ternary, q0, min(q1, q0 + next_rows_cap)), m.wbuf, pf);
+        bne_phase_prefetch(bne_phase(next_w, next_k, next_ternary, q0, min(q1, q0 + next_rows_cap)), m.wbuf, bufb, m.bar,
+                           seq);
     }
     bne_stamp(tr, ph | 6);
-    __syncthreads();
-    bne_stamp(tr, ph | 7);
     bne_phase_store(p, 0, s, wscale, add, y, m.acc, ws0, y0);  // xsum already subtracted per unit
     bne_stamp(tr, ph | 8);
 }
@@ -325,7 +348,7 @@ __device__ __forceinline__ void bne_prefetch_rows(const void *w, int n, int k, b
 
 // The LM head over this block's rows, in chunks of ACC_ROWS rows (the first prefetched): logits and
 // this block's (max, lowest id).
-__device__ __noinline__ void bne_dec_head(const uint64_t *plan, const BneSmem &m, float s, int xs, float &bv_out,
+__device__ __noinline__ void bne_dec_head(const uint64_t *plan, const BneSmem &m, float s, unsigned seq, float &bv_out,
                                           int &bi_out, BneTrace *tr) {
     const int t = threadIdx.x, hidden = BNE_I(BNE_PLAN_HIDDEN), acc_rows = BNE_I(BNE_PLAN_ACC_ROWS);
     const bool hter = BNE_I(BNE_PLAN_HEAD_TERNARY) != 0;
@@ -334,7 +357,8 @@ __device__ __noinline__ void bne_dec_head(const uint64_t *plan, const BneSmem &m
     bne_block_rows(BNE_I(BNE_PLAN_VOCAB), r0, r1);
     for (int c0 = r0; c0 < r1; c0 += acc_rows) {
         const BnePhase p = bne_phase(BNE_P(const void, BNE_PLAN_HEAD_W), hidden, hter, c0, min(r1, c0 + acc_rows));
-        bne_dot(hter, p, m.wbuf, c0 == r0 ? BNE_I(BNE_PLAN_PF) : 0, m.xq, m.acc, tr, 0x60);
+        const int nbuf = c0 == r0 ? bne_buf_rows(p, BNE_I(BNE_PLAN_PF) * BNE_DT * 16) : 0;  // chunk 0 was prefetched
+        bne_dot(hter, p, m.wbuf, nbuf, m.bar, seq, m.xq, m.acc, tr, 0x60);
         __syncthreads();
         const float *hscale = BNE_P(const float, BNE_PLAN_HEAD_SCALE);
         float *logits = BNE_P(float, BNE_PLAN_LOGITS);
@@ -362,7 +386,11 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
     __shared__ float redf[32];
     __shared__ int redi[32];
     const int t = threadIdx.x;
-    const BneSmem m = bne_smem(plan, bne_dsm);
+    __shared__ __align__(8) uint64_t wbar;  // completion of the weight prefetches (sm_90 bulk copies)
+    BneSmem m = bne_smem(plan, bne_dsm);
+    m.bar = &wbar;
+    bne_mbar_init(&wbar);
+    unsigned seq = 0;  // weight prefetches issued
     unsigned *bar = BNE_P(unsigned, BNE_PLAN_BARRIER);
     int *status = BNE_P(int, BNE_PLAN_FLAG);
     unsigned target = 0;
@@ -381,7 +409,8 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         int r0, r1;
         bne_block_rows((H + 2 * KV) * hd, r0, r1);
         bne_phase_prefetch(bne_phase(BNE_LP(const void, BNE_PLAN_L_QKV), BNE_I(BNE_PLAN_HIDDEN),
-                                     bne_pw(Lp, BNE_PLAN_L_TERNARY) & 1, r0, r1), m.wbuf, BNE_I(BNE_PLAN_PF));
+                                     bne_pw(Lp, BNE_PLAN_L_TERNARY) & 1, r0, r1), m.wbuf,
+                           BNE_I(BNE_PLAN_PF) * BNE_DT * 16, m.bar, seq);
     }
 
     bne_stamp(&tr, 0x00);
@@ -393,7 +422,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         const int hidden = BNE_I(BNE_PLAN_HIDDEN), inter = BNE_I(BNE_PLAN_INTER);
         const int qdim = BNE_I(BNE_PLAN_HEADS) * BNE_I(BNE_PLAN_HEAD_DIM);
         const int nqkv = qdim + 2 * BNE_I(BNE_PLAN_KV_HEADS) * BNE_I(BNE_PLAN_HEAD_DIM);
-        const int pf = BNE_I(BNE_PLAN_PF);
+        const int bufb = BNE_I(BNE_PLAN_PF) * BNE_DT * 16;  // prefetch buffer bytes
 
         // ---- A: input norm -> q/k/v
         if (!(opts & 2) && (int)blockIdx.x < BNE_I(BNE_PLAN_HEADS)) {  // this block attends next: its KV rows into L2
@@ -406,7 +435,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_IN_NORM),
                      redf, redi, s, xs, &tr, 0x10);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_QKV), nqkv, hidden, tern & 1, BNE_LP(const float, BNE_PLAN_L_QKV_SCALE),
-                     false, BNE_P(float, BNE_PLAN_QKV), m, pf, s, xs, BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim,
+                     false, BNE_P(float, BNE_PLAN_QKV), m, bufb, seq, s, BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim,
                      tern & 2, 1 << 30, &tr, 0x10);
         bne_grid_sync(bar, target, status);
         bne_stamp(&tr, 0x19);
@@ -431,7 +460,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_ATTN), nullptr, qdim, 0, BNE_LP(const float, BNE_PLAN_L_ATTN_SUB),
                      redf, redi, s, xs, &tr, 0x30);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim, tern & 2, BNE_LP(const float, BNE_PLAN_L_O_SCALE), true,
-                     BNE_P(float, BNE_PLAN_X), m, pf, s, xs, BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden,
+                     BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden,
                      tern & 4, 1 << 30, &tr, 0x30);
         bne_grid_sync(bar, target, status);
         bne_stamp(&tr, 0x39);
@@ -440,7 +469,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_POST_NORM),
                      redf, redi, s, xs, &tr, 0x40);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4,
-                     BNE_LP(const float, BNE_PLAN_L_GATE_UP_SCALE), false, BNE_P(float, BNE_PLAN_GU), m, pf, s, xs,
+                     BNE_LP(const float, BNE_PLAN_L_GATE_UP_SCALE), false, BNE_P(float, BNE_PLAN_GU), m, bufb, seq, s,
                      BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, 1 << 30, &tr, 0x40);
         bne_grid_sync(bar, target, status);
         bne_stamp(&tr, 0x49);
@@ -450,11 +479,11 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
                      BNE_I(BNE_PLAN_ACT), BNE_LP(const float, BNE_PLAN_L_FFN_SUB), redf, redi, s, xs, &tr, 0x50);
         if (Ln != nullptr)
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
-                         true, BNE_P(float, BNE_PLAN_X), m, pf, s, xs, bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden,
+                         true, BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden,
                          bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, 1 << 30, &tr, 0x50);
         else  // the LM head's first chunk next
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
-                         true, BNE_P(float, BNE_PLAN_X), m, pf, s, xs, BNE_P(const void, BNE_PLAN_HEAD_W),
+                         true, BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, BNE_P(const void, BNE_PLAN_HEAD_W),
                          BNE_I(BNE_PLAN_VOCAB), hidden, BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, BNE_I(BNE_PLAN_ACC_ROWS), &tr, 0x50);
         bne_grid_sync(bar, target, status);
         bne_stamp(&tr, 0x59);
@@ -465,7 +494,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
                  s, xs, &tr, 0x60);
     float bv;
     int bi;
-    bne_dec_head(plan, m, s, xs, bv, bi, &tr);
+    bne_dec_head(plan, m, s, seq, bv, bi, &tr);
     int *am = BNE_P(int, BNE_PLAN_ARGMAX);
     bne_block_argmax(bv, bi, redf, redi);
     if (t == 0) {

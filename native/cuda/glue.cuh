@@ -5,6 +5,8 @@
 #pragma once
 #include "common.cuh"
 
+#define BNE_ATTN_KPW 8  // keys a warp scores at once
+
 // qkv (m, (heads + 2 kv_heads) * head_dim) float32: per token [q heads | k heads | v heads];
 // cos_t, sin_t (capacity, head_dim) as ops.rope_tables; token i sits at position *pos0 + i.
 //   q_out (m, heads * head_dim) = rope(q);  k_cache[kvh][pos] = rope(k);  v_cache[kvh][pos] = v
@@ -57,17 +59,43 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
                                            float scale, float *sc, float *part, float *red, float *o,
                                            BneTrace *tr = nullptr) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-    // scores: a warp per group of 4 keys (4 independent loads in flight per lane), lanes over head_dim
-    for (int j0 = warp * 4; j0 < L; j0 += nw * 4) {
-        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int d = lane; d < head_dim; d += 32) {
-            const float qd = qs[d];
+    // scores: a warp per group of BNE_ATTN_KPW keys, lanes over head_dim; a key's dot product is a
+    // lane-strided sum then a warp reduction, whatever the grouping.  With head_dim <= 128 every
+    // load of a group is in flight at once (32 a lane).
+    constexpr int KPW = BNE_ATTN_KPW;
+    for (int j0 = warp * KPW; j0 < L; j0 += nw * KPW) {
+        float dot[KPW];
 #pragma unroll
-            for (int u = 0; u < 4; ++u)
-                if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, __ldcg(K + (size_t)(j0 + u) * head_dim + d)));
+        for (int u = 0; u < KPW; ++u) dot[u] = 0.0f;
+        if (head_dim <= 128) {
+            float kv[4][KPW];
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+#pragma unroll
+                for (int u = 0; u < KPW; ++u) {
+                    const int d = lane + 32 * c;
+                    kv[c][u] = (d < head_dim && j0 + u < L) ? __ldcg(K + (size_t)(j0 + u) * head_dim + d) : 0.0f;
+                }
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int d = lane + 32 * c;
+                if (d < head_dim) {
+                    const float qd = qs[d];
+#pragma unroll
+                    for (int u = 0; u < KPW; ++u)
+                        if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, kv[c][u]));
+                }
+            }
+        } else {
+            for (int d = lane; d < head_dim; d += 32) {
+                const float qd = qs[d];
+#pragma unroll
+                for (int u = 0; u < KPW; ++u)
+                    if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, __ldcg(K + (size_t)(j0 + u) * head_dim + d)));
+            }
         }
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
+        for (int u = 0; u < KPW; ++u) {
             const float v = bne_warp_sum_f(dot[u]);
             if (lane == 0 && j0 + u < L) sc[j0 + u] = __fmul_rn(v, scale);
         }
@@ -91,7 +119,7 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
     for (int idx = tid; idx < parts * head_dim; idx += blockDim.x) {
         const int d = idx % head_dim, pp = idx / head_dim;
         float a = 0.0f;
-#pragma unroll 16
+#pragma unroll 32
         for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], __ldcg(V + (size_t)j * head_dim + d)));
         part[idx] = a;
     }
