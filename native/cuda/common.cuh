@@ -214,3 +214,41 @@ __device__ __forceinline__ void bne_mbar_wait(uint64_t *bar, unsigned seq) {
         : "memory");
 #endif
 }
+
+// ---- tagged activations (decode.cuh): a float and the epoch that wrote it in one 64-bit word --------
+// A consumer spins on the words it needs until they carry the epoch it expects, so the data itself
+// is the synchronization: no grid barrier between phases, and one round trip instead of a barrier's
+// two plus the read.  One aligned 64-bit access is single-copy atomic: value and tag never tear.
+__device__ __forceinline__ unsigned long long bne_tagged(float v, unsigned tag) {
+    return ((unsigned long long)tag << 32) | (unsigned long long)__float_as_uint(v);
+}
+__device__ __forceinline__ unsigned long long bne_ld_tag(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void bne_st_tag(unsigned long long *p, float v, unsigned tag) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(bne_tagged(v, tag)) : "memory");
+}
+__device__ __forceinline__ float bne_tag_value(unsigned long long w) { return __uint_as_float((unsigned)w); }
+
+// The float of *p once it carries `tag` (w: a first read already made).  A wait of ~2^20 polls
+// (about a second; a real one takes microseconds) sets BNE_STATUS_BARRIER_TIMEOUT in *status and
+// gives up, as does every later wait once that bit is set: a broken step ends instead of hanging.
+__device__ __forceinline__ float bne_wait_tag(const unsigned long long *p, unsigned tag, unsigned long long w, int *status) {
+    if ((unsigned)(w >> 32) != tag) {
+        for (int polls = 0;; ++polls) {
+            w = bne_ld_tag(p);
+            if ((unsigned)(w >> 32) == tag) break;
+            if ((polls & 255) == 255) {
+                int st;
+                asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(st) : "l"(status) : "memory");
+                if ((st & BNE_STATUS_BARRIER_TIMEOUT) || polls >= (1 << 20)) {
+                    atomicOr(status, BNE_STATUS_BARRIER_TIMEOUT);
+                    break;
+                }
+            }
+        }
+    }
+    return bne_tag_value(w);
+}

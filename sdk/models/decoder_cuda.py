@@ -208,7 +208,7 @@ class CudaDecoderModel(DecoderModel):
             layers = [cdec.PlanLayer(gl.in_norm, gl.post_norm, gl.attn_sub, gl.ffn_sub, gl.qkv, gl.o, gl.gate_up,
                                      gl.down, cache.k[i], cache.v[i]) for i, gl in enumerate(self.glayers)]
             dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
-            bufs = {"x": self.x, "qkv": self.qkv_buf, "attn": self.attn_buf, "gu": self.gu, "pos": self.pos}
+            bufs = {"x": self.x, "pos": self.pos}
             try:
                 cache.persistent = cdec.DecodeStep(g, dims, layers, self.gnorm, self.head, cache.cos, cache.sin, bufs,
                                                    dst)
