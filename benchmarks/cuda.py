@@ -40,6 +40,7 @@ from bitnet_edge.sdk import packing, quant, reference
 from bitnet_edge.sdk.cuda import gpu as open_gpu
 from bitnet_edge.sdk.cuda import probe
 from bitnet_edge.sdk.cuda.ops import CudaInt8Matrix, CudaTernaryMatrix, QuantizedRows
+from bitnet_edge.sdk.errors import CudaError
 
 # (label, n, k, format)
 GEMV_SHAPES = [
@@ -290,16 +291,27 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
         rng = np.random.default_rng(1)
         ids = rng.integers(0, model.cfg.vocab_size, size=prompt).tolist()
         modes = ["persistent", "kernels"]
-        model.generate(ids[:16], 4, stop=[])  # warm-up
         per = {m: {"steps_ms": [], "prefill_s": [], "gpu_step_us": [], "tokens": None} for m in modes}
         copies, errors = [], {}
+        for mode in modes:  # warm-up; a path that fails is reported, the other still measured
+            model.decode_mode = mode
+            try:
+                model.generate(ids[:16], 4, stop=[])
+            except CudaError as exc:
+                errors[mode] = str(exc)
         for r in range(rounds):
             copies.append(copy_bandwidth(g)["gb_s"])
             for mode in modes:
+                if mode in errors and not per[mode]["steps_ms"]:
+                    continue
                 model.decode_mode, model.persistent_error = mode, None
                 stamps: list[float] = []
                 t = time.perf_counter()
-                out = model.generate(ids, new, stop=[], on_token=lambda _t: stamps.append(time.perf_counter()))
+                try:
+                    out = model.generate(ids, new, stop=[], on_token=lambda _t: stamps.append(time.perf_counter()))
+                except CudaError as exc:
+                    errors[mode] = str(exc)
+                    continue
                 if model.decode_mode != mode:  # the persistent kernel could not run here
                     errors[mode] = model.persistent_error
                 per[mode]["prefill_s"].append(stamps[0] - t)
@@ -308,7 +320,10 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                 per[mode]["same_tokens_every_round"] = per[mode].get("same_tokens_every_round", True) and \
                     out == per[mode]["tokens"]
                 # one captured step at the mean context of the decode steps (prompt + new / 2)
-                per[mode]["gpu_step_us"].append(_gpu_step_us(model, ids + ids[: new // 2], mode))
+                try:
+                    per[mode]["gpu_step_us"].append(_gpu_step_us(model, ids + ids[: new // 2], mode))
+                except CudaError as exc:
+                    errors[mode + " (gpu step)"] = str(exc)
         copy = float(np.median(copies))
         nbytes = _bytes_read_per_token(model, prompt + new / 2)  # mean context over the decode steps
         res = {"layers": layers, "device": model.device, "device_reason": model.device_reason,
@@ -316,10 +331,14 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                "copy_gb_s_per_round": copies, "copy_gb_s": copy, "bytes_read_per_token": nbytes,
                "graphs": model.use_graphs and model.graph_error is None, "graph_error": model.graph_error,
                "persistent_error": errors.get("persistent")}
+        res["errors"] = errors
         for mode in modes:
             d = per[mode]
+            if not d["steps_ms"]:
+                res[mode] = {"error": errors.get(mode)}
+                continue
             step_ms = float(np.median(d["steps_ms"]))
-            gpu_us = float(np.median(d["gpu_step_us"]))
+            gpu_us = float(np.median(d["gpu_step_us"])) if d["gpu_step_us"] else float("nan")
             res[mode] = {
                 "decode_tok_s": 1e3 / step_ms, "decode_ms_per_token": step_ms,
                 "decode_step_ms_p10_p90": [float(np.percentile(d["steps_ms"], 10)),
@@ -331,15 +350,20 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                 "gpu_share_of_copy": nbytes["total"] / gpu_us / 1e3 / copy,
                 "prefill_tok_s": prompt / float(np.median(d["prefill_s"])),
                 "first_tokens": d["tokens"][:16], "same_tokens_every_round": d["same_tokens_every_round"]}
-        res["persistent_over_kernels"] = res["kernels"]["decode_ms_per_token"] / res["persistent"]["decode_ms_per_token"]
-        res["same_tokens_both_paths"] = per["persistent"]["tokens"] == per["kernels"]["tokens"]
+        ok = all("decode_ms_per_token" in res[m] for m in modes)
+        res["persistent_over_kernels"] = (res["kernels"]["decode_ms_per_token"] / res["persistent"]["decode_ms_per_token"]
+                                          if ok else None)
+        res["same_tokens_both_paths"] = per["persistent"]["tokens"] == per["kernels"]["tokens"] if ok else None
         model.decode_mode = "persistent"
         cache = model.new_cache(prompt + 2)
         model.forward(np.asarray(ids), cache)
         step = model._persistent(cache)
         res["persistent_plan"] = step.as_dict() if step is not None else None
         if profile:
-            res["profile"] = decode_profile(model, ids)
+            try:
+                res["profile"] = decode_profile(model, ids)
+            except CudaError as exc:
+                res["profile"] = {"error": str(exc)}
         if cpu_ref:  # the same model on this machine's CPU library: greedy tokens must be identical
             from bitnet_edge.sdk import kernels as K
 
@@ -360,8 +384,8 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                 "backend": K.resolve_backend(), "threads": K.get_threads(),
                 "prefill_tok_s": prompt / (stamps[0] - t), "decode_tok_s": 1.0 / float(np.median(np.diff(stamps))),
                 "tokens": n_cpu, "distinct_tokens": len(set(cout)),
-                "same_tokens_as_gpu_persistent": cout == per["persistent"]["tokens"][:n_cpu],
-                "same_tokens_as_gpu_kernels": cout == per["kernels"]["tokens"][:n_cpu]}
+                "same_tokens_as_gpu_persistent": cout == (per["persistent"]["tokens"] or [])[:n_cpu],
+                "same_tokens_as_gpu_kernels": cout == (per["kernels"]["tokens"] or [])[:n_cpu]}
         return res
 
 
@@ -426,14 +450,17 @@ def main(argv=None) -> None:
               f"load {e['load_s']:.1f} s", flush=True)
         for mode in ("persistent", "kernels"):
             r = e[mode]
+            if "error" in r:
+                print(f"  {mode:10s}: FAILED: {r['error']}")
+                continue
             print(f"  {mode:10s}: decode {r['decode_tok_s']:.0f} tok/s ({r['decode_ms_per_token'] * 1e3:.0f} us/token wall, "
                   f"{r['share_of_copy']:.1%} of copy); GPU step {r['gpu_step_us']:.0f} us ({r['gpu_share_of_copy']:.1%}); "
                   f"prefill {r['prefill_tok_s']:.0f} tok/s", flush=True)
-        print(f"  persistent / kernels: {e['persistent_over_kernels']:.2f}x; same tokens on both paths: "
+        print(f"  persistent / kernels: {e['persistent_over_kernels'] or 0:.2f}x; same tokens on both paths: "
               f"{e['same_tokens_both_paths']}; persistent error: {e['persistent_error']}")
         if e.get("profile"):
             pr = e["profile"]
-            for ctx, r in pr["gpu_step_us_by_context"].items():
+            for ctx, r in pr.get("gpu_step_us_by_context", {}).items():
                 print(f"  GPU step at context {ctx}: persistent {r['persistent']:.0f} us, kernels {r['kernels']:.0f} us")
             for o, us in pr.get("persistent_opts_us", {}).items():
                 print(f"  persistent opts {o} (1: no weight L2 prefetch, 2: no KV prefetch): {us:.0f} us")
