@@ -238,6 +238,7 @@ __device__ __forceinline__ float bne_tag_value(unsigned long long w) { return __
 __device__ __forceinline__ float bne_wait_tag(const unsigned long long *p, unsigned tag, unsigned long long w, int *status) {
     if ((unsigned)(w >> 32) != tag) {
         for (int polls = 0;; ++polls) {
+            __nanosleep(64);  // up to a block's 1024 threads poll: keep L2 free for the producers
             w = bne_ld_tag(p);
             if ((unsigned)(w >> 32) == tag) break;
             if ((polls & 255) == 255) {
