@@ -13,7 +13,7 @@ schemas: venv
 
 all: test
 
-# System packages the tests need (cross toolchain, emulator, Mach-O linker, broker).
+# System packages the tests need (cross toolchain, emulator, Mach-O linker, broker, PostgreSQL).
 # Installed with apt-get only when running as root and something is missing.
 system-deps:
 	@bash .ci/system-deps.sh
@@ -23,12 +23,12 @@ $(PY):
 	$(PIP) install --quiet --upgrade "pip==25.3"
 
 venv: $(PY)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,demo]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,demo,fleet]'
 
 # Rebuild the host kernel library in place (pip install -e . does this too).
 native: $(PY)
-	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_library, host_target; \
-	print(build_library(host_target(), Path('native'), Path('sdk/native/_lib')))"
+	$(PY) -c "from pathlib import Path; from bitnet_edge.packagers.targets import build_host_library; \
+	print(build_host_library(Path('native'), Path('sdk/native/_lib')))"
 	cp native/include/bitnet_edge.h sdk/native/_lib/bitnet_edge.h
 	cp native/cuda/bne_cuda.h sdk/native/_lib/bne_cuda.h
 

@@ -13,8 +13,15 @@ missing=()
 for tool in "${!NEED[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${NEED[$tool]}")
 done
+# the cross gcc's libc headers are only a recommendation of gcc-aarch64-linux-gnu
+[ -f /usr/aarch64-linux-gnu/include/stdint.h ] || missing+=(libc6-dev-arm64-cross)
 # lld ships ld64.lld as ld64.lld-<version> on Debian
 if ! compgen -c | grep -q '^ld64\.lld'; then missing+=(lld); fi
+# Debian keeps the PostgreSQL server binaries off PATH (/usr/lib/postgresql/<version>/bin); the
+# fleet tests start a throwaway cluster from there (tests/support/postgres.py)
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing: ${missing[*]}"

@@ -9,10 +9,11 @@ from pydantic import Field
 
 from bitnet_edge.agent.errors import ConfigError
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import DEVICE_ID
 from bitnet_edge.sdk.schemas import Strict, parse_model
+from bitnet_edge.sdk.wire.broker import BrokerConnection
+from bitnet_edge.sdk.wire.protocol import DEVICE_ID
 
-__all__ = ["AgentConfig", "ApiConfig", "MqttConfig", "LimitsConfig", "HealthConfig", "load_config"]
+__all__ = ["AgentConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config"]
 
 
 class ApiConfig(Strict):
@@ -20,17 +21,6 @@ class ApiConfig(Strict):
     port: int = Field(default=8700, ge=0, le=65535, description="TCP port (0: any free port)")
     unix_socket: str | None = Field(default=None, description="also (or only, with port 0) listen on this Unix socket")
     enabled: bool = Field(default=True, description="serve the local API")
-
-
-class MqttConfig(Strict):
-    url: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port; None: offline only")
-    username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
-    tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
-    tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
-    tls_key: str | None = Field(default=None, description="client key (mTLS)")
-    keepalive: int = Field(default=30, gt=0, description="seconds")
-    reconnect_max: float = Field(default=30.0, gt=0, description="longest reconnect backoff, seconds")
 
 
 class LimitsConfig(Strict):
@@ -58,7 +48,7 @@ class AgentConfig(Strict):
     profile: str | None = Field(default=None, description="device profile name; default: matched by the probe")
     tags: list[str] = Field(default_factory=list, description="operator labels reported to the fleet")
     api: ApiConfig = Field(default_factory=ApiConfig, description="local inference API")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="fleet connection")
+    mqtt: BrokerConnection = Field(default_factory=BrokerConnection, description="fleet connection")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
     health: HealthConfig = Field(default_factory=HealthConfig, description="health gate")
 

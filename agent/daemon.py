@@ -20,7 +20,7 @@ from bitnet_edge.agent.metrics import Metrics
 from bitnet_edge.agent.probe import probe
 from bitnet_edge.agent.store import SlotInfo, SlotStore
 from bitnet_edge.agent.workers import WorkerFailed, WorkerHandle, start_worker
-from bitnet_edge.sdk.protocol import InstalledRelease, Outcome, ReportedState
+from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome, ReportedState
 
 __all__ = ["Agent", "sha256_file"]
 
@@ -45,8 +45,8 @@ def _device_keys(cfg: AgentConfig) -> list:
     """The configured device key (file or TPM / secure-element hook), as a list; ConfigError if unusable."""
     if cfg.device_key is None:
         return []
-    from bitnet_edge.packagers.crypt import load_device_key
-    from bitnet_edge.packagers.errors import PackagerError
+    from bitnet_edge.sdk.bundle.crypt import load_device_key
+    from bitnet_edge.sdk.bundle.errors import PackagerError
 
     try:
         return [load_device_key(cfg.device_key)]
@@ -60,7 +60,7 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 
 class Agent:
     def __init__(self, cfg: AgentConfig):
-        from bitnet_edge.packagers.signing import load_public_key
+        from bitnet_edge.sdk.bundle.signing import load_public_key
 
         self.cfg = cfg
         self.root = Path(cfg.data_dir)
@@ -161,12 +161,12 @@ class Agent:
             return outcome
 
     def _install(self, path: Path, sha: str, allow_downgrade: bool, rollout_id: str | None, base) -> Outcome:
-        from bitnet_edge.packagers.crypt import check_recipient
-        from bitnet_edge.packagers.errors import BundleError, InstallError
-        from bitnet_edge.packagers.install import install_bundle
-        from bitnet_edge.packagers.signing import check_signatures
-        from bitnet_edge.packagers.container import read_envelope
-        from bitnet_edge.packagers.manifest import parse_manifest
+        from bitnet_edge.sdk.bundle.crypt import check_recipient
+        from bitnet_edge.sdk.bundle.errors import BundleError, InstallError
+        from bitnet_edge.sdk.bundle.install import install_bundle
+        from bitnet_edge.sdk.bundle.signing import check_signatures
+        from bitnet_edge.sdk.bundle.container import read_envelope
+        from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
         size = path.stat().st_size
         if size > self.cfg.limits.max_bundle_mb * 1024 * 1024:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bitnet_edge.agent.errors import InstallRejected
-from bitnet_edge.sdk.protocol import InstalledRelease
+from bitnet_edge.sdk.wire.protocol import InstalledRelease
 
 __all__ = ["check_release", "check_target", "reason_for", "FAULT_POINTS"]
 
@@ -36,7 +36,7 @@ def check_target(library_target: str, device_target: str, requires: list[str], f
 
 def reason_for(exc: Exception) -> str:
     """Map a packager error to the protocol's reason code."""
-    from bitnet_edge.packagers import errors as pe
+    from bitnet_edge.sdk.bundle import errors as pe
 
     if isinstance(exc, pe.DecryptionError):  # an encrypted bundle (ADR 0011)
         return "not_recipient" if exc.reason in ("not-recipient", "no-device-key") else "corrupt"

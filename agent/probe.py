@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from bitnet_edge import __version__
-from bitnet_edge.sdk.protocol import Capabilities
+from bitnet_edge.sdk.wire.protocol import Capabilities
 
 __all__ = ["probe", "match_profile", "cpu_features", "cuda_compute_capability", "memory_mb"]
 
@@ -80,7 +80,7 @@ def cuda_compute_capability() -> str | None:
 def match_profile(caps: Capabilities, wanted: str | None = None):
     """The device profile for these capabilities: ``wanted`` if given (checked), else the most
     specific profile of the same OS/arch whose required ISA features the CPU has."""
-    from bitnet_edge.packagers.devices import load_devices
+    from bitnet_edge.sdk.bundle.devices import load_devices
 
     profiles = list(load_devices().values())
     if wanted:
@@ -109,8 +109,8 @@ def model_runtimes() -> list[str]:
 
 
 def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabilities:
-    from bitnet_edge.packagers.targets import host_target
     from bitnet_edge.sdk import kernels
+    from bitnet_edge.sdk.native.targets import host_target
     machine = platform.machine().lower()
     system = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
     Path(data_dir).mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """A/B slot store on disk.
 
     DATA/state.json      which slot serves, what each slot holds (replaced atomically)
-    DATA/slots/a, b      installed bundles (packagers.install layout)
+    DATA/slots/a, b      installed bundles (sdk.bundle.install layout)
 
 A slot counts only once ``state.json`` names it, and ``state.json`` is only ever replaced by an
 atomic rename after the slot's files are fsynced and its health gate passed.  Before the inactive
@@ -22,8 +22,8 @@ from pydantic import Field
 from bitnet_edge.agent.errors import StoreError
 from bitnet_edge.agent.fsutil import fsync_dir, write_atomic
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import InstalledRelease, Outcome
 from bitnet_edge.sdk.schemas import Strict, parse_model
+from bitnet_edge.sdk.wire.protocol import InstalledRelease, Outcome
 
 __all__ = ["SlotName", "SlotInfo", "StoreState", "SlotStore"]
 

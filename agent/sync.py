@@ -34,8 +34,7 @@ from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.errors import TransferError
 from bitnet_edge.agent.transfer import Window
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.mqtt import make_client, parse_broker_url
-from bitnet_edge.sdk.protocol import (
+from bitnet_edge.sdk.wire.protocol import (
     Capabilities,
     ChunkRequest,
     DesiredState,
@@ -62,7 +61,7 @@ class SyncLimits:
     window: int = 64  # chunks in flight at most
     chunk_timeout: float = 10.0  # seconds before an unanswered chunk is requested again
     progress_interval: float = 0.5  # seconds between Progress events while downloading
-    reconnect_min: float = 0.5  # seconds: first reconnect delay, doubling up to MqttConfig.reconnect_max
+    reconnect_min: float = 0.5  # seconds: first reconnect delay, doubling up to BrokerConnection.reconnect_max
     tick: float = 0.25  # seconds: how often the worker checks timeouts when nothing arrives
     disk_margin: int = 16 * MiB  # bytes kept free beyond the file being downloaded
 
@@ -131,10 +130,8 @@ class FleetSync:
         if not self.online or self._worker is not None:
             return
         m = self.config.mqtt
-        url = parse_broker_url(m.url)
-        c = make_client(self.device_id, url, clean_session=False, username=m.username, password=m.password,
-                        tls_ca=m.tls_ca, tls_cert=m.tls_cert, tls_key=m.tls_key,
-                        reconnect_min=min(self.limits.reconnect_min, m.reconnect_max), reconnect_max=m.reconnect_max)
+        url = m.broker
+        c = m.client(self.device_id, clean_session=False, reconnect_min=self.limits.reconnect_min)
         death = Presence(type="death", device_id=self.device_id, ts=time.time(), tags=self.config.tags)
         c.will_set(device_topic(self.device_id, "presence"), death.model_dump_json(), qos=1, retain=True)
         c.on_connect, c.on_disconnect, c.on_message = self._on_connect, self._on_disconnect, self._on_message

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from bitnet_edge.sdk.protocol import MAX_CHUNKS_PER_REQUEST
+from bitnet_edge.sdk.wire.protocol import MAX_CHUNKS_PER_REQUEST
 
 __all__ = ["Window"]
 

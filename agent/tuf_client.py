@@ -30,9 +30,9 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from bitnet_edge.agent.errors import TufRejected
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import DesiredState, ReleaseRef
 from bitnet_edge.sdk.schemas import parse_model
-from bitnet_edge.sdk.tuf_meta import CUSTOM_KEY, METADATA_URL, BundleTarget, target_path
+from bitnet_edge.sdk.wire.protocol import DesiredState, ReleaseRef
+from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, METADATA_URL, BundleTarget, target_path
 
 __all__ = ["DeviceTrust", "check_target"]
 

@@ -28,7 +28,7 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthM
 from tuf.ngclient.fetcher import FetcherInterface
 
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import TUF_FILE, TufRequest, device_topic, unpack_tuf_part
+from bitnet_edge.sdk.wire.protocol import TUF_FILE, TufRequest, device_topic, unpack_tuf_part
 
 __all__ = ["MqttFetcher", "FetchLimits"]
 

@@ -101,8 +101,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bitnet_edge.packagers.builder import package_model
-    from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-    from tests.agent_fixtures import HOST_DEVICE, Daemon, free_port, write_config
+    from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+    from tests.support.agent_fixtures import HOST_DEVICE, Daemon, free_port, write_config
 
     rng = np.random.default_rng(0)
     res: dict = {}

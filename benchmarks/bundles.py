@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnet_edge.packagers import codec
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
 from bitnet_edge.packagers.targets import build_library
-from bitnet_edge.packagers.verify import read_unverified
 from bitnet_edge.sdk import packing, quant
+from bitnet_edge.sdk.bundle import codec
+from bitnet_edge.sdk.bundle.verify import read_unverified
 from bitnet_edge.sdk.manifest import MlpConfig, ModelManifest, SourceInfo, TensorEntry
 from bitnet_edge.sdk.modeldir import write_model_dir
 

@@ -46,7 +46,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -72,7 +72,7 @@ def _cpu_seconds(pid: int) -> float:
 def build_bundle(root: Path) -> Path:
     """A real signed bundle of a ternary MLP, about 1 MB (the host kernel library inside)."""
     from bitnet_edge.packagers.builder import PackageOptions, package_model
-    from bitnet_edge.packagers.signing import generate_keypair, load_private_key
+    from bitnet_edge.packagers.keys import generate_keypair, load_private_key
     from bitnet_edge.sdk import packing, quant
     from bitnet_edge.sdk.manifest import MlpConfig, ModelManifest, SourceInfo, TensorEntry
     from bitnet_edge.sdk.modeldir import write_model_dir
@@ -299,11 +299,12 @@ def run_scale(n: int, per_conn: int, bundle: Path, work: Path, timeout: float) -
 
 def run_agent_throughput(mb: int, work: Path) -> dict:
     """One real FleetSync fetching an ``mb`` MB file from an in-process fleet service via Mosquitto."""
-    from bitnet_edge.agent.config import AgentConfig, MqttConfig
+    from bitnet_edge.agent.config import AgentConfig
     from bitnet_edge.agent.sync import FleetSync
     from bitnet_edge.fleet.config import FleetConfig
     from bitnet_edge.fleet.rollout import RolloutSpec
     from bitnet_edge.fleet.service import FleetService
+    from bitnet_edge.sdk.wire.broker import BrokerConnection
 
     work.mkdir(parents=True, exist_ok=True)
     blob = work / "big.bin"
@@ -316,8 +317,8 @@ def run_agent_throughput(mb: int, work: Path) -> dict:
     broker = subprocess.Popen([MOSQUITTO, "-c", str(work / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    svc = FleetService(FleetConfig(data_dir=str(work / "fleet"), broker_url=f"mqtt://127.0.0.1:{port}", api_port=0,
-                                   tick=0.2)).start()
+    svc = FleetService(FleetConfig(data_dir=str(work / "fleet"), broker=BrokerConnection(url=f"mqtt://127.0.0.1:{port}"),
+                                   api_port=0, tick=0.2)).start()
     sha, size = svc.store.add_file(blob)
     now = time.time()
     svc.registry.add_bundle(sha, size, "big", "1", 1, "linux-x86_64", "0" * 64, None, now)
@@ -333,7 +334,7 @@ def run_agent_throughput(mb: int, work: Path) -> dict:
                          message="bench", ts=time.time())
 
     cfg = AgentConfig(device_id="bench-agent", data_dir=str(work / "agent"), trust=["unused"],
-                      mqtt=MqttConfig(url=svc.broker_url))
+                      mqtt=BrokerConnection(url=svc.broker_url))
     caps = P.Capabilities(arch="x86_64", os="linux", cpu_features=[], backends=["ref"], memory_mb=1, disk_free_mb=1,
                           target="linux-x86_64", agent_version="bench")
     state = P.ReportedState(device_id="bench-agent", ts=now, installed=None, health="unknown")

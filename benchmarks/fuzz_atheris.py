@@ -26,7 +26,7 @@ def _seed_dir(seeds: dict[str, bytes]) -> Path:
 def _message_seeds() -> dict[str, bytes]:
     import hashlib
 
-    from bitnet_edge.sdk.protocol import ChunkRequest, DesiredState, Progress, ReleaseRef, pack_chunk
+    from bitnet_edge.sdk.wire.protocol import ChunkRequest, DesiredState, Progress, ReleaseRef, pack_chunk
 
     sha = hashlib.sha256(b"x").hexdigest()
     ref = ReleaseRef(model="m", version="1", release=1, target="linux-x86_64", bundle_sha256=sha, bundle_size=10,
@@ -42,17 +42,17 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv if argv is None else argv)
     target = args.pop(1) if len(args) > 1 and not args[1].startswith("-") else "bundle"
-    from bitnet_edge.packagers import codec
-    from bitnet_edge.packagers.errors import BundleError, BundleFormatError
-    from bitnet_edge.packagers.manifest import parse_manifest
-    from bitnet_edge.packagers.verify import read_unverified, verify_bundle
+    from bitnet_edge.sdk.bundle import codec
+    from bitnet_edge.sdk.bundle.errors import BundleError, BundleFormatError
+    from bitnet_edge.sdk.bundle.manifest import parse_manifest
+    from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
     from bitnet_edge.sdk.errors import FormatError
-    from bitnet_edge.sdk.protocol import LEAVES, parse_message, unpack_chunk
+    from bitnet_edge.sdk.wire.protocol import LEAVES, parse_message, unpack_chunk
 
     from benchmarks.fuzz_bundles import build_corpus
 
     corpus = build_corpus(Path(tempfile.mkdtemp(prefix="bne-atheris-")))
-    base = __import__("bitnet_edge.packagers.verify", fromlist=["base_from_bundle"]).base_from_bundle(
+    base = __import__("bitnet_edge.sdk.bundle.verify", fromlist=["base_from_bundle"]).base_from_bundle(
         corpus.v1, corpus.trusted)
 
     def bundle(data: bytes) -> None:

@@ -64,21 +64,23 @@ class Corpus:
 
 def build_corpus(root: Path) -> Corpus:
     """Keys, a device key, release 1 (to install) and the release-2 bundles to mutate."""
-    from bitnet_edge.packagers import crypt
     from bitnet_edge.packagers.builder import PackageOptions, package_model
-    from bitnet_edge.packagers.container import read_envelope
-    from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
-    from bitnet_edge.packagers.targets import host_target
-    from tests._bundle_models import built_library, make_mlp_dir
-    from tests.agent_fixtures import HOST_DEVICE, write_config
+    from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+    from bitnet_edge.packagers import keys, seal
+    from bitnet_edge.sdk.bundle import crypt
+    from bitnet_edge.sdk.bundle.container import read_envelope
+    from bitnet_edge.sdk.bundle.signing import load_public_key
+    from bitnet_edge.sdk.native.targets import host_target
+    from tests.support.bundle_models import built_library, make_mlp_dir
+    from tests.support.agent_fixtures import HOST_DEVICE, write_config
 
     root.mkdir(parents=True, exist_ok=True)
     kp = generate_keypair(root / "keys", "release")
     key = load_private_key(kp.private_path)
-    dev = crypt.generate_device_key(root / "keys", "device")
+    dev = keys.generate_device_key(root / "keys", "device")
     libs = {host_target(): built_library(host_target())}
     plain = PackageOptions(libraries=libs)
-    sealed = PackageOptions(libraries=libs, encrypt_to=(crypt.load_device_public_key(dev.public_path),))
+    sealed = PackageOptions(libraries=libs, encrypt_to=(seal.load_device_public_key(dev.public_path),))
     m1 = make_mlp_dir(root / "m1", SIZES, seed=5, name="fuzz-mlp")
     m2 = make_mlp_dir(root / "m2", SIZES, seed=5, change=0.1, name="fuzz-mlp")
     (r1,) = package_model(m1, [HOST_DEVICE], "1.0.0", [key], root / "d1", options=plain)
@@ -247,8 +249,8 @@ def _infer(agent, inputs) -> list:
 def _classify(corpus: Corpus, path: Path, base) -> str:
     """The typed error ``verify_bundle`` raises for the mutant (``Class:reason``); ``base``: the
     installed release (BaseContents) for the delta mutants."""
-    from bitnet_edge.packagers.errors import BundleError
-    from bitnet_edge.packagers.verify import verify_bundle
+    from bitnet_edge.sdk.bundle.errors import BundleError
+    from bitnet_edge.sdk.bundle.verify import verify_bundle
 
     try:
         verify_bundle(path, corpus.trusted, base=base, device_keys=corpus.device_keys)
@@ -287,7 +289,7 @@ def run_fuzz(count: int, seed: int = 0, root: Path | None = None, probe_every: i
         worker0 = agent.acquire_worker()
         agent.release_worker(worker0)
         active_dir = agent.store.slot_dir(state0.active)
-        from bitnet_edge.packagers.install import base_from_installed
+        from bitnet_edge.sdk.bundle.install import base_from_installed
 
         base = base_from_installed(active_dir, corpus.trusted)
         mutant = root / "mutant.bundle"

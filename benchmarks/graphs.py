@@ -39,7 +39,7 @@ from bitnet_edge.sdk.convert.convert import convert
 from bitnet_edge.sdk.convert.tflite import load_interpreter, read_tflite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests._graph_models import RELU, RELU6, TflBuilder, tflite_int8_model, tflite_model  # noqa: E402
+from tests.support.graph_models import RELU, RELU6, TflBuilder, tflite_int8_model, tflite_model  # noqa: E402
 
 PLANS = ("f32", "int8", "ternary", "auto")
 

@@ -12,21 +12,33 @@ import asyncio
 import logging
 import threading
 
+from bitnet_edge.fleet.errors import ConfigError
+
 __all__ = ["EmbeddedBroker"]
 
 log = logging.getLogger("bitnet_edge.fleet.broker")
 
 
 class EmbeddedBroker:
-    def __init__(self, host: str = "127.0.0.1", port: int = 1883):
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, tls_cert: str | None = None,
+                 tls_key: str | None = None, auth: str = "anonymous"):
+        if auth != "anonymous":
+            # per-device credentials with topic ACLs on amqtt are [hardening] work (issue 18): until they
+            # exist the mode is refused rather than silently admitting anonymous clients
+            raise ConfigError("no-per-device-auth", "the embedded broker has no per-device credentials in this "
+                                                    "version: use --broker with Mosquitto and `fleet broker-config`")
         self.host, self.port = host, port
+        self.tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """Where this process's own clients connect (a wildcard bind is reached over loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
         """Start listening; returns the broker URL (with the real port when ``port`` was 0)."""
@@ -38,7 +50,10 @@ class EmbeddedBroker:
         self._loop = asyncio.new_event_loop()
 
         async def boot():
-            cfg = {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            listener = {"type": "tcp", "bind": f"{self.host}:{self.port}"}
+            if self.tls:
+                listener.update(ssl=True, certfile=self.tls[0], keyfile=self.tls[1])
+            cfg = {"listeners": {"default": listener},
                    "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
             self._broker = Broker(cfg, loop=self._loop)
             await self._broker.start()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bitnet_edge.fleet.pki import BROKER_NAME, CertAuthority, _write, fleet_identity
-from bitnet_edge.sdk.protocol import LEAVES, PREFIX
+from bitnet_edge.sdk.wire.protocol import LEAVES, PREFIX
 
 __all__ = ["DEVICE_WRITES", "DEVICE_READS", "acl_text", "mosquitto_conf", "BrokerFiles", "write_broker_config"]
 

@@ -18,7 +18,7 @@ from bitnet_edge.fleet.errors import NotFound
 from bitnet_edge.fleet.link import FleetLink
 from bitnet_edge.fleet.metrics import Counters
 from bitnet_edge.fleet.store import BundleStore
-from bitnet_edge.sdk.protocol import MAX_CHUNK_BYTES, ChunkRequest, device_topic, pack_chunk
+from bitnet_edge.sdk.wire.protocol import MAX_CHUNK_BYTES, ChunkRequest, device_topic, pack_chunk
 
 __all__ = ["ChunkServer", "MIN_CHUNK_BYTES"]
 

@@ -1,7 +1,9 @@
 """CLI of the fleet service, registered on the main ``bitnet-edge`` group as ``fleet``.
 
-    bitnet-edge fleet serve [--data DIR] [--broker mqtt[s]://host:port] [--mqtt-port N] [--api-port N]
-                            [--chunk-kib N] [--trust PUB ...] [--share-group G --replica-id ID]
+    bitnet-edge fleet serve [--data DIR] [--db postgresql://...] [--broker mqtt[s]://host:port]
+                            [--mqtt-host H --mqtt-port N --mqtt-tls-cert C --mqtt-tls-key K --mqtt-auth A]
+                            [--api-port N] [--chunk-kib N] [--trust PUB ...]
+                            [--share-group G --replica-id ID --lease-seconds S]
     bitnet-edge fleet devices [--json]
     bitnet-edge fleet releases [--json]
     bitnet-edge fleet publish BUNDLE... [--json] [--targets-key K ...]   (a release's bundles and its deltas;
@@ -51,7 +53,8 @@ def _fail(exc: Exception, as_json: bool) -> None:
         _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
                                            **{k: getattr(exc, k) for k in ("reason", "status") if hasattr(exc, k)}}})
     else:
-        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False)
+        err_console.print(f"[red]error[/red] ({type(exc).__name__}): {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # one line, whatever the terminal width
     sys.exit(1)
 
 
@@ -89,8 +92,22 @@ def fleet_group() -> None:
 @fleet_group.command("serve")
 @click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True, type=click.Path(file_okay=False),
               help="Database, bundle store, service.json and control.token.")
+@click.option("--db", "database", default=None, envvar="BNE_FLEET_DB",
+              help="Registry database: postgresql://user:password@host:port/dbname (replicas on several hosts; "
+                   "env BNE_FLEET_DB keeps the password off the command line). Default: SQLite in DATA/fleet.db.")
 @click.option("--broker", default=None, help="External broker mqtt[s]://host:port (default: embedded amqtt).")
+@click.option("--mqtt-host", default="127.0.0.1", show_default=True,
+              help="Listen address of the embedded broker; beyond loopback only with --mqtt-tls-cert/--mqtt-tls-key "
+                   "and --mqtt-auth per-device.")
 @click.option("--mqtt-port", default=1883, show_default=True, help="Port of the embedded broker (0: any).")
+@click.option("--mqtt-tls-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Server certificate (PEM) of the embedded broker: MQTT over TLS.")
+@click.option("--mqtt-tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Private key (PEM) of --mqtt-tls-cert.")
+@click.option("--mqtt-auth", type=click.Choice(["anonymous", "per-device"]), default="anonymous", show_default=True,
+              help="Who may connect to the embedded broker (anonymous: loopback only).")
+@click.option("--lease-seconds", default=10.0, show_default=True,
+              help="Replicas: seconds before another replica takes over the rollout driver of one that stopped.")
 @click.option("--api-host", default="127.0.0.1", show_default=True, help="Listen address of the control API.")
 @click.option("--api-port", default=8780, show_default=True, help="Port of the control API and /metrics (0: any).")
 @click.option("--chunk-kib", default=256, show_default=True, help="Chunk size announced to devices, KiB.")
@@ -104,8 +121,9 @@ def fleet_group() -> None:
 @click.option("--tls-cert", default=None, help="Client certificate (mTLS).")
 @click.option("--tls-key", default=None, help="Client key (mTLS).")
 @click.option("--json", "as_json", is_flag=True, help="Print where the service listens as JSON, then serve.")
-def serve_cmd(data_dir, broker, mqtt_port, api_host, api_port, chunk_kib, trust, share_group, replica_id, username,
-              password, tls_ca, tls_cert, tls_key, as_json) -> None:
+def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, mqtt_tls_key, mqtt_auth,
+              lease_seconds, api_host, api_port, chunk_kib, trust, share_group, replica_id, username, password, tls_ca,
+              tls_cert, tls_key, as_json) -> None:
     """Run the fleet service until interrupted (SIGINT / SIGTERM)."""
     import logging
 
@@ -113,22 +131,31 @@ def serve_cmd(data_dir, broker, mqtt_port, api_host, api_port, chunk_kib, trust,
     from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.service import FleetService
     from bitnet_edge.sdk.errors import BitnetEdgeError
+    from bitnet_edge.sdk.schemas import parse_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        cfg = FleetConfig(data_dir=os.path.abspath(data_dir), broker_url=broker, embedded_port=mqtt_port,
-                          api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
-                          trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
-                          username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        options = dict(
+            data_dir=os.path.abspath(data_dir), database=database, embedded_host=mqtt_host,
+            embedded_port=mqtt_port, embedded_auth=mqtt_auth,
+            embedded_tls_cert=mqtt_tls_cert and os.path.abspath(mqtt_tls_cert),
+            embedded_tls_key=mqtt_tls_key and os.path.abspath(mqtt_tls_key), lease_seconds=lease_seconds,
+            api_host=api_host, api_port=api_port, chunk_bytes=chunk_kib * 1024,
+            trust=[os.path.abspath(t) for t in trust], share_group=share_group, replica_id=replica_id,
+            broker=dict(url=broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
+                        tls_key=tls_key))
+        cfg = parse_model(FleetConfig, options, source="fleet serve options")
         svc = FleetService(cfg).start()
     except (FleetError, BitnetEdgeError, RuntimeError, OSError, ValueError) as exc:
         _fail(exc, as_json)
-    info = {"api": svc.api.url, "broker": svc.broker_url, "data": cfg.data_dir, "replica": cfg.replica_id}
+    info = {"api": svc.api.url, "broker": svc.broker_url, "data": cfg.data_dir, "database": svc.db.where,
+            "replica": cfg.replica_id}
     if as_json:
         _emit_json(info)
     else:
         console.print(f"fleet service [bold]{cfg.replica_id}[/bold]: broker {svc.broker_url}, control API and "
-                      f"/metrics on {svc.api.url}, data in {cfg.data_dir}")
+                      f"/metrics on {svc.api.url}, data in {cfg.data_dir}, registry {svc.db.kind} {svc.db.where}",
+                      highlight=False)
     sys.stdout.flush()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

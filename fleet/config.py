@@ -2,36 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from bitnet_edge.sdk.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from bitnet_edge.sdk.schemas import Strict
+from bitnet_edge.sdk.wire.broker import BrokerConnection
+from bitnet_edge.sdk.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
 #: the fleet data directory the CLI uses when --data is not given
 DEFAULT_DATA = os.environ.get("BNE_FLEET_DATA", "fleet-data")
 
-__all__ = ["FleetConfig"]
+__all__ = ["FleetConfig", "is_loopback", "embedded_broker_exposure"]
 
 
 class FleetConfig(Strict):
     data_dir: str = Field(description="database, bundle store, service.json and control.token live here")
-    broker_url: str | None = Field(default=None, description="mqtt[s]://host:port of an external broker; "
-                                                              "None: start the embedded broker")
+    database: str | None = Field(default=None, pattern=r"^postgres(ql)?://",
+                                 description="postgresql://user:password@host:port/dbname of the registry's "
+                                             "PostgreSQL database (replicas on several hosts); None: SQLite "
+                                             "in data_dir/fleet.db")
+    broker: BrokerConnection = Field(default_factory=BrokerConnection,
+                                     description="the broker the service connects to; url None: start the "
+                                                 "embedded broker")
     embedded_host: str = Field(default="127.0.0.1", description="listen address of the embedded broker")
     embedded_port: int = Field(default=1883, ge=0, le=65535, description="TCP port of the embedded broker (0: any)")
-    username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
-    tls_ca: str | None = Field(default=None, description="CA bundle for mqtts")
-    tls_cert: str | None = Field(default=None, description="client certificate (mTLS)")
-    tls_key: str | None = Field(default=None, description="client key (mTLS)")
+    embedded_tls_cert: str | None = Field(default=None, description="server certificate of the embedded broker "
+                                                                    "(PEM); with embedded_tls_key: MQTT over TLS")
+    embedded_tls_key: str | None = Field(default=None, description="private key of embedded_tls_cert (PEM)")
+    embedded_auth: Literal["anonymous", "per-device"] = Field(
+        default="anonymous", description="who may connect to the embedded broker: anonymous (loopback only) or "
+                                         "per-device credentials from enrollment with per-device topic ACLs")
     api_host: str = Field(default="127.0.0.1", description="listen address of the control API and /metrics")
     api_port: int = Field(default=8780, ge=0, le=65535, description="TCP port of the control API (0: any)")
     replica_id: str = Field(default="fleet-1", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                            description="this service's name; its MQTT client id is bne-fleet-<replica_id>")
+                            description="this service's name; its MQTT client id is bne-fleet-<replica_id> "
+                                        "unless broker.client_id is set")
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                     description="MQTT 5 shared-subscription group: replicas in one group split "
                                                 "the device messages; None: a single service (MQTT 3.1.1)")
@@ -51,3 +60,30 @@ class FleetConfig(Strict):
     @property
     def data(self) -> Path:
         return Path(self.data_dir)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); a wildcard or any other name is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def embedded_broker_exposure(cfg: FleetConfig) -> str | None:
+    """Why the embedded broker may not listen where ``cfg`` says (None: it may).
+
+    Beyond loopback the broker carries every device's traffic over a network: it must speak TLS
+    and admit each device with its own credentials, restricted to its own topics.
+    """
+    if cfg.broker.url is not None or is_loopback(cfg.embedded_host):
+        return None
+    missing = [what for what, ok in (
+        ("TLS (--mqtt-tls-cert and --mqtt-tls-key)", cfg.embedded_tls_cert and cfg.embedded_tls_key),
+        ("per-device credentials (--mqtt-auth per-device)", cfg.embedded_auth == "per-device")) if not ok]
+    if not missing:
+        return None
+    return (f"the embedded MQTT broker binds {cfg.embedded_host} beyond loopback only with "
+            f"{' and '.join(missing)}; or use --broker with an external broker (docs/scaling.md)")

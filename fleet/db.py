@@ -1,132 +1,184 @@
-"""The fleet service's SQLite database: one file in WAL mode, schema migrations, transactions.
+"""The fleet registry's database: SQLite (the embedded default, one file in WAL mode) or PostgreSQL
+(``postgresql://`` URL), one schema and one migration path for both (engine differences:
+:mod:`bitnet_edge.fleet.dialect`).
 
 Migrations are functions in :data:`MIGRATIONS`, applied in order; ``schema_version`` records the
-last one applied.  Each runs in its own ``BEGIN IMMEDIATE`` transaction that re-reads the version
-first, so two replicas starting at once apply each migration exactly once.  A database written by
-a newer bitnet-edge (version above what this one knows) is refused, never modified.
+last one applied.  Each runs in its own write transaction (SQLite ``BEGIN IMMEDIATE``, PostgreSQL
+``BEGIN`` plus the fleet's advisory lock; DDL is transactional on both) that re-reads the version
+first, so two replicas starting at once apply each migration exactly once, and a failed migration
+leaves the schema where it was.  A database written by a newer bitnet-edge (version above what
+this one knows) is refused, never modified.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from bitnet_edge.fleet.dialect import Dialect, engine_for
 from bitnet_edge.fleet.errors import DatabaseError
 
-__all__ = ["Database", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["Database", "Tx", "MIGRATIONS", "SCHEMA_VERSION"]
 
 
-def _script(c: sqlite3.Connection, sql: str) -> None:
-    """Run ``;``-separated statements inside the current transaction (executescript would COMMIT)."""
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            c.execute(stmt)
+class Tx:
+    """What :meth:`Database.tx` yields: statements in the portable SQL (``?`` placeholders)."""
+
+    def __init__(self, conn, dialect: Dialect, engine):
+        self.conn, self.dialect, self._engine = conn, dialect, engine
+
+    def execute(self, sql: str, args: Sequence = ()):
+        return self.conn.execute(self.dialect.sql(sql), tuple(args))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        if rows:
+            self._engine.executemany(self.conn, self.dialect.sql(sql), [tuple(r) for r in rows])
+
+    def script(self, sql: str) -> None:
+        """``;``-separated DDL with type tokens, inside the current transaction."""
+        for stmt in self.dialect.ddl(sql).split(";"):
+            if stmt.strip():
+                self.conn.execute(stmt)
 
 
-def _m1_initial(c: sqlite3.Connection) -> None:
+def _script(c: Tx, sql: str) -> None:
+    c.script(sql)
+
+
+def _m1_initial(c: Tx) -> None:
     _script(c, """
     CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         profile TEXT, target TEXT,
         capabilities TEXT,                    -- JSON Capabilities (birth)
         tags TEXT NOT NULL DEFAULT '[]',      -- JSON list
-        online INTEGER NOT NULL DEFAULT 0,
-        first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+        online {int} NOT NULL DEFAULT 0,
+        first_seen {real} NOT NULL, last_seen {real} NOT NULL,
         installed TEXT,                       -- JSON InstalledRelease
-        installed_model TEXT, installed_release INTEGER, installed_sha TEXT,
+        installed_model TEXT, installed_release {int}, installed_sha TEXT,
         health TEXT NOT NULL DEFAULT 'unknown',
         last_outcome TEXT                     -- JSON Outcome
     );
     CREATE TABLE bundles (
-        sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL,
-        model TEXT NOT NULL, version TEXT NOT NULL, release INTEGER NOT NULL, target TEXT NOT NULL,
-        release_digest TEXT NOT NULL,          -- packagers.manifest.release_digest
+        sha256 TEXT PRIMARY KEY, size {int} NOT NULL,
+        model TEXT NOT NULL, version TEXT NOT NULL, release {int} NOT NULL, target TEXT NOT NULL,
+        release_digest TEXT NOT NULL,          -- sdk.bundle.manifest.release_digest
         delta_base_digest TEXT,                -- set for delta bundles
-        added_at REAL NOT NULL
+        added_at {real} NOT NULL
     );
     CREATE TABLE releases (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        model TEXT NOT NULL, version TEXT NOT NULL, release INTEGER NOT NULL, created_at REAL NOT NULL,
+        id {id},
+        model TEXT NOT NULL, version TEXT NOT NULL, release {int} NOT NULL, created_at {real} NOT NULL,
         UNIQUE (model, release)
     );
     CREATE TABLE release_bundles (
-        release_id INTEGER NOT NULL REFERENCES releases(id), target TEXT NOT NULL,
+        release_id {int} NOT NULL REFERENCES releases(id), target TEXT NOT NULL,
         sha256 TEXT NOT NULL REFERENCES bundles(sha256),
         PRIMARY KEY (release_id, target)
     );
     CREATE TABLE release_deltas (
-        release_id INTEGER NOT NULL REFERENCES releases(id), target TEXT NOT NULL,
+        release_id {int} NOT NULL REFERENCES releases(id), target TEXT NOT NULL,
         sha256 TEXT NOT NULL REFERENCES bundles(sha256),      -- the delta file
         base_sha256 TEXT NOT NULL REFERENCES bundles(sha256), -- the full bundle it applies to
         PRIMARY KEY (release_id, target, base_sha256)
     );
     CREATE TABLE rollouts (
-        id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
-        release_id INTEGER NOT NULL REFERENCES releases(id), previous_release_id INTEGER REFERENCES releases(id),
+        id TEXT PRIMARY KEY, seq {int} NOT NULL,
+        release_id {int} NOT NULL REFERENCES releases(id), previous_release_id {int} REFERENCES releases(id),
         spec TEXT NOT NULL,                    -- JSON RolloutSpec
-        state TEXT NOT NULL, stage INTEGER NOT NULL, reason TEXT,
-        ack_failed INTEGER NOT NULL DEFAULT 0, ack_assigned INTEGER NOT NULL DEFAULT 0,
-        rev INTEGER NOT NULL DEFAULT 0,        -- bumped on every write: replicas update optimistically
-        created_at REAL NOT NULL, updated_at REAL NOT NULL
+        state TEXT NOT NULL, stage {int} NOT NULL, reason TEXT,
+        ack_failed {int} NOT NULL DEFAULT 0, ack_assigned {int} NOT NULL DEFAULT 0,
+        rev {int} NOT NULL DEFAULT 0,        -- bumped on every write: replicas update optimistically
+        created_at {real} NOT NULL, updated_at {real} NOT NULL
     );
     CREATE TABLE rollout_members (
         rollout_id TEXT NOT NULL REFERENCES rollouts(id), device_id TEXT NOT NULL,
-        status TEXT NOT NULL, wave INTEGER, assigned_at REAL, started_at REAL, finished_at REAL,
-        from_release_id INTEGER, reason TEXT,
+        status TEXT NOT NULL, wave {int}, assigned_at {real}, started_at {real}, finished_at {real},
+        from_release_id {int}, reason TEXT,
         PRIMARY KEY (rollout_id, device_id)
     );
     CREATE TABLE desired (
-        device_id TEXT PRIMARY KEY, payload BLOB NOT NULL,   -- DesiredState JSON, empty: cleared
-        rollout_id TEXT, updated_at REAL NOT NULL
+        device_id TEXT PRIMARY KEY, payload {blob} NOT NULL,   -- DesiredState JSON, empty: cleared
+        rollout_id TEXT, updated_at {real} NOT NULL
     );
     """)
 
 
-def _m2_indexes_and_leases(c: sqlite3.Connection) -> None:
+def _m2_indexes_and_leases(c: Tx) -> None:
     _script(c, """
     CREATE INDEX members_by_device ON rollout_members(device_id);
     CREATE INDEX bundles_by_digest ON bundles(release_digest, target);
-    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires {real} NOT NULL);
     """)
 
 
 #: Ordered; entry i takes the schema from version i to i + 1.  Append only.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_indexes_and_leases]
+MIGRATIONS: list[Callable[[Tx], None]] = [_m1_initial, _m2_indexes_and_leases]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Database:
-    """One connection shared by the service's threads behind a lock (the load is small)."""
+    """One connection shared by the service's threads behind a lock (the load is small).
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseError(str(self.path), "corrupt", str(exc)) from None
+    ``target``: a SQLite file path, or a ``postgresql://user:password@host:port/dbname`` URL.
+    A PostgreSQL connection that broke (server restart, network) is opened again on next use.
+    """
+
+    def __init__(self, target: str | Path):
+        self.engine = engine_for(target)
+        self.dialect: Dialect = self.engine.dialect
+        self.where = self.engine.where  # for messages: the path, or the URL without its password
         self._lock = threading.RLock()
+        self._conn = self.engine.connect()
         self.migrate()
 
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.dialect.name
+
+    def _live(self):
+        if self.engine.broken(self._conn):
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _first(self, run):
+        """``run(conn)`` as the first statement on the connection: when the server dropped the
+        connection meanwhile (restart, idle timeout), reconnect and run it once more."""
+        conn = self._live()
+        try:
+            return run(conn)
+        except Exception:
+            if not self.engine.broken(conn):
+                raise
+            return run(self._live())
+
+    def _read(self, run):
+        """A read: inside this thread's open transaction, or on its own (reconnecting once if needed)."""
+        with self._lock:
+            conn = self._live()
+            return run(conn) if self.engine.in_transaction(conn) else self._first(run)
+
+    def tables(self) -> set[str]:
+        return self._read(self.engine.tables)
+
     def version(self) -> int:
-        self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        return row[0] or 0
+        with self._lock:
+            if "schema_version" not in self.tables():
+                return 0
+            row = self.one("SELECT MAX(version) FROM schema_version")
+            return row[0] or 0
 
     def migrate(self) -> int:
         with self._lock:
             for target in range(1, SCHEMA_VERSION + 1):
                 with self.tx() as c:
+                    c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                     current = self.version()
                     if current > SCHEMA_VERSION:
-                        raise DatabaseError(str(self.path), "newer-schema",
+                        raise DatabaseError(self.where, "newer-schema",
                                             f"schema version {current}, this bitnet-edge knows up to "
                                             f"{SCHEMA_VERSION}: upgrade bitnet-edge")
                     if current >= target:
@@ -136,27 +188,46 @@ class Database:
             return self.version()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+    def tx(self) -> Iterator[Tx]:
+        """A write transaction, serialized against every other writer of the database (COMMIT at the
+        end, ROLLBACK on error); a nested call joins the outer transaction."""
         with self._lock:
-            if self._conn.in_transaction:  # nested: join the outer one
-                yield self._conn
+            conn = self._live()
+            if self.engine.in_transaction(conn):
+                yield Tx(conn, self.dialect, self.engine)
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+
+            def begin(conn):
+                try:
+                    for stmt in self.dialect.begin:
+                        conn.execute(stmt)
+                except BaseException:
+                    if not self.engine.broken(conn) and self.engine.in_transaction(conn):
+                        conn.execute("ROLLBACK")
+                    raise
+                return conn
+
+            conn = self._first(begin)
+            c = Tx(conn, self.dialect, self.engine)
             try:
-                yield self._conn
+                yield c
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if not self.engine.broken(conn):
+                    conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
-    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def now(self) -> float:
+        """Seconds since the epoch by the database's clock (PostgreSQL: the server's, one clock for
+        replicas on several hosts; SQLite: this host's)."""
+        return self._read(self.engine.now)
 
-    def one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchone()
+    def query(self, sql: str, args: Sequence = ()) -> list:
+        return self._read(lambda conn: conn.execute(self.dialect.sql(sql), tuple(args)).fetchall())
+
+    def one(self, sql: str, args: Sequence = ()):
+        rows = self.query(sql, args)
+        return rows[0] if rows else None
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ from bitnet_edge.fleet.errors import NotFound, RolloutError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
-from bitnet_edge.sdk.protocol import DesiredState, device_topic
+from bitnet_edge.sdk.wire.protocol import DesiredState, device_topic
 
 __all__ = ["RolloutDriver", "DeviceView"]
 
@@ -48,10 +48,10 @@ class DeviceView:
 
 
 def _profile_targets() -> tuple[dict[str, str], dict[str, str]]:
-    from bitnet_edge.packagers.targets import TARGETS
+    from bitnet_edge.sdk.native.targets import TARGETS
 
     try:
-        from bitnet_edge.packagers.devices import load_devices
+        from bitnet_edge.sdk.bundle.devices import load_devices
 
         profiles = {name: p.target for name, p in load_devices().items()}
     except Exception:  # noqa: BLE001 - no profiles shipped: targets come from the devices' reports
@@ -67,17 +67,35 @@ class RolloutDriver:
         self.chunk_size, self.holder, self.lease_seconds, self.clock = chunk_size, holder, lease_seconds, clock
         self.profile_targets, self.library_targets = _profile_targets()
         self._lock = threading.RLock()
+        self._held: bool | None = None  # None: not asked yet (the first answer is logged)
 
     # ---- leadership ------------------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        now = self.clock()
+        """Take or renew the ``driver`` lease; True while this replica holds it.
+
+        The lease row expires ``lease_seconds`` after its last renewal, by the database's clock
+        (one clock for replicas on several hosts); another replica takes it over only then.
+        """
         with self.db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO leases(name, holder, expires) VALUES ('driver', ?, ?)",
+            now = self.db.now()
+            c.execute("INSERT INTO leases(name, holder, expires) VALUES ('driver', ?, ?) ON CONFLICT DO NOTHING",
                       (self.holder, now + self.lease_seconds))
             c.execute("UPDATE leases SET holder=?, expires=? WHERE name='driver' AND (holder=? OR expires<?)",
                       (self.holder, now + self.lease_seconds, self.holder, now))
-            return c.execute("SELECT holder FROM leases WHERE name='driver'").fetchone()["holder"] == self.holder
+            row = c.execute("SELECT holder FROM leases WHERE name='driver'").fetchone()
+            held = row["holder"] == self.holder
+        with self._lock:
+            if held != self._held:
+                log.info("replica %s %s the driver lease", self.holder, "holds" if held else "does not hold")
+            self._held = held
+        return held
+
+    def release_lease(self) -> None:
+        """Give the lease up now (a replica that stops): another replica takes it on its next pass."""
+        with self.db.tx() as c:
+            c.execute("UPDATE leases SET expires=0 WHERE name='driver' AND holder=?", (self.holder,))
+        self._held = False
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -225,13 +243,19 @@ class RolloutDriver:
             c.execute("""UPDATE rollouts SET state=?, stage=?, reason=?, ack_failed=?, ack_assigned=?, rev=rev+1,
                          updated_at=? WHERE id=?""",
                       (r.state, r.stage, r.reason, r.ack_failed, r.ack_assigned, now, r.id))
-            c.executemany("""INSERT OR REPLACE INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
-                             started_at, finished_at, from_release_id, reason) VALUES (?,?,?,?,?,?,?,?,?)""",
+            c.executemany("""INSERT INTO rollout_members(rollout_id, device_id, status, wave, assigned_at,
+                             started_at, finished_at, from_release_id, reason) VALUES (?,?,?,?,?,?,?,?,?)
+                             ON CONFLICT(rollout_id, device_id) DO UPDATE SET status=excluded.status,
+                             wave=excluded.wave, assigned_at=excluded.assigned_at, started_at=excluded.started_at,
+                             finished_at=excluded.finished_at, from_release_id=excluded.from_release_id,
+                             reason=excluded.reason""",
                           [(r.id, m.device_id, m.status, m.wave, m.assigned_at, m.started_at, m.finished_at,
                             m.from_release_id, m.reason) for m in st.members.values()])
             for a in st.actions:
                 payload = self._desired_payload(r, a, devices.get(a.device_id), now)
-                c.execute("INSERT OR REPLACE INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
+                             ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,
+                             rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",
                           (a.device_id, payload, r.id, now))
                 out.append((a.device_id, payload))
         for device_id, payload in out:

@@ -1,7 +1,8 @@
 """The error hierarchy of :mod:`bitnet_edge.fleet`.  Callers branch on the class and ``reason``.
 
     FleetError
-    ├── DatabaseError        path, reason        (``newer-schema``, ``corrupt``)
+    ├── DatabaseError        path, reason        (``newer-schema``, ``corrupt``, ``unreachable``, ``no-driver``;
+    │                                             path: the file, or the URL without its password)
     ├── PublishError         reason, detail      (``not-a-bundle``, ``bad-signature``, ``no-base``,
     │                                             ``conflict``, ``too-large``, ``no-full-bundle``)
     ├── RolloutError         rollout_id, reason  (``not-found``, ``bad-state``, ``no-release``,
@@ -14,13 +15,14 @@
     │                                             ``expired``, ``online-key``, ``exists``, ``key``)
     ├── PkiError             reason, detail      (the fleet CA, fleet/pki.py: ``bad-name``, ``bad-csr``,
     │                                             ``bad-ca``, ``not-enrolled``, ``exists``)
-    └── AuditError           reason, detail      (the audit log, fleet/audit.py: ``unreadable``)
+    ├── AuditError           reason, detail      (the audit log, fleet/audit.py: ``unreadable``)
+    └── ConfigError          reason, detail      (service settings: ``exposed-broker``)
 """
 
 from __future__ import annotations
 
-__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError", "PkiError",
-           "AuditError"]
+__all__ = ["FleetError", "DatabaseError", "PublishError", "RolloutError", "NotFound", "ControlError", "TufError",
+           "PkiError", "AuditError", "ConfigError"]
 
 
 class FleetError(Exception):
@@ -70,6 +72,12 @@ class PkiError(FleetError):
 
 
 class AuditError(FleetError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ConfigError(FleetError):
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")

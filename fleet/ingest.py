@@ -19,7 +19,7 @@ from bitnet_edge.fleet.chunkserver import ChunkServer
 from bitnet_edge.fleet.metrics import Counters
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import Progress, parse_device_topic, parse_message
+from bitnet_edge.sdk.wire.protocol import Progress, parse_device_topic, parse_message
 
 __all__ = ["Ingest", "INBOUND_LEAVES"]
 

@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable
 
 from bitnet_edge.fleet.metrics import Counters
-from bitnet_edge.sdk.mqtt import BrokerURL, make_client
-from bitnet_edge.sdk.protocol import PREFIX
+from bitnet_edge.sdk.wire.broker import BrokerConnection
+from bitnet_edge.sdk.wire.protocol import PREFIX
 
 __all__ = ["FleetLink", "DEVICE_SUBSCRIPTIONS"]
 
@@ -33,17 +33,15 @@ SHARED = ("events", "chunk/req", "tuf/req")  # split between replicas of a share
 
 
 class FleetLink:
-    def __init__(self, client_id: str, url: BrokerURL, handler: Callable[[str, bytes], None], *,
+    def __init__(self, connection: BrokerConnection, default_client_id: str, handler: Callable[[str, bytes], None], *,
                  on_connected: Callable[[], None] = lambda: None, share_group: str | None = None,
-                 username: str | None = None, password: str | None = None, tls_ca: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None, inbound_queue: int = 100_000,
-                 max_pending_bytes: int = 64 << 20, counters: Counters | None = None):
-        self.url, self.share_group = url, share_group
+                 inbound_queue: int = 100_000, max_pending_bytes: int = 64 << 20, counters: Counters | None = None):
+        self.url, self.share_group = connection.broker, share_group
+        self._keepalive = connection.keepalive
         self._handler, self._on_connected = handler, on_connected
         self.counters = counters if counters is not None else Counters()
-        self._client = make_client(client_id, url, clean_session=True, mqtt5=share_group is not None,
-                                   username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
-                                   tls_key=tls_key, max_inflight=256)
+        self._client = connection.client(default_client_id, clean_session=True, mqtt5=share_group is not None,
+                                         max_inflight=256)
         self._client.max_queued_messages_set(0)
         self._client.on_connect, self._client.on_disconnect = self._on_connect, self._on_disconnect
         self._client.on_message, self._client.on_publish = self._on_message, self._on_publish
@@ -61,9 +59,9 @@ class FleetLink:
         self._dispatcher = threading.Thread(target=self._dispatch, name="bne-fleet-dispatch", daemon=True)
         self._dispatcher.start()
         if self.share_group is not None:
-            self._client.connect_async(self.url.host, self.url.port, keepalive=30, clean_start=True)
+            self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive, clean_start=True)
         else:
-            self._client.connect_async(self.url.host, self.url.port, keepalive=30)
+            self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive)
         self._client.loop_start()
 
     def stop(self) -> None:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bitnet_edge.fleet.errors import PkiError
-from bitnet_edge.sdk.protocol import DEVICE_ID
+from bitnet_edge.sdk.wire.protocol import DEVICE_ID
 
 __all__ = ["CertAuthority", "Issued", "CertRecord", "fleet_identity", "FLEET_PREFIX", "BROKER_NAME", "CRL_DAYS"]
 

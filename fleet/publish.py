@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bitnet_edge.fleet.errors import PublishError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.store import BundleStore
-from bitnet_edge.packagers.errors import BundleError
-from bitnet_edge.packagers.manifest import BundleManifest, release_digest
-from bitnet_edge.packagers.verify import read_unverified, verify_bundle
+from bitnet_edge.sdk.bundle.errors import BundleError
+from bitnet_edge.sdk.bundle.manifest import BundleManifest, release_digest
+from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
 
 __all__ = ["Published", "publish_bundles"]
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 
 from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.errors import NotFound, PublishError
 from bitnet_edge.fleet.selection import BundleRow, DeltaRow, ReleaseInfo
-from bitnet_edge.sdk.protocol import Capabilities, InstalledRelease, Outcome, Presence, ReportedState
+from bitnet_edge.sdk.wire.protocol import Capabilities, InstalledRelease, Outcome, Presence, ReportedState
 
 __all__ = ["DeviceRow", "Registry"]
 
@@ -40,7 +39,7 @@ class DeviceRow:
                 "capabilities": None if self.capabilities is None else self.capabilities.model_dump(mode="json")}
 
 
-def _device(r: sqlite3.Row) -> DeviceRow:
+def _device(r) -> DeviceRow:
     return DeviceRow(
         id=r["id"], profile=r["profile"], target=r["target"],
         capabilities=Capabilities.model_validate_json(r["capabilities"]) if r["capabilities"] else None,
@@ -130,8 +129,8 @@ class Registry:
     def add_bundle(self, sha: str, size: int, model: str, version: str, release: int, target: str, digest: str,
                    delta_base_digest: str | None, now: float) -> None:
         with self.db.tx() as c:
-            c.execute("""INSERT OR IGNORE INTO bundles(sha256, size, model, version, release, target, release_digest,
-                         delta_base_digest, added_at) VALUES (?,?,?,?,?,?,?,?,?)""",
+            c.execute("""INSERT INTO bundles(sha256, size, model, version, release, target, release_digest,
+                         delta_base_digest, added_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING""",
                       (sha, size, model, version, release, target, digest, delta_base_digest, now))
 
     def bundle_size(self, sha: str) -> int | None:
@@ -159,8 +158,8 @@ class Registry:
                     raise PublishError("conflict", f"{model} release {release} is version {r['version']}, "
                                                    f"not {version}")
                 return r["id"]
-            return c.execute("INSERT INTO releases(model, version, release, created_at) VALUES (?,?,?,?)",
-                             (model, version, release, now)).lastrowid
+            return c.execute("INSERT INTO releases(model, version, release, created_at) VALUES (?,?,?,?) RETURNING id",
+                             (model, version, release, now)).fetchall()[0]["id"]
 
     def set_release_bundle(self, release_id: int, target: str, sha: str) -> None:
         with self.db.tx() as c:
@@ -169,12 +168,13 @@ class Registry:
             if r is not None and r["sha256"] != sha:
                 raise PublishError("conflict", f"release {release_id} already has bundle {r['sha256'][:12]} for "
                                                f"{target}")
-            c.execute("INSERT OR IGNORE INTO release_bundles(release_id, target, sha256) VALUES (?,?,?)",
+            c.execute("INSERT INTO release_bundles(release_id, target, sha256) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                       (release_id, target, sha))
 
     def add_release_delta(self, release_id: int, target: str, sha: str, base_sha: str) -> None:
         with self.db.tx() as c:
-            c.execute("INSERT OR REPLACE INTO release_deltas(release_id, target, sha256, base_sha256) VALUES (?,?,?,?)",
+            c.execute("""INSERT INTO release_deltas(release_id, target, sha256, base_sha256) VALUES (?,?,?,?)
+                         ON CONFLICT(release_id, target, base_sha256) DO UPDATE SET sha256=excluded.sha256""",
                       (release_id, target, sha, base_sha))
 
     def release(self, release_id: int) -> ReleaseInfo:

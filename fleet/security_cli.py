@@ -52,14 +52,13 @@ def _options(fn):
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
     @functools.wraps(fn)
     def wrapper(data_dir, as_json, **kw):
-        from bitnet_edge.agent.errors import AgentError
         from bitnet_edge.fleet.errors import FleetError
-        from bitnet_edge.packagers.errors import PackagerError
+        from bitnet_edge.sdk.bundle.errors import PackagerError
         from bitnet_edge.sdk.errors import BitnetEdgeError
 
         try:
             return fn(data=data_dir, as_json=as_json, **kw)
-        except (FleetError, PackagerError, BitnetEdgeError, AgentError, OSError) as exc:
+        except (FleetError, PackagerError, BitnetEdgeError, OSError) as exc:
             if as_json:
                 _emit_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc),
                                                    "reason": getattr(exc, "reason", None)}})
@@ -75,7 +74,8 @@ def _audit(data: Path, action: str, target: str, details: dict) -> None:
     AuditLog(data / "audit.jsonl").append(action, default_actor(), target, details)
 
 
-def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, install: Path) -> str:
+def _agent_toml(device_id: str, conn, trust: list[str], agent_data: str, install: Path) -> str:
+    """The device's agent.toml; its ``[mqtt]`` section is ``conn`` (a :class:`BrokerConnection`)."""
     q = json.dumps  # TOML basic strings are JSON strings for these characters
     return "\n".join([
         f"# written by `bitnet-edge fleet enroll {device_id}`: copy this directory to the device as {install}",
@@ -86,10 +86,7 @@ def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, 
         '# device_key = "device.key"  (and give device.pub to the release engineer: package --encrypt-to)',
         "",
         "[mqtt]",
-        f"url = {q(broker)}",
-        f"tls_ca = {q(str(install / 'ca.pem'))}",
-        f"tls_cert = {q(str(install / 'device.pem'))}",
-        f"tls_key = {q(str(install / 'device.key'))}",
+        *(f"{k} = {q(v)}" for k, v in conn.model_dump(exclude_defaults=True).items()),
     ]) + "\n"
 
 
@@ -111,10 +108,12 @@ def _agent_toml(device_id: str, broker: str, trust: list[str], agent_data: str, 
 @_options
 def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, agent_data, csr, days, force) -> None:
     """Issue DEVICE_ID a client certificate from the fleet CA and write its agent config (mTLS)."""
-    from bitnet_edge.agent.config import load_config
+    import tomllib
+
     from bitnet_edge.fleet.errors import PkiError
     from bitnet_edge.fleet.pki import CertAuthority, _write
-    from bitnet_edge.sdk.mqtt import parse_broker_url
+    from bitnet_edge.sdk.wire.broker import BrokerConnection
+    from bitnet_edge.sdk.wire.mqtt import parse_broker_url
 
     if not parse_broker_url(broker).tls:
         raise PkiError("bad-name", f"{broker}: devices connect with mutual TLS, use mqtts://")
@@ -134,8 +133,12 @@ def enroll_cmd(data, as_json, device_id, broker, trust, out_dir, install_dir, ag
     _write(out / "device.pem", got.cert_pem, 0o644)
     shutil.copyfile(ca.ca_path, out / "ca.pem")
     install = Path(install_dir) if install_dir else out
-    _write(out / "agent.toml", _agent_toml(device_id, broker, names, agent_data, install).encode(), 0o644)
-    load_config(out / "agent.toml")  # what we wrote must load
+    conn = BrokerConnection(url=broker, tls_ca=str(install / "ca.pem"), tls_cert=str(install / "device.pem"),
+                            tls_key=str(install / "device.key"))
+    text = _agent_toml(device_id, conn, names, agent_data, install)
+    if BrokerConnection.model_validate(tomllib.loads(text)["mqtt"]) != conn:  # what we write must read back
+        raise PkiError("bad-name", f"{broker}: the agent config would not read back the same broker connection")
+    _write(out / "agent.toml", text.encode(), 0o644)
     info = {"ok": True, "device_id": device_id, "serial": f"{got.serial:x}", "not_after": got.not_after,
             "dir": str(out), "config": str(out / "agent.toml"), "key_generated": got.key_pem is not None}
     _audit(data, "enroll", device_id, {"serial": info["serial"], "not_after": got.not_after, "csr": csr is not None})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bitnet_edge.sdk.protocol import DeltaRef, ReleaseRef
+from bitnet_edge.sdk.wire.protocol import DeltaRef, ReleaseRef
 
 __all__ = ["BundleRow", "DeltaRow", "ReleaseInfo", "device_targets", "pick_bundle", "release_ref"]
 

@@ -1,13 +1,13 @@
 """The fleet service: wiring of broker, MQTT link, registry, chunk server, rollout driver and control API.
 
-Threads: the embedded broker (when no ``broker_url``), paho's network loop, the inbound dispatcher,
+Threads: the embedded broker (when no ``broker.url``), paho's network loop, the inbound dispatcher,
 the chunk workers, the HTTP server, and the driver loop, which runs a rollout pass every ``tick``
 seconds or sooner after a device's presence or state changed (debounced).
 
-Files in ``data_dir``: ``fleet.db`` (SQLite, WAL), ``bundles/`` (content-addressed store),
-``control.token`` (the control API's bearer token, mode 0600), ``service.json`` (where the
-control API and the broker are, for the CLI), ``tuf/`` (the TUF repository and the online key,
-ADR 0010), ``audit.jsonl`` (the hash-chained log of operator actions, fleet/audit.py), and from
+Files in ``data_dir``: ``fleet.db`` (SQLite, WAL; unless ``database`` names a PostgreSQL server,
+ADR 0012), ``bundles/`` (content-addressed store), ``control.token`` (the control API's bearer
+token, mode 0600), ``service.json`` (where the control API and the broker are, for the CLI),
+``tuf/`` (the TUF repository and the online key, ADR 0010), ``audit.jsonl`` (the hash-chained log of operator actions, fleet/audit.py), and from
 the security commands ``pki/`` (the fleet CA), ``broker/`` and ``enroll/`` (docs/security.md).
 """
 
@@ -27,10 +27,10 @@ from bitnet_edge.fleet.api import ControlServer
 from bitnet_edge.fleet.audit import AuditLog
 from bitnet_edge.fleet.broker import EmbeddedBroker
 from bitnet_edge.fleet.chunkserver import ChunkServer
-from bitnet_edge.fleet.config import FleetConfig
+from bitnet_edge.fleet.config import FleetConfig, embedded_broker_exposure
 from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.driver import RolloutDriver
-from bitnet_edge.fleet.errors import PublishError
+from bitnet_edge.fleet.errors import ConfigError, PublishError
 from bitnet_edge.fleet.ingest import Ingest
 from bitnet_edge.fleet.link import FleetLink
 from bitnet_edge.fleet.metrics import Counters, render_metrics
@@ -40,7 +40,6 @@ from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.store import BundleStore
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
-from bitnet_edge.sdk.mqtt import parse_broker_url
 
 __all__ = ["FleetService", "load_token"]
 
@@ -79,22 +78,28 @@ class FleetService:
 
     def start(self) -> FleetService:
         cfg = self.config
+        problem = embedded_broker_exposure(cfg)
+        if problem:
+            raise ConfigError("exposed-broker", problem)
+        broker = None if cfg.broker.url is not None else EmbeddedBroker(  # checks its settings, starts nothing
+            cfg.embedded_host, cfg.embedded_port, tls_cert=cfg.embedded_tls_cert, tls_key=cfg.embedded_tls_key,
+            auth=cfg.embedded_auth)
         self.data.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.data / "fleet.db")
+        self.db = Database(cfg.database or self.data / "fleet.db")
         self.store = BundleStore(self.data / "bundles")
         self.registry = Registry(self.db)
         self.trusted = self._trusted()
-        if cfg.broker_url is None:
-            self.broker = EmbeddedBroker(cfg.embedded_host, cfg.embedded_port)
+        if broker is not None:
+            self.broker = broker
             self.broker_url = self.broker.start()
             with self.db.tx() as c:  # a new in-memory broker: nobody is connected yet
                 c.execute("UPDATE devices SET online=0")
         else:
-            self.broker_url = cfg.broker_url
-        self.link = FleetLink(f"bne-fleet-{cfg.replica_id}", parse_broker_url(self.broker_url), self._handle,
-                              on_connected=self._republish.set, share_group=cfg.share_group,
-                              username=cfg.username, password=cfg.password, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert,
-                              tls_key=cfg.tls_key, max_pending_bytes=cfg.max_pending_mb << 20,
+            self.broker_url = cfg.broker.url
+        conn = cfg.broker.model_copy(update={  # our own TLS embedded broker: its certificate is the trust anchor
+            "url": self.broker_url, "tls_ca": cfg.broker.tls_ca or (cfg.embedded_tls_cert if self.broker else None)})
+        self.link = FleetLink(conn, f"bne-fleet-{cfg.replica_id}", self._handle, on_connected=self._republish.set,
+                              share_group=cfg.share_group, max_pending_bytes=cfg.max_pending_mb << 20,
                               counters=self.counters)
         self.chunks = ChunkServer(self.store, self.link, self.registry.bundle_size, workers=cfg.chunk_workers,
                                   queue_size=cfg.request_queue, counters=self.counters, on_served=self._on_served)
@@ -113,11 +118,12 @@ class FleetService:
         self._loop_thread = threading.Thread(target=self._loop, name="bne-fleet-driver", daemon=True)
         self._loop_thread.start()
         info = {"api": self.api.url, "broker": self.broker_url, "pid": os.getpid(), "replica": cfg.replica_id,
-                "started": time.time()}
+                "database": self.db.where, "started": time.time()}
         tmp = self.data / f".service-{cfg.replica_id}.json"
         tmp.write_text(json.dumps(info, indent=2))
         os.replace(tmp, self.data / "service.json")
-        log.info("fleet service %s: control API %s, broker %s", cfg.replica_id, self.api.url, self.broker_url)
+        log.info("fleet service %s: control API %s, broker %s, database %s (%s)", cfg.replica_id, self.api.url,
+                 self.broker_url, self.db.where, self.db.kind)
         return self
 
     def stop(self) -> None:
@@ -125,6 +131,12 @@ class FleetService:
         self._wake.set()
         if self._loop_thread is not None:
             self._loop_thread.join(10)
+        if self.leader and hasattr(self, "driver"):
+            try:
+                self.driver.release_lease()  # hand over now rather than after lease_seconds
+                self.leader = False
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; the lease expires by itself
+                log.warning("could not release the driver lease: %s", exc)
         for part in ("api", "link", "chunks"):
             if hasattr(self, part):
                 getattr(self, part).stop()
@@ -140,7 +152,7 @@ class FleetService:
         self.stop()
 
     def _trusted(self) -> list:
-        from bitnet_edge.packagers.signing import load_public_key
+        from bitnet_edge.sdk.bundle.signing import load_public_key
 
         return [load_public_key(p) for p in self.config.trust]
 
@@ -158,9 +170,11 @@ class FleetService:
             self._stop.wait(_DEBOUNCE)
             self._wake.clear()
             try:
-                self.leader = self.driver.is_leader()
+                was, self.leader = self.leader, self.driver.is_leader()
                 if not self.leader:
                     continue
+                if not was:  # taking over: the previous leader may have died between its commit and publish
+                    self._republish.set()
                 if self._republish.is_set() and self.link.connected.is_set():
                     self._republish.clear()
                     n = self.driver.republish()
@@ -187,7 +201,7 @@ class FleetService:
 
     def health(self) -> dict:
         return {"ok": True, "broker": self.broker_url, "broker_connected": self.link.connected.is_set(),
-                "leader": self.leader, "replica": self.config.replica_id}
+                "leader": self.leader, "replica": self.config.replica_id, "database": self.db.kind}
 
     def devices(self) -> list[dict]:
         progress = dict(self.ingest.progress)
@@ -248,8 +262,8 @@ class FleetService:
         return st
 
     def metrics_text(self) -> str:
-        devices = [{"online": bool(r["online"]), "model": r["installed_model"], "version": r["version"],
+        devices = [{"online": bool(r["online"]), "model": r["installed_model"],
+                    "version": json.loads(r["installed"])["version"] if r["installed"] else None,
                     "release": r["installed_release"]} for r in self.db.query(
-            "SELECT online, installed_model, installed_release, json_extract(installed, '$.version') AS version "
-            "FROM devices")]
+            "SELECT online, installed_model, installed_release, installed FROM devices")]
         return render_metrics(devices, self.driver.list(), self.counters.snapshot(), self.chunks.queued)

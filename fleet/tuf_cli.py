@@ -40,7 +40,7 @@ def _signers(paths):
     """Signers of private key files (prompting for a passphrase when one is encrypted); TufError ``key``."""
     from bitnet_edge.fleet.errors import TufError
     from bitnet_edge.fleet.tuf_sign import signer_from_file
-    from bitnet_edge.packagers.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     out = []
     for p in paths:
@@ -78,7 +78,7 @@ def sign_and_push_targets(client, bundles, key_paths, *, remove=(), days: int = 
                           out: str | None = None) -> dict:
     """Add each bundle's entry to the next targets version, sign it, and push it (or write ``out``)."""
     from bitnet_edge.fleet.tuf_sign import bundle_target, describe, sign_targets
-    from bitnet_edge.sdk.tuf_meta import target_path
+    from bitnet_edge.sdk.wire.tuf_meta import target_path
 
     if current is None:
         text = client.get("/v1/tuf/targets.json")
@@ -132,7 +132,7 @@ def init_cmd(out_dir, online_pub, root_keys, root_threshold, targets_keys, targe
     """Offline: root and targets keys, 1.root.json (provision on devices) and 1.targets.json."""
     from bitnet_edge.fleet.errors import TufError
     from bitnet_edge.fleet.tuf_sign import init_repository
-    from bitnet_edge.packagers.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     pw = None
     if ask:
@@ -191,7 +191,7 @@ def status_cmd(data_dir, api, token) -> None:
 def sign_targets_cmd(bundles, keys, remove, days, current, out, data_dir, api, token) -> None:
     """Offline: the next targets version with these bundles (none: just renew the expiry)."""
     from bitnet_edge.fleet.errors import FleetError
-    from bitnet_edge.packagers.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     try:
         client = None if (out and current) else _client(data_dir, api, token)
@@ -226,7 +226,7 @@ def rotate_root_cmd(keys, add_root, remove_root, root_threshold, targets_pub, ta
     """Offline: root N+1 (root keys, thresholds, targets keys, online key)."""
     from bitnet_edge.fleet.errors import FleetError
     from bitnet_edge.fleet.tuf_sign import describe, key_from_file, rotate_root, sign_targets
-    from bitnet_edge.packagers.errors import KeyFileError
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
 
     args = (data_dir, api, token)
     try:

@@ -35,9 +35,9 @@ from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timest
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_sign import ONLINE_ROLES, describe, key_from_file, load_metadata, signer_from_file
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import TUF_FILE
+from bitnet_edge.sdk.wire.protocol import TUF_FILE
 from bitnet_edge.sdk.schemas import parse_model
-from bitnet_edge.sdk.tuf_meta import CUSTOM_KEY, BundleTarget, sha_of_target_path
+from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, BundleTarget, sha_of_target_path
 
 __all__ = ["TufRepository", "OnlineExpiry", "online_key"]
 
@@ -53,7 +53,7 @@ class OnlineExpiry:
 def online_key(tuf_dir: str | os.PathLike, *, rotate: bool = False) -> Path:
     """The online key's public file, created (``online.key`` 0600 + ``online.pub``) on first use.
     ``rotate``: make ``online-next.key``, used once a pushed root names it (then it becomes current)."""
-    from bitnet_edge.packagers.signing import generate_keypair
+    from bitnet_edge.packagers.keys import generate_keypair
 
     d = Path(tuf_dir)
     name = "online-next" if rotate else "online"

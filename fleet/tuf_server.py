@@ -14,7 +14,13 @@ import logging
 from bitnet_edge.fleet.metrics import Counters
 from bitnet_edge.fleet.tuf_repo import TufRepository
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.protocol import MAX_TUF_PART_BYTES, device_topic, pack_tuf_part, parse_device_topic, parse_message
+from bitnet_edge.sdk.wire.protocol import (
+    MAX_TUF_PART_BYTES,
+    device_topic,
+    pack_tuf_part,
+    parse_device_topic,
+    parse_message,
+)
 
 __all__ = ["TufResponder"]
 

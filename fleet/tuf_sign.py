@@ -7,12 +7,12 @@ service: they read and write metadata files and key files, nothing else.  ADR 00
   (threshold), ``1.root.json`` (consistent snapshots; snapshot and timestamp delegated to the fleet
   service's online key) and an empty ``1.targets.json``.
 * :func:`bundle_target` -- one targets entry per bundle file: length, sha256 + sha512 and
-  ``custom.bne`` (:class:`bitnet_edge.sdk.tuf_meta.BundleTarget`).
+  ``custom.bne`` (:class:`bitnet_edge.sdk.wire.tuf_meta.BundleTarget`).
 * :func:`sign_targets` -- the next targets version with entries added or removed, new expiry.
 * :func:`rotate_root` -- root N -> N+1 (root keys, thresholds, targets keys, online key), signed by
   the given signers; refused unless a threshold of the old AND of the new root keys signed it.
 
-Keys are the project's Ed25519 PEM files (``packagers.signing``): private PKCS#8 0600, optionally
+Keys are the project's Ed25519 PEM files (``packagers.keys``): private PKCS#8 0600, optionally
 passphrase-encrypted; the TUF key id is securesystemslib's default (sha256 of the canonical key).
 """
 
@@ -30,7 +30,7 @@ from tuf.api.metadata import Metadata, Root, Targets, TargetFile
 from tuf.api.serialization import DeserializationError
 
 from bitnet_edge.fleet.errors import TufError
-from bitnet_edge.sdk.tuf_meta import CUSTOM_KEY, BundleTarget, target_path
+from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, BundleTarget, target_path
 
 __all__ = ["Ceremony", "DEFAULT_DAYS", "ONLINE_ROLES", "init_repository", "bundle_target", "sign_targets",
            "rotate_root", "signer_from_file", "key_from_file", "load_metadata", "describe", "write_new"]
@@ -45,13 +45,13 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 
 
 def key_from_file(path: str | os.PathLike) -> SSlibKey:
-    from bitnet_edge.packagers.signing import load_public_key
+    from bitnet_edge.sdk.bundle.signing import load_public_key
 
     return SSlibKey.from_crypto(load_public_key(path))
 
 
 def signer_from_file(path: str | os.PathLike, passphrase: bytes | None = None) -> CryptoSigner:
-    from bitnet_edge.packagers.signing import load_private_key
+    from bitnet_edge.packagers.keys import load_private_key
 
     return CryptoSigner(load_private_key(path, passphrase))
 
@@ -99,7 +99,7 @@ def init_repository(out_dir: str | os.PathLike, online_pub: str | os.PathLike, *
                     root_days: int = DEFAULT_DAYS["root"], targets_days: int = DEFAULT_DAYS["targets"],
                     passphrase: bytes | None = None, now: dt.datetime | None = None) -> Ceremony:
     """New root and targets keys in ``OUT/keys``, ``OUT/1.root.json`` and ``OUT/1.targets.json``."""
-    from bitnet_edge.packagers.signing import generate_keypair
+    from bitnet_edge.packagers.keys import generate_keypair
 
     if not 1 <= root_threshold <= root_keys or not 1 <= targets_threshold <= targets_keys:
         raise TufError("bad-metadata", "thresholds must be between 1 and the number of keys")
@@ -130,8 +130,8 @@ def bundle_target(path: str | os.PathLike, *, sha256: str | None = None) -> tupl
     """(target path, entry) of a bundle file; the custom fields come from its manifest."""
     import hashlib
 
-    from bitnet_edge.packagers.errors import BundleError
-    from bitnet_edge.packagers.verify import read_unverified
+    from bitnet_edge.sdk.bundle.errors import BundleError
+    from bitnet_edge.sdk.bundle.verify import read_unverified
 
     try:
         _, m = read_unverified(path)

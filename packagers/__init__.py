@@ -1,15 +1,17 @@
-"""Native builds per target, device profiles, and signed device bundles.
+"""The build host: native builds per target, key generation, sealing, golden vectors, ``package``.
+
+What a device also needs (the bundle format, verifying, installing, signature checking,
+decryption, golden checking, device profiles) is the bundle contract,
+:mod:`bitnet_edge.sdk.bundle`; the target table is :mod:`bitnet_edge.sdk.native.targets`.
 
 Public API (imported lazily, so ``bitnet_edge.packagers.targets`` stays cheap to import):
 
     package_model(model_dir, devices, version, keys, out_dir, ...) -> [BundleResult]
-    verify_bundle(bundle, trusted_public_keys, base=None) -> VerifiedBundle
-    install_bundle(bundle, dest, trusted_public_keys, base=None) -> Installed
-    read_unverified(bundle) -> (Envelope, BundleManifest)            (inspect)
-    generate_keypair / load_private_key / load_public_key
-    load_devices / get_devices / DeviceProfile
-    TARGETS / build_library / host_target
-and the error hierarchy in :mod:`bitnet_edge.packagers.errors`.
+    generate_keypair / load_private_key / sign / generate_device_key      (keys)
+    Sealer / load_device_public_key                                       (seal)
+    compute_golden                                                        (golden_vectors)
+    build_library / get_target                                            (targets)
+and the build host's errors in :mod:`bitnet_edge.packagers.errors`.
 """
 
 from __future__ import annotations
@@ -17,38 +19,27 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
-    "TARGETS",
-    "Target",
-    "build_library",
-    "host_target",
-    "DeviceProfile",
-    "load_devices",
-    "get_devices",
-    "BundleManifest",
     "PackageOptions",
     "BundleResult",
     "package_model",
-    "VerifiedBundle",
-    "BaseContents",
-    "verify_bundle",
-    "read_unverified",
-    "Installed",
-    "install_bundle",
-    "open_base",
     "generate_keypair",
     "load_private_key",
-    "load_public_key",
+    "sign",
+    "generate_device_key",
+    "Sealer",
+    "load_device_public_key",
+    "compute_golden",
+    "build_library",
+    "get_target",
     "errors",
 ]
 
 _WHERE = {
-    "TARGETS": "targets", "Target": "targets", "build_library": "targets", "host_target": "targets",
-    "DeviceProfile": "devices", "load_devices": "devices", "get_devices": "devices",
-    "BundleManifest": "manifest",
     "PackageOptions": "builder", "BundleResult": "builder", "package_model": "builder",
-    "VerifiedBundle": "verify", "BaseContents": "verify", "verify_bundle": "verify", "read_unverified": "verify",
-    "Installed": "install", "install_bundle": "install", "open_base": "install",
-    "generate_keypair": "signing", "load_private_key": "signing", "load_public_key": "signing",
+    "generate_keypair": "keys", "load_private_key": "keys", "sign": "keys", "generate_device_key": "keys",
+    "Sealer": "seal", "load_device_public_key": "seal",
+    "compute_golden": "golden_vectors",
+    "build_library": "targets", "get_target": "targets",
 }
 
 

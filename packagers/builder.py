@@ -21,12 +21,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bitnet_edge import __version__
-from bitnet_edge.packagers import codec, crypt, golden as golden_mod
 from bitnet_edge.packagers import cuda as cuda_build
-from bitnet_edge.packagers.container import CONTAINER_VERSION, encode_envelope, signed_message
-from bitnet_edge.packagers.devices import DeviceProfile, check_library_fits, load_devices
-from bitnet_edge.packagers.errors import PackagingError, UnknownDevice
-from bitnet_edge.packagers.manifest import (
+from bitnet_edge.packagers import golden_vectors, seal
+from bitnet_edge.packagers.errors import PackagingError
+from bitnet_edge.packagers.keys import sign
+from bitnet_edge.packagers.targets import BASE_CFLAGS, build_library, get_target, toolchain_versions
+from bitnet_edge.sdk.bundle import codec
+from bitnet_edge.sdk.bundle.container import CONTAINER_VERSION, encode_envelope, signed_message
+from bitnet_edge.sdk.bundle.devices import DeviceProfile, load_devices
+from bitnet_edge.sdk.bundle.errors import UnknownDevice
+from bitnet_edge.sdk.bundle.manifest import (
     BackendInfo,
     BuildInfo,
     BundleManifest,
@@ -38,22 +42,14 @@ from bitnet_edge.packagers.manifest import (
     Sizes,
     canonical_json,
 )
-from bitnet_edge.packagers.payload import TERNARY_SECTION, encode_weights
-from bitnet_edge.packagers.signing import key_id, sign
-from bitnet_edge.packagers.targets import (
-    BACKEND_FEATURES,
-    BASE_CFLAGS,
-    binary_kind,
-    build_library,
-    get_target,
-    library_filename,
-    toolchain_versions,
-)
-from bitnet_edge.packagers.verify import BaseContents, base_from_bundle
+from bitnet_edge.sdk.bundle.payload import TERNARY_SECTION, encode_weights
+from bitnet_edge.sdk.bundle.signing import key_id
+from bitnet_edge.sdk.bundle.verify import BaseContents, base_from_bundle
 from bitnet_edge.sdk.modeldir import open_model_dir
+from bitnet_edge.sdk.native.targets import BACKEND_FEATURES, binary_kind, library_filename
 
 __all__ = ["DEFAULT_NATIVE_ROOT", "PackageOptions", "BundleResult", "package_model", "native_source_sha256",
-           "source_date_epoch", "bundle_filename"]
+           "source_date_epoch", "bundle_filename", "check_library_fits"]
 
 DEFAULT_NATIVE_ROOT = Path(__file__).resolve().parents[1] / "native"
 _SOURCE_GLOBS = ("include/*.h", "src/*.c", "src/*.h", "src/arch/*/*.c", "src/arch/*/*.h", "cuda/*.h", "cuda/*.cuh",
@@ -82,7 +78,7 @@ class PackageOptions:
     # keys (empty: not encrypted); base_keys open encrypted --delta-from bases (a recipient's key).
     encrypt_to: tuple = ()  # X25519PublicKey, ...
     aead: str = "aes-256-gcm"  # or chacha20-poly1305
-    base_keys: tuple = ()  # crypt.DeviceKey, ...
+    base_keys: tuple = ()  # sdk.bundle.crypt.DeviceKey, ...
 
 
 @dataclass(frozen=True)
@@ -158,7 +154,7 @@ def _seal(encoded: Mapping[str, tuple[str, bytes, str | None]], options: Package
     per file), or unchanged when it is empty."""
     if not options.encrypt_to:
         return dict(encoded), None
-    sealer = crypt.Sealer(list(options.encrypt_to), options.aead)
+    sealer = seal.Sealer(list(options.encrypt_to), options.aead)
     return {n: (enc, sealer.seal(n, data), base) for n, (enc, data, base) in encoded.items()}, sealer.info
 
 
@@ -176,6 +172,11 @@ def _load_bases(paths: Sequence[str | os.PathLike], trusted: list[Ed25519PublicK
             raise PackagingError("base-repeated", f"two --delta-from bundles for target {t}")
         bases[t] = b
     return bases
+
+
+def check_library_fits(profile: DeviceProfile, target: str) -> list[str]:
+    """CPU features the target's library needs that the device does not always have (empty: it fits)."""
+    return sorted(set(get_target(target).requires) - set(profile.isa_required))
 
 
 def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DeviceProfile], version: str,
@@ -233,7 +234,7 @@ def package_model(model_dir: str | os.PathLike, devices: Sequence[str | DevicePr
     if options.golden:
         step("computing golden vectors")
         try:
-            golden, gdata = golden_mod.compute_golden(md.path, model)
+            golden, gdata = golden_vectors.compute_golden(md.path, model)
         except Exception as exc:  # noqa: BLE001 - any runtime failure: say so, suggest --no-golden
             raise PackagingError("golden-failed", f"running the model on this host failed ({type(exc).__name__}: "
                                                   f"{exc}); package with --no-golden to skip") from exc

@@ -53,7 +53,7 @@ def _fail(exc: Exception, as_json: bool) -> None:
 
 
 def _handled():
-    from bitnet_edge.packagers.errors import PackagerError
+    from bitnet_edge.sdk.bundle.errors import PackagerError
     from bitnet_edge.sdk.errors import BitnetEdgeError
 
     return (PackagerError, BitnetEdgeError)
@@ -75,7 +75,7 @@ def _human(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def devices_cmd(directory: Path | None, as_json: bool) -> None:
     """List the device profiles and the build target of each."""
-    from bitnet_edge.packagers.devices import load_devices
+    from bitnet_edge.sdk.bundle.devices import load_devices
 
     try:
         profiles = load_devices(directory)
@@ -111,7 +111,7 @@ def keys_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def keys_generate(out_dir: Path, name: str, ask: bool, as_json: bool) -> None:
     """Generate an Ed25519 key pair for signing bundles."""
-    from bitnet_edge.packagers.signing import generate_keypair
+    from bitnet_edge.packagers.keys import generate_keypair
 
     passphrase = None
     if ask:
@@ -142,7 +142,7 @@ def keys_generate_device(out_dir: Path, name: str, as_json: bool) -> None:
     Run it on the device (the private key need not leave it); give NAME.pub to the release
     engineer (`bitnet-edge package --encrypt-to NAME.pub`) and set `device_key` in agent.toml.
     """
-    from bitnet_edge.packagers.crypt import generate_device_key
+    from bitnet_edge.packagers.keys import generate_device_key
 
     try:
         kp = generate_device_key(out_dir, name)
@@ -159,8 +159,8 @@ def keys_generate_device(out_dir: Path, name: str, as_json: bool) -> None:
 # ---- package -------------------------------------------------------------------------------------
 
 def _load_signing_key(path: Path):
-    from bitnet_edge.packagers.errors import KeyFileError
-    from bitnet_edge.packagers.signing import load_private_key
+    from bitnet_edge.sdk.bundle.errors import KeyFileError
+    from bitnet_edge.packagers.keys import load_private_key
 
     try:
         return load_private_key(path)
@@ -204,14 +204,15 @@ def package_cmd(model: Path, devices, version, keys, out_dir, release, delta_fro
     """Build signed bundles of MODEL, one per distinct target of the devices."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bitnet_edge.packagers import codec
+    from bitnet_edge.sdk.bundle import codec
     from bitnet_edge.packagers.builder import PackageOptions, package_model
-    from bitnet_edge.packagers.signing import load_public_key
+    from bitnet_edge.sdk.bundle.signing import load_public_key
 
     try:
         skeys = [_load_signing_key(k) for k in keys]
         tkeys = [load_public_key(p) for p in trust]
-        from bitnet_edge.packagers.crypt import load_device_key, load_device_public_key
+        from bitnet_edge.packagers.seal import load_device_public_key
+        from bitnet_edge.sdk.bundle.crypt import load_device_key
 
         options = PackageOptions(zstd_level=zstd_level or codec.DEFAULT_LEVEL, golden=not no_golden, cuda=not no_cuda,
                                  encrypt_to=tuple(load_device_public_key(p) for p in encrypt_to), aead=aead,
@@ -278,7 +279,7 @@ def _summary(env, m, file_size: int) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (with the full manifest).")
 def inspect_cmd(bundle: Path, as_json: bool) -> None:
     """Show a bundle's manifest and sizes (NOT verified: use `bitnet-edge verify`)."""
-    from bitnet_edge.packagers.verify import read_unverified
+    from bitnet_edge.sdk.bundle.verify import read_unverified
 
     try:
         env, m = read_unverified(bundle)
@@ -341,10 +342,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def verify_cmd(bundle: Path, trust, base: Path | None, device_keys, as_json: bool) -> None:
     """Check a bundle's signatures and every byte of it against the signed manifest."""
-    from bitnet_edge.packagers.crypt import load_device_key
-    from bitnet_edge.packagers.install import open_base
-    from bitnet_edge.packagers.signing import load_public_key
-    from bitnet_edge.packagers.verify import verify_bundle
+    from bitnet_edge.sdk.bundle.crypt import load_device_key
+    from bitnet_edge.sdk.bundle.install import open_base
+    from bitnet_edge.sdk.bundle.signing import load_public_key
+    from bitnet_edge.sdk.bundle.verify import verify_bundle
 
     try:
         keys = [load_public_key(p) for p in trust]

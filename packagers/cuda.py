@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bitnet_edge.packagers.targets import BuildFailed, ToolchainMissing, find_tool
+from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing
+from bitnet_edge.sdk.native.targets import find_tool
 
 __all__ = ["FATBIN_ARCHS", "FATBIN_PTX", "FATBIN_NAME", "NVCC_FLAGS", "CUDA_SOURCES", "find_nvcc", "find_cuobjdump",
            "build_fatbin", "fatbin_contents", "nvcc_version", "cuda_source_files"]

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from bitnet_edge import __version__
-from bitnet_edge.packagers.targets import find_tool
+from bitnet_edge.sdk.native.targets import find_tool
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
 __all__ = ["CPU_FEATURE_BITS", "TOOLCHAINS", "collect_info", "cpu_model", "toolchains"]
@@ -66,7 +66,7 @@ def toolchains() -> dict[str, dict]:
 
 
 def collect_info() -> dict:
-    from bitnet_edge.packagers.targets import host_target
+    from bitnet_edge.sdk.native.targets import host_target
     from bitnet_edge.sdk import kernels
     from bitnet_edge.sdk.native import _binding as nb
     from bitnet_edge.sdk.native import load

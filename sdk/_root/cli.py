@@ -105,7 +105,7 @@ def selfcheck(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def schemas(write: bool, as_json: bool) -> None:
     """List (or regenerate) the committed JSON schemas of every manifest and message."""
-    from bitnet_edge.sdk import schemas as sch
+    from bitnet_edge import schemas as sch
 
     docs = sch.schema_documents()
     if write:

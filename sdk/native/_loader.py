@@ -49,7 +49,7 @@ def _header_candidates() -> list[Path]:
 
 
 def library_candidates() -> list[Path]:
-    from bitnet_edge.packagers.targets import host_target
+    from bitnet_edge.sdk.native.targets import host_target
 
     paths = []
     env = os.environ.get("BITNET_EDGE_LIBRARY")

@@ -69,7 +69,7 @@ def test_explicit_downgrade_is_allowed(agent, bundles):
 
 
 def test_wrong_target_is_refused(agent, bundles, tmp_path):
-    from tests._bundle_models import tools_missing
+    from tests.support.bundle_models import tools_missing
 
     if tools_missing("linux-aarch64"):
         pytest.skip("needs the aarch64 cross compiler")
@@ -81,7 +81,7 @@ def test_wrong_target_is_refused(agent, bundles, tmp_path):
 
 def test_health_gate_failure_keeps_the_old_model(agent, bundles, tmp_path):
     """A bundle whose golden vectors do not match what its model computes (a broken build)."""
-    from bitnet_edge.packagers import golden
+    from bitnet_edge.packagers import golden_vectors as golden
 
     agent.install_file(bundles.v1)
     m = make_mlp_dir(tmp_path / "m", sizes=(32, 48, 4), seed=1, name="sensor-mlp")

@@ -29,7 +29,7 @@ def _stream(port: int, body: dict) -> list[dict]:
 
 
 def test_completions_and_embeddings_over_the_local_api(tmp_path, bundles):
-    from tests.test_runtime_encoder_mlp import _bert_tokenizer  # noqa: F401  (tiny tokenizer builder)
+    from tests.sdk.test_runtime_encoder_mlp import _bert_tokenizer  # noqa: F401  (tiny tokenizer builder)
     import transformers
     import torch
 

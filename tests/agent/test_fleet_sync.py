@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bitnet_edge.agent.chunks import PartialFile, finished_path
 from bitnet_edge.agent.errors import TransferError
 from bitnet_edge.agent.transfer import Window
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
 
 
 @pytest.fixture

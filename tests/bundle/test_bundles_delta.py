@@ -9,11 +9,13 @@ from tests.support.bundle_models import make_mlp_dir, prebuilt
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.errors import DeltaError, PackagingError
-from bitnet_edge.packagers.install import base_from_installed, install_bundle
-from bitnet_edge.packagers.manifest import release_digest
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
-from bitnet_edge.packagers.verify import base_from_bundle, verify_bundle
+from bitnet_edge.packagers.errors import PackagingError
+from bitnet_edge.sdk.bundle.errors import DeltaError
+from bitnet_edge.sdk.bundle.install import base_from_installed, install_bundle
+from bitnet_edge.sdk.bundle.manifest import release_digest
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.bundle.signing import load_public_key
+from bitnet_edge.sdk.bundle.verify import base_from_bundle, verify_bundle
 
 TARGET = "linux-x86_64"
 SIZES = (512, 768, 768, 16)
@@ -136,7 +138,7 @@ def test_delta_across_a_shape_change(setup, tmp_path):
 
 
 def test_trit_delta_codec_round_trip():
-    from bitnet_edge.packagers import codec
+    from bitnet_edge.sdk.bundle import codec
     from bitnet_edge.sdk import packing
 
     rng = np.random.default_rng(3)

@@ -17,15 +17,17 @@ from click.testing import CliRunner
 from bitnet_edge.agent.config import load_config
 from bitnet_edge.agent.daemon import Agent
 from bitnet_edge.cli import main
-from bitnet_edge.packagers import crypt
+from bitnet_edge.packagers import keys, seal
+from bitnet_edge.sdk.bundle import crypt
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.container import encode_envelope, read_envelope
-from bitnet_edge.packagers.errors import DecryptionError, KeyFileError, NotRecipient, SignatureError
-from bitnet_edge.packagers.install import install_bundle
-from bitnet_edge.packagers.manifest import canonical_json, parse_manifest, release_digest
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
-from bitnet_edge.packagers.targets import host_target
-from bitnet_edge.packagers.verify import read_unverified, verify_bundle
+from bitnet_edge.sdk.bundle.container import encode_envelope, read_envelope
+from bitnet_edge.sdk.bundle.errors import DecryptionError, KeyFileError, NotRecipient, SignatureError
+from bitnet_edge.sdk.bundle.install import install_bundle
+from bitnet_edge.sdk.bundle.manifest import canonical_json, parse_manifest, release_digest
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.bundle.signing import load_public_key
+from bitnet_edge.sdk.native.targets import host_target
+from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
 from bitnet_edge.sdk.modeldir import open_model_dir
 from tests.support.bundle_models import built_library, make_mlp_dir
 from tests.support.agent_fixtures import HOST_DEVICE, write_config
@@ -38,9 +40,9 @@ class Keys:
         kp = generate_keypair(root / "keys", "release")
         self.pub_path, self.key = kp.public_path, load_private_key(kp.private_path)
         self.pub = load_public_key(kp.public_path)
-        self.files = {n: crypt.generate_device_key(root / "dev", n) for n in ("a", "b", "c", "archive")}
+        self.files = {n: keys.generate_device_key(root / "dev", n) for n in ("a", "b", "c", "archive")}
         self.dev = {n: crypt.FileDeviceKey(f.private_path) for n, f in self.files.items()}
-        self.dpub = {n: crypt.load_device_public_key(f.public_path) for n, f in self.files.items()}
+        self.dpub = {n: seal.load_device_public_key(f.public_path) for n, f in self.files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +140,9 @@ def test_sealed_chunks_resist_reordering_truncation_and_swaps(aead):
     dev = _MemKey()
     for n in (0, 1, 1023, 1024, 1025, 5000):
         data = os.urandom(n)
-        s = crypt.Sealer([dev.public_key()], aead, chunk_bytes=1024)
+        s = seal.Sealer([dev.public_key()], aead, chunk_bytes=1024)
         sealed = {name: s.seal(name, data) for name in ("lib.x", "weights.dense")}
-        assert len(sealed["lib.x"]) == crypt.sealed_size(n, 1024)
+        assert len(sealed["lib.x"]) == seal.sealed_size(n, 1024)
         ck = crypt.open_content_key(s.info, [dev])
         assert crypt.open_section(s.info, ck, "lib.x", sealed["lib.x"]) == data
         bad = [sealed["weights.dense"]]  # another section's chunks
@@ -181,17 +183,17 @@ def make_hook_key() -> crypt.DeviceKey:
 
 
 def test_device_keys_are_private_files_or_a_hook(tmp_path):
-    kp = crypt.generate_device_key(tmp_path, "dev")
+    kp = keys.generate_device_key(tmp_path, "dev")
     assert kp.private_path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(KeyFileError) as e:
-        crypt.generate_device_key(tmp_path, "dev")
+        keys.generate_device_key(tmp_path, "dev")
     assert e.value.reason == "exists"
     os.chmod(kp.private_path, 0o644)
     with pytest.raises(KeyFileError) as e:
         crypt.load_device_key(kp.private_path)
     assert e.value.reason == "insecure-permissions"
     with pytest.raises(KeyFileError) as e:
-        crypt.load_device_public_key(kp.private_path)
+        seal.load_device_public_key(kp.private_path)
     assert e.value.reason == "bad-format"
     key = crypt.load_device_key(f"python:{__name__}:make_hook_key")
     assert key.key_id == HOOK_KEY.key_id

@@ -14,22 +14,23 @@ import pytest
 from tests.support.bundle_models import make_mlp_dir, prebuilt
 from tests.support.tools import require_tool
 
-from bitnet_edge.packagers import container
+from bitnet_edge.sdk.bundle import container
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.container import CONTAINER_VERSION, Envelope, encode_envelope, signed_message
-from bitnet_edge.packagers.errors import (
+from bitnet_edge.sdk.bundle.container import CONTAINER_VERSION, Envelope, encode_envelope, signed_message
+from bitnet_edge.packagers.errors import PackagingError
+from bitnet_edge.sdk.bundle.errors import (
     BundleError,
     BundleFormatError,
     IntegrityError,
     KeyFileError,
-    PackagingError,
     SignatureError,
     TruncatedBundle,
     UnsupportedVersion,
 )
-from bitnet_edge.packagers.manifest import BundleManifest, canonical_json, parse_manifest
-from bitnet_edge.packagers.signing import generate_keypair, key_id, load_private_key, load_public_key, sign
-from bitnet_edge.packagers.verify import read_unverified, verify_bundle
+from bitnet_edge.sdk.bundle.manifest import BundleManifest, canonical_json, parse_manifest
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key, sign
+from bitnet_edge.sdk.bundle.signing import key_id, load_public_key
+from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
 from bitnet_edge.sdk import packing
 
 TARGET = "linux-x86_64"

@@ -14,12 +14,14 @@ from tests.support.bundle_models import NATIVE, TOOLS, make_mlp_dir, prebuilt
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.errors import InstallError, TargetMismatch
-from bitnet_edge.packagers.golden import check_outputs, read_golden, run_model
-from bitnet_edge.packagers.install import ENVELOPE_FILE, install_bundle, library_host_target
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
-from bitnet_edge.packagers.targets import binary_kind
-from bitnet_edge.packagers.verify import verify_bundle
+from bitnet_edge.sdk.bundle.errors import InstallError, TargetMismatch
+from bitnet_edge.sdk.bundle.golden import check_outputs, read_golden, run_model
+from bitnet_edge.sdk.bundle.install import ENVELOPE_FILE, install_bundle
+from bitnet_edge.sdk.native.targets import library_host_target
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.bundle.signing import load_public_key
+from bitnet_edge.sdk.native.targets import binary_kind
+from bitnet_edge.sdk.bundle.verify import verify_bundle
 from bitnet_edge.sdk import load_model
 
 ALL_DEVICES = ["x86-64-v4", "raspberry-pi-4", "apple-m", "jetson-orin-nano"]
@@ -97,7 +99,7 @@ def test_install_refuses_another_target(bundles, tmp_path):
 
 
 def test_tokenizer_travels_and_an_install_is_a_delta_base(bundles, tmp_path):
-    from bitnet_edge.packagers.install import base_from_installed
+    from bitnet_edge.sdk.bundle.install import base_from_installed
 
     tok = tmp_path / "tok.json"
     tok.write_text('{"version": "1.0", "model": {"type": "WordLevel"}}')
@@ -166,7 +168,7 @@ def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, tm
 def test_jetson_install_puts_the_fatbin_beside_the_library_and_is_a_delta_base(bundles, tmp_path):
     import hashlib
 
-    from bitnet_edge.packagers.install import base_from_installed
+    from bitnet_edge.sdk.bundle.install import base_from_installed
     from bitnet_edge.sdk.cuda import fatbin_candidates
 
     r = bundles["by_target"]["jetson"]

@@ -11,8 +11,10 @@ from tests.support.bundle_models import NATIVE, TOOLS, built_library
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers import targets
-from bitnet_edge.packagers.errors import BuildFailed, PackagerError, ToolchainMissing, UnknownTarget
-from bitnet_edge.packagers.targets import TARGETS, binary_kind, build_library, get_target
+from bitnet_edge.packagers.errors import BuildFailed, ToolchainMissing, UnknownTarget
+from bitnet_edge.sdk.bundle.errors import PackagerError
+from bitnet_edge.packagers.targets import build_library, get_target
+from bitnet_edge.sdk.native.targets import TARGETS, binary_kind
 
 pytestmark = pytest.mark.toolchain
 

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from bitnet_edge.cli import main
-from bitnet_edge.packagers.devices import DEVICES_DIR, check_library_fits, get_devices, load_devices
-from bitnet_edge.packagers.errors import DeviceProfileError, UnknownDevice
-from bitnet_edge.packagers.targets import TARGETS
+from bitnet_edge.packagers.builder import check_library_fits
+from bitnet_edge.sdk.bundle.devices import DEVICES_DIR, get_devices, load_devices
+from bitnet_edge.sdk.bundle.errors import DeviceProfileError, UnknownDevice
+from bitnet_edge.sdk.native.targets import TARGETS
 
 REQUIRED = {
     "raspberry-pi-4": ("linux-aarch64", "none"),

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitnet_edge.packagers import codec, crypt
-from bitnet_edge.packagers.errors import BundleError, BundleFormatError, DecryptionError
-from bitnet_edge.packagers.manifest import parse_manifest
-from bitnet_edge.packagers.verify import read_unverified, verify_bundle
-from bitnet_edge.sdk.protocol import (
+from bitnet_edge.packagers import seal
+from bitnet_edge.sdk.bundle import codec, crypt
+from bitnet_edge.sdk.bundle.errors import BundleError, BundleFormatError, DecryptionError
+from bitnet_edge.sdk.bundle.manifest import parse_manifest
+from bitnet_edge.sdk.bundle.verify import read_unverified, verify_bundle
+from bitnet_edge.sdk.wire.protocol import (
     LEAVES,
     ChunkRequest,
     DesiredState,
@@ -156,7 +157,7 @@ def test_the_manifest_parser_raises_only_format_errors(corpus, data):
 @pytest.fixture(scope="module")
 def delta_sections(corpus):
     """(name, encoding, stored, size, base content) of every delta-encoded section of the corpus."""
-    from bitnet_edge.packagers.verify import base_from_bundle as base_of
+    from bitnet_edge.sdk.bundle.verify import base_from_bundle as base_of
 
     base = base_of(corpus.v1, corpus.trusted)
     item = next(i for i in corpus.items if i.name == "delta")
@@ -188,7 +189,7 @@ def test_delta_apply_raises_only_format_errors(delta_sections, data):
 @given(blob=st.binary(max_size=4096), data=st.data())
 def test_sealed_sections_raise_only_decryption_errors(blob, data):
     key = _KEY
-    s = crypt.Sealer([key.public_key()], data.draw(st.sampled_from(sorted(crypt.AEADS))), chunk_bytes=1024)
+    s = seal.Sealer([key.public_key()], data.draw(st.sampled_from(sorted(crypt.AEADS))), chunk_bytes=1024)
     sealed = s.seal("weights.ternary", blob)
     ck = crypt.open_content_key(s.info, [key])
     bad = data.draw(mutated_bytes(sealed))
@@ -217,13 +218,13 @@ _KEY = _Key()
 # ---- MQTT message handlers -----------------------------------------------------------------------
 
 def _caps():
-    from _fleet_helpers import capabilities
+    from tests.support.fleet_helpers import capabilities
 
     return capabilities()
 
 
 def _bases(device_id: str) -> dict[str, bytes]:
-    from bitnet_edge.sdk.protocol import TufRequest
+    from bitnet_edge.sdk.wire.protocol import TufRequest
 
     now = 1.8e9  # fixed: hypothesis replays draws against the same base bytes
     sha = "ab" * 32
@@ -274,7 +275,7 @@ def fleet_side(tmp_path):
 @given(msgs=st.lists(inbound(), min_size=1, max_size=8))
 def test_fleet_handlers_never_raise_and_count_every_drop(fleet_side, msgs):
     from bitnet_edge.fleet.ingest import INBOUND_LEAVES
-    from bitnet_edge.sdk.protocol import parse_device_topic
+    from bitnet_edge.sdk.wire.protocol import parse_device_topic
 
     def counted() -> int:
         return sum(v for k, v in fleet_side.counters.snapshot().items() if k.startswith(("rx:", "dropped:")))
@@ -293,7 +294,7 @@ def agent_side(tmp_path):
     from bitnet_edge.agent.config import AgentConfig, LimitsConfig
     from bitnet_edge.agent.sync import FleetSync
     from bitnet_edge.agent.tuf_fetcher import MqttFetcher
-    from bitnet_edge.sdk.protocol import Outcome
+    from bitnet_edge.sdk.wire.protocol import Outcome
 
     installs = []
 

@@ -74,7 +74,7 @@ def test_every_python_package_is_listed_in_pyproject():
 
 def test_installed_package_has_models_devices_and_agent(installed):
     venv, root = installed
-    code = ("from bitnet_edge.packagers.devices import load_devices; import bitnet_edge.sdk.models, "
+    code = ("from bitnet_edge.sdk.bundle.devices import load_devices; import bitnet_edge.sdk.models, "
             "bitnet_edge.sdk.convert.hf, bitnet_edge.agent.daemon; print(len(load_devices()))")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -64,7 +64,7 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from tests.hf_fixtures import save_bitnet_float
+    from tests.support.hf_fixtures import save_bitnet_float
     from bitnet_edge.sdk import qat
 
     ws = tmp_path_factory.mktemp("readme")

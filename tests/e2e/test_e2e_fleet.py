@@ -7,92 +7,22 @@ restarted in the middle of the other's; both end up serving the release, verifie
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from tests.support.bundle_models import built_library, make_mlp_dir
 from tests.support.fleet_helpers import Mosquitto, free_port, wait_for
+from tests.support.procs import HOST_DEVICE, AgentProc
+from tests.support.procs import bne as _bne
+from tests.support.procs import cli_json as _cli_json
+from tests.support.procs import held as _held
 from tests.support.tools import require_tool
 
-from tests.support.bundle_models import built_library, make_mlp_dir
-from bitnet_edge.agent.chunks import _HEADER
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-from bitnet_edge.packagers.targets import host_target
-
-HOST_DEVICE = "x86-64-v3" if os.uname().machine == "x86_64" else "raspberry-pi-5"
-
-
-def _bne(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bitnet_edge", *map(str, args)], **kw)
-
-
-def _cli_json(*args) -> dict | list:
-    out = subprocess.run([sys.executable, "-m", "bitnet_edge", *map(str, args)], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _held(data_dir: Path) -> tuple[int, int]:
-    """(chunks held, chunks in all) of the agent's download in progress, (0, 0) if none."""
-    for bm in (data_dir / "downloads").glob("*.bitmap"):
-        raw = bm.read_bytes()
-        if len(raw) <= _HEADER.size:
-            continue
-        n = _HEADER.unpack(raw[:_HEADER.size])[-1]
-        return sum(bin(b).count("1") for b in raw[_HEADER.size:]), n
-    return 0, 0
-
-
-class AgentProc:
-    def __init__(self, root: Path, dev: str, pub: Path, broker: str):
-        self.root, self.dev = root / dev, dev
-        self.root.mkdir(parents=True)
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.config = self.root / "agent.toml"
-        self.config.write_text("\n".join([
-            f'device_id = "{dev}"', f'data_dir = "{self.data}"', f'trust = ["{pub}"]', 'profile = "x86-64-v3"',
-            "[api]", f"port = {self.port}", "[mqtt]", f'url = "{broker}"', "reconnect_max = 1.0",
-            "[health]", "max_latency_ms = 20000"]) + "\n")
-        self.logs = []
-        self.start()
-
-    def start(self) -> None:
-        log = self.root / f"agent-{len(self.logs)}.log"
-        self.logs.append(log)
-        self.proc = _bne("agent", "run", "--config", self.config, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-        wait_for(lambda: '"event": "ready"' in log.read_text(), 60, what=f"{self.dev} ready")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def serving(self) -> str | None:
-        import http.client
-
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            c.request("GET", "/v1/health")
-            body = json.loads(c.getresponse().read())
-            return (body.get("model") or {}).get("version")
-        except OSError:
-            return None
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.native.targets import host_target
 
 
 @pytest.fixture

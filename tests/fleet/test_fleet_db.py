@@ -1,16 +1,20 @@
-"""Fleet pieces without a broker: database migrations, the bundle store, publishing, bundle and
-delta selection, the metrics text."""
+"""Fleet pieces without a broker: database migrations and the driver lease (on SQLite and on a real
+PostgreSQL server), the bundle store, publishing, bundle and delta selection, the metrics text."""
 
 from __future__ import annotations
 
 import io
 import sqlite3
+import threading
+import time
 
 import pytest
 from tests.support.fleet_helpers import bundles
+from tests.support.postgres import postgres_server  # noqa: F401 - fixture
 
 from bitnet_edge.fleet import db as dbmod
 from bitnet_edge.fleet.db import Database
+from bitnet_edge.fleet.driver import RolloutDriver
 from bitnet_edge.fleet.errors import DatabaseError, NotFound, PublishError
 from bitnet_edge.fleet.metrics import render_metrics
 from bitnet_edge.fleet.publish import publish_bundles
@@ -19,49 +23,169 @@ from bitnet_edge.fleet.selection import BundleRow, DeltaRow, ReleaseInfo, device
 from bitnet_edge.fleet.store import BundleStore
 
 
-def test_a_fresh_database_gets_every_migration_in_wal_mode(tmp_path):
-    d = Database(tmp_path / "f.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where a fresh registry database lives: a SQLite file, or a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "f.db"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+TABLES = {"schema_version", "devices", "bundles", "releases", "rollouts", "rollout_members", "desired", "leases"}
+
+
+def test_a_fresh_database_gets_every_migration(target):
+    d = Database(target)
     assert d.version() == dbmod.SCHEMA_VERSION == len(dbmod.MIGRATIONS)
-    assert d.one("PRAGMA journal_mode")[0] == "wal"
-    assert {r["name"] for r in d.query("SELECT name FROM sqlite_master WHERE type='table'")} >= {
-        "schema_version", "devices", "bundles", "releases", "rollouts", "rollout_members", "desired", "leases"}
+    assert d.tables() >= TABLES
+    if d.kind == "sqlite":
+        assert d.one("PRAGMA journal_mode")[0] == "wal"
+    else:  # PostgreSQL's INTEGER and REAL are 32-bit: sizes past 2 GiB and timestamps would not fit
+        narrow = d.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                         "WHERE table_schema = current_schema() AND data_type IN ('integer', 'real') "
+                         "AND table_name <> 'schema_version'")
+        assert not narrow, [tuple(r) for r in narrow]
     d.close()
-    assert Database(tmp_path / "f.db").version() == dbmod.SCHEMA_VERSION  # reopening changes nothing
+    again = Database(target)
+    assert again.version() == dbmod.SCHEMA_VERSION  # reopening changes nothing
+    assert [r["version"] for r in again.query("SELECT version FROM schema_version ORDER BY version")] == list(
+        range(1, dbmod.SCHEMA_VERSION + 1))
 
 
-def test_an_old_database_is_migrated_in_order_and_a_newer_one_refused(tmp_path, monkeypatch):
+def test_an_old_database_is_migrated_in_order_and_a_newer_one_refused(target, monkeypatch):
     monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:1])
     monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 1)
-    old = Database(tmp_path / "f.db")
+    old = Database(target)
     with old.tx() as c:
         c.execute("INSERT INTO releases(model, version, release, created_at) VALUES ('m', '1', 1, 0)")
-    assert old.version() == 1 and not old.query("SELECT name FROM sqlite_master WHERE name='leases'")
+    assert old.version() == 1 and "leases" not in old.tables()
     old.close()
     monkeypatch.undo()
-    new = Database(tmp_path / "f.db")
+    new = Database(target)
     assert new.version() == dbmod.SCHEMA_VERSION
-    assert new.query("SELECT name FROM sqlite_master WHERE name='leases'")
+    assert "leases" in new.tables()
     assert new.one("SELECT version FROM releases")["version"] == "1"  # data kept
     with new.tx() as c:
         c.execute("INSERT INTO schema_version(version) VALUES (99)")
     new.close()
     with pytest.raises(DatabaseError) as e:
-        Database(tmp_path / "f.db")
+        Database(target)
     assert e.value.reason == "newer-schema"
 
 
-def test_a_failed_migration_leaves_the_schema_where_it_was(tmp_path, monkeypatch):
+def test_a_failed_migration_leaves_the_schema_where_it_was(target, monkeypatch):
     def broken(c):
-        c.execute("CREATE TABLE half (x)")
-        raise sqlite3.OperationalError("boom")
+        c.execute("CREATE TABLE half (x INTEGER)")
+        raise RuntimeError("boom")
 
     monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS + [broken])
     monkeypatch.setattr(dbmod, "SCHEMA_VERSION", len(dbmod.MIGRATIONS))
-    with pytest.raises(sqlite3.OperationalError):
-        Database(tmp_path / "f.db")
-    raw = sqlite3.connect(tmp_path / "f.db")
-    assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(dbmod.MIGRATIONS) - 1
-    assert not raw.execute("SELECT name FROM sqlite_master WHERE name='half'").fetchall()
+    with pytest.raises(RuntimeError, match="boom"):
+        Database(target)
+    monkeypatch.undo()
+    d = Database(target)  # DDL is transactional on both engines: the half-made table is gone
+    assert d.version() == dbmod.SCHEMA_VERSION and "half" not in d.tables()
+    if d.kind == "sqlite":
+        raw = sqlite3.connect(target)
+        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == dbmod.SCHEMA_VERSION
+
+
+def test_the_fleet_writes_portable_sql():
+    """SQLite-only spellings break the PostgreSQL registry (fleet/dialect.py says what to write)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import bitnet_edge.fleet as fleet_pkg
+
+    sqlite_only = re.compile(r"INSERT OR (IGNORE|REPLACE)|\.lastrowid|json_extract\(|sqlite_master|PRAGMA ")
+    offenders = [f"{p.name}:{i}" for p in Path(fleet_pkg.__file__).parent.glob("*.py")
+                 if p.name not in ("dialect.py",)
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if sqlite_only.search(line)]
+    assert not offenders, offenders
+    raw_types = re.compile(r"\b(INTEGER|REAL|BLOB|AUTOINCREMENT|SERIAL|BYTEA)\b")
+    for m in dbmod.MIGRATIONS:  # column types as tokens: {int} {real} {blob} {id}
+        assert not raw_types.search(inspect.getsource(m)), m.__name__
+
+
+def test_replicas_starting_together_apply_each_migration_once(target):
+    opened, errors = [], []
+
+    def open_one():
+        try:
+            opened.append(Database(target))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(opened) == 4
+    assert sorted(r["version"] for r in opened[0].query("SELECT version FROM schema_version")) == list(
+        range(1, dbmod.SCHEMA_VERSION + 1))
+    for d in opened:
+        d.close()
+
+
+def test_the_driver_lease_has_one_holder_and_passes_on_expiry_or_release(target):
+    dbs = [Database(target) for _ in range(3)]
+    drivers = [RolloutDriver(d, Registry(d), lambda t, p: True, chunk_size=4096, holder=f"r{i}", lease_seconds=1.0)
+               for i, d in enumerate(dbs)]
+    # three replicas race for the lease, each from its own connection
+    results: dict[str, list[bool]] = {d.holder: [] for d in drivers}
+    barrier = threading.Barrier(3)
+
+    def race(drv):
+        barrier.wait()
+        for _ in range(10):
+            results[drv.holder].append(drv.is_leader())
+
+    threads = [threading.Thread(target=race, args=(drv,)) for drv in drivers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    winners = [h for h, r in results.items() if any(r)]
+    assert len(winners) == 1 and all(results[winners[0]][results[winners[0]].index(True):])  # kept once taken
+    holder = dbs[0].one("SELECT holder FROM leases WHERE name='driver'")["holder"]
+    assert holder == winners[0]
+    leader = next(d for d in drivers if d.holder == holder)
+    others = [d for d in drivers if d is not leader]
+    # the leader stops renewing: nobody takes over before the lease expires, somebody after
+    assert not any(d.is_leader() for d in others)
+    time.sleep(1.2)
+    assert [d.is_leader() for d in others].count(True) == 1
+    assert not leader.is_leader()
+    # a replica that stops releases the lease: the next one takes it at once
+    new = next(d for d in others if d._held)
+    new.release_lease()
+    assert leader.is_leader()
+    for d in dbs:
+        d.close()
+
+
+def test_the_postgresql_connection_reports_failures_without_the_password(postgres_server):
+    url = postgres_server.url(password="not-the-password")
+    with pytest.raises(DatabaseError) as e:
+        Database(url)
+    assert e.value.reason == "unreachable" and "not-the-password" not in str(e.value) and "***" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_dropped_postgresql_connection_is_reopened(postgres_server):
+    url = postgres_server.new_database()
+    d = Database(url)
+    pid = d.one("SELECT pg_backend_pid() AS pid")["pid"]
+    with postgres_server.connect() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.2)
+    assert d.one("SELECT pg_backend_pid() AS pid")["pid"] != pid  # reconnected, the read retried once
+    with d.tx() as c:
+        c.execute("INSERT INTO leases(name, holder, expires) VALUES ('x', 'y', 0)")
+    assert d.one("SELECT holder FROM leases WHERE name='x'")["holder"] == "y"
+    d.close()
 
 
 def test_the_store_is_content_addressed(tmp_path):
@@ -80,9 +204,9 @@ def test_the_store_is_content_addressed(tmp_path):
     assert not list(tmp_path.glob(".incoming-*"))
 
 
-def test_publishing_groups_full_bundles_and_deltas_into_releases(tmp_path):
+def test_publishing_groups_full_bundles_and_deltas_into_releases(target, tmp_path):
     b = bundles()
-    store, reg = BundleStore(tmp_path / "b"), Registry(Database(tmp_path / "f.db"))
+    store, reg = BundleStore(tmp_path / "b"), Registry(Database(target))
     s1, s2, sd = (store.add_file(p)[0] for p in (b.r1, b.r2, b.r2_delta))
     with pytest.raises(PublishError) as e:
         publish_bundles(reg, store, [sd])
@@ -99,7 +223,8 @@ def test_publishing_groups_full_bundles_and_deltas_into_releases(tmp_path):
     with pytest.raises(PublishError) as e:
         publish_bundles(reg, store, [junk])
     assert e.value.reason == "not-a-bundle"
-    from bitnet_edge.packagers.signing import generate_keypair, load_public_key
+    from bitnet_edge.packagers.keys import generate_keypair
+    from bitnet_edge.sdk.bundle.signing import load_public_key
 
     other = load_public_key(generate_keypair(tmp_path / "k").public_path)
     with pytest.raises(PublishError) as e:
@@ -138,3 +263,20 @@ def test_metrics_text_is_prometheus_exposition():
     assert "bne_fleet_bytes_sent_total 123" in lines
     assert 'bne_fleet_dropped_messages_total{reason="malformed"} 2' in lines
     assert all(ln.startswith("#") or " " in ln for ln in lines)
+
+
+def test_the_dialects_spell_types_and_placeholders_and_hide_passwords():
+    from bitnet_edge.fleet.dialect import POSTGRES, SQLITE, redact
+
+    ddl = "CREATE TABLE t (id {id}, n {int}, ts {real}, b {blob}, j TEXT DEFAULT '{}')"
+    assert SQLITE.ddl(ddl) == ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, ts REAL, b BLOB, "
+                               "j TEXT DEFAULT '{}')")
+    assert POSTGRES.ddl(ddl) == ("CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT, "
+                                 "ts DOUBLE PRECISION, b BYTEA, j TEXT DEFAULT '{}')")
+    with pytest.raises(ValueError, match="float"):
+        POSTGRES.ddl("x {float}")
+    q = "SELECT * FROM t WHERE a=? AND b LIKE 'x%' AND c=?"
+    assert SQLITE.sql(q) == q and POSTGRES.sql(q) == "SELECT * FROM t WHERE a=%s AND b LIKE 'x%%' AND c=%s"
+    assert redact("postgresql://fleet:s3cret@db.example:5432/fleet?sslmode=require") == \
+        "postgresql://fleet:***@db.example:5432/fleet?sslmode=require"
+    assert redact("postgresql://fleet@db/fleet?password=s3cret") == "postgresql://fleet@db/fleet?password=***"

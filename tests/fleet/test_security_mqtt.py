@@ -33,7 +33,8 @@ from bitnet_edge.fleet.errors import PkiError
 from bitnet_edge.fleet.pki import CertAuthority
 from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.service import FleetService
-from bitnet_edge.sdk.protocol import LEAVES, device_topic
+from bitnet_edge.sdk.wire.broker import BrokerConnection
+from bitnet_edge.sdk.wire.protocol import LEAVES, device_topic
 
 SETTLE = 0.6  # seconds to let the broker deliver (or not) what was published
 
@@ -233,7 +234,7 @@ def test_device_cannot_impersonate_another(broker, tmp_path):
     assert all(t.split("/")[3] != "dev-b" for t, _ in fleet.got[1:])
 
     # a certificate with B's name from any other CA is refused at the TLS handshake
-    from _fleet_helpers import make_certs
+    from tests.support.fleet_helpers import make_certs
 
     rogue = make_certs(tmp_path / "rogue")
     r = broker.peer(rogue["client"], rogue["client_key"], "dev-b")
@@ -290,8 +291,8 @@ def test_an_enrolled_agent_installs_a_rollout_through_the_secured_broker(broker,
     cfg = load_config(Path(broker.data / "enroll" / "dev-e" / "agent.toml"))
     assert cfg.mqtt.url == broker.url and Path(cfg.mqtt.tls_key).stat().st_mode & 0o777 == 0o600
     cert, key = broker.fleet
-    svc = FleetService(FleetConfig(data_dir=str(broker.data), broker_url=broker.url, api_port=0, chunk_bytes=4096,
-                                   tick=0.2, tls_ca=str(broker.files.ca), tls_cert=str(cert), tls_key=str(key)))
+    conn = BrokerConnection(url=broker.url, tls_ca=str(broker.files.ca), tls_cert=str(cert), tls_key=str(key))
+    svc = FleetService(FleetConfig(data_dir=str(broker.data), broker=conn, api_port=0, chunk_bytes=4096, tick=0.2))
     svc.start()
     agent = FakeAgent("dev-e", tmp_path / "agent", None, mqtt=cfg.mqtt.model_copy(update={"reconnect_max": 1.0}))
     try:

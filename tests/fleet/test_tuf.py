@@ -20,16 +20,16 @@ from bitnet_edge.cli import main
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.fleet.errors import TufError
 from bitnet_edge.fleet.tuf_repo import online_key
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.wire import protocol as P
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.tuf_meta import target_path
+from bitnet_edge.sdk.wire.tuf_meta import target_path
 from tests.support.agent_fixtures import bundles  # noqa: F401
 
 
 def _desired(path, *, sha=None, **over):
     import hashlib
 
-    from bitnet_edge.packagers.verify import read_unverified
+    from bitnet_edge.sdk.bundle.verify import read_unverified
 
     data = path.read_bytes()
     _, m = read_unverified(path)
@@ -79,7 +79,7 @@ def _copy(src, tmp_path, sha):
 def test_a_delta_is_used_only_when_it_is_listed_too(tmp_path):
     import hashlib
 
-    from _fleet_helpers import bundles as fleet_bundles
+    from tests.support.fleet_helpers import bundles as fleet_bundles
 
     b = fleet_bundles()  # release 1, release 2 and its delta from 1 (x86-64-v4)
     sha = {k: hashlib.sha256(getattr(b, k).read_bytes()).hexdigest() for k in ("r1", "r2", "r2_delta")}
@@ -151,7 +151,7 @@ def test_root_rotation_chain_and_targets_key_rotation(tmp_path, bundles):
     w.publish(bundles.v1)
     t = _trust(tmp_path, w)
     t.admit(_desired(bundles.v1), None)  # the device trusts root 1
-    from bitnet_edge.packagers.signing import generate_keypair
+    from bitnet_edge.packagers.keys import generate_keypair
 
     new = [generate_keypair(tmp_path / "new", f"root-{i}") for i in range(2)]
     new_keys = [S.key_from_file(k.public_path) for k in new]

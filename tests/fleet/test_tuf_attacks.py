@@ -17,8 +17,8 @@ from tests.support.tools import require_tool
 
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.packagers.builder import package_model
-from bitnet_edge.packagers.signing import generate_keypair
-from bitnet_edge.sdk.tuf_meta import CUSTOM_KEY, target_path
+from bitnet_edge.packagers.keys import generate_keypair
+from bitnet_edge.sdk.wire.tuf_meta import CUSTOM_KEY, target_path
 from tests.support.bundle_models import make_mlp_dir
 from tests.support.agent_fixtures import HOST_DEVICE, bundles  # noqa: F401
 

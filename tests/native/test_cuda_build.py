@@ -13,7 +13,7 @@ from tests.support.tools import IN_CI, REPO, require_tool
 
 from bitnet_edge import __version__
 from bitnet_edge.packagers import cuda as cb
-from bitnet_edge.packagers.manifest import CudaInfo
+from bitnet_edge.sdk.bundle.manifest import CudaInfo
 from bitnet_edge.sdk.cuda import _driver, _loader, parse_kernels, probe
 from bitnet_edge.sdk.errors import BackendError, CudaUnavailable
 

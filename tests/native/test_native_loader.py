@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bitnet_edge import __version__
-from bitnet_edge.packagers.targets import ToolchainMissing, build_library
+from bitnet_edge.packagers.errors import ToolchainMissing
+from bitnet_edge.packagers.targets import build_library
 from bitnet_edge.sdk.native import load
 from bitnet_edge.sdk.native._loader import cdef_from_header
 

@@ -312,10 +312,10 @@ def test_bundle_and_agent_serve_a_graph_model(tfl, tmp_path):
     from bitnet_edge.agent.daemon import Agent
     from bitnet_edge.agent.httpbase import UnixHTTPConnection
     from bitnet_edge.packagers.builder import PackageOptions, package_model
-    from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-    from bitnet_edge.packagers.targets import host_target
-    from tests._bundle_models import built_library
-    from tests.agent_fixtures import HOST_DEVICE, write_config
+    from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+    from bitnet_edge.sdk.native.targets import host_target
+    from tests.support.bundle_models import built_library
+    from tests.support.agent_fixtures import HOST_DEVICE, write_config
 
     path, _, calib, x = tfl["vision", "float"]
     md = convert(read_tflite(path), tmp_path / "model", precision="auto", calibration=calib)

@@ -266,13 +266,14 @@ def test_environment_forces_mlx_and_the_probe_reports_it(mx, tmp_path, monkeypat
 
 def test_macos_bundle_runs_on_mlx_bit_exact(mx, tmp_path):
     """A macos-arm64 bundle carries nothing MLX-specific: the installed 2-bit layout is what MLX runs."""
-    from _bundle_models import make_mlp_dir, prebuilt, tools_missing
-    from conftest import require_tool
+    from tests.support.bundle_models import make_mlp_dir, prebuilt, tools_missing
+    from tests.support.tools import require_tool
 
     from bitnet_edge.packagers.builder import PackageOptions, package_model
-    from bitnet_edge.packagers.golden import check_outputs, read_golden, run_model
-    from bitnet_edge.packagers.install import install_bundle
-    from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
+    from bitnet_edge.sdk.bundle.golden import check_outputs, read_golden, run_model
+    from bitnet_edge.sdk.bundle.install import install_bundle
+    from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+    from bitnet_edge.sdk.bundle.signing import load_public_key
 
     for tool, pkg in tools_missing("macos-arm64"):
         require_tool(tool, pkg)

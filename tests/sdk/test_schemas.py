@@ -2,7 +2,7 @@
 
 import pytest
 
-from bitnet_edge.sdk import schemas
+from bitnet_edge import schemas
 
 
 @pytest.mark.parametrize("name", sorted(schemas.SCHEMAS))

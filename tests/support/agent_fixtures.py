@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.bundle_models import built_library, make_mlp_dir
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key
-from bitnet_edge.packagers.targets import host_target
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.native.targets import host_target
 
 HOST_DEVICE = "x86-64-v3" if os.uname().machine == "x86_64" else "raspberry-pi-5"
 FOREIGN_DEVICE = "raspberry-pi-5" if os.uname().machine == "x86_64" else "x86-64-v3"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnet_edge.packagers.targets import TARGETS, build_library, find_tool
+from bitnet_edge.packagers.targets import build_library
 from bitnet_edge.sdk import packing, quant
 from bitnet_edge.sdk.manifest import MlpConfig, ModelManifest, SourceInfo, TensorEntry
 from bitnet_edge.sdk.modeldir import write_model_dir
+from bitnet_edge.sdk.native.targets import TARGETS, find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"

@@ -1,6 +1,6 @@
 """Helpers for the fleet and sync tests: a Mosquitto process on a free loopback port, small signed
 bundles (release 1, release 2 with a delta from 1, release 3), and a fake agent: the real
-FleetSync with an install callback that verifies the bundle with packagers.verify."""
+FleetSync with an install callback that verifies the bundle with sdk.bundle.verify."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from pathlib import Path
 
 from tests.support.bundle_models import make_mlp_dir
 
-from bitnet_edge.agent.config import AgentConfig, MqttConfig
+from bitnet_edge.agent.config import AgentConfig
 from bitnet_edge.agent.sync import FleetSync, SyncLimits
 from bitnet_edge.packagers.builder import PackageOptions, package_model
-from bitnet_edge.packagers.errors import BundleError
-from bitnet_edge.packagers.signing import generate_keypair, load_private_key, load_public_key
-from bitnet_edge.packagers.verify import base_from_bundle, verify_bundle
-from bitnet_edge.sdk.protocol import Capabilities, InstalledRelease, Outcome, ReportedState
+from bitnet_edge.sdk.bundle.errors import BundleError
+from bitnet_edge.packagers.keys import generate_keypair, load_private_key
+from bitnet_edge.sdk.bundle.signing import load_public_key
+from bitnet_edge.sdk.bundle.verify import base_from_bundle, verify_bundle
+from bitnet_edge.sdk.wire.broker import BrokerConnection
+from bitnet_edge.sdk.wire.protocol import Capabilities, InstalledRelease, Outcome, ReportedState
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_LIB = REPO / "sdk" / "native" / "_lib" / "libbitnet_edge.so"
@@ -126,13 +128,13 @@ class FakeAgent:
     def __init__(self, device_id: str, data_dir: Path, broker_url: str | None, *, tags=(), fail: bool = False,
                  installed: Path | None = None, limits: SyncLimits = SyncLimits(chunk_timeout=1.0, tick=0.05,
                                                                                   reconnect_min=0.1),
-                 caps: Capabilities | None = None, install_delay: float = 0.0, mqtt: MqttConfig | None = None,
+                 caps: Capabilities | None = None, install_delay: float = 0.0, mqtt: BrokerConnection | None = None,
                  slot_rollback: bool = False):
         self.device_id, self.fail, self.install_delay = device_id, fail, install_delay
         self.data_dir = Path(data_dir)
         self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
                                   tags=list(tags),
-                                  mqtt=mqtt or MqttConfig(url=broker_url, reconnect_max=1.0, keepalive=5))
+                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5))
         self._lock = threading.Lock()
         self.installed: InstalledRelease | None = None
         self.previous: InstalledRelease | None = None

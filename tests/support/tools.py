@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_edge.packagers.targets import find_tool
+from bitnet_edge.sdk.native.targets import find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

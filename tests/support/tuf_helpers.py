@@ -26,8 +26,8 @@ from bitnet_edge.agent.sync import FleetSync, SyncLimits
 from bitnet_edge.fleet import tuf_sign as S
 from bitnet_edge.fleet.tuf_repo import TufRepository, online_key
 from bitnet_edge.fleet.tuf_server import TufResponder
-from bitnet_edge.packagers.verify import read_unverified
-from bitnet_edge.sdk import protocol as P
+from bitnet_edge.sdk.bundle.verify import read_unverified
+from bitnet_edge.sdk.wire import protocol as P
 
 DAY = 86400.0
 
@@ -209,7 +209,7 @@ class Device:
 
     def __init__(self, tmp: Path, bundles, broker_url: str, tuf_root: Path | None, *, profile: str | None = None,
                  device_id: str = "dev-1", initial: Path | None = None):
-        from tests.agent_fixtures import write_config
+        from tests.support.agent_fixtures import write_config
 
         extra = []
         if tuf_root is not None:
@@ -243,14 +243,14 @@ class Device:
 
     def start(self) -> Device:
         self.sync.start()
-        from _fleet_helpers import wait_for
+        from tests.support.fleet_helpers import wait_for
 
         wait_for(lambda: self.sync.connected, 10, what="device connected")
         return self
 
     def outcome(self, after: float, timeout: float = 60.0):  # generous: CI runs on 2 busy cores
         """The next install outcome (from FleetSync) newer than ``after``."""
-        from _fleet_helpers import wait_for
+        from tests.support.fleet_helpers import wait_for
 
         def newer():
             o = self.sync._last_outcome

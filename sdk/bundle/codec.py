@@ -20,7 +20,7 @@ import math
 import numpy as np
 import zstandard
 
-from bitnet_edge.packagers.errors import BundleFormatError
+from bitnet_edge.sdk.bundle.errors import BundleFormatError
 
 __all__ = ["DEFAULT_LEVEL", "MAX_WINDOW_LOG", "zstd_version", "encode_full", "encode_patch", "encode_trit_delta",
            "best_delta", "decode"]

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from bitnet_edge.packagers.errors import BundleFormatError, TruncatedBundle, UnsupportedVersion
+from bitnet_edge.sdk.bundle.errors import BundleFormatError, TruncatedBundle, UnsupportedVersion
 
 __all__ = [
     "MAGIC",

@@ -9,7 +9,7 @@
    size and sha256 checked; ``keep_contents`` returns the contents for installing;
 6. nothing may follow the last section.
 
-Each failure is one typed :class:`~bitnet_edge.packagers.errors.BundleError` whose ``part`` and
+Each failure is one typed :class:`~bitnet_edge.sdk.bundle.errors.BundleError` whose ``part`` and
 ``reason`` say what failed.  Only the public keys the caller trusts are used.
 """
 
@@ -24,17 +24,12 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bitnet_edge.packagers import codec, crypt
-from bitnet_edge.packagers.crypt import DeviceKey
-from bitnet_edge.packagers.container import Envelope, Limits, read_envelope, read_exact
-from bitnet_edge.packagers.errors import (
-    BundleFormatError,
-    DeltaError,
-    IntegrityError,
-    SignatureError,
-)
-from bitnet_edge.packagers.manifest import BundleManifest, parse_manifest, release_digest
-from bitnet_edge.packagers.signing import check_signatures
+from bitnet_edge.sdk.bundle import codec, crypt
+from bitnet_edge.sdk.bundle.container import Envelope, Limits, read_envelope, read_exact
+from bitnet_edge.sdk.bundle.crypt import DeviceKey
+from bitnet_edge.sdk.bundle.errors import BundleFormatError, DeltaError, IntegrityError, SignatureError
+from bitnet_edge.sdk.bundle.manifest import BundleManifest, parse_manifest, release_digest
+from bitnet_edge.sdk.bundle.signing import check_signatures
 
 __all__ = ["BaseContents", "VerifiedBundle", "verify_bundle", "read_unverified", "base_from_bundle"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitnet_edge.packagers.errors import BundleFormatError, IntegrityError
-from bitnet_edge.packagers.manifest import WireTensor
 from bitnet_edge.sdk import packing
+from bitnet_edge.sdk.bundle.errors import BundleFormatError, IntegrityError
+from bitnet_edge.sdk.bundle.manifest import WireTensor
 from bitnet_edge.sdk.manifest import ModelManifest
 
 __all__ = ["TERNARY_SECTION", "DENSE_SECTION", "WeightsPayload", "encode_weights", "decode_weights"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,19 +26,18 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bitnet_edge.packagers.container import Limits, encode_envelope, read_envelope
-from bitnet_edge.packagers.crypt import DeviceKey
-from bitnet_edge.packagers.errors import DeltaError, InstallError, TargetMismatch
-from bitnet_edge.packagers.golden import read_golden
-from bitnet_edge.packagers.manifest import BundleManifest, parse_manifest, release_digest
-from bitnet_edge.packagers.payload import decode_weights, encode_weights
-from bitnet_edge.packagers.signing import check_signatures
-from bitnet_edge.packagers.targets import host_target
-from bitnet_edge.packagers.verify import BaseContents, Source, base_from_bundle, verify_bundle
+from bitnet_edge.sdk.bundle.container import Limits, encode_envelope, read_envelope
+from bitnet_edge.sdk.bundle.crypt import DeviceKey
+from bitnet_edge.sdk.bundle.errors import DeltaError, InstallError, TargetMismatch
+from bitnet_edge.sdk.bundle.golden import read_golden
+from bitnet_edge.sdk.bundle.manifest import BundleManifest, parse_manifest, release_digest
+from bitnet_edge.sdk.bundle.payload import decode_weights, encode_weights
+from bitnet_edge.sdk.bundle.signing import check_signatures
+from bitnet_edge.sdk.bundle.verify import BaseContents, Source, base_from_bundle, verify_bundle
 from bitnet_edge.sdk.modeldir import open_model_dir, write_model_dir
+from bitnet_edge.sdk.native.targets import library_host_target
 
-__all__ = ["ENVELOPE_FILE", "GOLDEN_FILE", "Installed", "install_bundle", "base_from_installed", "open_base",
-           "library_host_target"]
+__all__ = ["ENVELOPE_FILE", "GOLDEN_FILE", "Installed", "install_bundle", "base_from_installed", "open_base"]
 
 ENVELOPE_FILE = "bundle.envelope"
 GOLDEN_FILE = "golden.bin"
@@ -51,13 +49,6 @@ class Installed:
     manifest: BundleManifest
     library: Path  # the native library for the bundle's target
     golden: Path | None
-
-
-def library_host_target() -> str:
-    """The library target this machine runs (``macos-arm64`` on Apple Silicon, else host_target())."""
-    if platform.system() == "Darwin":
-        return "macos-arm64" if platform.machine().lower() in ("arm64", "aarch64") else "macos-x86_64"
-    return host_target()
 
 
 def open_base(path: str | os.PathLike, trusted: Sequence[Ed25519PublicKey],

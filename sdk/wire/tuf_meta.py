@@ -13,8 +13,8 @@ import re
 
 from pydantic import Field
 
-from bitnet_edge.sdk.protocol import SHA256
 from bitnet_edge.sdk.schemas import Strict
+from bitnet_edge.sdk.wire.protocol import SHA256
 
 __all__ = ["BundleTarget", "target_path", "sha_of_target_path", "CUSTOM_KEY", "METADATA_URL"]
 

@@ -1,7 +1,7 @@
 """Device profiles: one TOML file per device in ``devices/``, validated by :class:`DeviceProfile`.
 
 A profile says what a device is (OS, CPU, ISA features, accelerator, memory, disk) and which
-build target (``packagers/targets.py``) serves it.  ``bitnet-edge devices`` lists them; the
+build target (``sdk/native/targets.py``) serves it.  ``bitnet-edge devices`` lists them; the
 packager builds one bundle per distinct target of the devices it is given.  Schema:
 ``docs/schemas/device-profile.json``.
 """
@@ -15,16 +15,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bitnet_edge.packagers.errors import DeviceProfileError, UnknownDevice
-from bitnet_edge.packagers.targets import TARGETS, get_target
+from bitnet_edge.sdk.bundle.errors import DeviceProfileError, UnknownDevice
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.native.targets import TARGETS
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
-__all__ = ["ISA", "Accelerator", "DeviceProfile", "DEVICES_DIR", "devices_dir", "load_devices", "get_devices",
-           "check_library_fits"]
+__all__ = ["ISA", "Accelerator", "DeviceProfile", "DEVICES_DIR", "devices_dir", "load_devices", "get_devices"]
 
 #: Where the profiles live in a source checkout; ``$BITNET_EDGE_DEVICES`` overrides it.
-DEVICES_DIR = Path(__file__).resolve().parents[1] / "devices"  # a source checkout
+DEVICES_DIR = Path(__file__).resolve().parents[2] / "devices"  # a source checkout (sdk/bundle -> repo root)
 if not DEVICES_DIR.is_dir():  # an installed wheel: the profiles ship as package bitnet_edge.devices
     import bitnet_edge.devices as _devices_pkg
 
@@ -60,7 +59,7 @@ class DeviceProfile(Strict):
     os: Literal["linux", "macos"] = Field(description="operating system")
     arch: Literal["x86_64", "aarch64"] = Field(description="CPU architecture (Apple's arm64 is aarch64)")
     cpu: str = Field(min_length=1, description="CPU model and cores")
-    target: str = Field(description="build target in packagers/targets.py that serves this device")
+    target: str = Field(description="build target in sdk/native/targets.py that serves this device")
     isa_required: list[ISA] = Field(description="CPU features every device of this kind has")
     isa_optional: list[ISA] = Field(default_factory=list, description="CPU features some devices of this kind have")
     accelerator: Accelerator = Field(description="GPU / accelerator the runtime may use")
@@ -127,8 +126,3 @@ def get_devices(names: list[str], directory: Path | None = None) -> list[DeviceP
         if known[n] not in out:
             out.append(known[n])
     return out
-
-
-def check_library_fits(profile: DeviceProfile, target: str) -> list[str]:
-    """CPU features the target's library needs that the device does not always have (empty: it fits)."""
-    return sorted(set(get_target(target).requires) - set(profile.isa_required))

@@ -26,11 +26,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import secrets
 import stat
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -39,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bitnet_edge.packagers.errors import DecryptionError, KeyFileError, NotRecipient
-from bitnet_edge.packagers.manifest import EncryptionInfo, Recipient
+from bitnet_edge.sdk.bundle.errors import DecryptionError, KeyFileError, NotRecipient
+from bitnet_edge.sdk.bundle.manifest import EncryptionInfo
 
 __all__ = [
     "SCHEME",
@@ -50,16 +48,15 @@ __all__ = [
     "TAG_BYTES",
     "DeviceKey",
     "FileDeviceKey",
-    "DeviceKeyPair",
     "device_key_id",
-    "generate_device_key",
-    "load_device_public_key",
+    "raw_public",
+    "wrap_kek",
+    "section_cipher",
+    "chunk_nonce",
     "load_device_key",
-    "Sealer",
     "check_recipient",
     "open_content_key",
     "open_section",
-    "sealed_size",
 ]
 
 SCHEME = "x25519-hkdf-sha256"
@@ -73,13 +70,13 @@ _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 PYTHON_HOOK = "python:"  # device_key = "python:package.module:factory" -> factory() returns a DeviceKey
 
 
-def _raw(pub: X25519PublicKey) -> bytes:
+def raw_public(pub: X25519PublicKey) -> bytes:
     return pub.public_bytes(*_RAW)
 
 
 def device_key_id(pub: X25519PublicKey) -> str:
     """sha256 of the raw 32-byte X25519 public key, hex (what the manifest's recipients list)."""
-    return hashlib.sha256(_raw(pub)).hexdigest()
+    return hashlib.sha256(raw_public(pub)).hexdigest()
 
 
 # ---- device keys ---------------------------------------------------------------------------------
@@ -134,48 +131,6 @@ class FileDeviceKey(DeviceKey):
         return self._key.exchange(peer)
 
 
-@dataclass(frozen=True)
-class DeviceKeyPair:
-    private_path: Path
-    public_path: Path
-    key_id: str  # hex
-
-
-def generate_device_key(out_dir: str | os.PathLike, name: str = "device") -> DeviceKeyPair:
-    """Write ``NAME.key`` (X25519 private, PKCS#8 PEM, mode 0600) and ``NAME.pub`` in ``out_dir``;
-    never over an existing file.  Run it on the device: the private key need not travel."""
-    from bitnet_edge.packagers.signing import _write_new
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    priv_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
-    for p in (priv_path, pub_path):
-        if p.exists():
-            raise KeyFileError(str(p), "exists", "refusing to overwrite a key")
-    key = X25519PrivateKey.generate()
-    _write_new(priv_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()), 0o600)
-    pub = key.public_key()
-    _write_new(pub_path, pub.public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    return DeviceKeyPair(priv_path, pub_path, device_key_id(pub))
-
-
-def load_device_public_key(path: str | os.PathLike) -> X25519PublicKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(str(path), "unreadable", exc.strerror or str(exc)) from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(str(path), "bad-format", str(exc).splitlines()[0] if str(exc) else "") from None
-    if not isinstance(key, X25519PublicKey):
-        raise KeyFileError(str(path), "bad-format", f"not an X25519 device key ({type(key).__name__}); make one "
-                                                    "with `bitnet-edge keys generate-device`")
-    return key
-
-
 def load_device_key(spec: str | os.PathLike) -> DeviceKey:
     """A file path (:class:`FileDeviceKey`), or ``python:module:factory`` (the TPM / secure-element
     hook: ``factory()`` is called with no arguments and must return a :class:`DeviceKey`)."""
@@ -192,59 +147,19 @@ def load_device_key(spec: str | os.PathLike) -> DeviceKey:
     return key
 
 
-# ---- sealing (packager) --------------------------------------------------------------------------
+# ---- the scheme's primitives (sealing: packagers/seal.py; opening: below) ---------------------------
 
-def _kek(shared: bytes, eph: bytes, recipient: bytes, aead: str) -> bytes:
+def wrap_kek(shared: bytes, eph: bytes, recipient: bytes, aead: str) -> bytes:
     return HKDF(hashes.SHA256(), 32, eph + recipient, _WRAP_INFO + aead.encode()).derive(shared)
 
 
-def _section_cipher(aead: str, content_key: bytes, salt: bytes, name: str):
+def section_cipher(aead: str, content_key: bytes, salt: bytes, name: str):
     sk = HKDF(hashes.SHA256(), 32, salt, _SECTION_INFO + name.encode()).derive(content_key)
     return AEADS[aead](sk)
 
 
-def _nonce(i: int, last: bool) -> bytes:
+def chunk_nonce(i: int, last: bool) -> bytes:
     return i.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
-
-
-def sealed_size(n: int, chunk_bytes: int) -> int:
-    """Stored bytes of ``n`` bytes sealed in chunks of ``chunk_bytes`` (an empty input is one empty chunk)."""
-    return n + TAG_BYTES * max(1, -(-n // chunk_bytes))
-
-
-class Sealer:
-    """One bundle file's content key, salt and recipients.  Make a new one per file: a section
-    name sealed twice under one Sealer would reuse nonces."""
-
-    def __init__(self, recipients: Sequence[X25519PublicKey], aead: str = DEFAULT_AEAD,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
-        if not recipients:
-            raise ValueError("at least one recipient is needed")
-        if aead not in AEADS:
-            raise ValueError(f"unknown AEAD {aead!r}; known: {', '.join(AEADS)}")
-        self.aead, self.chunk_bytes = aead, chunk_bytes
-        self._key, self.salt = secrets.token_bytes(32), secrets.token_bytes(32)
-        self._sealed: set[str] = set()
-        entries: dict[str, Recipient] = {}
-        for pub in recipients:
-            rid = device_key_id(pub)
-            eph = X25519PrivateKey.generate()
-            eph_pub = _raw(eph.public_key())
-            kek = _kek(eph.exchange(pub), eph_pub, _raw(pub), aead)
-            wrapped = AEADS[aead](kek).encrypt(b"\x00" * 12, self._key, self.salt + bytes.fromhex(rid))
-            entries[rid] = Recipient(key_id=rid, ephemeral=eph_pub.hex(), wrapped_key=wrapped.hex())
-        self.info = EncryptionInfo(scheme=SCHEME, aead=aead, chunk_bytes=chunk_bytes, salt=self.salt.hex(),
-                                   recipients=[entries[k] for k in sorted(entries)])
-
-    def seal(self, name: str, data: bytes) -> bytes:
-        """The stored bytes of section ``name``: ``data`` in sealed chunks."""
-        if name in self._sealed:
-            raise ValueError(f"section {name!r} sealed twice with one content key")
-        self._sealed.add(name)
-        c = _section_cipher(self.aead, self._key, self.salt, name)
-        step = self.chunk_bytes
-        n = max(1, -(-len(data) // step))
-        return b"".join(c.encrypt(_nonce(i, i == n - 1), data[i * step:(i + 1) * step], None) for i in range(n))
 
 
 # ---- opening (device) ----------------------------------------------------------------------------
@@ -268,7 +183,7 @@ def open_content_key(info: EncryptionInfo, keys: Sequence[DeviceKey]) -> bytes:
     eph = bytes.fromhex(entry.ephemeral)
     try:
         shared = key.exchange(X25519PublicKey.from_public_bytes(eph))
-        kek = _kek(shared, eph, _raw(key.public_key()), info.aead)
+        kek = wrap_kek(shared, eph, raw_public(key.public_key()), info.aead)
         return AEADS[info.aead](kek).decrypt(b"\x00" * 12, bytes.fromhex(entry.wrapped_key),
                                              bytes.fromhex(info.salt) + bytes.fromhex(entry.key_id))
     except (InvalidTag, ValueError) as exc:  # ValueError: a low-order ephemeral key (all-zero secret)
@@ -278,7 +193,7 @@ def open_content_key(info: EncryptionInfo, keys: Sequence[DeviceKey]) -> bytes:
 
 def open_section(info: EncryptionInfo, content_key: bytes, name: str, stored: bytes) -> bytes:
     """Stored (sealed) bytes of section ``name`` -> the plain stored bytes (a zstd frame)."""
-    c = _section_cipher(info.aead, content_key, bytes.fromhex(info.salt), name)
+    c = section_cipher(info.aead, content_key, bytes.fromhex(info.salt), name)
     step = info.chunk_bytes + TAG_BYTES
     n = max(1, -(-len(stored) // step))
     if len(stored) - (n - 1) * step < TAG_BYTES:
@@ -287,7 +202,7 @@ def open_section(info: EncryptionInfo, content_key: bytes, name: str, stored: by
     out = []
     for i in range(n):
         try:
-            out.append(c.decrypt(_nonce(i, i == n - 1), stored[i * step:(i + 1) * step], None))
+            out.append(c.decrypt(chunk_nonce(i, i == n - 1), stored[i * step:(i + 1) * step], None))
         except InvalidTag:
             raise DecryptionError("bad-ciphertext", f"chunk {i} of {n} fails authentication",
                                   f"section:{name}") from None

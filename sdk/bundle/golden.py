@@ -1,8 +1,9 @@
 """Golden vectors: fixed inputs and the outputs the build host computed, for the agent's health check.
 
-The packager loads the converted model with ``bitnet_edge.sdk.load_model`` and runs
-``predict`` (mlp, graph), ``embed`` (bert, token id lists) or ``logits`` (bitnet) on inputs drawn from a
-fixed seed, so the same model always gives the same golden section.  After installing, the agent
+The packager (:mod:`bitnet_edge.packagers.golden_vectors`) loads the converted model with
+``bitnet_edge.sdk.load_model`` and runs
+``predict`` (mlp, graph), ``embed`` (bert, token id lists) or ``logits`` (bitnet) on inputs drawn
+from a fixed seed, so the same model always gives the same golden section.  After installing, the agent
 runs the same call and :func:`check_outputs` compares.  Tolerances are loose enough for float
 glue (exp, erf) that differs between numpy builds and the int8 activation rounding it can flip,
 tight enough to catch a wrong weight layout or a broken kernel (which give cosine ~0).
@@ -10,22 +11,21 @@ tight enough to catch a wrong weight layout or a broken kernel (which give cosin
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from bitnet_edge.packagers.errors import BundleFormatError
-from bitnet_edge.packagers.manifest import GoldenArray, GoldenSet, Tolerance
+from bitnet_edge.sdk.bundle.errors import BundleFormatError
+from bitnet_edge.sdk.bundle.manifest import GoldenSet, Tolerance
 from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, ModelManifest
 
-__all__ = ["SECTION", "SEED", "TOLERANCE", "GoldenCheck", "golden_inputs", "compute_golden", "read_golden",
-           "run_model", "check_outputs"]
+__all__ = ["SECTION", "SEED", "TOLERANCE", "METHOD", "GoldenCheck", "golden_inputs", "read_golden", "run_model",
+           "check_outputs"]
 
 SECTION = "golden"
 SEED = 20261126
 TOLERANCE = Tolerance(atol=2e-2, rtol=2e-2, min_cosine=0.999)
-_METHOD = {"mlp": "predict", "bert": "embed", "bitnet": "logits", "graph": "predict"}
+METHOD = {"mlp": "predict", "bert": "embed", "bitnet": "logits", "graph": "predict"}
 
 
 def golden_inputs(model: ModelManifest) -> list[np.ndarray]:
@@ -59,25 +59,6 @@ def run_model(model, method: str, inputs: list[np.ndarray]) -> np.ndarray:
     else:
         out = model.logits(inputs[0].tolist())
     return np.asarray(out, dtype=np.float32)
-
-
-def compute_golden(model_dir: str | os.PathLike, model: ModelManifest) -> tuple[GoldenSet, bytes]:
-    """Run the model on the build host: the golden set's manifest entry and the section content."""
-    from bitnet_edge.sdk import kernels, load_model
-
-    method = _METHOD[model.architecture]
-    inputs = golden_inputs(model)
-    output = run_model(load_model(model_dir), method, inputs)
-    names = ["input"] if len(inputs) == 1 else [f"input.{i}" for i in range(len(inputs))]
-    arrays, parts, pos = [], [], 0
-    for name, role, arr in [*((n, "input", a) for n, a in zip(names, inputs)), ("output", "output", output)]:
-        data = np.ascontiguousarray(arr, dtype="<f4" if arr.dtype == np.float32 else "<i8").tobytes()
-        arrays.append(GoldenArray(name=name, role=role, dtype=arr.dtype.name, shape=list(arr.shape), offset=pos))
-        parts.append(data)
-        pos += len(data)
-    golden = GoldenSet(method=method, section=SECTION, arrays=arrays, tolerance=TOLERANCE,
-                       backend=kernels.resolve_backend())
-    return golden, b"".join(parts)
 
 
 def read_golden(golden: GoldenSet, content: bytes) -> dict[str, np.ndarray]:

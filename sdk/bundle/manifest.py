@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from bitnet_edge.packagers.devices import DeviceProfile
-from bitnet_edge.packagers.errors import BundleFormatError, UnsupportedVersion
+from bitnet_edge.sdk.bundle.devices import DeviceProfile
+from bitnet_edge.sdk.bundle.errors import BundleFormatError, UnsupportedVersion
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.manifest import ModelManifest
 from bitnet_edge.sdk.schemas import Strict, parse_model
