@@ -70,10 +70,10 @@ BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 
 /* bne_decode_step's plan (docs/adr/0009-cuda-kernels.md): 64-bit words in device memory, pointers as
  * device addresses, integers as values, floats as their bits.  Header words: */
-#define BNE_PLAN_X 0             /* float (hidden): the embedding row in */
-#define BNE_PLAN_QKV 1           /* tagged (q_dim + 2 kv_dim): uint64 words, float bits | epoch << 32 */
-#define BNE_PLAN_ATTN 2          /* tagged (q_dim) */
-#define BNE_PLAN_GU 3            /* tagged (2 inter): gate | up */
+#define BNE_PLAN_X 0             /* float (hidden): the embedding row in, the residual stream */
+#define BNE_PLAN_QKV 1           /* float (q_dim + 2 kv_dim) */
+#define BNE_PLAN_ATTN 2          /* float (q_dim) */
+#define BNE_PLAN_GU 3            /* float (2 inter): gate | up */
 #define BNE_PLAN_POS 4           /* int32: the token's position */
 #define BNE_PLAN_COS 5           /* float (capacity, head_dim) RoPE tables */
 #define BNE_PLAN_SIN 6
@@ -108,8 +108,6 @@ BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 #define BNE_PLAN_TRACE 35        /* 0, or uint64 (2, BNE_TRACE_MAX, 2): blocks 0 and grid-1 stamp (globaltimer ns,
                                     clock64) at each phase boundary (benchmarks/cuda.py --profile) */
 #define BNE_PLAN_OPTS 36         /* bit 0: no L2 weight prefetch during attention; bit 1: no KV-cache prefetch */
-#define BNE_PLAN_XT 37           /* tagged (hidden): the residual stream */
-#define BNE_PLAN_STEP 38         /* uint32: launches so far (the epochs' base; the kernel advances it) */
 #define BNE_PLAN_HEADER 40
 /* then BNE_PLAN_LAYER words per layer (a norm weight of 0 = no such norm): */
 #define BNE_PLAN_L_IN_NORM 0

@@ -273,65 +273,28 @@ __device__ __forceinline__ BneSmem bne_smem(const uint64_t *plan, unsigned char 
 }
 
 // Norm + quantize one activation row into shared memory; NaN/inf set bit 0 of the status word.
-// The row is plain floats (xp: the embedding row the host copied in) or tagged words (xt [, x2t]:
-// wait for `tag`); k <= BNE_NORM_BATCH x BNE_DT (the host checks).
-__device__ __noinline__ void bne_dec_norm(const uint64_t *plan, const BneSmem &m, const float *xp,
-                                          const unsigned long long *xt, const unsigned long long *x2t, unsigned tag, int k,
-                                          int act, const float *w, float *redf, int *redi, float &s, BneTrace *tr,
-                                          int ph) {
-    const int T = BNE_DT;
-    int *status = BNE_P(int, BNE_PLAN_FLAG);
-    float v[BNE_NORM_BATCH], wv[BNE_NORM_BATCH];
-    if (xp != nullptr) {
-#pragma unroll
-        for (int u = 0; u < BNE_NORM_BATCH; ++u) {
-            const int i = threadIdx.x + u * T;
-            v[u] = i < k ? __ldcg(xp + i) : 0.0f;
-            wv[u] = (w != nullptr && i < k) ? __ldg(w + i) : 0.0f;
-        }
-    } else {
-        unsigned long long a[BNE_NORM_BATCH], b[BNE_NORM_BATCH];
-#pragma unroll
-        for (int u = 0; u < BNE_NORM_BATCH; ++u) {  // every load in flight, then wait for the stale ones
-            const int i = threadIdx.x + u * T;
-            a[u] = i < k ? bne_ld_tag(xt + i) : 0ull;
-            b[u] = (act != 0 && i < k) ? bne_ld_tag(x2t + i) : 0ull;
-            wv[u] = (w != nullptr && i < k) ? __ldg(w + i) : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < BNE_NORM_BATCH; ++u) {
-            const int i = threadIdx.x + u * T;
-            v[u] = 0.0f;
-            if (i < k) {
-                const float va = bne_wait_tag(xt + i, tag, a[u], status);
-                const float vb = act != 0 ? bne_wait_tag(x2t + i, tag, b[u], status) : 0.0f;
-                v[u] = bne_act(va, vb, act);
-            }
-        }
-    }
-    int xs, bad;
-    bne_norm_quant_regs(v, wv, k, w != nullptr, __int_as_float(BNE_I(BNE_PLAN_EPS)), m.xq, ((k + 127) >> 7) << 7, redf,
-                        redi, s, xs, bad, tr, ph, false);
-    if (bad && threadIdx.x == 0) atomicOr(status, 1);
+__device__ __noinline__ void bne_dec_norm(const uint64_t *plan, const BneSmem &m, const float *xr, const float *x2r,
+                                             int k, int act, const float *w, float *redf, int *redi, float &s, int &xs,
+                                             BneTrace *tr, int ph) {
+    int bad;
+    bne_norm_quant_row(xr, x2r, k, act, w, __int_as_float(BNE_I(BNE_PLAN_EPS)), m.xq, ((k + 127) >> 7) << 7, m.region,
+                       BNE_I(BNE_PLAN_REGION_FLOATS), redf, redi, s, xs, bad, tr, ph, false);
+    if (bad && threadIdx.x == 0) atomicOr(BNE_P(int, BNE_PLAN_FLAG), 1);
 }
 
-// yt = [add +] W xq for this block's rows of W (n rows, k columns), as tagged words with `tag`
-// (the residual: add_p plain floats, or add_t this block's own tagged rows); then start
-// prefetching `next` (the next phase's matrix, its first next_rows_cap rows a block).
-__device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool ternary, const float *wscale,
-                                          unsigned long long *yt, unsigned tag, const float *add_p,
-                                          const unsigned long long *add_t, const BneSmem &m, int bufb, unsigned &seq,
-                                          float s, const void *next_w, int next_n, int next_k, bool next_ternary,
-                                          int next_rows_cap, BneTrace *tr, int ph) {
+// y = [y +] W xq for this block's rows of W (n rows, k columns), then start prefetching `next` (the
+// next phase's matrix, its first next_rows_cap rows a block) into the buffer.
+__device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool ternary, const float *wscale, bool add, float *y,
+                                          const BneSmem &m, int bufb, unsigned &seq, float s, const void *next_w,
+                                          int next_n, int next_k, bool next_ternary, int next_rows_cap, BneTrace *tr,
+                                          int ph) {
     int r0, r1;
     bne_block_rows(n, r0, r1);
     const BnePhase p = bne_phase(w, k, ternary, r0, r1);
-    const int t = threadIdx.x;
     float ws0 = 0.0f, y0 = 0.0f;  // the epilogue's loads, in flight during the dot
-    if (t < p.rows) {
-        ws0 = __ldg(wscale + r0 + t);
-        if (add_p != nullptr) y0 = __ldcg(add_p + r0 + t);
-        if (add_t != nullptr) y0 = bne_tag_value(bne_ld_tag(add_t + r0 + t));  // this block's own last write
+    if ((int)threadIdx.x < p.rows) {
+        ws0 = __ldg(wscale + r0 + threadIdx.x);
+        if (add) y0 = __ldcg(y + r0 + threadIdx.x);  // this block wrote these rows last: final here
     }
     bne_dot(ternary, p, m.wbuf, bne_buf_rows(p, bufb), m.bar, seq, m.xq, m.acc, tr, ph);
     __syncthreads();  // wbuf read, acc complete
@@ -343,60 +306,34 @@ __device__ __noinline__ void bne_dec_gemv(const void *w, int n, int k, bool tern
                            seq);
     }
     bne_stamp(tr, ph | 6);
-    const bool add = add_p != nullptr || add_t != nullptr;
-    for (int r = t; r < p.rows; r += BNE_DT) {  // the ADR 0003 epilogue (xsum already subtracted per unit)
-        const int a = m.acc[r];
-        m.acc[r] = 0;
-        const int row = r0 + r;
-        const bool first = r == t;
-        float v = __fdiv_rn(__fmul_rn(__int2float_rn(a), first ? ws0 : __ldg(wscale + row)), s);
-        if (add) {
-            const float old = first ? y0 : (add_p != nullptr ? __ldcg(add_p + row) : bne_tag_value(bne_ld_tag(add_t + row)));
-            v = __fadd_rn(old, v);
-        }
-        bne_st_tag(yt + row, v, tag);
-    }
+    bne_phase_store(p, 0, s, wscale, add, y, m.acc, ws0, y0);  // xsum already subtracted per unit
     bne_stamp(tr, ph | 8);
-}
-
-// RoPE of one head vector (bne_rope_vec's arithmetic) from tagged words, waiting for `tag`.
-__device__ __forceinline__ void bne_rope_vec_t(const unsigned long long *src, unsigned tag, const float *c, const float *sn,
-                                               int head_dim, float *dst, int *status) {
-    const int half = head_dim / 2;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        const int o = d < half ? d + half : d - half;
-        const unsigned long long w0 = bne_ld_tag(src + d), w1 = bne_ld_tag(src + o);
-        const float x = bne_wait_tag(src + d, tag, w0, status), y = bne_wait_tag(src + o, tag, w1, status);
-        const float rot = d < half ? -y : y;
-        dst[d] = __fadd_rn(__fmul_rn(x, c[d]), __fmul_rn(rot, sn[d]));
-    }
 }
 
 // Phase B for the heads this block owns: RoPE of q (into shared memory) and of the new key, the
 // key and value written at pos (every block of a KV group writes the same bits, then reads its own
-// write), attention over positions 0 .. pos; q/k/v come tagged `tin`, the output goes tagged `tout`.
+// write), attention over positions 0 .. pos.
 __device__ __noinline__ void bne_dec_attention(const uint64_t *plan, const uint64_t *Lp, const BneSmem &m, float *red,
-                                               unsigned tin, unsigned tout, BneTrace *tr) {
+                                               BneTrace *tr) {
     const int H = BNE_I(BNE_PLAN_HEADS), KV = BNE_I(BNE_PLAN_KV_HEADS), hd = BNE_I(BNE_PLAN_HEAD_DIM);
     const int cap = BNE_I(BNE_PLAN_CAPACITY), pos = *BNE_P(const int, BNE_PLAN_POS);
-    const unsigned long long *qkv = BNE_P(const unsigned long long, BNE_PLAN_QKV);
-    int *status = BNE_P(int, BNE_PLAN_FLAG);
+    const float *qkv = BNE_P(const float, BNE_PLAN_QKV);
     float *kc = BNE_LP(float, BNE_PLAN_L_K_CACHE), *vc = BNE_LP(float, BNE_PLAN_L_V_CACHE);
     for (int h = blockIdx.x; h < H; h += gridDim.x) {
         const int kvh = h / (H / KV);
         float *qs = m.region, *sc = m.region + hd, *part = m.region + hd + cap;
         const float *c = BNE_P(const float, BNE_PLAN_COS) + (size_t)pos * hd;
         const float *sn = BNE_P(const float, BNE_PLAN_SIN) + (size_t)pos * hd;
-        bne_rope_vec_t(qkv + (size_t)h * hd, tin, c, sn, hd, qs, status);
-        bne_rope_vec_t(qkv + (size_t)(H + kvh) * hd, tin, c, sn, hd, kc + ((size_t)kvh * cap + pos) * hd, status);
+        bne_rope_vec(qkv + (size_t)h * hd, c, sn, hd, qs);
+        bne_rope_vec(qkv + (size_t)(H + kvh) * hd, c, sn, hd, kc + ((size_t)kvh * cap + pos) * hd);
         float *vd = vc + ((size_t)kvh * cap + pos) * hd;
-        const unsigned long long *vs = qkv + (size_t)(H + KV + kvh) * hd;
-        for (int d = threadIdx.x; d < hd; d += BNE_DT) vd[d] = bne_wait_tag(vs + d, tin, bne_ld_tag(vs + d), status);
+        const float *vs = qkv + (size_t)(H + KV + kvh) * hd;
+        for (int d = threadIdx.x; d < hd; d += BNE_DT) vd[d] = __ldcg(vs + d);
         __syncthreads();
         bne_stamp(h == (int)blockIdx.x ? tr : nullptr, 0x2b);
         bne_attend(qs, min(pos + 1, cap), hd, kc + (size_t)kvh * cap * hd, vc + (size_t)kvh * cap * hd,
-                   __int_as_float(BNE_I(BNE_PLAN_SCALE)), sc, part, red, nullptr, h == (int)blockIdx.x ? tr : nullptr,
-                   BNE_P(unsigned long long, BNE_PLAN_ATTN) + (size_t)h * hd, tout);
+                   __int_as_float(BNE_I(BNE_PLAN_SCALE)), sc, part, red, BNE_P(float, BNE_PLAN_ATTN) + (size_t)h * hd,
+                   h == (int)blockIdx.x ? tr : nullptr);
         __syncthreads();
     }
 }
@@ -442,23 +379,14 @@ __device__ __noinline__ void bne_dec_head(const uint64_t *plan, const BneSmem &m
     bi_out = bi;
 }
 
-// plan: see BNE_PLAN_* in bne_cuda.h.  Grid: at most one block per SM and no more blocks than any
-// layer matrix has rows (cooperative launch), block BNE_DECODE_THREADS, dynamic shared memory as the
-// plan's offsets say.
-//
-// Synchronization: the activations between phases (q/k/v, attention output, the residual stream,
-// gate/up) are tagged words; a phase's consumers wait on the words they read for the producing
-// phase's epoch tag(l, phase) = (step << 10) + 5 l + phase + 1, where step counts this kernel's
-// launches (a device word the kernel advances at its end), so words from the previous step or
-// phase never pass.  Every block produces rows in every GEMV phase and every block consumes all of
-// the previous phase's output, so a block can overwrite a buffer only after every block has read its
-// previous contents (the in-place residual included).  One grid barrier remains, before the argmax.
+// plan: see BNE_PLAN_* in bne_cuda.h.  Grid: one block per SM (cooperative launch), block
+// BNE_DECODE_THREADS, dynamic shared memory as the plan's offsets say.
 BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const uint64_t *plan) {
     extern __shared__ __align__(16) unsigned char bne_dsm[];
     __shared__ float redf[32];
     __shared__ int redi[32];
-    __shared__ __align__(8) uint64_t wbar;  // completion of the weight prefetches (sm_90 bulk copies)
     const int t = threadIdx.x;
+    __shared__ __align__(8) uint64_t wbar;  // completion of the weight prefetches (sm_90 bulk copies)
     BneSmem m = bne_smem(plan, bne_dsm);
     m.bar = &wbar;
     bne_mbar_init(&wbar);
@@ -467,17 +395,12 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
     int *status = BNE_P(int, BNE_PLAN_FLAG);
     unsigned target = 0;
     float s;
+    int xs;
     const size_t all = ~(size_t)0;
     BneTrace tr{nullptr, 0};  // stamps: see bne_stamp (common.cuh)
     if (bne_pw(plan, BNE_PLAN_TRACE) != 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1))
         tr.p = BNE_P(unsigned long long, BNE_PLAN_TRACE) + (blockIdx.x == 0 ? 0 : 2 * BNE_TRACE_MAX);
     const int opts = BNE_I(BNE_PLAN_OPTS);
-    const unsigned step = *BNE_P(const unsigned, BNE_PLAN_STEP) + 1u;
-#define BNE_TAG(l, ph) ((step << 10) + 5u * (unsigned)(l) + (ph) + 1u)
-    const float *x_in = BNE_P(const float, BNE_PLAN_X);
-    unsigned long long *xt = BNE_P(unsigned long long, BNE_PLAN_XT);
-    unsigned long long *qkvt = BNE_P(unsigned long long, BNE_PLAN_QKV);
-    unsigned long long *gut = BNE_P(unsigned long long, BNE_PLAN_GU);
 
     for (int r = t; r < BNE_I(BNE_PLAN_ACC_ROWS); r += BNE_DT) m.acc[r] = 0;  // visible after the first norm
     {
@@ -489,6 +412,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
                                      bne_pw(Lp, BNE_PLAN_L_TERNARY) & 1, r0, r1), m.wbuf,
                            BNE_I(BNE_PLAN_PF) * BNE_DT * 16, m.bar, seq);
     }
+
     bne_stamp(&tr, 0x00);
     const int nl = BNE_I(BNE_PLAN_LAYERS);
     for (int l = 0; l < nl; ++l) {
@@ -508,11 +432,13 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
             bne_prefetch_l2(BNE_LP(const float, BNE_PLAN_L_K_CACHE) + (size_t)kvh * cap * hd, bytes);
             bne_prefetch_l2(BNE_LP(const float, BNE_PLAN_L_V_CACHE) + (size_t)kvh * cap * hd, bytes);
         }
-        bne_dec_norm(plan, m, l == 0 ? x_in : nullptr, xt, nullptr, BNE_TAG(l - 1, 4), hidden, 0,
-                     BNE_LP(const float, BNE_PLAN_L_IN_NORM), redf, redi, s, &tr, 0x10);
+        bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_IN_NORM),
+                     redf, redi, s, xs, &tr, 0x10);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_QKV), nqkv, hidden, tern & 1, BNE_LP(const float, BNE_PLAN_L_QKV_SCALE),
-                     qkvt, BNE_TAG(l, 0), nullptr, nullptr, m, bufb, seq, s, BNE_LP(const void, BNE_PLAN_L_O), hidden,
-                     qdim, tern & 2, 1 << 30, &tr, 0x10);
+                     false, BNE_P(float, BNE_PLAN_QKV), m, bufb, seq, s, BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim,
+                     tern & 2, 1 << 30, &tr, 0x10);
+        bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x19);
 
         // ---- B: attention (blocks < heads); every block brings its next weights into L2
         if (!(opts & 1)) {
@@ -526,39 +452,46 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
                                   BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, (size_t)bne_pw(plan, BNE_PLAN_HEAD_L2));
         }
         bne_stamp(&tr, 0x2a);
-        bne_dec_attention(plan, Lp, m, redf, BNE_TAG(l, 0), BNE_TAG(l, 1), &tr);
+        bne_dec_attention(plan, Lp, m, redf, &tr);
+        bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x29);
 
         // ---- C: sub-norm -> o_proj, added into the residual
-        bne_dec_norm(plan, m, nullptr, BNE_P(const unsigned long long, BNE_PLAN_ATTN), nullptr, BNE_TAG(l, 1), qdim, 0,
-                     BNE_LP(const float, BNE_PLAN_L_ATTN_SUB), redf, redi, s, &tr, 0x30);
-        bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim, tern & 2, BNE_LP(const float, BNE_PLAN_L_O_SCALE), xt,
-                     BNE_TAG(l, 2), l == 0 ? x_in : nullptr, l == 0 ? nullptr : xt, m, bufb, seq, s,
-                     BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4, 1 << 30, &tr, 0x30);
+        bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_ATTN), nullptr, qdim, 0, BNE_LP(const float, BNE_PLAN_L_ATTN_SUB),
+                     redf, redi, s, xs, &tr, 0x30);
+        bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_O), hidden, qdim, tern & 2, BNE_LP(const float, BNE_PLAN_L_O_SCALE), true,
+                     BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden,
+                     tern & 4, 1 << 30, &tr, 0x30);
+        bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x39);
 
         // ---- D: post-attention norm -> gate/up
-        bne_dec_norm(plan, m, nullptr, xt, nullptr, BNE_TAG(l, 2), hidden, 0, BNE_LP(const float, BNE_PLAN_L_POST_NORM),
-                     redf, redi, s, &tr, 0x40);
+        bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, hidden, 0, BNE_LP(const float, BNE_PLAN_L_POST_NORM),
+                     redf, redi, s, xs, &tr, 0x40);
         bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_GATE_UP), 2 * inter, hidden, tern & 4,
-                     BNE_LP(const float, BNE_PLAN_L_GATE_UP_SCALE), gut, BNE_TAG(l, 3), nullptr, nullptr, m, bufb, seq, s,
+                     BNE_LP(const float, BNE_PLAN_L_GATE_UP_SCALE), false, BNE_P(float, BNE_PLAN_GU), m, bufb, seq, s,
                      BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, 1 << 30, &tr, 0x40);
+        bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x49);
 
         // ---- E: act(gate) * up [+ sub-norm] -> down_proj, added into the residual
-        bne_dec_norm(plan, m, nullptr, gut, gut + inter, BNE_TAG(l, 3), inter, BNE_I(BNE_PLAN_ACT),
-                     BNE_LP(const float, BNE_PLAN_L_FFN_SUB), redf, redi, s, &tr, 0x50);
+        bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_GU), BNE_P(const float, BNE_PLAN_GU) + inter, inter,
+                     BNE_I(BNE_PLAN_ACT), BNE_LP(const float, BNE_PLAN_L_FFN_SUB), redf, redi, s, xs, &tr, 0x50);
         if (Ln != nullptr)
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
-                         xt, BNE_TAG(l, 4), nullptr, xt, m, bufb, seq, s, bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv,
-                         hidden, bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, 1 << 30, &tr, 0x50);
+                         true, BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, bne_pp<const void>(Ln, BNE_PLAN_L_QKV), nqkv, hidden,
+                         bne_pw(Ln, BNE_PLAN_L_TERNARY) & 1, 1 << 30, &tr, 0x50);
         else  // the LM head's first chunk next
             bne_dec_gemv(BNE_LP(const void, BNE_PLAN_L_DOWN), hidden, inter, tern & 8, BNE_LP(const float, BNE_PLAN_L_DOWN_SCALE),
-                         xt, BNE_TAG(l, 4), nullptr, xt, m, bufb, seq, s, BNE_P(const void, BNE_PLAN_HEAD_W),
-                         BNE_I(BNE_PLAN_VOCAB), hidden, BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, BNE_I(BNE_PLAN_ACC_ROWS), &tr,
-                         0x50);
+                         true, BNE_P(float, BNE_PLAN_X), m, bufb, seq, s, BNE_P(const void, BNE_PLAN_HEAD_W),
+                         BNE_I(BNE_PLAN_VOCAB), hidden, BNE_I(BNE_PLAN_HEAD_TERNARY) != 0, BNE_I(BNE_PLAN_ACC_ROWS), &tr, 0x50);
+        bne_grid_sync(bar, target, status);
+        bne_stamp(&tr, 0x59);
     }
 
     // ---- final norm -> LM head (in chunks of ACC_ROWS rows) -> logits and their argmax
-    bne_dec_norm(plan, m, nl == 0 ? x_in : nullptr, xt, nullptr, BNE_TAG(nl - 1, 4), BNE_I(BNE_PLAN_HIDDEN), 0,
-                 BNE_P(const float, BNE_PLAN_NORM), redf, redi, s, &tr, 0x60);
+    bne_dec_norm(plan, m, BNE_P(const float, BNE_PLAN_X), nullptr, BNE_I(BNE_PLAN_HIDDEN), 0, BNE_P(const float, BNE_PLAN_NORM), redf, redi,
+                 s, xs, &tr, 0x60);
     float bv;
     int bi;
     bne_dec_head(plan, m, s, seq, bv, bi, &tr);
@@ -586,9 +519,7 @@ BNE_KERNEL void __launch_bounds__(BNE_DECODE_THREADS, 1) bne_decode_step(const u
         if (t == 0) {
             am[2 * gridDim.x] = bi;
             am[2 * gridDim.x + 1] = __ldcg(status);  // what went wrong in this step, if anything
-            *BNE_P(unsigned, BNE_PLAN_STEP) = step;  // every block read it at its start (before the barrier)
         }
     }
     bne_stamp(&tr, 0x6f);
-#undef BNE_TAG
 }

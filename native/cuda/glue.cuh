@@ -55,11 +55,9 @@ __device__ __forceinline__ void bne_rope_vec(const float *src, const float *c, c
 // parts = blockDim / head_dim or 1), red (32 floats).  Every float sum runs in an order fixed by
 // head_dim and the block width alone, so bne_attention and the persistent decode kernel (both
 // BNE_ATTN_THREADS = BNE_DECODE_THREADS wide) give the same bits.  K, V rows are read through L2.
-// ot != nullptr: the output goes there as tagged words (common.cuh) with `tag`, not to o.
 __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim, const float *K, const float *V,
                                            float scale, float *sc, float *part, float *red, float *o,
-                                           BneTrace *tr = nullptr, unsigned long long *ot = nullptr,
-                                           unsigned tag = 0) {
+                                           BneTrace *tr = nullptr) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     // scores: a warp per group of BNE_ATTN_KPW keys, lanes over head_dim; a key's dot product is a
     // lane-strided sum then a warp reduction, whatever the grouping.  With head_dim <= 128 every
@@ -129,11 +127,7 @@ __device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim,
     for (int d = tid; d < head_dim; d += blockDim.x) {
         float a = 0.0f;
         for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
-        const float r = __fdiv_rn(a, sum);
-        if (ot != nullptr)
-            bne_st_tag(ot + d, r, tag);
-        else
-            o[d] = r;
+        o[d] = __fdiv_rn(a, sum);
     }
     bne_stamp(tr, 0x2e);
 }

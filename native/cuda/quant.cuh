@@ -4,18 +4,15 @@
 #include "common.cuh"
 
 // act: 0 = x, 1 = relu(x)^2 * x2 (BitNet's relu2 gate), 2 = silu(x) * x2 (LLaMA); as sdk/models/ops.py.
-__device__ __forceinline__ float bne_act(float v, float v2, int act) {
+__device__ __forceinline__ float bne_gated(const float *x, const float *x2, int act, int i) {
+    float v = __ldcg(x + i);
     if (act == 1) {
         const float r = fmaxf(v, 0.0f);
-        v = __fmul_rn(__fmul_rn(r, r), v2);
+        v = __fmul_rn(__fmul_rn(r, r), __ldcg(x2 + i));
     } else if (act == 2) {
-        v = __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), v2);
+        v = __fmul_rn(__fdiv_rn(v, __fadd_rn(1.0f, expf(-v))), __ldcg(x2 + i));
     }
     return v;
-}
-
-__device__ __forceinline__ float bne_gated(const float *x, const float *x2, int act, int i) {
-    return bne_act(__ldcg(x + i), act != 0 ? __ldcg(x2 + i) : 0.0f, act);
 }
 
 #define BNE_NORM_CACHE 8192  // floats of a row kept in shared memory (longer rows are recomputed)
@@ -62,73 +59,14 @@ __device__ __forceinline__ int bne_quant1(float h, float sc) {
 // (every load of a thread in flight at once, the norm weight with them); longer rows use hs
 // (hs_cap floats of shared memory) when they fit, else they are recomputed: same bits every way.
 // Inputs are read through L2 (__ldcg): in the decode kernel other blocks wrote them.
-// The register path of bne_norm_quant_row once this thread's (gated) values v and norm weights wv
-// are loaded: elements threadIdx.x + u * blockDim.x, u < BNE_NORM_BATCH (k <= BNE_NORM_BATCH x block).
-__device__ __forceinline__ void bne_norm_quant_regs(float (&v)[BNE_NORM_BATCH], const float (&wv)[BNE_NORM_BATCH], int k,
-                                                    bool has_w, float eps, int8_t *qr, int kp, float *redf, int *redi,
-                                                    float &sc_out, int &sum_out, int &bad_out, BneTrace *tr, int ph,
-                                                    bool want_sum) {
-    const int T = blockDim.x;
-    float ss = 0.0f, amax = 0.0f, inv = 1.0f;
-    int bad = 0, sum = 0;
-#pragma unroll
-    for (int u = 0; u < BNE_NORM_BATCH; ++u)
-        if (threadIdx.x + u * T < k) ss = __fadd_rn(ss, __fmul_rn(v[u], v[u]));
-    if (has_w) {
-        ss = bne_block_sum_f(ss, redf);
-        const float var = __fdiv_rn(ss, (float)k);
-        inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-    }
-    bne_stamp(tr, ph | 1);
-#pragma unroll
-    for (int u = 0; u < BNE_NORM_BATCH; ++u) {
-        if (threadIdx.x + u * T < k) {
-            float h = v[u];
-            if (has_w) h = __fmul_rn(__fmul_rn(h, inv), wv[u]);
-            v[u] = h;
-            if (!isfinite(h)) bad = 1;
-            amax = fmaxf(amax, fabsf(h));
-        }
-    }
-    bne_block_max_or(amax, bad, redf, redi);
-    const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
-    bne_stamp(tr, ph | 2);
-#pragma unroll
-    for (int u = 0; u < BNE_NORM_BATCH; ++u) {
-        const int i = threadIdx.x + u * T;
-        if (i < k) {
-            const int qv = bne_quant1(v[u], sc);
-            qr[i] = (int8_t)qv;
-            sum += qv;
-        }
-    }
-    for (int i = k + threadIdx.x; i < kp; i += T) qr[i] = 0;
-    if (want_sum) {
-        sum = bne_block_sum_i(sum, redi);
-    } else {
-        __syncthreads();  // qr complete for the whole block
-        sum = 0;
-    }
-    sum_out = sum;
-    sc_out = sc;
-    bad_out = bad;
-    bne_stamp(tr, ph | 3);
-}
-
-// One row: h = gated(xr[, x2r]) [-> rmsnorm(h) * w] -> qr (kp int8, zero-padded past k),
-// sc = 127 / max(max|h|, 1e-5), sum = sum(qr) (when want_sum; else 0), bad = 1 when a value is NaN or
-// infinite; every thread of the block gets sc, sum and bad.  The block shape fixes the float sum's
-// order, so bne_norm_quant and the persistent decode kernel (both BNE_NORM_THREADS =
-// BNE_DECODE_THREADS wide) give the same bits.  Rows up to BNE_NORM_BATCH x block stay in registers
-// (every load of a thread in flight at once, the norm weight with them); longer rows use hs
-// (hs_cap floats of shared memory) when they fit, else they are recomputed: same bits every way.
-// Inputs are read through L2 (__ldcg).
 __device__ __forceinline__ void bne_norm_quant_row(const float *xr, const float *x2r, int k, int act, const float *w,
                                                    float eps, int8_t *qr, int kp, float *hs, int hs_cap,
                                                    float *redf, int *redi, float &sc_out, int &sum_out,
                                                    int &bad_out, BneTrace *tr = nullptr, int ph = 0,
                                                    bool want_sum = true) {
     const int T = blockDim.x;
+    float ss = 0.0f, amax = 0.0f, inv = 1.0f, sc;
+    int bad = 0, sum = 0;
     if (k <= BNE_NORM_BATCH * T) {
         float v[BNE_NORM_BATCH], wv[BNE_NORM_BATCH];
 #pragma unroll
@@ -137,52 +75,81 @@ __device__ __forceinline__ void bne_norm_quant_row(const float *xr, const float 
             v[u] = i < k ? bne_gated(xr, x2r, act, i) : 0.0f;
             wv[u] = (w != nullptr && i < k) ? __ldg(w + i) : 0.0f;
         }
-        bne_norm_quant_regs(v, wv, k, w != nullptr, eps, qr, kp, redf, redi, sc_out, sum_out, bad_out, tr, ph, want_sum);
-        return;
-    }
-    float ss = 0.0f, amax = 0.0f, inv = 1.0f, sc;
-    int bad = 0, sum = 0;
-    const bool cached = k <= hs_cap;
-    for (int i = threadIdx.x; i < k; i += T) {
-        const float v = bne_gated(xr, x2r, act, i);
-        if (cached) hs[i] = v;
-        ss = __fadd_rn(ss, __fmul_rn(v, v));
-    }
-    if (w != nullptr) {
-        ss = bne_block_sum_f(ss, redf);
-        const float var = __fdiv_rn(ss, (float)k);
-        inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-    }
-    bne_stamp(tr, ph | 1);
-    for (int i = threadIdx.x; i < k; i += T) {  // each thread revisits its own elements
-        float h = cached ? hs[i] : bne_gated(xr, x2r, act, i);
-        if (w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), w[i]);
-        if (cached) hs[i] = h;
-        if (!isfinite(h)) bad = 1;
-        amax = fmaxf(amax, fabsf(h));
-    }
-    bne_block_max_or(amax, bad, redf, redi);
-    sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
-    bne_stamp(tr, ph | 2);
-    for (int i = threadIdx.x; i < kp; i += T) {
-        int qv = 0;
-        if (i < k) {
-            float h;
-            if (cached) {
-                h = hs[i];
-            } else {
-                h = bne_gated(xr, x2r, act, i);
-                if (w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), w[i]);
-            }
-            qv = bne_quant1(h, sc);
+#pragma unroll
+        for (int u = 0; u < BNE_NORM_BATCH; ++u)
+            if (threadIdx.x + u * T < k) ss = __fadd_rn(ss, __fmul_rn(v[u], v[u]));
+        if (w != nullptr) {
+            ss = bne_block_sum_f(ss, redf);
+            const float var = __fdiv_rn(ss, (float)k);
+            inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
         }
-        qr[i] = (int8_t)qv;
-        sum += qv;
+        bne_stamp(tr, ph | 1);
+#pragma unroll
+        for (int u = 0; u < BNE_NORM_BATCH; ++u) {
+            if (threadIdx.x + u * T < k) {
+                float h = v[u];
+                if (w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), wv[u]);
+                v[u] = h;
+                if (!isfinite(h)) bad = 1;
+                amax = fmaxf(amax, fabsf(h));
+            }
+        }
+        bne_block_max_or(amax, bad, redf, redi);
+        sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+        bne_stamp(tr, ph | 2);
+#pragma unroll
+        for (int u = 0; u < BNE_NORM_BATCH; ++u) {
+            const int i = threadIdx.x + u * T;
+            if (i < k) {
+                const int qv = bne_quant1(v[u], sc);
+                qr[i] = (int8_t)qv;
+                sum += qv;
+            }
+        }
+        for (int i = k + threadIdx.x; i < kp; i += T) qr[i] = 0;
+    } else {
+        const bool cached = k <= hs_cap;
+        for (int i = threadIdx.x; i < k; i += T) {
+            const float v = bne_gated(xr, x2r, act, i);
+            if (cached) hs[i] = v;
+            ss = __fadd_rn(ss, __fmul_rn(v, v));
+        }
+        if (w != nullptr) {
+            ss = bne_block_sum_f(ss, redf);
+            const float var = __fdiv_rn(ss, (float)k);
+            inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+        }
+        bne_stamp(tr, ph | 1);
+        for (int i = threadIdx.x; i < k; i += T) {  // each thread revisits its own elements
+            float h = cached ? hs[i] : bne_gated(xr, x2r, act, i);
+            if (w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), w[i]);
+            if (cached) hs[i] = h;
+            if (!isfinite(h)) bad = 1;
+            amax = fmaxf(amax, fabsf(h));
+        }
+        bne_block_max_or(amax, bad, redf, redi);
+        sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+        bne_stamp(tr, ph | 2);
+        for (int i = threadIdx.x; i < kp; i += T) {
+            int qv = 0;
+            if (i < k) {
+                float h;
+                if (cached) {
+                    h = hs[i];
+                } else {
+                    h = bne_gated(xr, x2r, act, i);
+                    if (w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), w[i]);
+                }
+                qv = bne_quant1(h, sc);
+            }
+            qr[i] = (int8_t)qv;
+            sum += qv;
+        }
     }
     if (want_sum) {
         sum = bne_block_sum_i(sum, redi);
     } else {
-        __syncthreads();
+        __syncthreads();  // qr complete for the whole block
         sum = 0;
     }
     sum_out = sum;

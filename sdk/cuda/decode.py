@@ -27,8 +27,7 @@ __all__ = ["DecodeDims", "PlanGeometry", "PlanLayer", "plan_geometry", "DecodeSt
 
 KERNEL = "bne_decode_step"
 STATIC_SMEM = 256  # the kernel's own __shared__ arrays (two reductions of 32 words)
-STATUS_BARRIER_TIMEOUT = 2  # BNE_STATUS_BARRIER_TIMEOUT (common.cuh): a grid barrier or a data wait timed out
-NORM_BATCH = 8  # BNE_NORM_BATCH (quant.cuh): activations a thread holds in registers
+STATUS_BARRIER_TIMEOUT = 2  # BNE_STATUS_BARRIER_TIMEOUT (common.cuh)
 HEAD_CHUNK_ROWS = 4096  # LM-head rows a block accumulates at once (more rows a block: several chunks)
 MAX_PREFETCH: int | None = None  # cap on the weight units a thread prefetches into shared memory (None: what fits)
 ACT = {"none": 0, "relu2": 1, "silu": 2}
@@ -82,15 +81,9 @@ def plan_geometry(gpu: Gpu, d: DecodeDims, formats: dict[str, bool], head_ternar
         raise CudaUnavailable("unsupported-model", f"{gpu.info.name} cannot launch cooperative kernels")
     if "decode_threads" not in gpu.geometry or KERNEL not in gpu.functions:
         raise CudaUnavailable("version-mismatch", "the fatbin has no persistent decode kernel")
-    T = gpu.geometry["decode_threads"]
-    # one block per SM, and no more blocks than any layer matrix has rows: every block then produces
-    # rows in every phase, which the kernel's dataflow synchronization relies on
-    G = min(gpu.info.multiprocessors, d.qkv_rows, d.hidden, 2 * d.inter)
+    T, G = gpu.geometry["decode_threads"], gpu.info.multiprocessors
     if d.heads % d.kv_heads:
         raise CudaUnavailable("unsupported-model", f"{d.heads} heads do not group over {d.kv_heads} KV heads")
-    if max(d.hidden, d.q_dim, d.inter) > NORM_BATCH * T:
-        raise CudaUnavailable("unsupported-model", f"rows of {max(d.hidden, d.q_dim, d.inter)} activations exceed the "
-                                                   f"persistent kernel's {NORM_BATCH * T} a block")
     mats = [("qkv", d.qkv_rows, d.hidden), ("o", d.hidden, d.q_dim), ("gate_up", 2 * d.inter, d.hidden),
             ("down", d.hidden, d.inter)]
     iters, rows_max = 0, 0
@@ -155,7 +148,7 @@ def _f32_bits(v: float) -> int:
 class DecodeStep:
     """The plan of one model and KV cache on the GPU and the launch of one step.
 
-    ``bufs``: x (hidden float32: the embedding row, copied in before each step) and pos (int32);
+    ``bufs``: x (hidden), qkv, attn (q_dim), gu (2 inter) float32 device arrays and pos (int32);
     ``logits``: a device address of vocab float32 (device or mapped host memory)."""
 
     def __init__(self, gpu: Gpu, d: DecodeDims, layers: list[PlanLayer], norm: DeviceArray, head, cos: DeviceArray,
@@ -167,12 +160,8 @@ class DecodeStep:
         self.gpu, self.dims = gpu, d
         self.ctl = gpu.zeros(2, np.uint32)  # the grid barrier's counter and the step's status, zeroed each step
         self.argmax = gpu.zeros(2 * geo.grid + 2, np.int32)
-        # the activations between phases, as tagged words (value | epoch << 32), and the launch counter
-        self.tagged = {"XT": gpu.zeros(d.hidden, np.uint64), "QKV": gpu.zeros(d.qkv_rows, np.uint64),
-                       "ATTN": gpu.zeros(d.q_dim, np.uint64), "GU": gpu.zeros(2 * d.inter, np.uint64)}
-        self.step_counter = gpu.zeros(1, np.uint32)
         words = np.zeros(L["HEADER"] + L["LAYER"] * d.layers, np.uint64)
-        header = {"X": bufs["x"], **self.tagged, "STEP": self.step_counter, "POS": bufs["pos"],
+        header = {"X": bufs["x"], "QKV": bufs["qkv"], "ATTN": bufs["attn"], "GU": bufs["gu"], "POS": bufs["pos"],
                   "COS": cos, "SIN": sin, "LOGITS": logits, "NORM": norm, "HEAD_W": head.weights,
                   "HEAD_SCALE": head.wscale, "BARRIER": self.ctl.ptr, "FLAG": self.ctl.ptr + 4, "ARGMAX": self.argmax}
         for k, v in header.items():

@@ -6,10 +6,12 @@ Per layer (m tokens): norm+quantize -> fused q/k/v GEMV/GEMM -> RoPE + KV write 
 -> act(gate)*up [sub-norm]+quantize -> down_proj adding into the residual; then the final norm and
 the LM head.  The host only looks up the embedding rows and reads the logits.
 
-A decode step (m = 1) is ONE persistent kernel (``bne_decode_step``, :mod:`bitnet_edge.sdk.cuda.decode`:
-all layers, the head and the argmax, with grid barriers between phases) when the GPU can launch it
-cooperatively and its shared memory holds the cache's attention rows; otherwise the same sequence
-of one-operation kernels (``BITNET_EDGE_CUDA_DECODE=kernels`` forces that).  Either reads its
+A decode step (m = 1) is the sequence of one-operation kernels, or — with
+``BITNET_EDGE_CUDA_DECODE=persistent`` — ONE persistent kernel (``bne_decode_step``,
+:mod:`bitnet_edge.sdk.cuda.decode`: all layers, the head and the argmax, with grid barriers between
+phases) when the GPU can launch it cooperatively and its shared memory holds the cache's attention
+rows (otherwise the kernels, with the reason in ``persistent_error``).  The persistent kernel is
+opt-in because it is not yet faster on the H200 (docs/adr/0009-cuda-kernels.md).  Either reads its
 position from device memory, so it is captured once per cache as a CUDA graph (copies included)
 and replayed: one driver call per token (``BITNET_EDGE_CUDA_GRAPHS=0`` turns graphs off).  Greedy
 generation with the persistent kernel copies back only the token the GPU picked (the argmax of
@@ -126,7 +128,9 @@ class CudaDecoderModel(DecoderModel):
         self.q_dim, self.kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         self.use_graphs = os.environ.get("BITNET_EDGE_CUDA_GRAPHS", "1").strip() != "0"
         self.graph_error: str | None = None  # why a decode step could not be captured (then: plain launches)
-        mode = os.environ.get("BITNET_EDGE_CUDA_DECODE", "persistent").strip() or "persistent"
+        # the one-kernel-per-operation graph stays the default: on the H200 it still decodes faster
+        # than the persistent kernel (benchmarks/results/cuda-20261203-*.json; docs/adr/0009)
+        mode = os.environ.get("BITNET_EDGE_CUDA_DECODE", "kernels").strip() or "kernels"
         if mode not in ("persistent", "kernels"):
             raise CudaUnavailable("unsupported-model", f"BITNET_EDGE_CUDA_DECODE={mode!r}: use persistent or kernels")
         self.decode_mode = mode  # what a new cache's decode step uses
@@ -208,7 +212,7 @@ class CudaDecoderModel(DecoderModel):
             layers = [cdec.PlanLayer(gl.in_norm, gl.post_norm, gl.attn_sub, gl.ffn_sub, gl.qkv, gl.o, gl.gate_up,
                                      gl.down, cache.k[i], cache.v[i]) for i, gl in enumerate(self.glayers)]
             dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
-            bufs = {"x": self.x, "pos": self.pos}
+            bufs = {"x": self.x, "qkv": self.qkv_buf, "attn": self.attn_buf, "gu": self.gu, "pos": self.pos}
             try:
                 cache.persistent = cdec.DecodeStep(g, dims, layers, self.gnorm, self.head, cache.cos, cache.sin, bufs,
                                                    dst)
