@@ -20,7 +20,7 @@
 #define BNE_CUDA_H
 
 #define BNE_CUDA_VERSION_STRING "0.1.0" /* must equal bitnet_edge.__version__ */
-#define BNE_CUDA_ABI 1                  /* bumped when a kernel's parameters change */
+#define BNE_CUDA_ABI 2                  /* bumped when a kernel's parameters or the plan layout change */
 #define BNE_CUDA_BLOCK 128              /* weights per ternary block */
 
 #ifdef __CUDACC__
@@ -50,10 +50,12 @@ BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, in
 BNE_KERNEL void bne_attention(const float *q, int m, int heads, int kv_heads, int head_dim, const int32_t *pos0,
                               const float *k_cache, const float *v_cache, int capacity, float scale,
                               float *out);
+BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 /* BNE_KERNELS_END */
 
 /* Launch geometry the host must use.  The fatbin also exports it (extern "C" __device__ int
- * bne_cuda_info[8] = {ABI, BLOCK, GEMV_WARPS, GEMV_ROWS, GEMM_BM, GEMM_BN, NORM_THREADS, ATTN_THREADS}),
+ * bne_cuda_info[9] = {ABI, BLOCK, GEMV_WARPS, GEMV_ROWS, GEMM_BM, GEMM_BN, NORM_THREADS, ATTN_THREADS,
+ * DECODE_THREADS}),
  * with bne_cuda_version (char[16]) and bne_cuda_arch (__CUDA_ARCH__ of the image that loaded), and
  * the loader reads them from there rather than from this file. */
 #define BNE_GEMV_WARPS 4   /* warps per block of the GEMV kernels (blockDim.x = 128) */
@@ -62,5 +64,67 @@ BNE_KERNEL void bne_attention(const float *q, int m, int heads, int kv_heads, in
 #define BNE_GEMM_BN 128    /* weight rows per GEMM block (blockDim.x = 128, 4 warps x 32 rows) */
 #define BNE_NORM_THREADS 1024
 #define BNE_ATTN_THREADS 1024
+#define BNE_TRACE_MAX 1024      /* trace stamps a block */
+#define BNE_DECODE_THREADS 1024 /* the persistent decode kernel's block: equal to NORM and ATTN threads,
+                                   so its float sums run in their order (same bits) */
+
+/* bne_decode_step's plan (docs/adr/0009-cuda-kernels.md): 64-bit words in device memory, pointers as
+ * device addresses, integers as values, floats as their bits.  Header words: */
+#define BNE_PLAN_X 0             /* float (hidden): the embedding row in, the residual stream */
+#define BNE_PLAN_QKV 1           /* float (q_dim + 2 kv_dim) */
+#define BNE_PLAN_ATTN 2          /* float (q_dim) */
+#define BNE_PLAN_GU 3            /* float (2 inter): gate | up */
+#define BNE_PLAN_POS 4           /* int32: the token's position */
+#define BNE_PLAN_COS 5           /* float (capacity, head_dim) RoPE tables */
+#define BNE_PLAN_SIN 6
+#define BNE_PLAN_LOGITS 7        /* float (vocab) out */
+#define BNE_PLAN_NORM 8          /* float (hidden): final norm weight */
+#define BNE_PLAN_HEAD_W 9        /* LM head weights (ternary or int8 device format) */
+#define BNE_PLAN_HEAD_SCALE 10   /* float (vocab) */
+#define BNE_PLAN_BARRIER 11      /* uint32, zeroed before every launch */
+#define BNE_PLAN_FLAG 12         /* int32 status, zeroed before every launch: |= 1 an activation was NaN or
+                                    infinite, |= 2 a grid barrier timed out (the step's results are void) */
+#define BNE_PLAN_ARGMAX 13       /* int32 (2 grid + 2): per block (value bits, index), then the argmax of
+                                    the logits and the step's final status */
+#define BNE_PLAN_LAYERS 16
+#define BNE_PLAN_HIDDEN 17
+#define BNE_PLAN_INTER 18
+#define BNE_PLAN_HEADS 19
+#define BNE_PLAN_KV_HEADS 20
+#define BNE_PLAN_HEAD_DIM 21
+#define BNE_PLAN_CAPACITY 22
+#define BNE_PLAN_VOCAB 23
+#define BNE_PLAN_ACT 24          /* 0 none, 1 relu2, 2 silu */
+#define BNE_PLAN_HEAD_TERNARY 25 /* 1: ternary LM head, 0: int8 */
+#define BNE_PLAN_EPS 26          /* float bits */
+#define BNE_PLAN_SCALE 27        /* float bits: attention scale */
+#define BNE_PLAN_PF 28           /* 16-byte weight units per thread prefetched into shared memory */
+#define BNE_PLAN_SMEM_XQ 29      /* byte offsets into dynamic shared memory (the prefetch buffer at 0) */
+#define BNE_PLAN_SMEM_ACC 30
+#define BNE_PLAN_SMEM_REGION 31
+#define BNE_PLAN_ACC_ROWS 32     /* int32 row accumulators in shared memory (LM head chunk rows) */
+#define BNE_PLAN_REGION_FLOATS 33 /* floats of the norm-cache / attention region */
+#define BNE_PLAN_HEAD_L2 34      /* bytes of each block's LM-head rows prefetched into L2 in the last layer */
+#define BNE_PLAN_TRACE 35        /* 0, or uint64 (2, BNE_TRACE_MAX, 2): blocks 0 and grid-1 stamp (globaltimer ns,
+                                    clock64) at each phase boundary (benchmarks/cuda.py --profile) */
+#define BNE_PLAN_OPTS 36         /* bit 0: no L2 weight prefetch during attention; bit 1: no KV-cache prefetch */
+#define BNE_PLAN_HEADER 40
+/* then BNE_PLAN_LAYER words per layer (a norm weight of 0 = no such norm): */
+#define BNE_PLAN_L_IN_NORM 0
+#define BNE_PLAN_L_POST_NORM 1
+#define BNE_PLAN_L_ATTN_SUB 2
+#define BNE_PLAN_L_FFN_SUB 3
+#define BNE_PLAN_L_QKV 4
+#define BNE_PLAN_L_QKV_SCALE 5
+#define BNE_PLAN_L_O 6
+#define BNE_PLAN_L_O_SCALE 7
+#define BNE_PLAN_L_GATE_UP 8
+#define BNE_PLAN_L_GATE_UP_SCALE 9
+#define BNE_PLAN_L_DOWN 10
+#define BNE_PLAN_L_DOWN_SCALE 11
+#define BNE_PLAN_L_K_CACHE 12    /* float (kv_heads, capacity, head_dim) */
+#define BNE_PLAN_L_V_CACHE 13
+#define BNE_PLAN_L_TERNARY 14    /* bit 0 qkv, 1 o, 2 gate/up, 3 down: ternary (else int8) */
+#define BNE_PLAN_LAYER 16
 
 #endif

@@ -91,3 +91,126 @@ __device__ __forceinline__ void bne_mma_s8(int c[4], const uint32_t a[4], uint32
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// ---- persistent-kernel helpers (decode.cuh) ------------------------------------------------------
+
+// Profiling stamps (benchmarks/cuda.py --profile): thread 0 of a traced block writes (globaltimer
+// ns, label) at each step boundary; label = phase << 4 | step.  p == nullptr: off (one branch).
+#ifndef BNE_TRACE_MAX
+#define BNE_TRACE_MAX 1024
+#endif
+struct BneTrace {
+    unsigned long long *p;
+    int ev;
+};
+
+__device__ __forceinline__ void bne_stamp(BneTrace *tr, int label) {
+    if (tr == nullptr || tr->p == nullptr) return;
+    if (threadIdx.x == 0 && tr->ev < BNE_TRACE_MAX) {
+        unsigned long long g;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+        tr->p[2 * tr->ev] = g;
+        tr->p[2 * tr->ev + 1] = (unsigned long long)label;
+    }
+    ++tr->ev;
+}
+
+// Grid-wide barrier for a cooperative launch (every block resident).  *bar counts arrivals and is
+// zeroed before the launch; barrier number k waits until it reaches k * gridDim.x (`target` is the
+// block's running count).  The arrival is a release and the polling an acquire at GPU scope, with a
+// block barrier on either side: every write before the barrier is visible to every block after it.  A wait that lasts
+// ~2^22 polls (seconds; a real one takes microseconds) sets bit 1 of *status and gives up, and so
+// does every later barrier once that bit is set: a broken launch ends instead of hanging the GPU.
+#define BNE_STATUS_BARRIER_TIMEOUT 2
+__device__ __forceinline__ void bne_grid_sync(unsigned *bar, unsigned &target, int *status) {
+    target += gridDim.x;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        // release: the block's writes (ordered before this by the bar.sync above) are visible to
+        // whoever acquires the count; acquire below: the other blocks' writes are visible here
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+        unsigned v;
+        for (int polls = 0;; ++polls) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+            if (v >= target) break;
+            if ((polls & 1023) == 1023) {
+                int st;
+                asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(st) : "l"(status) : "memory");
+                if ((st & BNE_STATUS_BARRIER_TIMEOUT) || polls >= (1 << 22)) {
+                    atomicOr(status, BNE_STATUS_BARRIER_TIMEOUT);
+                    break;
+                }
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// 16 bytes global -> shared, asynchronously, through L2 only (cp.async.cg, sm_80+).
+__device__ __forceinline__ void bne_cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void bne_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bne_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Ask L2 for [p, p + bytes).  sm_90: bulk prefetches issued by thread 0 (one instruction per 256 KB;
+// the range is trimmed to 16-byte boundaries); older GPUs: one prefetch per 128-byte line, spread
+// over the block's threads.
+__device__ __forceinline__ void bne_prefetch_l2(const void *p, size_t bytes) {
+    const char *c = static_cast<const char *>(p);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        const size_t a = ((size_t)c + 15) & ~(size_t)15, e = ((size_t)c + bytes) & ~(size_t)15;
+        for (size_t q = a; q < e; q += (size_t)1 << 18) {
+            const unsigned n = (unsigned)min(e - q, (size_t)1 << 18);
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(q), "r"(n) : "memory");
+        }
+    }
+#else
+    for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+#endif
+}
+
+// Weights global -> shared ahead of use.  sm_90: one bulk (TMA) copy issued by thread 0, completing
+// on an mbarrier; older GPUs: cp.async of 16-byte units by every thread.  The caller keeps the
+// sequence number of the copies issued (the mbarrier's phase parity).
+__device__ __forceinline__ unsigned bne_smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void bne_mbar_init(uint64_t *bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bne_smem_addr(bar)) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+#endif
+}
+
+// Thread 0: copy `bytes` (a multiple of 16, both addresses 16-byte aligned) into smem, completing on bar.
+__device__ __forceinline__ void bne_bulk_g2s(void *smem, const void *gmem, unsigned bytes, uint64_t *bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // earlier generic reads of smem first
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bne_smem_addr(bar)), "r"(bytes)
+                 : "memory");
+    for (unsigned off = 0; off < bytes; off += 65536u) {
+        const unsigned n = min(bytes - off, 65536u);
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                         bne_smem_addr(static_cast<char *>(smem) + off)),
+                     "l"(static_cast<const char *>(gmem) + off), "r"(n), "r"(bne_smem_addr(bar))
+                     : "memory");
+    }
+#endif
+}
+
+// Every thread: wait until the copies of sequence number `seq` (0, 1, ...) have landed.
+__device__ __forceinline__ void bne_mbar_wait(uint64_t *bar, unsigned seq) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n .reg .pred p;\n BNE_WAIT_%=:\n"
+        " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        " @!p bra BNE_WAIT_%=;\n}" ::"r"(bne_smem_addr(bar)),
+        "r"(seq & 1u)
+        : "memory");
+#endif
+}

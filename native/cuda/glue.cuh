@@ -5,6 +5,8 @@
 #pragma once
 #include "common.cuh"
 
+#define BNE_ATTN_KPW 8  // keys a warp scores at once
+
 // qkv (m, (heads + 2 kv_heads) * head_dim) float32: per token [q heads | k heads | v heads];
 // cos_t, sin_t (capacity, head_dim) as ops.rope_tables; token i sits at position *pos0 + i.
 //   q_out (m, heads * head_dim) = rope(q);  k_cache[kvh][pos] = rope(k);  v_cache[kvh][pos] = v
@@ -38,6 +40,98 @@ BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, in
     }
 }
 
+// RoPE of one head vector as bne_rope_kv computes it: dst[d] = src[d] * c[d] + rot(src)[d] * sn[d],
+// each product and the sum rounded once.  src is read through L2 (other blocks may have written it).
+__device__ __forceinline__ void bne_rope_vec(const float *src, const float *c, const float *sn, int head_dim, float *dst) {
+    const int half = head_dim / 2;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        const float rot = d < half ? -__ldcg(src + d + half) : __ldcg(src + d - half);
+        dst[d] = __fadd_rn(__fmul_rn(__ldcg(src + d), c[d]), __fmul_rn(rot, sn[d]));
+    }
+}
+
+// One query against keys 0 .. L-1 of one KV head: o[d] = softmax(qs . K_j * scale) . V.  qs (head_dim
+// floats) and the block's scratch are shared memory: sc (>= L floats), part (parts * head_dim floats,
+// parts = blockDim / head_dim or 1), red (32 floats).  Every float sum runs in an order fixed by
+// head_dim and the block width alone, so bne_attention and the persistent decode kernel (both
+// BNE_ATTN_THREADS = BNE_DECODE_THREADS wide) give the same bits.  K, V rows are read through L2.
+__device__ __forceinline__ void bne_attend(const float *qs, int L, int head_dim, const float *K, const float *V,
+                                           float scale, float *sc, float *part, float *red, float *o,
+                                           BneTrace *tr = nullptr) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    // scores: a warp per group of BNE_ATTN_KPW keys, lanes over head_dim; a key's dot product is a
+    // lane-strided sum then a warp reduction, whatever the grouping.  With head_dim <= 128 every
+    // load of a group is in flight at once (32 a lane).
+    constexpr int KPW = BNE_ATTN_KPW;
+    for (int j0 = warp * KPW; j0 < L; j0 += nw * KPW) {
+        float dot[KPW];
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) dot[u] = 0.0f;
+        if (head_dim <= 128) {
+            float kv[4][KPW];
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+#pragma unroll
+                for (int u = 0; u < KPW; ++u) {
+                    const int d = lane + 32 * c;
+                    kv[c][u] = (d < head_dim && j0 + u < L) ? __ldcg(K + (size_t)(j0 + u) * head_dim + d) : 0.0f;
+                }
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int d = lane + 32 * c;
+                if (d < head_dim) {
+                    const float qd = qs[d];
+#pragma unroll
+                    for (int u = 0; u < KPW; ++u)
+                        if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, kv[c][u]));
+                }
+            }
+        } else {
+            for (int d = lane; d < head_dim; d += 32) {
+                const float qd = qs[d];
+#pragma unroll
+                for (int u = 0; u < KPW; ++u)
+                    if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, __ldcg(K + (size_t)(j0 + u) * head_dim + d)));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < KPW; ++u) {
+            const float v = bne_warp_sum_f(dot[u]);
+            if (lane == 0 && j0 + u < L) sc[j0 + u] = __fmul_rn(v, scale);
+        }
+    }
+    __syncthreads();
+    bne_stamp(tr, 0x2c);
+    float mx = -INFINITY;
+    for (int j = tid; j < L; j += blockDim.x) mx = fmaxf(mx, sc[j]);
+    mx = bne_block_max_f(mx, red);
+    float sum = 0.0f;
+    for (int j = tid; j < L; j += blockDim.x) {
+        const float e = expf(__fadd_rn(sc[j], -mx));
+        sc[j] = e;
+        sum = __fadd_rn(sum, e);
+    }
+    sum = bne_block_sum_f(sum, red);  // ends with a barrier-separated read: sc is complete here
+    bne_stamp(tr, 0x2d);
+
+    // out = sum_j p_j v_j: thread (part, d) sums keys part, part + parts, ... (loads unrolled)
+    const int parts = (int)blockDim.x >= head_dim ? (int)blockDim.x / head_dim : 1;
+    for (int idx = tid; idx < parts * head_dim; idx += blockDim.x) {
+        const int d = idx % head_dim, pp = idx / head_dim;
+        float a = 0.0f;
+#pragma unroll 32
+        for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], __ldcg(V + (size_t)j * head_dim + d)));
+        part[idx] = a;
+    }
+    __syncthreads();
+    for (int d = tid; d < head_dim; d += blockDim.x) {
+        float a = 0.0f;
+        for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
+        o[d] = __fdiv_rn(a, sum);
+    }
+    bne_stamp(tr, 0x2e);
+}
+
 // q (m, heads * head_dim) after RoPE; caches (kv_heads, capacity, head_dim) holding positions
 // 0 .. *pos0 + m - 1.  Query i (position *pos0 + i) attends keys 0 .. *pos0 + i (causal); head h
 // reads kv head h / (heads / kv_heads) (GQA).  out (m, heads * head_dim) = softmax(q k^T * scale) v.
@@ -52,55 +146,10 @@ BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q
     if (h >= heads || i >= m) return;
     const int L = min(*pos0 + i + 1, capacity);
     const int kvh = h / (heads / kv_heads);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
     const float *qr = q + ((size_t)i * heads + h) * head_dim;
-    for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = qr[d];
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qr[d];
     __syncthreads();
-
-    const float *K = k_cache + (size_t)kvh * capacity * head_dim;
-    const float *V = v_cache + (size_t)kvh * capacity * head_dim;
-    // scores: a warp per group of 4 keys (4 independent loads in flight per lane), lanes over head_dim
-    for (int j0 = warp * 4; j0 < L; j0 += nw * 4) {
-        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int d = lane; d < head_dim; d += 32) {
-            const float qd = qs[d];
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-                if (j0 + u < L) dot[u] = __fadd_rn(dot[u], __fmul_rn(qd, K[(size_t)(j0 + u) * head_dim + d]));
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const float v = bne_warp_sum_f(dot[u]);
-            if (lane == 0 && j0 + u < L) sc[j0 + u] = __fmul_rn(v, scale);
-        }
-    }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int j = tid; j < L; j += blockDim.x) mx = fmaxf(mx, sc[j]);
-    mx = bne_block_max_f(mx, red);
-    float sum = 0.0f;
-    for (int j = tid; j < L; j += blockDim.x) {
-        const float e = expf(__fadd_rn(sc[j], -mx));
-        sc[j] = e;
-        sum = __fadd_rn(sum, e);
-    }
-    sum = bne_block_sum_f(sum, red);  // ends with a barrier-separated read: sc is complete here
-
-    // out = sum_j p_j v_j: thread (part, d) sums keys part, part + parts, ... (loads unrolled)
-    const int parts = (int)blockDim.x >= head_dim ? (int)blockDim.x / head_dim : 1;
-    for (int idx = tid; idx < parts * head_dim; idx += blockDim.x) {
-        const int d = idx % head_dim, pp = idx / head_dim;
-        float a = 0.0f;
-#pragma unroll 8
-        for (int j = pp; j < L; j += parts) a = __fadd_rn(a, __fmul_rn(sc[j], V[(size_t)j * head_dim + d]));
-        part[idx] = a;
-    }
-    __syncthreads();
-    float *o = out + ((size_t)i * heads + h) * head_dim;
-    for (int d = tid; d < head_dim; d += blockDim.x) {
-        float a = 0.0f;
-        for (int pp = 0; pp < parts; ++pp) a = __fadd_rn(a, part[pp * head_dim + d]);
-        o[d] = __fdiv_rn(a, sum);
-    }
+    bne_attend(qs, L, head_dim, k_cache + (size_t)kvh * capacity * head_dim, v_cache + (size_t)kvh * capacity * head_dim,
+               scale, sc, part, red, out + ((size_t)i * heads + h) * head_dim);
 }

@@ -66,6 +66,11 @@ CUresult cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, size_t N, CUst
 CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
                         unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
                         unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);
+CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                                   unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                                   unsigned int sharedMemBytes, CUstream hStream, void **kernelParams);
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize,
+                                                     size_t dynamicSMemSize);
 CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags);
 CUresult cuStreamDestroy_v2(CUstream hStream);
 CUresult cuStreamSynchronize(CUstream hStream);
@@ -90,7 +95,7 @@ LEGACY = ("cuEventElapsedTime",)
 ATTR = {
     "clock_rate_khz": 13, "multiprocessor_count": 16, "integrated": 18, "can_map_host_memory": 19,
     "memory_clock_rate_khz": 36, "memory_bus_width_bits": 37, "l2_cache_bytes": 38,
-    "cc_major": 75, "cc_minor": 76, "max_shared_per_block_optin": 97,
+    "cc_major": 75, "cc_minor": 76, "cooperative_launch": 95, "max_shared_per_block_optin": 97,
 }
 
 CUDA_SUCCESS = 0

@@ -22,12 +22,12 @@ from bitnet_edge.sdk.cuda._driver import open_driver
 from bitnet_edge.sdk.cuda.runtime import Gpu
 from bitnet_edge.sdk.errors import CudaUnavailable
 
-__all__ = ["FATBIN_NAME", "HEADER_NAME", "fatbin_candidates", "header_candidates", "parse_kernels", "load_gpu",
-           "find_fatbin", "CUDA_ABI"]
+__all__ = ["FATBIN_NAME", "HEADER_NAME", "fatbin_candidates", "header_candidates", "parse_kernels",
+           "parse_plan_layout", "load_gpu", "find_fatbin", "CUDA_ABI"]
 
 FATBIN_NAME = "bitnet_edge.fatbin"
 HEADER_NAME = "bne_cuda.h"
-CUDA_ABI = 1  # must equal BNE_CUDA_ABI in bne_cuda.h and the fatbin's bne_cuda_info[0]
+CUDA_ABI = 2  # must equal BNE_CUDA_ABI in bne_cuda.h and the fatbin's bne_cuda_info[0]
 
 _PKG_LIB = Path(__file__).resolve().parents[1] / "native" / "_lib"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,11 @@ def parse_kernels(text: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def parse_plan_layout(text: str) -> dict[str, int]:
+    """The decode kernel's plan layout: ``BNE_PLAN_<NAME>`` word indices of bne_cuda.h as {name: index}."""
+    return {name: int(v) for name, v in re.findall(r"^#define BNE_PLAN_(\w+) (\d+)", text, re.M)}
+
+
 def find_fatbin() -> Path:
     tried = []
     for p in fatbin_candidates():
@@ -93,12 +98,13 @@ def _open() -> Gpu:
     header = next((h for h in header_candidates() if h.is_file()), None)
     if header is None:
         raise CudaUnavailable("no-fatbin", f"{HEADER_NAME} not found", [(str(h), "missing") for h in header_candidates()])
-    sigs = parse_kernels(header.read_text())
+    text = header.read_text()
+    sigs = parse_kernels(text)
     path = find_fatbin()
     raw = os.environ.get("BITNET_EDGE_CUDA_DEVICE", "0").strip() or "0"
     if not raw.isdigit():
         raise CudaUnavailable("no-device", f"BITNET_EDGE_CUDA_DEVICE={raw!r} is not a device ordinal")
-    return Gpu(drv, int(raw), path.read_bytes(), str(path), sigs, __version__, CUDA_ABI)
+    return Gpu(drv, int(raw), path.read_bytes(), str(path), sigs, __version__, CUDA_ABI, parse_plan_layout(text))
 
 
 def load_gpu() -> Gpu:

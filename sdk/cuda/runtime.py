@@ -38,6 +38,7 @@ class DeviceInfo:
     driver_version: int  # e.g. 13000
     image_arch: int  # __CUDA_ARCH__ of the image the driver loaded (800 = JIT from PTX)
     fatbin: str
+    cooperative: bool = False  # cuLaunchCooperativeKernel works (the persistent decode kernel needs it)
 
     @property
     def image(self) -> str:
@@ -115,11 +116,13 @@ def _arg_value(kind: str, v):
 
 
 class Launch:
-    """One kernel call with its parameters packed (cffi holders kept alive here)."""
+    """One kernel call with its parameters packed (cffi holders kept alive here); ``cooperative``
+    launches go through cuLaunchCooperativeKernel (every block resident at once, or an error)."""
 
-    __slots__ = ("gpu", "name", "fn", "grid", "block", "shared", "params", "_keep")
+    __slots__ = ("gpu", "name", "fn", "grid", "block", "shared", "params", "cooperative", "_keep")
 
-    def __init__(self, gpu: Gpu, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0):
+    def __init__(self, gpu: Gpu, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0,
+                 cooperative: bool = False):
         sig = gpu.signatures[name]
         if len(args) != len(sig):
             raise TypeError(f"{name} takes {len(sig)} arguments ({', '.join(sig)}), got {len(args)}")
@@ -132,12 +135,19 @@ class Launch:
         if min(g) < 1 or block < 1:
             raise ValueError(f"{name}: empty launch grid {g} x {block}")
         self.gpu, self.name, self.fn, self.grid, self.block = gpu, name, gpu.functions[name], g, block
-        self.shared, self.params, self._keep = shared, params, (keep, args)
+        self.shared, self.params, self.cooperative, self._keep = shared, params, cooperative, (keep, args)
 
     def __call__(self) -> None:
         gx, gy, gz = self.grid
-        rc = self.gpu.drv.lib.cuLaunchKernel(self.fn, gx, gy, gz, self.block, 1, 1, self.shared, self.gpu.stream,
-                                             self.params, self.gpu.drv.ffi.NULL)
+        lib = self.gpu.drv.lib
+        if self.cooperative:
+            rc = lib.cuLaunchCooperativeKernel(self.fn, gx, gy, gz, self.block, 1, 1, self.shared, self.gpu.stream,
+                                               self.params)
+            if rc:
+                raise self.gpu.drv.error(f"cuLaunchCooperativeKernel({self.name})", rc)
+            return
+        rc = lib.cuLaunchKernel(self.fn, gx, gy, gz, self.block, 1, 1, self.shared, self.gpu.stream, self.params,
+                                self.gpu.drv.ffi.NULL)
         if rc:
             raise self.gpu.drv.error(f"cuLaunchKernel({self.name})", rc)
 
@@ -173,9 +183,11 @@ class Gpu:
     """A device with the fatbin loaded.  Build it with :func:`bitnet_edge.sdk.cuda.gpu`."""
 
     def __init__(self, drv: D.Driver, ordinal: int, fatbin: bytes, fatbin_path: str,
-                 signatures: dict[str, tuple[str, ...]], expect_version: str, expect_abi: int):
+                 signatures: dict[str, tuple[str, ...]], expect_version: str, expect_abi: int,
+                 plan_layout: dict[str, int] | None = None):
         ffi, lib = drv.ffi, drv.lib
         self.drv, self.signatures = drv, signatures
+        self.plan_layout = dict(plan_layout or {})  # BNE_PLAN_* of bne_cuda.h (the decode kernel's plan)
         self._tls = threading.local()
         n = ffi.new("int *")
         drv.check("cuDeviceGetCount", lib.cuDeviceGetCount(n))
@@ -207,21 +219,22 @@ class Gpu:
             drv.check(f"cuModuleGetFunction({name})", lib.cuModuleGetFunction(fn, self.module, name.encode()))
             self.functions[name] = fn[0]
         version = bytes(self.read_global("bne_cuda_version", 16)).split(b"\0")[0].decode()
-        info = np.frombuffer(self.read_global("bne_cuda_info", 32), dtype=np.int32)
+        info = np.frombuffer(self.read_global("bne_cuda_info", 36), dtype=np.int32)
         image_arch = int(np.frombuffer(self.read_global("bne_cuda_arch", 4), dtype=np.int32)[0])
         if version != expect_version or int(info[0]) != expect_abi or int(info[1]) != 128:
             raise CudaUnavailable("version-mismatch", f"the fatbin {fatbin_path} is version {version} (ABI {info[0]}, "
                                                       f"block {info[1]}); this package is {expect_version} (ABI "
                                                       f"{expect_abi}, block 128): rebuild it (make cuda)")
         self.geometry = dict(zip(("abi", "block", "gemv_warps", "gemv_rows", "gemm_bm", "gemm_bn", "norm_threads",
-                                  "attn_threads"), (int(v) for v in info)))
+                                  "attn_threads", "decode_threads"), (int(v) for v in info)))
         name = ffi.new("char[256]")
         drv.check("cuDeviceGetName", lib.cuDeviceGetName(name, 256, self.device))
         total = ffi.new("size_t *")
         drv.check("cuDeviceTotalMem", lib.cuDeviceTotalMem_v2(total, self.device))
         self.info = DeviceInfo(ordinal, ffi.string(name).decode(), sm, attr["multiprocessor_count"], int(total[0]),
                                bool(attr["integrated"]), bool(attr["can_map_host_memory"]), attr["l2_cache_bytes"],
-                               attr["max_shared_per_block_optin"], drv.version, image_arch, fatbin_path)
+                               attr["max_shared_per_block_optin"], drv.version, image_arch, fatbin_path,
+                               bool(attr["cooperative_launch"]))
         st = ffi.new("CUstream *")
         drv.check("cuStreamCreate", lib.cuStreamCreate(st, D.CU_STREAM_NON_BLOCKING))
         self.stream = st[0]
@@ -332,8 +345,17 @@ class Gpu:
         self.current()
         Launch(self, name, grid, block, args, shared)()
 
-    def prepare(self, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0) -> Launch:
-        return Launch(self, name, grid, block, args, shared)
+    def prepare(self, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0,
+                cooperative: bool = False) -> Launch:
+        return Launch(self, name, grid, block, args, shared, cooperative)
+
+    def occupancy(self, name: str, block: int, shared: int) -> int:
+        """Blocks of ``name`` one multiprocessor holds at once with this block and dynamic shared memory."""
+        self.current()
+        n = self.drv.ffi.new("int *")
+        self.drv.check("cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                       self.drv.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(n, self.functions[name], block, shared))
+        return int(n[0])
 
     def capture(self, body) -> Graph:
         """A CUDA graph of everything ``body()`` launches on this GPU's stream."""

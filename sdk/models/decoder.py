@@ -212,12 +212,16 @@ class DecoderModel:
         if max_new_tokens == 0:
             return out
         cache = self.new_cache(len(ids) + max_new_tokens)
-        logits = self.forward(ids, cache)[-1]  # prefill: GEMMs over the prompt
+        tok = sampler(self.forward(ids, cache)[-1])  # prefill: GEMMs over the prompt
         while True:
-            tok = sampler(logits)
             out.append(tok)
             if on_token is not None:
                 on_token(tok)
             if tok in stops or len(out) >= max_new_tokens:
                 return out
-            logits = self.forward(np.array([tok]), cache)[-1]  # decode: GEMVs
+            tok = self._decode_next(tok, cache, sampler)
+
+    def _decode_next(self, tok: int, cache: KVCache, sampler: Sampler) -> int:
+        """One decode step after ``tok`` (GEMVs): the next token.  A backend may pick it on its
+        device (the CUDA decoder does for greedy steps), with the same result."""
+        return sampler(self.forward(np.array([tok]), cache)[-1])

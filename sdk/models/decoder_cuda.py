@@ -4,11 +4,20 @@ and the KV cache on the GPU, every step a fixed sequence of CUDA kernels (native
 Per layer (m tokens): norm+quantize -> fused q/k/v GEMV/GEMM -> RoPE + KV write -> attention ->
 [sub-norm]+quantize -> o_proj GEMV/GEMM adding into the residual -> norm+quantize -> fused gate/up
 -> act(gate)*up [sub-norm]+quantize -> down_proj adding into the residual; then the final norm and
-the LM head.  The host only looks up the embedding rows and reads the logits.  A decode step
-(m = 1) reads its position from device memory, so it is captured once per cache as a CUDA graph
-(copies included) and replayed: one driver call per token (``BITNET_EDGE_CUDA_GRAPHS=0`` turns
-graphs off).  On an integrated GPU (Jetson: the GPU shares the DRAM) the logits are written by the
-kernel straight into mapped page-locked host memory, so there is no device-to-host copy.
+the LM head.  The host only looks up the embedding rows and reads the logits.
+
+A decode step (m = 1) is the sequence of one-operation kernels, or — with
+``BITNET_EDGE_CUDA_DECODE=persistent`` — ONE persistent kernel (``bne_decode_step``,
+:mod:`bitnet_edge.sdk.cuda.decode`: all layers, the head and the argmax, with grid barriers between
+phases) when the GPU can launch it cooperatively and its shared memory holds the cache's attention
+rows (otherwise the kernels, with the reason in ``persistent_error``).  The persistent kernel is
+opt-in because it is not yet faster on the H200 (docs/adr/0009-cuda-kernels.md).  Either reads its
+position from device memory, so it is captured once per cache as a CUDA graph (copies included)
+and replayed: one driver call per token (``BITNET_EDGE_CUDA_GRAPHS=0`` turns graphs off).  Greedy
+generation with the persistent kernel copies back only the token the GPU picked (the argmax of
+the same logits: np.argmax's choice, ties to the lower id), not the logits.  On an integrated GPU
+(Jetson: the GPU shares the DRAM) the logits are written by the kernel straight into mapped
+page-locked host memory, so there is no device-to-host copy.
 
 Numerics: the int32 products and their float epilogue are exactly the CPU path's; the float glue
 (RMSNorm sums, softmax, exp) runs in the GPU's order, so logits match the CPU runtime closely,
@@ -22,6 +31,7 @@ import threading
 
 import numpy as np
 
+from bitnet_edge.sdk.cuda import decode as cdec
 from bitnet_edge.sdk.cuda import ops as cops
 from bitnet_edge.sdk.cuda.runtime import Gpu
 from bitnet_edge.sdk.errors import BackendError, CudaUnavailable
@@ -80,7 +90,9 @@ class CudaKVCache:
         cos, sin = ops.rope_tables(cfg.head_dim, cfg.rope_theta, np.arange(capacity))
         self.cos, self.sin = gpu.to_device(cos), gpu.to_device(sin)
         self.capacity, self.length, self.smem = capacity, 0, smem
-        self.step = None  # the decode step: a Graph, or the list of launches when graphs are off
+        self.step = None  # the decode step returning logits: a Graph, or a callable when graphs are off
+        self.greedy = None  # the decode step returning the argmax token (persistent kernel only)
+        self.persistent: cdec.DecodeStep | None = None  # the plan of the persistent kernel, once built
 
 
 class _GpuLayer:
@@ -116,6 +128,13 @@ class CudaDecoderModel(DecoderModel):
         self.q_dim, self.kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         self.use_graphs = os.environ.get("BITNET_EDGE_CUDA_GRAPHS", "1").strip() != "0"
         self.graph_error: str | None = None  # why a decode step could not be captured (then: plain launches)
+        # the one-kernel-per-operation graph stays the default: on the H200 it still decodes faster
+        # than the persistent kernel (benchmarks/results/cuda-20261203-*.json; docs/adr/0009)
+        mode = os.environ.get("BITNET_EDGE_CUDA_DECODE", "kernels").strip() or "kernels"
+        if mode not in ("persistent", "kernels"):
+            raise CudaUnavailable("unsupported-model", f"BITNET_EDGE_CUDA_DECODE={mode!r}: use persistent or kernels")
+        self.decode_mode = mode  # what a new cache's decode step uses
+        self.persistent_error: str | None = None  # why the persistent kernel is not used (then: kernels)
         mapped = gpu.info.integrated or os.environ.get("BITNET_EDGE_CUDA_ZERO_COPY", "0").strip() == "1"
         self.zero_copy = mapped and gpu.info.can_map_host_memory
         B = MAX_BATCH
@@ -132,6 +151,7 @@ class CudaDecoderModel(DecoderModel):
         self.host_x = gpu.host_buffer((1, h), _F)
         self.host_pos = gpu.host_buffer((1,), np.int32)
         self.host_logits = gpu.host_buffer((1, cfg.vocab_size), _F, mapped=self.zero_copy)
+        self.host_result = gpu.host_buffer((2,), np.int32)  # the persistent kernel's (argmax, status)
         self.logits1 = gpu.empty((1, cfg.vocab_size), _F)
         self._logits_all = None
         self._lock = threading.Lock()  # one forward at a time: the activation buffers are shared
@@ -180,29 +200,94 @@ class CudaDecoderModel(DecoderModel):
         mm(self.head, self.qh, rows, logits_ptr)
         return L
 
-    def _decode_step(self, cache: CudaKVCache):
-        """The m = 1 step: copies in, kernels, logits out; a Graph when graphs are on."""
+    def _persistent(self, cache: CudaKVCache) -> cdec.DecodeStep | None:
+        """The persistent kernel's plan for this cache, or None (and why in persistent_error)."""
+        if self.decode_mode != "persistent":
+            return None
+        if cache.persistent is None:
+            cfg, g = self.cfg, self.gpu
+            dims = cdec.DecodeDims(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
+                                   cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cache.capacity,
+                                   cfg.vocab_size, self.act_name, float(cfg.rms_norm_eps), float(self.scaling))
+            layers = [cdec.PlanLayer(gl.in_norm, gl.post_norm, gl.attn_sub, gl.ffn_sub, gl.qkv, gl.o, gl.gate_up,
+                                     gl.down, cache.k[i], cache.v[i]) for i, gl in enumerate(self.glayers)]
+            dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
+            bufs = {"x": self.x, "qkv": self.qkv_buf, "attn": self.attn_buf, "gu": self.gu, "pos": self.pos}
+            try:
+                cache.persistent = cdec.DecodeStep(g, dims, layers, self.gnorm, self.head, cache.cos, cache.sin, bufs,
+                                                   dst)
+            except CudaUnavailable as exc:
+                self.persistent_error = str(exc).splitlines()[0]
+                self.decode_mode = "kernels"
+                return None
+        return cache.persistent
+
+    def _decode_step(self, cache: CudaKVCache, greedy: bool = False):
+        """The m = 1 step: copies in, the kernel(s), logits (or, ``greedy``, the argmax token) out; a
+        Graph when graphs are on."""
         g = self.gpu
-        dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
-        launches = self._launches(cache, 1, dst, False)
+        step = self._persistent(cache)
+        if greedy and step is None:
+            raise CudaUnavailable("unsupported-model", "greedy steps on the GPU need the persistent decode kernel")
+        if step is not None:
+            launches = [step.enqueue]
+        else:
+            dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
+            launches = self._launches(cache, 1, dst, False)
 
         def body():
             g.htod_async(self.x.ptr, self.host_x.array)
             g.htod_async(self.pos.ptr, self.host_pos.array)
             for launch in launches:
                 launch()
-            if not self.zero_copy:
+            if step is not None:
+                g.drv.check("cuMemcpyDtoHAsync", g.drv.lib.cuMemcpyDtoHAsync_v2(
+                    g.drv.ffi.from_buffer(self.host_result.array), step.result_ptr, 8, g.stream))
+            if not greedy and not self.zero_copy:
                 g.drv.check("cuMemcpyDtoHAsync", g.drv.lib.cuMemcpyDtoHAsync_v2(
                     g.drv.ffi.from_buffer(self.host_logits.array), self.logits1.ptr, self.host_logits.array.nbytes,
                     g.stream))
 
         if self.use_graphs:
             try:
-                return g.capture(body), launches
+                return g.capture(body)
             except Exception as exc:  # noqa: BLE001 - a driver without graph capture: replay the launches
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 g.synchronize()
-        return body, launches
+        return body
+
+    @property
+    def decode_kernel(self) -> str:
+        """What decode steps run: ``persistent`` (one kernel a token) or ``kernels`` (one per operation)."""
+        return self.decode_mode
+
+    def _embed_step(self, tok: int, cache: CudaKVCache) -> None:
+        ids = np.array([tok])
+        x = np.asarray(self.embed_tokens[ids], dtype=_F)  # as _forward computes it
+        if self.embed_scale is not None:  # int8 rows with their absmax scale
+            x *= self.embed_scale[ids][:, None]
+        self.host_x.array[...] = x
+        self.host_pos.array[0] = cache.length
+
+    def _decode_next(self, tok: int, cache, sampler) -> int:
+        """Greedy steps with the persistent kernel return the token the GPU picked (the argmax of
+        the same logits forward() returns); anything else goes through the logits."""
+        if sampler.temperature != 0.0 or not isinstance(cache, CudaKVCache):
+            return super()._decode_next(tok, cache, sampler)
+        with self._lock:
+            if cache.length + 1 > cache.capacity:
+                raise ContextLengthError(cache.length + 1, cache.capacity)
+            self.gpu.current()
+            if self._persistent(cache) is None:
+                return sampler(self._forward(np.array([tok]), cache, False)[-1])
+            if cache.greedy is None:
+                cache.greedy = self._decode_step(cache, greedy=True)
+            self._embed_step(tok, cache)
+            cache.greedy()
+            self.gpu.synchronize()
+            cdec.DecodeStep.check(self.host_result.array[1])
+            cache.length += 1
+            return int(self.host_result.array[0])
 
     # ---- forward -------------------------------------------------------------------------------
 
@@ -228,8 +313,10 @@ class CudaDecoderModel(DecoderModel):
                 cache.step = self._decode_step(cache)
             self.host_x.array[...] = x
             self.host_pos.array[0] = pos0
-            cache.step[0]()
+            cache.step()
             g.synchronize()
+            if cache.persistent is not None:
+                cdec.DecodeStep.check(self.host_result.array[1])
             cache.length = pos0 + 1
             return self.host_logits.array.copy()
         outs = []

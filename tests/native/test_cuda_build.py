@@ -58,6 +58,10 @@ def test_fatbin_entry_points_match_the_header(fatbin):
         assert re.search(rf"\.global .*{glob}", ptx), glob
     assert "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32" in ptx and "dp4a.s32.s32" in ptx
     assert "fma.rn.f32" not in ptx.split(".entry bne_ternary_gemv")[1].split(".entry")[0]  # no contraction
+    # the persistent decode kernel's GEMV phase (its epilogue) is contraction-free too
+    gemv = re.search(r"\.func\s*(?:\([^)]*\)\s*)?_Z12bne_dec_gemv\w*\((.*?)^}", ptx, re.S | re.M)
+    assert gemv and "dp4a" in gemv.group(1) and "fma.rn.f32" not in gemv.group(1)
+    assert "cp.async.cg.shared.global" in ptx and "ld.acquire.gpu" in ptx
 
 
 def test_header_versions_match_the_package():

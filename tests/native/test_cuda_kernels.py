@@ -1,6 +1,9 @@
 """The CUDA kernels on a real GPU, bit-exact against the numpy reference: int32 products
 (GEMV and tensor-core GEMM, ternary and int8, every tail), the float32 bits of the quantizer, the
-epilogue and RoPE; the attention/RMSNorm glue and the GPU decoder against the CPU runtime.
+epilogue and RoPE; the attention/RMSNorm glue and the GPU decoder against the CPU runtime; the
+persistent decode kernel (one launch a token) against prefill and the one-kernel-per-operation path,
+bit for bit, and its on-GPU greedy choice against np.argmax (the persistent kernel is opt-in:
+BITNET_EDGE_CUDA_DECODE=persistent; the tests switch it on per model).
 Marked ``gpu``: they skip cleanly where no GPU (or no driver, or no fatbin) is found."""
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ pytestmark = pytest.mark.gpu
 
 
 def tiny_decoder_dir(out: Path, *, layers=2, hidden=256, inter=688, heads=4, kv=2, head_dim=64, vocab=1000,
-                     act="relu2", sub_norms=True, seed=0) -> Path:
-    """A converted random ternary decoder (int8 embeddings and tied int8 head); inter % 128 != 0."""
+                     act="relu2", sub_norms=True, seed=0, same_rows=False) -> Path:
+    """A converted random ternary decoder (int8 embeddings and tied int8 head); inter % 128 != 0.
+    ``same_rows``: every embedding (and so LM-head) row equal: all logits tie."""
     from bitnet_edge.sdk.convert.convert import convert
     from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_tensor_names
     from bitnet_edge.sdk.manifest import DecoderConfig, SourceInfo
@@ -41,7 +45,8 @@ def tiny_decoder_dir(out: Path, *, layers=2, hidden=256, inter=688, heads=4, kv=
             tensors[n] = ImportedTensor("ternary", rng.integers(-1, 2, size=(n_out, k), dtype=np.int8),
                                         scale=float(np.float32(1.0 / np.sqrt(k * 2 / 3))))
         elif n == "model.embed_tokens.weight":
-            tensors[n] = ImportedTensor("float", rng.standard_normal((vocab, hidden), dtype=np.float32))
+            emb = rng.standard_normal((vocab, hidden), dtype=np.float32)
+            tensors[n] = ImportedTensor("float", np.repeat(emb[:1], vocab, axis=0) if same_rows else emb)
         else:
             size = inter if "ffn_sub_norm" in n else hidden
             tensors[n] = ImportedTensor("float", (1 + 0.05 * rng.standard_normal(size)).astype(np.float32))
@@ -265,12 +270,21 @@ def test_norm_quant_matches_numpy(gpu, act):
 
 # ---- the decoder on the GPU ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=[("relu2", True), ("silu", False)], ids=["bitnet", "llama"])
+DECODERS = {
+    "bitnet": dict(act="relu2", sub_norms=True),
+    "llama": dict(act="silu", sub_norms=False),
+    # 2B-like widths: rows of >= 32 units (a row spans warps), head_dim 128, 4 query heads per KV head,
+    # more LM-head rows a block than the layers have (several head chunks when HEAD_CHUNK_ROWS is small)
+    "wide": dict(act="relu2", sub_norms=True, layers=1, hidden=2048, inter=1408, heads=16, kv=4, head_dim=128,
+                 vocab=5000),
+}
+
+
+@pytest.fixture(scope="module", params=list(DECODERS))
 def decoders(gpu, request, tmp_path_factory):
     from bitnet_edge.sdk import load_model
 
-    act, sub = request.param
-    path = tiny_decoder_dir(tmp_path_factory.mktemp("dec") / act, act=act, sub_norms=sub)
+    path = tiny_decoder_dir(tmp_path_factory.mktemp("dec") / request.param, **DECODERS[request.param])
     return load_model(path, device="cpu"), load_model(path, device="cuda"), path
 
 
@@ -284,25 +298,89 @@ def test_decoder_matches_the_cpu_runtime(decoders):
     rel = np.abs(got - want).max() / (want.max() - want.min())
     print(f"\n[decoder] max |diff| / logit range = {rel:.2e}")
     assert rel < 1e-3 and (got.argmax(1) == want.argmax(1)).mean() >= 0.9
-    assert cpu.generate(PROMPT, 12, stop=[]) == dev.generate(PROMPT, 12, stop=[])
+    want_tokens = cpu.generate(PROMPT, 12, stop=[])
+    assert dev.decode_kernel == "kernels"  # the default (the persistent kernel is opt-in)
+    assert want_tokens == dev.generate(PROMPT, 12, stop=[])
+    try:
+        dev.decode_mode = "persistent"
+        assert want_tokens == dev.generate(PROMPT, 12, stop=[])
+        assert dev.decode_kernel == "persistent" and dev.persistent_error is None, dev.persistent_error
+    finally:
+        dev.decode_mode = "kernels"
+
+
+def _steps(dev, mode: str, graphs: bool) -> np.ndarray:
+    """Logits of a 4-token prefill then one decode step per remaining prompt token."""
+    dev.decode_mode, dev.use_graphs = mode, graphs
+    cache = dev.new_cache(len(PROMPT))
+    first = dev.forward(np.array(PROMPT[:4]), cache, all_logits=True)
+    steps = [dev.forward(np.array([t]), cache)[-1] for t in PROMPT[4:]]
+    assert (cache.persistent is not None) == (mode == "persistent"), dev.persistent_error
+    return np.concatenate([first, np.stack(steps)])
 
 
 def test_decode_steps_equal_the_prefill_bit_for_bit(decoders, monkeypatch):
-    """Every int product is exact and every row independent, so prefill (GEMM), decode (GEMV,
-    graph or not) and any chunking give the same float bits."""
+    """Every int product is exact, every row independent, and the persistent kernel runs the float
+    glue through the same device functions at the same block width, so prefill (GEMM), decode (one
+    persistent kernel, or one kernel per operation; graph or not) and any chunking give the same bits."""
     from bitnet_edge.sdk.models import decoder_cuda
 
     _, dev, _ = decoders
     full = dev.logits(PROMPT)
-    for graphs in (True, False):
-        dev.use_graphs = graphs
-        cache = dev.new_cache(len(PROMPT))
-        first = dev.forward(np.array(PROMPT[:4]), cache, all_logits=True)
-        steps = [dev.forward(np.array([t]), cache)[-1] for t in PROMPT[4:]]
-        assert np.array_equal(_bits(np.concatenate([first, np.stack(steps)])), _bits(full)), graphs
-    dev.use_graphs = True
+    try:
+        for mode in ("persistent", "kernels"):
+            for graphs in (True, False):
+                assert np.array_equal(_bits(_steps(dev, mode, graphs)), _bits(full)), (mode, graphs)
+    finally:
+        dev.decode_mode, dev.use_graphs = "kernels", True
     monkeypatch.setattr(decoder_cuda, "MAX_BATCH", 4)  # prefill in chunks of 4 (buffers are larger)
     assert np.array_equal(_bits(dev.logits(PROMPT)), _bits(full))
+
+
+@pytest.mark.parametrize("prefetch,chunk", [(0, None), (1, None), (None, 1)], ids=["streamed", "prefetch1", "head-chunks"])
+def test_persistent_kernel_without_prefetch_and_in_head_chunks(decoders, monkeypatch, prefetch, chunk):
+    """The weight units a thread does not prefetch are read from global memory, and an LM head with
+    more rows a block than the accumulators hold runs in chunks (as on a GPU with few SMs): same bits."""
+    from bitnet_edge.sdk.cuda import decode
+
+    _, dev, _ = decoders
+    full = dev.logits(PROMPT)
+    monkeypatch.setattr(decode, "MAX_PREFETCH", prefetch)
+    if chunk is not None:
+        monkeypatch.setattr(decode, "HEAD_CHUNK_ROWS", chunk)
+    try:
+        got = _steps(dev, "persistent", True)
+    finally:
+        dev.decode_mode, dev.use_graphs = "kernels", True
+    assert np.array_equal(_bits(got), _bits(full))
+
+
+def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch):
+    """Greedy generation copies back only the GPU's argmax: the same tokens as np.argmax of the
+    logits that forward() returns, step for step."""
+    from bitnet_edge.sdk.models.decoder import DecoderModel
+
+    cpu, dev, _ = decoders
+    monkeypatch.setattr(dev, "decode_mode", "persistent")
+    on_gpu = dev.generate(PROMPT, 20, stop=[])
+    with monkeypatch.context() as mp:
+        mp.setattr(type(dev), "_decode_next", DecoderModel._decode_next)  # logits to the host, np.argmax there
+        via_logits = dev.generate(PROMPT, 20, stop=[])
+    assert on_gpu == via_logits and dev.decode_kernel == "persistent"
+    assert on_gpu[:12] == cpu.generate(PROMPT, 12, stop=[])
+
+
+def test_greedy_ties_go_to_the_lowest_token_id(gpu, tmp_path):
+    """Every LM-head row equal: every logit ties, np.argmax says 0, and so must the GPU (the blocks'
+    candidates are merged in (value, lower id) order)."""
+    from bitnet_edge.sdk import load_model
+
+    path = tiny_decoder_dir(tmp_path / "ties", vocab=3000, same_rows=True)
+    dev = load_model(path, device="cuda")
+    dev.decode_mode = "persistent"
+    logits = dev.logits(PROMPT)[-1]
+    assert (logits == logits[0]).all()
+    assert dev.generate(PROMPT, 6, stop=[]) == [0] * 6 and dev.decode_kernel == "persistent"
 
 
 def test_zero_copy_logits_as_on_jetson(decoders, monkeypatch):
@@ -314,4 +392,13 @@ def test_zero_copy_logits_as_on_jetson(decoders, monkeypatch):
     monkeypatch.setenv("BITNET_EDGE_CUDA_ZERO_COPY", "1")
     zc = CudaDecoderModel(open_model_dir(path))
     assert zc.zero_copy
-    assert zc.generate(PROMPT, 8, stop=[]) == dev.generate(PROMPT, 8, stop=[])
+    want = dev.generate(PROMPT, 8, stop=[])
+    assert zc.generate(PROMPT, 8, stop=[]) == want
+    zc.decode_mode = "persistent"  # the persistent kernel writes the mapped logits too
+    cache = zc.new_cache(len(PROMPT) + 1)
+    zc.forward(np.array(PROMPT), cache)
+    got = zc.forward(np.array([want[0]]), cache)[-1]
+    ref = dev.new_cache(len(PROMPT) + 1)
+    dev.forward(np.array(PROMPT), ref)
+    assert np.array_equal(_bits(got), _bits(dev.forward(np.array([want[0]]), ref)[-1]))
+    assert zc.generate(PROMPT, 8, stop=[]) == want and cache.persistent is not None
