@@ -22,7 +22,7 @@ __all__ = [
     "ReasonCode", "Capabilities", "InstalledRelease", "Presence", "Outcome", "ReportedState",
     "DeltaRef", "ReleaseRef", "DesiredState", "ChunkRequest", "Progress", "DeviceMetrics",
     "device_topic", "parse_device_topic", "pack_chunk", "unpack_chunk", "ChunkHeader", "parse_message",
-    "DEVICE_ID",
+    "DEVICE_ID", "MODEL_NAME", "ModelState", "desired_topic", "desired_model",
     "TufRequest", "TufPartHeader", "pack_tuf_part", "unpack_tuf_part", "MAX_TUF_PART_BYTES", "TUF_FILE",
 ]
 
@@ -33,6 +33,8 @@ DEFAULT_CHUNK_BYTES = 256 * 1024  # bytes
 MAX_CHUNK_BYTES = 4 * 1024 * 1024  # bytes
 MAX_CHUNKS_PER_REQUEST = 64
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: a model's name on the wire and on the device (one topic level, one directory name)
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SHA256 = r"^[0-9a-f]{64}$"
 
 #: Why an install ended as it did (``ok`` when it worked).
@@ -56,12 +58,33 @@ def device_topic(device_id: str, leaf: str) -> str:
     return f"{PREFIX}/devices/{device_id}/{leaf}"
 
 
+def desired_topic(device_id: str, model: str) -> str:
+    """``.../desired/{model}``: the retained desired state of one model on one device (a device
+    serves several models; each has its own desired state, ADR 0021)."""
+    if not re.match(MODEL_NAME, model):
+        raise ValueError(f"invalid model name {model!r}")
+    return f"{device_topic(device_id, 'desired')}/{model}"
+
+
 def parse_device_topic(topic: str) -> tuple[str, str] | None:
-    """(device_id, leaf) of a device topic, or None for anything else."""
+    """(device_id, leaf) of a device topic, or None for anything else.  ``.../desired/{model}``
+    is leaf ``desired`` (:func:`desired_model` gives the model)."""
     m = re.fullmatch(rf"{re.escape(PREFIX)}/devices/([^/]+)/(.+)", topic)
-    if not m or m.group(2) not in LEAVES or not re.match(DEVICE_ID, m.group(1)):
+    if not m or not re.match(DEVICE_ID, m.group(1)):
         return None
-    return m.group(1), m.group(2)
+    leaf = m.group(2)
+    if leaf.startswith("desired/") and re.match(MODEL_NAME, leaf[len("desired/"):]):
+        return m.group(1), "desired"
+    if leaf not in LEAVES:
+        return None
+    return m.group(1), leaf
+
+
+def desired_model(topic: str) -> str | None:
+    """The model of a ``.../desired/{model}`` topic; None for the single-model ``.../desired``
+    (agents and fleets before ADR 0021) or any other topic."""
+    m = re.fullmatch(rf"{re.escape(PREFIX)}/devices/[^/]+/desired/([^/]+)", topic)
+    return m.group(1) if m and re.match(MODEL_NAME, m.group(1)) else None
 
 
 class Capabilities(Strict):
@@ -109,15 +132,33 @@ class Outcome(Strict):
     ts: float = Field(description="unix time")
 
 
+class ModelState(Strict):
+    """One model on a device: its own A/B slots, release counter, health and worker (ADR 0021)."""
+
+    name: str = Field(pattern=MODEL_NAME, description="the model's name (bundle manifest name)")
+    installed: InstalledRelease | None = Field(description="serving now (None: nothing installed yet)")
+    previous: InstalledRelease | None = Field(default=None, description="in the model's other slot, for rollback")
+    health: Literal["ok", "degraded", "failed", "unknown"] = Field(description="health of this model")
+    last_outcome: Outcome | None = Field(default=None, description="result of the latest install of this model")
+    on_demand: bool = Field(default=False, description="load-on-demand: the worker starts on the first request "
+                                                       "and stops after idle time")
+    loaded: bool = Field(default=True, description="a worker is running for it now")
+
+
 class ReportedState(Strict):
-    """Device -> fleet on .../state (retained)."""
+    """Device -> fleet on .../state (retained).  ``models`` lists every model on the device; the
+    single-model fields (``installed``, ``previous``, ``health``) describe the default model, for
+    fleets before ADR 0021."""
 
     device_id: str = Field(pattern=DEVICE_ID, description="the device")
     ts: float = Field(description="unix time")
-    installed: InstalledRelease | None = Field(description="serving now (None: no model)")
-    previous: InstalledRelease | None = Field(default=None, description="in the other slot, for rollback")
-    health: Literal["ok", "degraded", "failed", "unknown"] = Field(description="health of the serving model")
+    installed: InstalledRelease | None = Field(description="the default model, serving now (None: no model)")
+    previous: InstalledRelease | None = Field(default=None, description="in the default model's other slot")
+    health: Literal["ok", "degraded", "failed", "unknown"] = Field(description="health of the device's models "
+                                                                            "(the worst of them)")
     last_outcome: Outcome | None = Field(default=None, description="result of the latest install attempt")
+    models: list[ModelState] = Field(default_factory=list, max_length=64,
+                                     description="every model on the device (empty from single-model agents)")
 
 
 class DeltaRef(Strict):
@@ -138,7 +179,8 @@ class ReleaseRef(Strict):
 
 
 class DesiredState(Strict):
-    """Fleet -> device on .../desired (retained): what the device should serve."""
+    """Fleet -> device on .../desired/{release.model} (retained, one per model): what the device
+    should serve for that model.  (Single-model agents and fleets used .../desired.)"""
 
     device_id: str = Field(pattern=DEVICE_ID, description="the device")
     rollout_id: str | None = Field(description="the rollout that set it (None: operator pin)")
