@@ -71,23 +71,51 @@ def _child(ctl: socket.socket, req: dict, out_fd: int, err_fd: int) -> None:
         os._exit(code or 0)
 
 
+#: imported once in the zygote: what a worker imports to load, check and serve any model
+PRELOAD = ("numpy", "cffi", "cffi.cparser", "pycparser", "zstandard", "mmap", "subprocess", "unicodedata",
+           "cryptography.hazmat.primitives.asymmetric.ed25519", "cryptography.hazmat.primitives.asymmetric.x25519",
+           "cryptography.hazmat.primitives.ciphers.aead", "cryptography.hazmat.primitives.kdf.hkdf",
+           "waitress.server", "waitress.channel", "waitress.task", "bitnet_edge.agent.worker", "bitnet_edge.sdk",
+           "bitnet_edge.sdk.models.loader", "bitnet_edge.sdk.models.mlp", "bitnet_edge.sdk.models.bert",
+           "bitnet_edge.sdk.models.decoder", "bitnet_edge.sdk.models.graph", "bitnet_edge.sdk.models.sampling",
+           "bitnet_edge.sdk.modeldir", "bitnet_edge.sdk.safetensors_io", "bitnet_edge.sdk.native._loader",
+           "bitnet_edge.sdk.native._binding", "bitnet_edge.sdk.bundle.golden", "bitnet_edge.sdk.bundle.install",
+           "bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.chat", "tokenizers")
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional module missing here is imported (or not) by the worker
+            pass
+    try:  # cffi parses the kernel header in every worker: build pycparser's tables here, once
+        import cffi
+
+        from bitnet_edge.sdk.native._loader import _header_candidates, cdef_from_header
+
+        header = next((h for h in _header_candidates() if h.is_file()), None)
+        if header is not None:
+            cffi.FFI().cdef(cdef_from_header(header.read_text()))
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def main(argv=None) -> int:
     ctl = socket.socket(fileno=int((argv or sys.argv[1:])[0]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which stops its workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; the agent holds pidfds
-    # what every worker needs, imported once (no thread is started by any of these)
-    import numpy  # noqa: F401
-    import cffi  # noqa: F401
-    import bitnet_edge.agent.worker  # noqa: F401  (waitress, pydantic, the request models)
-    import bitnet_edge.sdk  # noqa: F401
-    from bitnet_edge.sdk import load_model  # noqa: F401
-    import bitnet_edge.sdk.native._loader  # noqa: F401  (cffi and the header; the library loads after fork)
-    import bitnet_edge.sdk.bundle.golden  # noqa: F401
+    _preload()
     import gc
 
     gc.collect()
-    gc.freeze()
+    gc.freeze()  # imported objects move to a generation no collection walks (their pages stay shared)
     gc.disable()
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads != 1:  # forking a process with threads can copy a lock some thread holds
+        os.write(2, f"zygote: {threads} threads after the imports; workers are forked anyway\n".encode())
     try:
         ctl.sendmsg([json.dumps({"ready": True, "pid": os.getpid()}).encode()])
     except OSError:
