@@ -203,20 +203,7 @@ def register(main: click.Group) -> None:
             click.echo(json.dumps({"event": "listening", "address": addr if isinstance(addr, str) else list(addr)}),
                        err=True)
         if cfg.mqtt.url:
-            from bitnet_edge.agent.sync import FleetSync
-
-            def install(path, desired, is_delta):
-                return ag.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id,
-                                       release_sha256=desired.release.bundle_sha256 if is_delta else None,
-                                       model=desired.release.model)
-
-            def activate_previous(desired):
-                out = ag.rollback(desired.release.model)
-                return out.model_copy(update={"rollout_id": desired.rollout_id})
-
-            ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha,
-                                activate_previous=activate_previous, metrics=ag.device_metrics)
-            ag.sync.start()
+            ag.start_sync()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -285,19 +272,21 @@ def register(main: click.Group) -> None:
             t.add_row(k, v)
         Console().print(t)
         mt = Table(title="models")
-        for col in ("model", "serving", "slot", "previous", "health", "worker", "memory", "last install"):
+        mt.add_column("model", no_wrap=True)
+        for col in ("serving (previous)", "slot", "health", "worker", "memory MiB", "last install"):
             mt.add_column(col)
         for name, m in sorted((st.get("models") or {}).items()):
             ms = m["state"]
             cur, prev, w = ms.get("installed"), ms.get("previous"), m.get("worker")
             wm = (w or {}).get("memory_mb") or {}
-            mark = " (default)" if name == st.get("default_model") else ""
+            mark = " *" if name == st.get("default_model") else ""
             lo = ms.get("last_outcome")
-            mt.add_row(escape(name + mark), escape(f"{cur['version']} (release {cur['release']})") if cur else "-",
-                       str(m.get("active_slot") or "-"), escape(prev["version"]) if prev else "-", ms["health"],
-                       (f"pid {w['pid']}" if w else ("on demand, stopped" if ms.get("on_demand") else "not running")),
-                       f"{m.get('memory_bytes', 0) / 1048576:.1f} MiB weights"
-                       + (f", {wm['private']:.1f} MiB private" if wm.get("private") is not None else ""),
+            mt.add_row(escape(name + mark), escape(f"{cur['version']} r{cur['release']}" if cur else "-")
+                       + escape(f" ({prev['version']})" if prev else ""),
+                       str(m.get("active_slot") or "-"), ms["health"],
+                       (f"pid {w['pid']}" if w else ("on demand" if ms.get("on_demand") else "stopped")),
+                       f"{m.get('memory_bytes', 0) / 1048576:.1f}"
+                       + (f" + {wm['private']:.1f} private" if wm.get("private") is not None else ""),
                        escape(f"{lo['result']} ({lo['reason']})") if lo else "-")
         Console().print(mt)
 

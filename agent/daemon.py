@@ -638,7 +638,8 @@ class Agent:
             raise InstallRejected("health_failed", f"worker uses {report['rss_mb']:.0f} MiB, budget {cap:.0f} MiB",
                                   "health")
 
-    def _rollback_target(self, model: str | None) -> ModelRuntime:
+    def rollback_target(self, model: str | None) -> ModelRuntime:
+        """The model a rollback of ``model`` applies to; UnknownModel when ambiguous or not installed."""
         names = self.installed_models()
         if model is None:
             if len(names) > 1:
@@ -657,7 +658,7 @@ class Agent:
         are installed.  Other models are not touched."""
         with self._install_lock:
             try:
-                rt = self._rollback_target(model)
+                rt = self.rollback_target(model)
                 state = rt.store.rollback()
             except (StoreError, UnknownModel) as exc:
                 return Outcome(bundle_sha256="0" * 64, result="failed", reason="internal", message=exc.detail,
@@ -788,6 +789,25 @@ class Agent:
                              latency_ms_mean=(secs - secs0) / n * 1000 if n else None,
                              agent_rss_mb=_rss_mb("self"), worker_rss_mb=sum(wrss) if wrss else None,
                              disk_free_mb=shutil.disk_usage(self.root).free >> 20, load1=load1)
+
+    def start_sync(self, limits=None) -> None:
+        """Connect to the fleet (``[mqtt] url``): FleetSync with this agent's per-model install and
+        rollback (a desired state names its model; only that model's slots change)."""
+        from bitnet_edge.agent.sync import FleetSync, SyncLimits
+
+        def install(path, desired, is_delta):
+            return self.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id,
+                                     release_sha256=desired.release.bundle_sha256 if is_delta else None,
+                                     model=desired.release.model)
+
+        def activate_previous(desired):
+            out = self.rollback(desired.release.model)
+            return out.model_copy(update={"rollout_id": desired.rollout_id})
+
+        self.sync = FleetSync(self.cfg, self.caps, self.reported_state, install, self.installed_sha,
+                              activate_previous=activate_previous, metrics=self.device_metrics,
+                              limits=limits or SyncLimits())
+        self.sync.start()
 
     def shutdown(self) -> None:
         if self.sync is not None:

@@ -178,6 +178,7 @@ def _admin(agent, start, path: str, body: bytes):
             raise HttpError(400, "invalid_request", "path: a bundle file path is required")
         outcome = agent.install_local(req["path"], allow_downgrade=bool(req.get("allow_downgrade")), model=model)
     else:
+        agent.rollback_target(model)  # UnknownModel (a typed 400 / 404) when it is ambiguous or not installed
         outcome = agent.rollback(model)
     if agent.sync is not None:  # a USB install or a local rollback: tell the fleet
         agent.sync.publish_state()
