@@ -21,14 +21,14 @@ class InferRequest(Strict):
 
     inputs: list[list[float]] | list[list[list[float]]] | list[list[list[list[float]]]] = Field(
         min_length=1, max_length=4096, description="(n, features); graph models: (n, ...) of their input shape")
-    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    model: str | None = Field(default=None, description="the model to use (the agent routes by it; default: the only or the configured default model)")
 
 
 class EmbeddingsRequest(Strict):
     """POST /v1/embeddings (bert)."""
 
     input: str | list[str] | list[int] | list[list[int]] = Field(description="texts or token id lists")
-    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    model: str | None = Field(default=None, description="the model to use (the agent routes by it; default: the only or the configured default model)")
     encoding_format: Literal["float"] = Field(default="float", description="only float")
     user: str | None = Field(default=None, description="ignored")
 
@@ -44,7 +44,7 @@ class CompletionRequest(Strict):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="sampling seed (0 .. 2^63-1)")
     stop: str | list[str] | None = Field(default=None, description="text that ends the completion")
     stream: bool = Field(default=False, description="server-sent events, one per token")
-    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    model: str | None = Field(default=None, description="the model to use (the agent routes by it; default: the only or the configured default model)")
     n: Literal[1] = Field(default=1, description="only 1")
     echo: Literal[False] = Field(default=False, description="not supported")
     user: str | None = Field(default=None, description="ignored")
@@ -77,6 +77,6 @@ class ChatCompletionRequest(Strict):
     stop: str | list[str] | None = Field(default=None, description="text that ends the reply")
     stream: bool = Field(default=False, description="server-sent events, one per token")
     stream_options: StreamOptions | None = Field(default=None, description="accepted; usage is always sent")
-    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    model: str | None = Field(default=None, description="the model to use (the agent routes by it; default: the only or the configured default model)")
     n: Literal[1] = Field(default=1, description="only 1")
     user: str | None = Field(default=None, description="ignored")
