@@ -267,8 +267,8 @@ def start_worker(slot: str, slot_dir: Path, run_dir: Path, timeout: float = 120.
         extra["BITNET_EDGE_LIBRARY"] = str(lib)
     args = ["--slot", str(slot_dir), "--socket", sock, "--max-requests", str(budget.max_requests),
             "--max-inflight-bytes", str(budget.max_inflight_bytes)]
-    if zygote is not None:
-        proc = zygote.spawn(args, extra)
+    if zygote is not None:  # the worker watches the agent, not the zygote: the zygote may die and be restarted
+        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())})
     else:
         proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.worker", *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

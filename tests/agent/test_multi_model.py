@@ -112,6 +112,14 @@ def test_a_crashed_worker_takes_only_its_model_down(tmp_path, bundles, detector)
         w = ag.acquire_worker(DETECTOR)  # the next request starts it again
         ag.release_worker(w)
         assert w.alive and {m.name: m.health for m in ag.reported_state().models} == {SENSOR: "ok", DETECTOR: "ok"}
+        if ag.zygote is not None:  # the zygote dies: the workers it forked keep serving, the next fork restarts it
+            zpid = ag.zygote.pid
+            os.kill(zpid, signal.SIGKILL)
+            wait_for(lambda: ag.zygote.proc.poll() is not None, what="the zygote to die")
+            time.sleep(1.0)
+            assert sen.alive and w.alive
+            assert ag.install_file(bundles.v2).result == "installed"
+            assert ag.zygote.pid not in (None, zpid) and w.alive
     finally:
         ag.shutdown()
 
