@@ -66,8 +66,8 @@ def test_depthwise_every_backend_bit_exact(rng, n, h, w, c, k, s, d, padding):
               DepthwiseConv2D(g, rng.standard_normal((k, k, c)).astype(np.float32), None, bias)]
     for layer in layers:
         for lo, hi in ((-np.inf, np.inf), (0.0, 6.0)):
-            want = layer(x, lo, hi, backend="numpy")
-            for be in kernels.available_backends():
+            want = layer(x, lo, hi, backend="numpy")  # itself checked by test_depthwise_reference_is_the_convolution
+            for be in [b for b in kernels.available_backends() if b != "numpy"]:
                 np.testing.assert_array_equal(_bits(layer(x, lo, hi, backend=be)), _bits(want), err_msg=be)
 
 
