@@ -151,9 +151,9 @@ def register(main: click.Group) -> None:
             t.add_row("chat template", "yes" if summary["chat_template"] else "no")
         for note in summary["notes"]:
             t.add_row("note", note)
-        if summary["calibration"]:
-            t.add_row("calibration", json.dumps(summary["calibration"]))
         q = summary["quality"]
+        if summary["calibration"] and not q:
+            t.add_row("calibration", json.dumps(summary["calibration"]))
         if q:
             t.add_row("budget", f"{q['budget']} on every output; calibration {q['calibration_samples']} samples, "
                                 f"held out {q['held_out_samples']}")
