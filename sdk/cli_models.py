@@ -136,8 +136,7 @@ def register(main: click.Group) -> None:
             path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
                               embeddings=embeddings, ternary_format=ternary_format, name=name, holdout=holdout,
                               allow_below_budget=allow_below_budget,
-                              on_warning=lambda line: console.print(f"warning: {line}", style="yellow",
-                                                                    markup=False, highlight=False))
+                              on_warning=lambda line: click.echo(f"warning: {line}", err=True))  # one line
         summary = _manifest_summary(open_model_dir(path))
         summary["notes"] = list(imported.notes)
         if as_json:

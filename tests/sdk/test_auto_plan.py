@@ -145,7 +145,8 @@ def test_cli_refuses_below_budget_in_one_line_and_reports_both_figures(tmp_path)
     q = summary["quality"]
     assert q["below_budget"] and q["budget"] == 0.99 and q["outputs"][0]["held_out_cosine"] < 0.99
     assert summary["calibration"]["held_out_cosine"] == q["held_out_min_cosine"]
-    assert "warning:" in res.stderr and "below the budget" in res.stderr
+    (warning,) = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert "below the budget 0.99" in warning and "written with below_budget: true" in warning
     res = CliRunner().invoke(main, args[:3] + [str(tmp_path / "t"), *args[4:], "--allow-below-budget"])
     assert res.exit_code == 0 and "held-out check" in res.stdout and "BELOW BUDGET" in res.stdout
 
