@@ -3,7 +3,8 @@
 The README's journeys (blocks marked ``<!-- docs-test: journey NAME -->``) run in order in one
 workspace, as a reader would type them: backslash continuations, heredocs and ``&`` background
 processes included.  The workspace holds what the commands assume exists, written by
-docs/readme_inputs.py (the script the README names for them).  ``make demo`` is run by tests/e2e/test_demo.py.
+docs/readme_inputs.py (the script the README names for them).  ``make demo`` is run by
+tests/e2e/test_demo.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"<!-- docs-test: journey (\w+) -->\n```(sh|python)\n(.*?)```", re.S)
+#: blocks whose commands another test runs (a fresh venv per role, a minute of training):
+#: ``<!-- docs-test: covered-by tests/PATH.py::TEST -->`` names it
+COVERED = re.compile(r"<!-- docs-test: covered-by (tests/[\w/]+\.py)::(\w+) -->\n```(sh|python)\n", re.S)
 #: background commands and the port that tells they are up
 READY = {"agent run": 8700, "fleet serve": 8780}
 
@@ -81,18 +85,13 @@ def workspace(tmp_path_factory):
             os.killpg(p.pid, signal.SIGKILL)
 
 
-#: command blocks that are not journeys, by their first line, and where they are run instead
-NOT_JOURNEYS = {
-    "make demo": "tests/e2e/test_demo.py (make test is CI itself)",
-    "pip install 'bitnet-edge[agent]'": "tests/e2e/test_installs.py (installs from a wheel)",
-    "bitnet-edge train-lm --out lm/": "tests/sdk/test_train_lm.py (a minute of training)",
-}
-
-
 def test_readme_marks_every_command_block():
-    blocks = re.findall(r"(<!-- docs-test: journey \w+ -->\n)?```(?:sh|python)\n(.*?)```", README, re.S)
-    others = [body.splitlines()[0].split("#")[0].strip() for marked, body in blocks if not marked]
-    assert sorted(others) == sorted(NOT_JOURNEYS), "every other sh/python block is a docs-test journey"
+    blocks = re.findall(r"```(sh|python)\n", README)
+    covered = COVERED.findall(README)
+    assert len(journeys()) + len(covered) == len(blocks) - 1, \
+        "every sh/python block but the `make` one is a docs-test journey or names the test that runs it"
+    for path, test, _ in covered:  # the named test exists
+        assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), (path, test)
     assert [j[0] for j in journeys()] == ["build", "models", "python", "agent", "fleet"]
 
 
