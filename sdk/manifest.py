@@ -219,7 +219,9 @@ class ModelManifest(Strict):
                                                                           "prompt (/v1/chat/completions)")
     source: SourceInfo = Field(description="provenance")
     calibration: dict[str, float] = Field(default_factory=dict,
-                                          description="measured quality of the precision plan, e.g. cosine")
+                                          description="summary of the precision plan's quality: cosine (calibration split) "
+                                                      "and held_out_cosine, each the minimum over outputs; "
+                                                      "budget; samples and layers per precision")
     quality: PlanQuality | None = Field(default=None, description="--precision auto: per-output cosines on the "
                                                                   "calibration and held-out splits, and the budget")
 
