@@ -717,6 +717,11 @@ class Agent:
     def reported_state(self) -> ReportedState:
         models = self.model_states()
         default = self.default_model
+        if default is None:  # several models, none configured: the one installed (or rolled back) last, so a
+            # single-model fleet sees the release it just pushed
+            done = [m for m in models if m.installed is not None and m.last_outcome is not None
+                    and m.last_outcome.result in ("installed", "rolled_back")]
+            default = max(done, key=lambda m: m.last_outcome.ts).name if done else None
         d = next((m for m in models if m.name == default), None)
         served = [m for m in models if m.installed is not None]
         health = max((m.health for m in served), key=_HEALTH_ORDER.__getitem__) if served else "unknown"

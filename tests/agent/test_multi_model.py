@@ -92,7 +92,7 @@ def test_two_models_install_update_and_roll_back_independently(tmp_path, bundles
         rs = ag.reported_state()
         assert rs.health == "ok" and {m.name: m.previous.version for m in rs.models} == {SENSOR: "2.0.0",
                                                                                       DETECTOR: "1.0.0"}
-        assert rs.installed is None  # several models and no default_model: no single-model view
+        assert rs.installed.model == SENSOR  # no default_model: the single-model fields show the last one changed
     finally:
         ag.shutdown()
     assert all(w is None for w in (ag._rt[SENSOR].worker, ag._rt[DETECTOR].worker))
