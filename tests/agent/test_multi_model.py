@@ -281,6 +281,11 @@ def test_the_local_api_routes_by_model(tmp_path, bundles, detector):
         assert code == 200 and d.request("GET", "/v1/health")[1]["models"][DETECTOR]["model"]["version"] == "1.0.0"
     finally:
         d.stop()
+    st = json.loads(cli("agent", "status", "--config", cfg, "--json").stdout)  # no agent running: read from disk
+    assert not st["daemon"] and st["models"][DETECTOR]["state"]["installed"]["version"] == "1.0.0"
+    assert st["models"][SENSOR]["active_slot"] == "a" and st["models"][DETECTOR]["state"]["previous"]["version"] == "2.0.0"
+    res = cli("agent", "rollback", "--config", cfg, "--json")
+    assert res.returncode != 0 and json.loads(res.stdout)["error"]["reason"] == "model_required"
     # a default model in the config: requests without `model` go there
     port = free_port()
     cfg = write_config(tmp_path / "agent2.toml", tmp_path / "data", [bundles.pub], port=port,
