@@ -316,8 +316,16 @@ class Agent:
 
     def _spawn(self, rt: ModelRuntime, slot: str, d: Path, tag: str) -> WorkerHandle:
         mtag = hashlib.sha256(rt.name.encode()).hexdigest()[:8]
-        return start_worker(slot, d, self.run_dir, tag=f"{mtag}-{tag}", budget=self.worker_budget,
-                            zygote=self.zygote)
+        try:
+            return start_worker(slot, d, self.run_dir, tag=f"{mtag}-{tag}", budget=self.worker_budget,
+                                zygote=self.zygote)
+        except (WorkerFailed, OSError) as exc:
+            if self.zygote is None or (isinstance(exc, WorkerFailed) and exc.slot != "zygote"):
+                raise
+            log.error("the worker zygote failed (%s); model workers start as fresh interpreters from now on", exc)
+            self.zygote.close()
+            self.zygote = None
+            return start_worker(slot, d, self.run_dir, tag=f"{mtag}-{tag}", budget=self.worker_budget)
 
     def _start_model(self, rt: ModelRuntime, verify: bool = False) -> bool:
         """Start ``rt``'s worker on its active slot (verified first when ``verify``); fall back to

@@ -430,3 +430,20 @@ def test_fleet_sync_with_a_desired_state_per_model(tmp_path, bundles, detector):
         ag.shutdown()
         fleet.close()
         broker.stop()
+
+
+def test_a_broken_zygote_falls_back_to_fresh_worker_processes(tmp_path, bundles, monkeypatch):
+    from bitnet_edge.agent import workers
+
+    ag = _agent(tmp_path, bundles)
+    if ag.zygote is None:
+        pytest.skip("no zygote on this platform (pidfds)")
+    monkeypatch.setattr(workers.Zygote, "_start", lambda self: (_ for _ in ()).throw(
+        workers.WorkerFailed("zygote", "the worker zygote did not start")))
+    try:
+        out = ag.install_file(bundles.v1)
+        assert out.result == "installed", out
+        w = ag._rt[SENSOR].worker
+        assert ag.zygote is None and not isinstance(w.proc, workers.ForkedProc) and w.alive
+    finally:
+        ag.shutdown()
