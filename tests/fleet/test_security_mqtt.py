@@ -34,7 +34,7 @@ from bitnet_edge.fleet.pki import CertAuthority
 from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.service import FleetService
 from bitnet_edge.sdk.wire.broker import BrokerConnection
-from bitnet_edge.sdk.wire.protocol import LEAVES, device_topic
+from bitnet_edge.sdk.wire.protocol import LEAVES, desired_topic, device_topic
 
 SETTLE = 0.6  # seconds to let the broker deliver (or not) what was published
 
@@ -168,6 +168,7 @@ def test_every_protocol_leaf_has_one_direction_in_the_acl(tmp_path):
     assert not set(DEVICE_WRITES) & set(DEVICE_READS)
     text = acl_text(["fleet-1", "fleet-2"])
     assert "pattern read bne/v1/devices/%u/desired" in text and "pattern write bne/v1/devices/%u/state" in text
+    assert "pattern read bne/v1/devices/%u/desired/+\n" in text and "topic write bne/v1/devices/+/desired/+\n" in text
     assert text.count("user bne-fleet@") == 2 and "topic write bne/v1/devices/+/chunk/data" in text
     conf = write_broker_config(tmp_path, port=1).conf.read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
@@ -194,6 +195,37 @@ def test_device_reads_only_its_own_desired_state_and_chunks(broker):
     late = _device(broker, "dev-c").sub("bne/v1/devices/+/desired", "#")  # retained messages: not B's either
     time.sleep(SETTLE)
     assert late.got == []
+
+
+def test_device_reads_the_desired_state_of_each_of_its_models_only(broker):
+    """ADR 0021: one retained desired state per model on .../desired/{model}; a device subscribes
+    to .../desired/+ of its own id and gets nothing of another device's models."""
+    assert "pattern read bne/v1/devices/%u/desired/+" in broker.files.acl.read_text()
+    fleet = broker.peer(*broker.fleet, "bne-fleet-fleet-1")
+    assert fleet.connect()
+    for dev in ("dev-a", "dev-b"):  # retained before anyone subscribes
+        for model in ("detector", "llm"):
+            fleet.pub(desired_topic(dev, model), f"{dev}/{model}".encode(), retain=True)
+    time.sleep(SETTLE)
+    a = _device(broker, "dev-a").sub("bne/v1/devices/dev-a/desired/+", "bne/v1/devices/dev-b/desired/+",
+                                     "bne/v1/devices/+/desired/+", desired_topic("dev-b", "llm"),
+                                     "bne/v1/devices/dev-b/desired/#", "bne/v1/devices/+/+/+")
+    wait_for(lambda: len(a.got) >= 2, what="A's retained desired states")
+    fleet.pub(desired_topic("dev-a", "llm"), b"dev-a/llm 2", retain=True)
+    fleet.pub(desired_topic("dev-b", "llm"), b"dev-b/llm 2", retain=True)
+    wait_for(lambda: len(a.got) >= 3, what="A's new desired state")
+    time.sleep(SETTLE)
+    assert sorted(a.got) == [(desired_topic("dev-a", "detector"), b"dev-a/detector"),
+                             (desired_topic("dev-a", "llm"), b"dev-a/llm"),
+                             (desired_topic("dev-a", "llm"), b"dev-a/llm 2")]
+    # a device cannot write any model's desired state, its own or another's
+    b = _device(broker, "dev-b").sub("bne/v1/devices/dev-b/desired/+")
+    wait_for(lambda: len(b.got) == 2, what="B's retained desired states")
+    a.pub(desired_topic("dev-b", "llm"), b"forged", retain=True)
+    b.pub(desired_topic("dev-b", "llm"), b"self-made", retain=True)
+    time.sleep(SETTLE)
+    assert sorted(b.got) == [(desired_topic("dev-b", "detector"), b"dev-b/detector"),
+                             (desired_topic("dev-b", "llm"), b"dev-b/llm 2")]
 
 
 def test_device_cannot_publish_as_the_fleet(broker):
