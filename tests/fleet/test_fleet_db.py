@@ -280,3 +280,56 @@ def test_the_dialects_spell_types_and_placeholders_and_hide_passwords():
     assert redact("postgresql://fleet:s3cret@db.example:5432/fleet?sslmode=require") == \
         "postgresql://fleet:***@db.example:5432/fleet?sslmode=require"
     assert redact("postgresql://fleet@db/fleet?password=s3cret") == "postgresql://fleet@db/fleet?password=***"
+
+
+def test_one_desired_state_per_device_migrates_to_one_per_model(target, monkeypatch):
+    """Migration 4 (ADR 0021): each stored desired state is copied under its release's model; the
+    old ``.../desired`` retained message stays for an older agent and is cleared once the device
+    reports its models; a rollout then sets ``.../desired/{model}`` only."""
+    from bitnet_edge.sdk.wire import protocol as P
+
+    def desired(dev: str, model: str) -> bytes:
+        ref = P.ReleaseRef(model=model, version="1", release=1, target="linux-x86_64", bundle_sha256="a" * 64,
+                           bundle_size=10, chunk_size=4096)
+        return P.DesiredState(device_id=dev, rollout_id="ro-1", release=ref, issued_at=5.0).model_dump_json().encode()
+
+    monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:3])
+    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 3)
+    old = Database(target)
+    reg = Registry(old)
+    for dev in ("d1", "d2", "d3"):
+        reg.on_presence(P.Presence(type="birth", device_id=dev, ts=1.0), 1.0)
+    with old.tx() as c:
+        c.executemany("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                      [("d1", desired("d1", "test-mlp"), "ro-1", 2.0), ("d2", b"", "ro-1", 2.0),
+                       ("d3", b"{not json", None, 2.0)])
+    old.close()
+    monkeypatch.undo()
+
+    db = Database(target)
+    assert db.version() == dbmod.SCHEMA_VERSION >= 4
+    rows = [(r["device_id"], r["model"], bytes(r["payload"]), r["rollout_id"]) for r in db.query(
+        "SELECT device_id, model, payload, rollout_id FROM desired_models ORDER BY device_id")]
+    assert rows == [("d1", "test-mlp", desired("d1", "test-mlp"), "ro-1")]  # cleared and unreadable: not copied
+    assert db.one("SELECT COUNT(*) AS n FROM desired")["n"] == 3  # what is retained on .../desired, kept
+    sent: list[tuple[str, bytes]] = []
+    reg = Registry(db)
+    drv = RolloutDriver(db, reg, lambda t, p: sent.append((t, p)) or True, chunk_size=4096)
+    assert drv.republish() == 4
+    assert (P.desired_topic("d1", "test-mlp"), desired("d1", "test-mlp")) in sent
+    assert (P.device_topic("d1", "desired"), desired("d1", "test-mlp")) in sent  # an older agent still reads it
+    assert drv.allowed_files("d1") == {"a" * 64}
+    # d1's agent now reports its models: its single-model retained message is cleared, once
+    inst = P.InstalledRelease(model="test-mlp", version="1", release=1, bundle_sha256="a" * 64,
+                              target="linux-x86_64")
+    reg.on_state(P.ReportedState(device_id="d1", ts=3.0, installed=inst, health="ok", models=[
+        P.ModelState(name="test-mlp", installed=inst, health="ok"),
+        P.ModelState(name="test-det", installed=None, health="unknown")]), 3.0)
+    sent.clear()
+    assert drv.clear_legacy() == 1 and sent == [(P.device_topic("d1", "desired"), b"")]
+    assert drv.clear_legacy() == 0
+    assert {r["device_id"] for r in db.query("SELECT device_id FROM desired")} == {"d2", "d3"}
+    d1 = reg.device("d1")
+    assert d1.models_reported and [m.name for m in d1.models] == ["test-det", "test-mlp"]
+    assert reg.device("d2").models == () and not reg.device("d2").models_reported
+    db.close()
