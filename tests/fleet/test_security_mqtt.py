@@ -343,6 +343,36 @@ def test_an_enrolled_agent_installs_a_rollout_through_the_secured_broker(broker,
     assert log.verify().ok
 
 
+def test_two_models_roll_out_to_an_enrolled_agent_through_the_secured_broker(broker, tmp_path):
+    """ADR 0021 under the generated ACL: the agent subscribes to .../desired/+ of its own id and
+    installs two models from two rollouts, each desired state signed (fleet_keys from enroll)."""
+    from tests.support.fleet_helpers import MultiFakeAgent, model_b_bundles
+
+    b, mb = bundles(), model_b_bundles()
+    res = CliRunner().invoke(main, ["fleet", "enroll", "dev-m", "--data", str(broker.data), "--broker", broker.url,
+                                    "--trust", str(b.pub_path), "--agent-data", str(tmp_path / "agent"), "--json"])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(Path(broker.data / "enroll" / "dev-m" / "agent.toml"))
+    cert, key = broker.fleet
+    conn = BrokerConnection(url=broker.url, tls_ca=str(broker.files.ca), tls_cert=str(cert), tls_key=str(key))
+    svc = FleetService(FleetConfig(data_dir=str(broker.data), broker=conn, api_port=0, chunk_bytes=4096, tick=0.2))
+    svc.start()
+    agent = MultiFakeAgent("dev-m", tmp_path / "agent", None, fleet_keys=cfg.fleet_keys,
+                           mqtt=cfg.mqtt.model_copy(update={"reconnect_max": 1.0}))
+    try:
+        svc.publish([svc.store.add_file(p)[0] for p in (b.r1, mb.r1)])
+        agent.start()
+        wait_for(lambda: svc.devices(), what="the enrolled device's birth")
+        for model, version in (("test-mlp", "1.0.0"), ("test-det", "0.1.0")):
+            rid = svc.create_rollout(RolloutSpec(model=model, version=version, stages=[100]))["id"]
+            wait_for(lambda: svc.rollout(rid)["state"] == "completed", timeout=30, what=f"the {model} rollout")
+        assert agent.installed("test-mlp").release == 1 and agent.installed("test-det").version == "0.1.0"
+        assert agent.sync.stats["unsigned_desired"] == 0 and agent.sync.stats["replayed_desired"] == 0
+    finally:
+        agent.stop()
+        svc.stop()
+
+
 def test_the_ca_refuses_names_that_are_not_device_ids_and_forged_requests(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

@@ -342,14 +342,14 @@ class MultiFakeAgent:
     def __init__(self, device_id: str, data_dir: Path, broker_url: str | None, *, tags=(), fail=(),
                  limits: SyncLimits = SyncLimits(chunk_timeout=1.0, tick=0.05, reconnect_min=0.1),
                  caps: Capabilities | None = None, fleet_keys=(), login: tuple[str, str] | None = None,
-                 default: str = "test-mlp"):
+                 default: str = "test-mlp", mqtt: BrokerConnection | None = None):
         self.device_id, self.fail, self.default = device_id, set(fail), default
         self.data_dir = Path(data_dir)
         user, password = login or (None, None)
         self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
                                   tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
-                                  mqtt=BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
-                                                        username=user, password=password))
+                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
+                                                                username=user, password=password))
         self._lock = threading.Lock()
         self.models: dict[str, _Slots] = {}
         self.installs: list[tuple[str, str, bool]] = []  # (model, sha256 of the file, is_delta)
