@@ -38,11 +38,13 @@ from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollou
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
 from bitnet_edge.sdk.logs import log_event
 from bitnet_edge.sdk.wire.desired_sig import sign_desired
-from bitnet_edge.sdk.wire.protocol import DesiredState, desired_topic, device_topic
+from bitnet_edge.sdk.wire.protocol import DesiredState, ModelState, desired_topic, device_topic
 
 __all__ = ["RolloutDriver", "DeviceView"]
 
 log = logging.getLogger("bitnet_edge.fleet.driver")
+#: seconds after which a single-model mirror is cleared even if the device never finished with it
+_LEGACY_CLEAR_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ class RolloutDriver:
     def tick(self) -> int:
         """One pass over every rollout that can still change; returns the desired states published."""
         with self._lock:
+            self.clear_legacy()  # first: an agent handles the clear before this pass's desired states
             now = self.clock()
             devices = self._devices()
             ids = self.registry.release_ids()
@@ -295,7 +298,6 @@ class RolloutDriver:
                 if st.members or st.actions or st.rollout != r:
                     self._apply(st, rev, devices, now, before=r)
                     sent += len(st.actions)
-            self.clear_legacy()
             return sent
 
     def _observe(self, r: Rollout, rel: ReleaseInfo, shas: set[str], d: DeviceView, ids) -> Observation:
@@ -465,16 +467,43 @@ class RolloutDriver:
 
     def clear_legacy(self) -> int:
         """Clear the single-model ``.../desired`` retained message of every device whose agent now
-        reports its models (it reads ``.../desired/{model}``); the row goes once the clear is sent."""
-        rows = self.db.query("SELECT d.device_id FROM desired d JOIN devices v ON v.id = d.device_id "
-                             "WHERE v.models_reported = 1")
+        reports its models (it reads ``.../desired/{model}``); the row goes once the clear is sent.
+
+        An agent that reads both takes an empty ``.../desired`` as "stop fetching the model it last
+        named", so a mirror is cleared only once the device finished with the desired state it
+        mirrors (installed it, or reported an outcome for it), or after ``_LEGACY_CLEAR_AFTER``
+        seconds; a mirror that is already empty is only forgotten."""
+        rows = self.db.query("SELECT d.device_id, d.payload, d.updated_at FROM desired d "
+                             "JOIN devices v ON v.id = d.device_id WHERE v.models_reported = 1")
         n = 0
+        now = self.clock()
         for row in rows:
-            if self._publish(device_topic(row["device_id"], "desired"), b""):
+            payload = bytes(row["payload"])
+            if payload and not (now - row["updated_at"] > _LEGACY_CLEAR_AFTER
+                                or self._mirror_done(row["device_id"], payload)):
+                continue
+            if not payload or self._publish(device_topic(row["device_id"], "desired"), b""):
                 with self.db.tx() as c:
                     c.execute("DELETE FROM desired WHERE device_id=?", (row["device_id"],))
                 self._fetchable.pop(row["device_id"], None)
-                n += 1
+                n += bool(payload)
         if n:
             log.info("cleared the single-model desired state of %d device(s) that now report their models", n)
         return n
+
+    def _mirror_done(self, device_id: str, payload: bytes) -> bool:
+        """Whether the device is done with a mirrored desired state: its model serves that bundle, or
+        the model's last outcome is for it (same rollout and file)."""
+        try:
+            d = DesiredState.model_validate_json(payload)
+        except ValueError:
+            return True
+        row = self.db.one("SELECT state FROM device_models WHERE device_id=? AND model=?",
+                          (device_id, d.release.model))
+        if row is None:
+            return False
+        m = ModelState.model_validate_json(row["state"])
+        files = {d.release.bundle_sha256} | ({d.release.delta.sha256} if d.release.delta else set())
+        o = m.last_outcome
+        return (m.installed is not None and m.installed.bundle_sha256 == d.release.bundle_sha256) or (
+            o is not None and o.rollout_id == d.rollout_id and o.bundle_sha256 in files)

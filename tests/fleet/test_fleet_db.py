@@ -333,3 +333,43 @@ def test_one_desired_state_per_device_migrates_to_one_per_model(target, monkeypa
     assert d1.models_reported and [m.name for m in d1.models] == ["test-det", "test-mlp"]
     assert reg.device("d2").models == () and not reg.device("d2").models_reported
     db.close()
+
+
+def test_a_single_model_mirror_is_cleared_only_once_the_device_is_done_with_it(tmp_path):
+    """An agent that reads .../desired and .../desired/{model} takes an empty .../desired as "stop
+    fetching the model it named": the fleet clears the mirror only after that install finished."""
+    from bitnet_edge.sdk.wire import protocol as P
+
+    db = Database(tmp_path / "f.db")
+    reg = Registry(db)
+    sent: list[tuple[str, bytes]] = []
+    now = [1000.0]
+    drv = RolloutDriver(db, reg, lambda t, p: sent.append((t, p)) or True, chunk_size=4096, clock=lambda: now[0])
+    ref = P.ReleaseRef(model="test-det", version="2", release=2, target="linux-x86_64", bundle_sha256="b" * 64,
+                       bundle_size=10, chunk_size=4096)
+    mirror = P.DesiredState(device_id="d1", rollout_id="ro-b", release=ref, issued_at=999.0).model_dump_json().encode()
+    for dev in ("d1", "d2"):
+        reg.on_presence(P.Presence(type="birth", device_id=dev, ts=1.0), 1.0)
+    with db.tx() as c:
+        c.executemany("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                      [("d1", mirror, "ro-b", 999.0), ("d2", b"", "ro-x", 999.0)])
+    inst = P.InstalledRelease(model="test-mlp", version="1", release=1, bundle_sha256="a" * 64, target="linux-x86_64")
+    for dev in ("d1", "d2"):  # both now list their models; d1 is still fetching test-det 2
+        reg.on_state(P.ReportedState(device_id=dev, ts=2.0, installed=inst, health="ok", models=[
+            P.ModelState(name="test-mlp", installed=inst, health="ok")]), 2.0)
+    assert drv.clear_legacy() == 0 and sent == []  # d2's mirror was empty already: forgotten, nothing sent
+    assert [r["device_id"] for r in db.query("SELECT device_id FROM desired")] == ["d1"]
+    failed = P.Outcome(rollout_id="ro-b", bundle_sha256="b" * 64, result="rolled_back", reason="health_failed",
+                       message="x", ts=3.0)
+    reg.on_state(P.ReportedState(device_id="d1", ts=3.0, installed=inst, health="ok", last_outcome=failed, models=[
+        P.ModelState(name="test-mlp", installed=inst, health="ok"),
+        P.ModelState(name="test-det", installed=None, health="unknown", last_outcome=failed)]), 3.0)
+    assert drv.clear_legacy() == 1 and sent == [(P.device_topic("d1", "desired"), b"")]
+    # and one the device never finishes with is cleared after _LEGACY_CLEAR_AFTER seconds
+    with db.tx() as c:
+        c.execute("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES ('d2', ?, 'ro-b', ?)",
+                  (mirror.replace(b'"d1"', b'"d2"'), now[0]))
+    assert drv.clear_legacy() == 0
+    now[0] += 3601
+    assert drv.clear_legacy() == 1
+    db.close()

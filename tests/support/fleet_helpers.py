@@ -256,6 +256,7 @@ class _ModelSync(FleetSync):
         self._ctx = threading.local()  # the model whose desired state this thread is handling
         self._waiting: dict[str, bytes] = {}  # model -> desired payload, after the download in progress
         self._ts: dict[str, float | None] = {}  # model -> newest signed desired state accepted (replays)
+        self._legacy_model: str | None = None  # the model the single-model .../desired last named
 
     @property
     def model(self) -> str | None:
@@ -274,6 +275,16 @@ class _ModelSync(FleetSync):
         super()._on_message(client, userdata, msg)
 
     def _handle(self, kind: str, arg) -> None:
+        if kind == "desired":  # the single-model .../desired of older fleets: for the model it names
+            try:
+                model = parse_message("desired", arg).release.model if arg else self._legacy_model
+            except FormatError:
+                model = None
+            if model is None:
+                self.stats["dropped_messages"] += 1
+                return
+            self._legacy_model = model
+            kind, arg = "model-desired", (model, arg)
         if kind != "model-desired":
             super()._handle(kind, arg)
             return
