@@ -245,6 +245,11 @@ class FakeAgent:
         self.sync.stop()
 
 
+#: the agent's FleetSync handles several models itself (ADR 0021: per-model jobs, ``.../desired/+``,
+#: each model's state read from ``ReportedState.models``); else :class:`_ModelSync` adds that around it
+_NATIVE_MODELS = hasattr(FleetSync, "_installed_of")
+
+
 class _ModelSync(FleetSync):
     """The real FleetSync, run once per model: it also subscribes to ``.../desired/+`` of its own
     device and hands each model's desired state to FleetSync's own handling with that model's state
@@ -364,8 +369,9 @@ class MultiFakeAgent:
         self._lock = threading.Lock()
         self.models: dict[str, _Slots] = {}
         self.installs: list[tuple[str, str, bool]] = []  # (model, sha256 of the file, is_delta)
-        self.sync = _ModelSync(self.config, caps or capabilities(), self.get_state, self.install,
-                               lambda: self.installed_sha(self.sync.model), limits=limits)
+        sync = FleetSync if _NATIVE_MODELS else _ModelSync
+        self.sync = sync(self.config, caps or capabilities(), self.get_state, self.install,
+                         lambda: self.installed_sha(getattr(self.sync, "model", None)), limits=limits)
 
     def installed(self, model: str) -> InstalledRelease | None:
         with self._lock:
