@@ -20,7 +20,7 @@ from pathlib import Path
 from bitnet_edge.fleet.dialect import Dialect, engine_for
 from bitnet_edge.fleet.errors import DatabaseError
 
-__all__ = ["Database", "Tx", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["Database", "Tx", "MIGRATIONS", "SCHEMA_VERSION", "desired_model_of"]
 
 
 class Tx:
@@ -136,7 +136,7 @@ def _m3_history_and_detail(c: Tx) -> None:
     # ALTER: SQLite copies them into the table's stored CREATE statement.
 
 
-def _desired_model_of(payload) -> str | None:
+def desired_model_of(payload) -> str | None:
     """``release.model`` of a stored DesiredState payload (None: empty, unreadable or no valid model name)."""
     import json
     import re
@@ -177,7 +177,7 @@ def _m4_models_per_device(c: Tx) -> None:
     """)  # devices.models_reported: 1 when the device's last state listed its models (ADR 0021 agent)
     rows = c.execute("SELECT device_id, payload, rollout_id, updated_at FROM desired").fetchall()
     copied = [(r["device_id"], m, bytes(r["payload"]), r["rollout_id"], r["updated_at"]) for r in rows
-              if (m := _desired_model_of(r["payload"])) is not None]
+              if (m := desired_model_of(r["payload"])) is not None]
     c.executemany("INSERT INTO desired_models(device_id, model, payload, rollout_id, updated_at) VALUES (?,?,?,?,?)",
                   copied)
 

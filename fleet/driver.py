@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bitnet_edge.fleet import rollout as sm
-from bitnet_edge.fleet.db import Database
+from bitnet_edge.fleet.db import Database, desired_model_of
 from bitnet_edge.fleet.errors import NotFound, RolloutError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
@@ -377,9 +377,7 @@ class RolloutDriver:
         clear only when the mirror holds that model's).  True when the mirrored message changed."""
         row = c.execute("SELECT payload FROM desired WHERE device_id=?", (device_id,)).fetchone()
         if not payload:
-            from bitnet_edge.fleet.db import _desired_model_of
-
-            if row is None or not bytes(row["payload"]) or _desired_model_of(row["payload"]) != model:
+            if row is None or not bytes(row["payload"]) or desired_model_of(row["payload"]) != model:
                 return False
         c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
                      ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,

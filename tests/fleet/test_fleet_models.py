@@ -12,6 +12,7 @@ import json
 import pytest
 from click.testing import CliRunner
 from tests.support.fleet_helpers import FakeAgent, Mosquitto, MultiFakeAgent, bundles, enroll, model_b_bundles, wait_for
+from tests.support.postgres import postgres_server  # noqa: F401 - fixture
 from tests.support.tools import require_tool
 
 from bitnet_edge.cli import main
@@ -24,14 +25,18 @@ from bitnet_edge.sdk.wire.broker import BrokerConnection
 A, B = "test-mlp", "test-det"
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
+@pytest.fixture(params=["embedded", "mosquitto", "embedded-postgresql"])
 def fleet(request, tmp_path):
-    """A started service on the embedded broker (per-device logins) or on Mosquitto."""
-    m = None
+    """A started service on the embedded broker (per-device logins) or on Mosquitto; its registry
+    SQLite, or a real PostgreSQL server."""
+    m = database = None
     if request.param == "mosquitto":
         m = Mosquitto(require_tool("mosquitto", "mosquitto"), tmp_path).start()
+    if request.param.endswith("postgresql"):
+        database = request.getfixturevalue("postgres_server").new_database()
     svc = FleetService(FleetConfig(data_dir=str(tmp_path / "fleet"), broker=BrokerConnection(url=m and m.url),
-                                   embedded_port=0, api_port=0, chunk_bytes=4096, tick=0.2)).start()
+                                   database=database, embedded_port=0, api_port=0, chunk_bytes=4096,
+                                   tick=0.2)).start()
     agents: list = []
     svc.test_agents = agents
     yield svc
