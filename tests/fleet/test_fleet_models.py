@@ -17,7 +17,7 @@ from tests.support.tools import require_tool
 
 from bitnet_edge.cli import main
 from bitnet_edge.fleet.config import FleetConfig
-from bitnet_edge.fleet.rollout import RolloutSpec, Selector
+from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.service import FleetService
 from bitnet_edge.sdk.wire import protocol as P
 from bitnet_edge.sdk.wire.broker import BrokerConnection
