@@ -342,7 +342,8 @@ class RolloutDriver:
                              rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",
                           (a.device_id, model, payload, r.id, now))
                 out.append((desired_topic(a.device_id, model), payload))
-                if d is not None and not d.models_reported and self._mirror(c, a.device_id, model, payload, r.id, now):
+                if d is not None and self._mirror(c, a.device_id, model, payload, r.id, now,
+                                                  legacy=not d.models_reported):
                     out.append((device_topic(a.device_id, "desired"), payload))
         for topic, payload in out:
             self._fetchable.pop(topic.split("/")[3], None)
@@ -372,13 +373,15 @@ class RolloutDriver:
                           detail=m.detail)
 
     @staticmethod
-    def _mirror(c, device_id: str, model: str, payload: bytes, rollout_id: str, now: float) -> bool:
-        """An older agent reads only ``.../desired``: mirror the desired state set for it there (a
-        clear only when the mirror holds that model's).  True when the mirrored message changed."""
+    def _mirror(c, device_id: str, model: str, payload: bytes, rollout_id: str, now: float, legacy: bool) -> bool:
+        """An older agent (``legacy``) reads only ``.../desired``: mirror the desired state set for
+        it there (a clear only when the mirror holds that model's).  A device that reports its
+        models keeps its mirror, until cleared, equal to the latest desired state of the model it
+        names (never an older one for a reconnect to deliver).  True when the mirror changed."""
         row = c.execute("SELECT payload FROM desired WHERE device_id=?", (device_id,)).fetchone()
-        if not payload:
-            if row is None or not bytes(row["payload"]) or desired_model_of(row["payload"]) != model:
-                return False
+        held = desired_model_of(row["payload"]) if row is not None and bytes(row["payload"]) else None
+        if (not payload or not legacy) and held != model:
+            return False
         c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
                      ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,
                      rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",

@@ -359,6 +359,14 @@ def test_a_single_model_mirror_is_cleared_only_once_the_device_is_done_with_it(t
             P.ModelState(name="test-mlp", installed=inst, health="ok")]), 2.0)
     assert drv.clear_legacy() == 0 and sent == []  # d2's mirror was empty already: forgotten, nothing sent
     assert [r["device_id"] for r in db.query("SELECT device_id FROM desired")] == ["d1"]
+    # until cleared, the mirror follows the latest desired state of the model it names (a reconnect
+    # must never hand the agent an older one), and only of that model
+    newer = mirror.replace(b'"issued_at":999.0', b'"issued_at":999.5')
+    with db.tx() as c:
+        assert not RolloutDriver._mirror(c, "d1", "test-mlp", mirror, "ro-a", 999.5, legacy=False)
+        assert RolloutDriver._mirror(c, "d1", "test-det", newer, "ro-b", 999.5, legacy=False)
+        assert RolloutDriver._mirror(c, "d1", "test-det", mirror, "ro-b", 999.6, legacy=False)
+    assert bytes(db.one("SELECT payload FROM desired WHERE device_id='d1'")["payload"]) == mirror
     failed = P.Outcome(rollout_id="ro-b", bundle_sha256="b" * 64, result="rolled_back", reason="health_failed",
                        message="x", ts=3.0)
     reg.on_state(P.ReportedState(device_id="d1", ts=3.0, installed=inst, health="ok", last_outcome=failed, models=[
