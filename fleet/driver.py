@@ -15,7 +15,8 @@ from its single-model fields) and sets that model's desired state only, retained
 The ``desired_models`` table keeps every (device, model)'s last desired state verbatim; the
 ``desired`` table what is retained on the single-model ``.../desired`` topic, which only older
 agents read: it mirrors the latest desired state set for such a device, and is cleared (empty
-retained message) once the device reports its models.  :meth:`republish` sends them all again
+retained message) once the device reports its models and is done with the mirrored one
+(:meth:`clear_legacy`).  :meth:`republish` sends them all again
 after each (re)connect, because a restarted broker may have lost its retained messages.  With
 several replicas only the holder of the ``driver`` lease runs passes.
 """
