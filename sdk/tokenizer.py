@@ -6,7 +6,7 @@ import os
 
 from bitnet_edge.sdk.errors import FormatError
 
-__all__ = ["load_tokenizer"]
+__all__ = ["load_tokenizer", "tokenizer_from_json"]
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -20,4 +20,16 @@ def load_tokenizer(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception for every failure
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FormatError(f"{path}: not a tokenizer.json the tokenizers library can read ({why})",
+                          reason="bad-tokenizer") from None
+
+
+def tokenizer_from_json(text: str, where: str):
+    """The :class:`tokenizers.Tokenizer` of a tokenizer.json text (``where`` names it in the error)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception for every failure
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FormatError(f"{where}: not a tokenizer the tokenizers library can read ({why})",
                           reason="bad-tokenizer") from None
