@@ -11,6 +11,7 @@ worker that crashes takes only itself down; the agent keeps answering from the o
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import sys
@@ -179,12 +180,21 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
     def _embed(req: EmbeddingsRequest, start_response):
         inp = req.input
         batch = [inp] if isinstance(inp, str) or (inp and isinstance(inp[0], int)) else inp
+        if any(isinstance(b, str) for b in batch) and model.tokenizer is None:
+            raise HttpError(400, "invalid_request", "this model has no tokenizer: send token ids")
         with lock:
             e = model.embed(batch)
+        if req.dimensions is not None and req.dimensions != e.shape[-1]:
+            raise HttpError(400, "invalid_request", f"dimensions: this model's embeddings have {e.shape[-1]} "
+                                                    f"dimensions, not {req.dimensions} (no truncation)")
         ntok = sum(len(b) if not isinstance(b, str) else len(model.tokenizer.encode(b).ids) for b in batch)
+        if req.encoding_format == "base64":  # as OpenAI: the float32 little-endian bytes, base64
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii") for v in e]
+        else:
+            vectors = [v.tolist() for v in e]
         return json_response(start_response, 200, {
             "object": "list", "model": name,
-            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(e)],
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": ntok, "total_tokens": ntok}})
 
     def _complete(req: CompletionRequest, start_response):
@@ -197,7 +207,11 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 ids = [model.cfg.bos_token_id] + ids
         else:
             ids = list(req.prompt)
-        return _generate(req, ids, req.max_tokens, [], False, start_response)
+        echo = ""
+        if req.echo:
+            echo = req.prompt if isinstance(req.prompt, str) else (tok.decode(ids) if tok else "")
+        return _generate(req, ids, 16 if req.max_tokens is None else req.max_tokens, [], False, start_response,
+                         logprobs=req.logprobs, echo=echo)
 
     def _chat(req: ChatCompletionRequest, start_response):
         from bitnet_edge.sdk.chat import render_chat
@@ -205,37 +219,103 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         tok, template = model.tokenizer, model.manifest.chat_template
         if tok is None or template is None:
             raise HttpError(400, "invalid_request", "this model has no chat template: use /v1/completions")
-        ids = tok.encode(render_chat(template, req.messages), add_special_tokens=False).ids
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        ids = tok.encode(render_chat(template, msgs), add_special_tokens=False).ids
         # the template's stop texts that are tokens (special tokens are not in decoded text)
         stop_ids = [i for i in (tok.token_to_id(s) for s in template.stop) if i is not None]
         limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         if limit is None:  # unset: up to 256 tokens, within the context
             limit = max(0, min(256, model.cfg.max_position_embeddings - len(ids)))
-        return _generate(req, ids, limit, stop_ids, True, start_response)
+        k = (req.top_logprobs or 0) if req.logprobs else None
+        return _generate(req, ids, limit, stop_ids, True, start_response, logprobs=k)
 
-    def _generate(req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool, start_response):
+    def _sampler(req, logprobs: int | None):
+        from bitnet_edge.sdk.models.sampling import Sampler
+
+        bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+        outside = [t for t in bias if t >= model.cfg.vocab_size]
+        if outside:
+            raise HttpError(400, "invalid_request", f"logit_bias: token {outside[0]} is outside the vocabulary "
+                                                    f"of {model.cfg.vocab_size} tokens")
+        return Sampler(req.temperature or 0.0, req.top_k, req.top_p, req.seed, logit_bias=bias,
+                       presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+                       logprobs=logprobs)
+
+    def _token(t: int) -> tuple[str, list[int]]:
+        """A token's text and bytes, for logprobs."""
+        tok = model.tokenizer
+        if tok is None:
+            return f"{t} ", list(f"{t} ".encode())
+        from bitnet_edge.sdk.tokenizer import token_bytes
+
+        b = token_bytes(tok, t)
+        return b.decode("utf-8", errors="replace"), list(b)
+
+    def _chat_logprobs(records) -> dict:
+        content = []
+        for r in records:
+            text, raw = _token(r.token)
+            top = []
+            for i, lp in r.top:
+                tt, tb = _token(i)
+                top.append({"token": tt, "logprob": lp, "bytes": tb})
+            content.append({"token": text, "logprob": r.logprob, "bytes": raw, "top_logprobs": top})
+        return {"content": content, "refusal": None}
+
+    def _text_logprobs(records, offset: int) -> dict:
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for r in records:
+            text = _token(r.token)[0]
+            out["tokens"].append(text)
+            out["token_logprobs"].append(r.logprob)
+            out["top_logprobs"].append({_token(i)[0]: lp for i, lp in r.top})
+            out["text_offset"].append(offset)
+            offset += len(text)
+        return out
+
+    def _generate(req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool, start_response, *,
+                  logprobs: int | None = None, echo: str = ""):
         """Generate and answer as a text completion or a chat completion (plain or streamed)."""
         tok = model.tokenizer
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         ends = set(model.cfg.eos_token_ids) | set(stop_ids)
         cid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+        sampler = _sampler(req, logprobs)
+        usage_chunk = bool(req.stream_options and req.stream_options.include_usage)
         out: list[int] = []
-        state = {"text": "", "finish": "length"}
+        state = {"text": "", "finish": "length", "sent": 0, "offset": len(echo)}
         write = None
 
         def decode(t: list[int]) -> str:
             return tok.decode(t) if tok else "".join(f"{i} " for i in t)
 
+        def pending_logprobs():
+            """The logprobs of the tokens not sent yet (a token may add no text of its own)."""
+            if logprobs is None:
+                return None
+            recs = sampler.records[state["sent"]:len(out)]
+            if not recs and req.stream:
+                return None
+            state["sent"] = len(out)
+            if chat:
+                return _chat_logprobs(recs)
+            lp = _text_logprobs(recs, state["offset"])
+            state["offset"] += sum(len(t) for t in lp["tokens"])
+            return lp
+
         def chunk(text: str, finish):
             if chat:
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                        "system_fingerprint": None,
                         "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
-                                     "finish_reason": finish, "logprobs": None}]}
+                                     "finish_reason": finish, "logprobs": pending_logprobs()}]}
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": pending_logprobs(),
                                  "token_ids": out[-1:] if text or finish is None else []}]}
 
         def sse(obj) -> None:
+            if usage_chunk:
+                obj.setdefault("usage", None)
             write(f"data: {json.dumps(obj)}\n\n".encode())
 
         def on_token(t: int):
@@ -256,10 +336,11 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 first = chunk("", None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 sse(first)
+            elif echo:
+                sse(chunk(echo, None))
         with lock:
             try:
-                model.generate(ids, max_tokens, temperature=req.temperature, top_k=req.top_k,
-                               top_p=req.top_p, seed=req.seed, stop=stop_ids, on_token=on_token)
+                model.generate(ids, max_tokens, stop=stop_ids, on_token=on_token, sampler=sampler)
             except _Stop:
                 pass
             except ClientGone:
@@ -277,9 +358,14 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}
         if req.stream:
             final = chunk("", state["finish"])
-            final["usage"] = usage
+            if not usage_chunk:
+                final["usage"] = usage  # extension: the finishing chunk carries the usage
             try:
                 sse(final)
+                if usage_chunk:  # OpenAI's stream_options.include_usage: one more chunk, no choices
+                    last = chunk("", None)
+                    last["choices"], last["usage"] = [], usage
+                    sse(last)
                 write(b"data: [DONE]\n\n")
             except ClientGone:
                 pass
@@ -287,9 +373,10 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         if chat:
             return json_response(start_response, 200, {
                 "id": cid, "object": "chat.completion", "created": created, "model": name,
+                "system_fingerprint": None, "service_tier": "default",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": state["finish"], "logprobs": None}], "usage": usage})
-        body = chunk(text, state["finish"])
+                             "finish_reason": state["finish"], "logprobs": pending_logprobs()}], "usage": usage})
+        body = chunk(echo + text, state["finish"])
         body["choices"][0]["token_ids"] = out
         body["usage"] = usage
         return json_response(start_response, 200, body)
