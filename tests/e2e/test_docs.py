@@ -24,6 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"<!-- docs-test: journey (\w+) -->\n```(sh|python)\n(.*?)```", re.S)
+#: blocks whose commands another test runs (a fresh venv per role, a minute of training):
+#: ``<!-- docs-test: covered-by tests/PATH.py::TEST -->`` names it
+COVERED = re.compile(r"<!-- docs-test: covered-by (tests/[\w/]+\.py)::(\w+) -->\n```(sh|python)\n", re.S)
 #: background commands and the port that tells they are up
 READY = {"agent run": 8700, "fleet serve": 8780}
 
@@ -92,7 +95,11 @@ def workspace(tmp_path_factory):
 
 def test_readme_marks_every_command_block():
     blocks = re.findall(r"```(sh|python)\n", README)
-    assert len(journeys()) == len(blocks) - 1, "every sh/python block but the `make` one is a docs-test journey"
+    covered = COVERED.findall(README)
+    assert len(journeys()) + len(covered) == len(blocks) - 1, \
+        "every sh/python block but the `make` one is a docs-test journey or names the test that runs it"
+    for path, test, _ in covered:  # the named test exists
+        assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), (path, test)
     assert [j[0] for j in journeys()] == ["build", "models", "python", "agent", "fleet"]
 
 

@@ -126,7 +126,7 @@ def _serve_bundle(py: Path, env: dict | None, made: dict, tmp: Path) -> None:
         with kernels.use_backend("numpy"):  # the reference: native kernels match it bit for bit
             want = load_model(made["model"]).predict(x)
         np.testing.assert_array_equal(np.asarray(body["outputs"], np.float32), want)
-        code, status = d.request("GET", "/v1/admin/status")
+        code, status = d.admin("GET", "/v1/admin/status")
         lib = Path(status["worker"]["library"])
         assert lib.is_relative_to(tmp / "data"), lib  # the bundle's own library, installed into a slot
     finally:
