@@ -105,7 +105,8 @@ class _Sampling(Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=10.0, description="0 (default): greedy")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling")
     top_k: int | None = Field(default=None, ge=1, description="top-k sampling (extension)")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="sampling seed (0 .. 2^63-1)")
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1,
+                             description="sampling seed, a signed 64-bit integer as OpenAI's")
     stop: str | list[str] | None = Field(default=None, description=f"texts that end the output (up to {MAX_STOP})")
     stream: bool | None = Field(default=False, description="server-sent events, one per token")
     stream_options: StreamOptions | None = Field(default=None, description="include_usage")

@@ -237,7 +237,8 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         if outside:
             raise HttpError(400, "invalid_request", f"logit_bias: token {outside[0]} is outside the vocabulary "
                                                     f"of {model.cfg.vocab_size} tokens")
-        return Sampler(req.temperature or 0.0, req.top_k, req.top_p, req.seed, logit_bias=bias,
+        seed = req.seed if req.seed is None or req.seed >= 0 else req.seed + 2**64  # the same 64 bits, unsigned
+        return Sampler(req.temperature or 0.0, req.top_k, req.top_p, seed, logit_bias=bias,
                        presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
                        logprobs=logprobs)
 

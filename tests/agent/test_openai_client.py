@@ -191,6 +191,10 @@ def test_text_completions(served):
                                   user="u", seed=1, n=1, best_of=1, logit_bias={}, stop=["\x00"])
     assert r.object == "text_completion" and r.choices[0].text == want_text
     assert r.usage.completion_tokens == len(want)
+    # a negative seed (OpenAI's seed is a signed 64-bit integer) is the same 64 bits as the SDK's seed
+    sampled = ref.generate(ids, 6, temperature=0.9, seed=2**64 - 5)
+    r = client.completions.create(model="m", prompt=prompt, max_tokens=6, temperature=0.9, seed=-5)
+    assert r.choices[0].text == ref.tokenizer.decode(sampled)
     r = client.completions.create(model="m", prompt=prompt, max_tokens=6, echo=True)
     assert r.choices[0].text == prompt + want_text
     r = client.completions.create(model="m", prompt=prompt, max_tokens=6, logprobs=2)
