@@ -158,10 +158,7 @@ def test_other_pre_tokenizers_split_like_llama_cpp(tmp_path, pre):
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
                                               eos_token="<|endoftext|>")
     n, meta = _bpe_meta(tok, hf, pre=pre, chat=None)
-
-    def no_bos(w):
-        meta(w)
-    m = read_gguf(_write(tmp_path / "m.gguf", n, no_bos))
+    m = read_gguf(_write(tmp_path / "m.gguf", n, meta))
     ours = m.load_tokenizer()
     if pre == "gpt-2":
         for s in SAMPLES:
@@ -261,3 +258,33 @@ def test_unconvertible_vocabularies_leave_a_note_not_a_crash(tmp_path):
         build_tokenizer_json(GgufVocab(model="gpt2", tokens=["a", "b", "ab"], merges=["a b"], token_types=[1, 1]))
     with pytest.raises(VocabError, match="bos_token_id 7"):
         build_tokenizer_json(GgufVocab(model="llama", tokens=["a"], bos_id=7))
+
+
+def test_a_chat_template_that_does_more_than_wrap_messages_is_noted_not_carried(tmp_path):
+    hf, tok = _hf_llama3_style()
+    n, meta = _bpe_meta(tok, hf, chat="{{ bos_token }}Today is {{ strftime_now('%d') }}{% for m in messages %}"
+                                      "{{ m['content'] }}{% endfor %}")
+    m = read_gguf(_write(tmp_path / "m.gguf", n, meta))
+    assert m.tokenizer_json is not None and m.chat_template is None
+    assert any(x.startswith("chat template not carried") for x in m.notes)
+
+
+def test_token_bytes_of_byte_level_and_byte_fallback_pieces(tmp_path):
+    from bitnet_edge.sdk.tokenizer import token_bytes
+
+    hf, tok = _hf_llama3_style()
+    n, meta = _bpe_meta(tok, hf, chat=None)
+    ours = read_gguf(_write(tmp_path / "m.gguf", n, meta)).load_tokenizer()
+    ids = ours.encode("naïve 東京 😀", add_special_tokens=False).ids
+    assert b"".join(token_bytes(ours, i) for i in ids) == "naïve 東京 😀".encode()
+    tokens, scores, types = _spm_vocab()
+
+    def spm(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+    ours = read_gguf(_write(tmp_path / "s.gguf", len(tokens), spm)).load_tokenizer()
+    ids = ours.encode("the 東京", add_special_tokens=False).ids
+    assert b"".join(token_bytes(ours, i) for i in ids) == " the 東京".encode()  # with SPM's space prefix
