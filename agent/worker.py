@@ -118,6 +118,20 @@ class Admission:
             self.bytes -= nbytes
 
 
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` a stream must hold back: the longest end that could
+    be the start of a stop text, and an incomplete UTF-8 character (decoded as U+FFFD so far)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
+        hold += 1
+    return hold
+
+
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:2000]
 
@@ -284,7 +298,7 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         sampler = _sampler(req, logprobs)
         usage_chunk = bool(req.stream_options and req.stream_options.include_usage)
         out: list[int] = []
-        state = {"text": "", "finish": "length", "sent": 0, "offset": len(echo)}
+        state = {"text": "", "finish": "length", "sent": 0, "offset": len(echo), "streamed": 0}
         write = None
 
         def decode(t: list[int]) -> str:
@@ -304,7 +318,7 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             state["offset"] += sum(len(t) for t in lp["tokens"])
             return lp
 
-        def chunk(text: str, finish):
+        def chunk(text: str, finish, token_ids: list[int] | None = None):
             if chat:
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
                         "system_fingerprint": None,
@@ -312,24 +326,35 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                                      "finish_reason": finish, "logprobs": pending_logprobs()}]}
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": pending_logprobs(),
-                                 "token_ids": out[-1:] if text or finish is None else []}]}
+                                 "token_ids": token_ids if token_ids is not None else
+                                 (out[-1:] if text or finish is None else [])}]}
 
         def sse(obj) -> None:
             if usage_chunk:
                 obj.setdefault("usage", None)
             write(f"data: {json.dumps(obj)}\n\n".encode())
 
+        def send(upto: int) -> None:
+            """Stream the text up to ``upto`` not sent yet (completions: a chunk per token, even empty)."""
+            piece = state["text"][state["streamed"]:upto] if upto > state["streamed"] else ""
+            if piece or not chat:
+                sse(chunk(piece, None))
+                state["streamed"] = max(state["streamed"], upto)
+
         def on_token(t: int):
             out.append(t)
             full = decode(out)
-            piece, state["text"] = full[len(state["text"]):], full
-            if any(s and s in full for s in stops):
-                state["finish"] = "stop"
+            cut = min((full.index(s) for s in stops if s and s in full), default=None)
+            if cut is not None:  # the stop text and what follows it are not part of the answer
+                state["finish"], state["text"] = "stop", full[:cut]
+                if req.stream and cut > state["streamed"]:
+                    send(cut)
                 raise _Stop
+            state["text"] = full
             if t in ends:
                 state["finish"] = "stop"
-            if req.stream and (piece or not chat):
-                sse(chunk(piece, None))
+            if req.stream:
+                send(len(full) - _held_back(full, stops))
 
         if req.stream:  # chunked by the server as it is written (WSGI write callable)
             write = start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
@@ -358,6 +383,11 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 text = text[: text.index(s)]
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}
         if req.stream:
+            try:
+                if len(text) > state["streamed"]:  # what was held back (a stop's possible start)
+                    sse(chunk(text[state["streamed"]:], None, []))
+            except ClientGone:
+                return []
             final = chunk("", state["finish"])
             if not usage_chunk:
                 final["usage"] = usage  # extension: the finishing chunk carries the usage

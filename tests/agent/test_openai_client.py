@@ -122,6 +122,15 @@ def test_chat_completions_plain_streamed_and_optional_fields(served):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want)
     assert all(c.usage is None for c in chunks[:-1])
 
+    # a stop text spanning tokens: neither it nor anything after it, streamed or not
+    assert len(want_text) >= 8, want_text
+    stop = want_text[3:7]
+    cut = want_text[:want_text.index(stop)]
+    r4 = client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stop=[stop, "\x00"])
+    assert r4.choices[0].message.content == cut and r4.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stream=True, stop=stop))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut
+
     # every common optional field at once: accepted, and the answer is the plain greedy one
     r2 = client.chat.completions.create(model="m", messages=MSGS, logprobs=True, top_logprobs=2, **CHAT_OPTIONAL)
     assert r2.choices[0].message.content == want_text
