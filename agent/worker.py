@@ -139,6 +139,7 @@ def _validation_message(exc: ValidationError) -> str:
 def make_app(model, name: str, lock: threading.Lock, admission: Admission):
     """The worker's WSGI app: /v1/models, /v1/infer, /v1/embeddings, /v1/completions, /v1/chat/completions."""
     arch = model.architecture
+    loaded_at = int(time.time())
     routes = {"/v1/infer": (("mlp", "graph"), InferRequest, "_infer"),
               "/v1/embeddings": (("bert",), EmbeddingsRequest, "_embed"),
               "/v1/completions": (("bitnet",), CompletionRequest, "_complete"),
@@ -150,7 +151,8 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             if req.method == "GET":
                 if req.path == "/v1/models":
                     return json_response(start_response, 200, {"object": "list", "data": [
-                        {"id": name, "object": "model", "architecture": arch, "owned_by": "bitnet-edge"}]})
+                        {"id": name, "object": "model", "created": loaded_at, "architecture": arch,
+                         "owned_by": "bitnet-edge"}]})
                 if req.path == "/internal/ping":
                     return json_response(start_response, 200, {"ok": True})
                 raise HttpError(404, "not_found", f"no route {req.path}")

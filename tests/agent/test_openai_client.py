@@ -108,6 +108,8 @@ def test_chat_completions_plain_streamed_and_optional_fields(served):
     ref, ids, want = _reference(served["model_dir"], MSGS, 10)
     want_text = ref.tokenizer.decode(want)
 
+    models = client.models.list().data
+    assert [m.id for m in models] == [ref.manifest.name] and models[0].created > 0
     r = client.chat.completions.create(model="whatever", messages=MSGS, max_tokens=10)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want_text
