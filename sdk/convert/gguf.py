@@ -457,6 +457,10 @@ def _tokenizer(reader, path: Path, cfg: DecoderConfig, notes: list[str]):
     """(tokenizer.json text or None, ChatTemplate or None); what is not converted goes to ``notes``."""
     from bitnet_edge.sdk.convert.gguf_tokenizer import GgufVocab, VocabError, build_tokenizer_json
 
+    if _meta(reader, path, "bitnet_edge.placeholder_vocab", bool, required=False):
+        notes.append("the file's vocabulary is a placeholder (written without a tokenizer): prompts must be "
+                     "token ids")
+        return None, None
     model = _meta(reader, path, "tokenizer.ggml.model", str, required=False)
     if model is None:
         notes.append("no tokenizer in the file (tokenizer.ggml.model is missing): prompts must be token ids")

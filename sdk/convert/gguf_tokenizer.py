@@ -22,6 +22,10 @@ Token types: CONTROL tokens become special added tokens (matched in text, like l
 special tokens), USER_DEFINED tokens plain added tokens.  ``add_bos_token`` / ``add_eos_token``
 (llama.cpp's defaults when absent: SPM and the Llama 3 pre-tokenizers add BOS) become the post
 processor.  Other tokenizer models (``bert``, ``t5``, ``rwkv``, ``no_vocab``) are not converted.
+
+:func:`vocab_from_tokenizer_json` is the way back, for the GGUF writer: a byte-level BPE whose
+pre-tokenizer is one of the table's (or GPT-2's own ByteLevel regex) and a SentencePiece-style BPE
+(byte fallback, U+2581 for spaces; scores from the merge ranks) become ``tokenizer.ggml.*``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["GgufVocab", "build_tokenizer_json", "PRE_TOKENIZERS"]
+__all__ = ["GgufVocab", "VocabError", "build_tokenizer_json", "vocab_from_tokenizer_json", "PRE_TOKENIZERS"]
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -41,7 +45,7 @@ _DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")
 #: llama.cpp's ``tokenizer.ggml.pre`` names -> (regular expressions in order, ignore_merges, add_bos default)
 PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
     "default": (_DEFAULT, False, False),
-    **{n: ((_LLAMA3,), True, True) for n in ("llama3", "llama-v3", "llama-bpe")},
+    **{n: ((_LLAMA3,), True, True) for n in ("llama-bpe", "llama3", "llama-v3")},
     **{n: ((_LLAMA3,), False, False) for n in ("dbrx", "smaug-bpe", "chatglm-bpe")},
     **{n: ((_GPT2,), False, False) for n in ("gpt-2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de",
                                             "jina-v1-en", "jina-v2-es", "jina-v2-de", "jina-v2-code")},
@@ -173,3 +177,107 @@ def build_tokenizer_json(v: GgufVocab) -> str:
     text = tok.to_str()
     json.loads(text)  # a tokenizer the library wrote: parses
     return text
+
+
+_HF_CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_LLAMA_CPP_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+
+
+def _pre_name(pre: dict | None, ignore_merges: bool) -> str | None:
+    """llama.cpp's pre-tokenizer name for a byte-level tokenizer.json pre_tokenizer (None: unknown)."""
+    if not isinstance(pre, dict):
+        return None
+    if pre.get("type") == "ByteLevel":
+        return "gpt-2" if pre.get("use_regex", True) and not pre.get("add_prefix_space") and not ignore_merges else None
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("use_regex", True) \
+            or steps[-1].get("add_prefix_space"):
+        return None
+    regexes = []
+    for st in steps[:-1]:
+        pattern = st.get("pattern") or {}
+        if st.get("type") != "Split" or "Regex" not in pattern or st.get("invert") \
+                or str(st.get("behavior", "")).lower() != "isolated":
+            return None
+        regexes.append(pattern["Regex"].replace(_HF_CONTRACTIONS, _LLAMA_CPP_CONTRACTIONS))
+    for name, (table, ignore, _bos) in PRE_TOKENIZERS.items():
+        if tuple(regexes) == table and ignore == ignore_merges:
+            return name
+    return None
+
+
+def _template_adds(post: dict | None, token_id: int | None) -> bool:
+    """Whether a TemplateProcessing post processor (alone or in a Sequence) puts ``token_id`` in single."""
+    if not isinstance(post, dict) or token_id is None:
+        return False
+    if post.get("type") == "Sequence":
+        return any(_template_adds(p, token_id) for p in post.get("processors", []))
+    if post.get("type") != "TemplateProcessing":
+        return False
+    special = post.get("special_tokens") or {}
+    for piece in post.get("single", []):
+        sid = (piece.get("SpecialToken") or {}).get("id") if isinstance(piece, dict) else None
+        if sid is not None and token_id in (special.get(sid) or {}).get("ids", []):
+            return True
+    return False
+
+
+def vocab_from_tokenizer_json(text: str, vocab_size: int, bos_id: int | None = None,
+                              eos_id: int | None = None) -> tuple[GgufVocab | None, str]:
+    """(the ``tokenizer.ggml.*`` vocabulary of a tokenizer.json, "") or (None, why not).  Tokens past
+    the tokenizer's up to ``vocab_size`` (padded embedding rows) are written as UNUSED placeholders."""
+    try:
+        j = json.loads(text)
+    except ValueError as exc:
+        return None, f"tokenizer.json is not JSON ({exc})"
+    model = j.get("model") or {}
+    if model.get("type") != "BPE":
+        return None, f"a {model.get('type')} tokenizer has no GGUF vocabulary this writer makes (BPE only)"
+    by_id: dict[int, str] = {int(i): t for t, i in (model.get("vocab") or {}).items()}
+    added = {int(a["id"]): a for a in j.get("added_tokens") or []}
+    for i, a in added.items():
+        by_id[i] = a["content"]
+    n = max(by_id, default=-1) + 1
+    if n == 0 or n > vocab_size:
+        return None, f"the tokenizer has {n} tokens for a model of {vocab_size}"
+    tokens = [by_id.get(i, f"<|unused_{i}|>") for i in range(vocab_size)]
+    types = [NORMAL if i in by_id else UNUSED for i in range(vocab_size)]
+    for i, a in added.items():
+        types[i] = CONTROL if a.get("special") else USER_DEFINED
+    merges = []
+    for m in model.get("merges") or []:
+        left, right = (m.split(" ", 1) if isinstance(m, str) else m)
+        if " " in left or " " in right:
+            return None, "a merge holds a space, which GGUF's 'left right' merges cannot"
+        merges.append((left, right))
+    post = j.get("post_processor")
+    add_bos, add_eos = _template_adds(post, bos_id), _template_adds(post, eos_id)
+    normalizer = j.get("normalizer")
+    if model.get("byte_fallback"):
+        steps = (normalizer or {}).get("normalizers", [normalizer]) if normalizer else []
+        kinds = [(st or {}).get("type") for st in steps]
+        replaces = any(k == "Replace" and st.get("content") == _SPACE for k, st in zip(kinds, steps))
+        if not replaces or j.get("pre_tokenizer") is not None:
+            return None, "a byte-fallback BPE without SentencePiece's U+2581 spaces has no GGUF vocabulary"
+        prefix = any(k == "Prepend" and st.get("prepend") == _SPACE for k, st in zip(kinds, steps))
+        rank = {}
+        for r, (left, right) in enumerate(merges):
+            rank.setdefault(left + right, r)
+        scores = [-float(rank[t]) if t in rank else (0.0 if len(t) <= 1 else -1e9) for t in tokens]
+        unk = model.get("unk_token")
+        for i, t in enumerate(tokens):
+            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                types[i] = BYTE
+            elif unk is not None and t == unk:
+                types[i] = UNKNOWN
+        unk_id = next((i for i, t in enumerate(tokens) if unk is not None and t == unk), None)
+        return GgufVocab(model="llama", tokens=tokens, scores=scores, token_types=types, bos_id=bos_id,
+                         eos_id=eos_id, unk_id=unk_id, add_bos=add_bos, add_eos=add_eos,
+                         add_space_prefix=prefix), ""
+    if normalizer is not None or (j.get("decoder") or {}).get("type") != "ByteLevel":
+        return None, "a BPE that is neither byte-level nor SentencePiece-style has no GGUF vocabulary"
+    pre = _pre_name(j.get("pre_tokenizer"), bool(model.get("ignore_merges")))
+    if pre is None:
+        return None, "its pre-tokenizer is none of llama.cpp's (tokenizer.ggml.pre)"
+    return GgufVocab(model="gpt2", tokens=tokens, pre=pre, merges=[f"{a} {b}" for a, b in merges],
+                     token_types=types, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos, add_eos=add_eos), ""

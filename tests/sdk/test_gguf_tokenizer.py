@@ -288,3 +288,55 @@ def test_token_bytes_of_byte_level_and_byte_fallback_pieces(tmp_path):
     ours = read_gguf(_write(tmp_path / "s.gguf", len(tokens), spm)).load_tokenizer()
     ids = ours.encode("the 東京", add_special_tokens=False).ids
     assert b"".join(token_bytes(ours, i) for i in ids) == " the 東京".encode()  # with SPM's space prefix
+
+
+# ------------------------------------------------------------- the way back: our GGUF writer
+
+def test_writer_carries_the_tokenizer_and_the_importer_reads_it_back(tmp_path):
+    """convert(GGUF) -> write_gguf -> read_gguf: the same ids (byte-level BPE and SPM); a model
+    without a tokenizer gets the placeholder vocabulary, which the importer does not take for one."""
+    from bitnet_edge.sdk.convert.gguf_write import write_gguf
+
+    hf, tok = _hf_llama3_style()
+    n, meta = _bpe_meta(tok, hf)
+    model_dir = convert(read_gguf(_write(tmp_path / "a.gguf", n, meta)), tmp_path / "a")
+    back = read_gguf(write_gguf(model_dir, tmp_path / "a2.gguf", head_type="F16"))
+    assert back.source.details["tokenizer"] == "gpt2 (llama-bpe)", back.notes
+    ours = back.load_tokenizer()
+    for s in SAMPLES:
+        assert ours.encode(s).ids == hf(s)["input_ids"], s
+
+    tokens, scores, types = _spm_vocab()
+
+    def spm(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    m = read_gguf(_write(tmp_path / "s.gguf", len(tokens), spm))
+    back = read_gguf(write_gguf(m, tmp_path / "s2.gguf", head_type="F16"))
+    ours = back.load_tokenizer()
+    for s in [x for x in SAMPLES if "<|" not in x]:
+        assert ours.encode(s).ids == _llama_cpp_spm(s, tokens, scores, types), s
+
+    m.tokenizer_json = None
+    back = read_gguf(write_gguf(m, tmp_path / "p.gguf", head_type="F16"))
+    assert back.tokenizer_json is None and any("placeholder" in x for x in back.notes)
+
+
+def test_writer_carries_a_gpt2_style_tokenizer_file(tmp_path):
+    """The tokenizer `train-lm` writes (GPT-2 ByteLevel regex, no BOS) goes out as pre 'gpt-2'."""
+    from bitnet_edge.sdk.convert.gguf_write import write_gguf
+    from bitnet_edge.sdk.train import tokenizer as tk
+
+    tok = tk.train_tokenizer(CORPUS, 300)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    m = _model(_cfg(vocab_size=320, bos_token_id=0, eos_token_ids=[1]))
+    m.tokenizer_file = str(tmp_path / "tokenizer.json")
+    back = read_gguf(write_gguf(m, tmp_path / "t.gguf", head_type="F16"))
+    assert back.source.details["tokenizer"] == "gpt2 (gpt-2)", back.notes
+    ours = back.load_tokenizer()
+    for s in SAMPLES:
+        assert ours.encode(s).ids == tok.encode(s).ids, s
