@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitnet_edge.sdk.chat import ChatTemplate
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo
+from bitnet_edge.sdk.manifest import (DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo,
+                                     default_model_name)
 
 __all__ = ["ImportedTensor", "ImportedModel", "decoder_linear_names", "decoder_tensor_names"]
 
@@ -36,6 +37,11 @@ class ImportedModel:
     tokenizer_json: str | None = None  # a tokenizer.json built in memory (GGUF vocabularies), else None
     chat_template: ChatTemplate | None = None
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        # the source's own name (an HF id with a '/', a GGUF general.name with spaces, a file stem)
+        # made into a valid model name; ``convert --name`` overrides it
+        self.name = default_model_name(self.name)
 
     @property
     def has_tokenizer(self) -> bool:
