@@ -128,6 +128,7 @@ class FleetSync:
         self._events: queue.Queue = queue.Queue()
         self._jobs: dict[str, _Job] = {}  # by model
         self._legacy_model: str | None = None  # the model the single-model .../desired last named
+        self._per_model: set[str] = set()  # models the fleet sets on desired/{model} (the legacy topic mirrors)
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
@@ -388,11 +389,12 @@ class FleetSync:
     def _on_desired(self, payload: bytes, topic_model: str | None = None) -> None:
         """A desired state from ``.../desired/{topic_model}`` (None: the single-model ``.../desired``)."""
         if not payload:  # retained desired cleared by the fleet (abort): stop fetching that model
-            model = topic_model if topic_model is not None else self._legacy_model
-            if model is not None:
-                self._drop_job(model)
-            elif topic_model is None and len(self._jobs) == 1:
-                self._drop_job()
+            if topic_model is not None:
+                self._drop_job(topic_model)
+            elif self._legacy_model is not None and self._legacy_model not in self._per_model:
+                self._drop_job(self._legacy_model)
+            # else: the fleet's single-model mirror cleared for a model it also sets on desired/{model}:
+            # that topic decides (a clear of the mirror never stops a download in progress)
             return
         try:
             d = parse_message("desired", payload)
@@ -410,6 +412,11 @@ class FleetSync:
             return
         if topic_model is None:
             self._legacy_model = model
+            if model in self._per_model:  # the fleet's mirror of a desired/{model} state: that topic decides
+                self.stats["mirrored_desired"] += 1
+                return
+        else:
+            self._per_model.add(model)
         d, note = self._authentic(d)
         if d is None:
             return

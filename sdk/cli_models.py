@@ -69,11 +69,9 @@ def load_calibration(path: Path | None, imported):
         return ids
     if path.suffix == ".txt":
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if imported.tokenizer_file is None:
+        if not imported.has_tokenizer:
             raise FormatError(f"{path}: text calibration needs a model with tokenizer.json")
-        from bitnet_edge.sdk.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(imported.tokenizer_file)
+        tok = imported.load_tokenizer()
         ids = [e.ids for e in tok.encode_batch(lines)]
         return ids if imported.config.architecture == "bitnet" else ids
     raise FormatError(f"{path}: calibration must be .npy, .npz, .json or .txt")

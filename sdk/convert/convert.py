@@ -160,10 +160,7 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
         raise InputError("ternary_format", f"{ternary_format!r} is not one of {', '.join(TERNARY_FORMATS)}")
     if ternary_format != "2bit" and isinstance(m.config, GraphConfig):
         raise InputError("ternary_format", "graph models keep the 2-bit layout (their conv kernels read it)")
-    if m.tokenizer_file is not None:  # a tokenizer that does not load never reaches a model directory
-        from bitnet_edge.sdk.tokenizer import load_tokenizer
-
-        load_tokenizer(m.tokenizer_file)
+    m.load_tokenizer()  # a tokenizer that does not load never reaches a model directory
     calib_metrics: dict[str, float] = {}
     quality = None
     if precision == "auto":
@@ -188,8 +185,9 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
     entries, arrays = build_tensors(m, plan, ternary_format)
     manifest = ModelManifest(
         name=name or m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
-        tokenizer="tokenizer.json" if m.tokenizer_file else None,
-        chat_template=m.chat_template if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
+        tokenizer="tokenizer.json" if m.has_tokenizer else None,
+        chat_template=m.chat_template if m.has_tokenizer else None, source=m.source, calibration=calib_metrics,
         quality=quality,
     )
-    return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file)
+    return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file,
+                           tokenizer_json=m.tokenizer_json)
