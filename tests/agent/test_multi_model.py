@@ -358,7 +358,9 @@ class TwoModelFleet:
             self._answer(req)
 
     def desire(self, bundle: Path, model: str, version: str, release: int, topic_model: str | None = None,
-               hold: bool = False) -> str:
+               hold: bool = False, mirror: bool = False) -> str:
+        """Set a desired state on .../desired/{topic_model or model} (``mirror``: the same one on the
+        single-model .../desired too, as the fleet does for agents that have not reported models)."""
         data = bundle.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         self.files[sha] = data
@@ -369,7 +371,12 @@ class TwoModelFleet:
         d = P.DesiredState(device_id=self.device_id, rollout_id=f"ro-{model}-{release}", release=ref,
                            issued_at=time.time())
         self.c.publish(P.desired_topic(self.device_id, topic_model or model), d.model_dump_json(), qos=1, retain=True)
+        if mirror:
+            self.c.publish(P.device_topic(self.device_id, "desired"), d.model_dump_json(), qos=1, retain=True)
         return sha
+
+    def clear_mirror(self):
+        self.c.publish(P.device_topic(self.device_id, "desired"), b"", qos=1, retain=True)
 
     def clear(self, model: str):
         self.c.publish(P.desired_topic(self.device_id, model), b"", qos=1, retain=True)
@@ -419,6 +426,16 @@ def test_fleet_sync_with_a_desired_state_per_model(tmp_path, bundles, detector):
         outs = {m.name: m.last_outcome for m in st.models}
         assert outs[SENSOR].result == "installed" and outs[SENSOR].rollout_id == f"ro-{SENSOR}-2"
         assert outs[DETECTOR].rollout_id == f"ro-{DETECTOR}-1" and st.health == "ok"
+        # the fleet's single-model mirror of a per-model desired state: clearing it never stops that model's download
+        det_sha = fleet.desire(detector.v2, DETECTOR, "2.0.0", 2, hold=True, mirror=True)
+        wait_for(lambda: DETECTOR in ag.sync._jobs and ag.sync._jobs[DETECTOR].sha256 == det_sha,
+                 what="detector download started")
+        wait_for(lambda: ag.sync.stats["mirrored_desired"] >= 1, what="the mirror seen")
+        fleet.clear_mirror()
+        time.sleep(0.5)
+        assert DETECTOR in ag.sync._jobs and ag.sync._jobs[DETECTOR].sha256 == det_sha
+        fleet.release(det_sha)
+        wait_for(lambda: _versions(ag).get(DETECTOR) == "2.0.0", timeout=30, what="detector v2 installed")
         # a downgrade of one model is refused for that model only, and persisted per model
         fleet.desire(detector.v1, SENSOR, "1.0.0", 1)  # sensor-mlp at release 1 (the bytes do not matter)
         wait_for(lambda: (o := ag.sync._outcomes.get(SENSOR)) is not None and o.reason == "downgrade",
@@ -426,6 +443,7 @@ def test_fleet_sync_with_a_desired_state_per_model(tmp_path, bundles, detector):
         saved = json.loads((tmp_path / "data" / "sync.json").read_text())
         assert saved["models"][SENSOR]["outcome"]["reason"] == "downgrade"
         assert saved["models"][DETECTOR]["outcome"]["result"] == "installed"
+        assert _versions(ag) == {SENSOR: "2.0.0", DETECTOR: "2.0.0"}
     finally:
         ag.shutdown()
         fleet.close()
