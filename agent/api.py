@@ -31,7 +31,6 @@ _MODEL_DOC = "the model to use (default: the only installed model, or the config
 
 #: Fields accepted and ignored, with why ignoring them is what the OpenAI spec allows.
 IGNORED = {
-    "model": "the device's API serves its installed model whatever the name",
     "user": "an end-user id for abuse monitoring; no monitoring here",
     "safety_identifier": "as user",
     "metadata": "tags for stored completions; nothing is stored",

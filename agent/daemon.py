@@ -231,6 +231,13 @@ class Agent:
         rt = self._rt.get(self.default_model or "")
         return rt.worker if rt else None
 
+    def installed_at(self, name: str) -> int | None:
+        """Unix time ``name``'s serving release was installed (OpenAI's ``created``)."""
+        rt = self._rt.get(name)
+        st = rt.store.load() if rt else None
+        info = st.slots.get(st.active) if st and st.active else None
+        return int(info.installed_at) if info else None
+
     def architecture(self, name: str) -> str | None:
         """``name``'s architecture (from its worker, or the active slot's manifest.json)."""
         rt = self._rt.get(name)

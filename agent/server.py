@@ -126,7 +126,7 @@ def _models_list(agent) -> dict:
     for m in agent.reported_state().models:
         if m.installed is None:
             continue
-        data.append({"id": m.name, "object": "model", "owned_by": "bitnet-edge",
+        data.append({"id": m.name, "object": "model", "created": agent.installed_at(m.name), "owned_by": "bitnet-edge",
                      "architecture": agent.architecture(m.name), "version": m.installed.version,
                      "release": m.installed.release, "on_demand": m.on_demand, "loaded": m.loaded,
                      "health": m.health, "default": m.name == agent.default_model})
