@@ -17,7 +17,8 @@ from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.broker import BrokerConnection
 from bitnet_edge.sdk.wire.protocol import DEVICE_ID, MODEL_NAME
 
-__all__ = ["AgentConfig", "ModelConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config", "check_secret_file",
+__all__ = ["AgentConfig", "ModelConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config",
+           "check_secret_file",
            "admin_socket"]
 
 
@@ -65,6 +66,9 @@ class HealthConfig(Strict):
     verify_on_start: bool = Field(default=True, description="hash the active slot's files when the agent starts")
 
 
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME)]
+
+
 class ModelConfig(Strict):
     """``[models.NAME]``: how the agent runs one model (by its bundle manifest name)."""
 
@@ -98,11 +102,11 @@ class AgentConfig(Strict):
     mqtt: BrokerConnection = Field(default_factory=BrokerConnection, description="fleet connection")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
     health: HealthConfig = Field(default_factory=HealthConfig, description="health gate")
-    default_model: str | None = Field(default=None, pattern=MODEL_NAME, description="the model a request without "
-                                                                                   "`model` goes to when several are "
-                                                                                   "installed (one installed: that one)")
-    models: dict[Annotated[str, StringConstraints(pattern=MODEL_NAME)], ModelConfig] = Field(default_factory=dict, description="per-model settings by model name "
-                                                                             "([models.NAME])")
+    default_model: str | None = Field(default=None, pattern=MODEL_NAME,
+                                      description="the model a request without `model` goes to when several are "
+                                                  "installed (one installed: that one)")
+    models: dict[ModelName, ModelConfig] = Field(default_factory=dict,
+                                                 description="per-model settings by model name ([models.NAME])")
 
 
 def load_config(path: str | Path) -> AgentConfig:

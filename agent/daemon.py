@@ -397,7 +397,8 @@ class Agent:
             try:
                 with self._lock:
                     w = rt.worker
-                    idle = w is not None and rt.inflight.get(id(w), 0) == 0 and now - rt.last_used >= rt.mcfg.idle_stop_s
+                    idle = (w is not None and rt.inflight.get(id(w), 0) == 0
+                            and now - rt.last_used >= rt.mcfg.idle_stop_s)
                     if idle:
                         rt.worker = None
                         rt.inflight.pop(id(w), None)
