@@ -44,7 +44,8 @@ def train(out: Path, quick: bool, console: Console):
         def on_step(mode: str, step: int, loss: float) -> None:
             progress.update(bars[mode], completed=step + 1, info=f"loss {loss:.3f}")
 
-        return train_lm(out, recipe, on_stage=lambda t: progress.console.log(t), on_step=on_step)
+        return train_lm(out, recipe, on_stage=lambda t: progress.console.print(f"  {t}", highlight=False),
+                        on_step=on_step)
 
 
 def llm_facts(report, bundles: list[dict]) -> dict:
