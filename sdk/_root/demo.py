@@ -406,10 +406,9 @@ class Demo:
         for dev, port in self.ports.items():
             code, h = _http(port, "GET", "/v1/health")
             h = h if isinstance(h, dict) else {}
-            per_model = {m.get("name") or m.get("model"): m for m in h.get("models") or [] if isinstance(m, dict)}
-            m = per_model.get(MLP) or h.get("model") or {}
-            inst = m.get("installed") if isinstance(m.get("installed"), dict) else m
-            out[dev] = inst.get("version") or "-"
+            per_model = h.get("models") if isinstance(h.get("models"), dict) else {}  # ADR 0021: by name
+            inst = (per_model.get(MLP) or {}).get("model") if per_model else h.get("model")
+            out[dev] = (inst or {}).get("version") or "-"
             if not quiet:
                 console.print(f"  {dev} serves {MLP} {out[dev]}")
         return out
