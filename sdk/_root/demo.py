@@ -129,7 +129,7 @@ class Demo:
                       f"({r.jobs} process(es)); the converted model gives the trainer's greedy tokens: "
                       f"{'yes' if r.parity.ok else '[red]NO[/red]'}")
 
-    # ---- 2. convert + package -------------------------------------------------------------------
+    # ---- 3. convert + package -------------------------------------------------------------------
     def package(self):
         _step(3, "Convert and package signed bundles of both models (x86-64, raspberry-pi-5, jetson-orin-nano)")
         m, dist = self.out / "models", self.out / "dist"
@@ -179,7 +179,7 @@ class Demo:
 
         return float((load_model(model_dir).predict(self.x_test).argmax(1) == self.y_test).mean())
 
-    # ---- 3. fleet + agents ----------------------------------------------------------------------
+    # ---- 4. fleet + agents ----------------------------------------------------------------------
     def start(self):
         _step(4, "Start the embedded broker + fleet service and three agents")
         fleet = self.out / "fleet"
@@ -250,7 +250,7 @@ class Demo:
             "members": {m["device_id"]: m["status"] for m in st["members"]}}
         return st
 
-    # ---- 5-8 ------------------------------------------------------------------------------------
+    # ---- 5. the MLP ---------------------------------------------------------------------------
     def release1(self):
         _step(5, f"Publish {MLP} release 1.0.0 and roll it out in stages; inference through each agent")
         bne("fleet", "publish", *self.bundles["r1"], "--data", self.fleet_data, "--json")
@@ -342,7 +342,8 @@ class Demo:
         console.print(f"bytes sent to {len(AGENTS)} devices: {sent:,} (full bundles would be {full:,}: "
                       f"[bold green]{1 - sent / full:.0%} saved[/bold green])")
         self.facts["delta"] = {"bytes_sent": sent, "full_bytes": full}
-        self.summary.append((f"{MLP} 1.1.0 (delta)", f"{say.rollout_line(st)}; {sent:,} bytes sent instead of {full:,}"))
+        self.summary.append((f"{MLP} 1.1.0 (delta)",
+                             f"{say.rollout_line(st)}; {sent:,} bytes sent instead of {full:,}"))
 
     def _bytes_sent(self) -> int:
         from bitnet_edge.fleet.client import ControlClient

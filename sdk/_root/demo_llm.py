@@ -22,8 +22,7 @@ __all__ = ["train", "llm_facts", "ppl_table", "chat_question", "parse_sse", "str
            "ROWS", "MAX_TOKENS", "SAMPLING"]
 
 #: report rows shown, with their label in the table
-ROWS = {"ternary": "ternary QAT (W1.58A8)", "float32": "float32 (same recipe)",
-        "ternary-ptq": "ternary after float training (no QAT)"}
+ROWS = {"ternary": "ternary QAT", "float32": "float32", "ternary-ptq": "ternary PTQ (no QAT)"}
 MAX_TOKENS = 40
 #: seeded sampling: the same reply on every device (the kernels are bit-exact), and less looping than greedy
 SAMPLING = {"temperature": 0.3, "top_k": 20, "seed": 7}
@@ -72,8 +71,10 @@ def _size(n: int) -> str:
 
 def ppl_table(facts: dict) -> Table:
     m = facts["models"]
-    t = Table(title=f"stdlib LM: held-out perplexity ({facts['heldout_modules']} held-out stdlib modules, "
-                    f"{facts['heldout_tokens']:,} tokens) and size")
+    t = Table(title=f"language model: held-out perplexity ({facts['heldout_modules']} stdlib modules, "
+                    f"{facts['heldout_tokens']:,} tokens) and size",
+              caption="ternary QAT: W1.58A8 projections, int8 embeddings/head; PTQ: the float model ternarized "
+                      "after training; bundles carry the ternary model, its tokenizer and kernel library")
     for col in ("model", "code ppl", "chat ppl", "weights", "weights zstd", "vs float32"):
         t.add_column(col, justify="left" if col == "model" else "right")
     base = m["float32"]["weights_bytes"]
@@ -82,7 +83,7 @@ def ppl_table(facts: dict) -> Table:
         t.add_row(label, f"{r['heldout_ppl']:.2f}", f"{r['heldout_chat_ppl']:.2f}", _size(r["weights_bytes"]),
                   _size(r["weights_zstd_bytes"]), f"{r['weights_bytes'] / base:.2f}x")
     for target, size in sorted(facts["bundles"].items()):
-        t.add_row(f"ternary bundle ({target})", "", "", _size(size), "", f"{size / base:.2f}x")
+        t.add_row(f"bundle {target}", "", "", _size(size), "", f"{size / base:.2f}x")
     return t
 
 
