@@ -293,6 +293,7 @@ class Demo:
         bne("fleet", "publish", *self.llm_bundles, "--data", self.fleet_data, "--json")
         st = self.rollout("1.0.0", model=name)
         listed = {dev: self._models(port) for dev, port in self.ports.items()}
+        fleet_view = self._fleet_models()
         question = demo_llm.chat_question(self.lm_report)
         console.print(f"POST /v1/chat/completions {{\"model\": \"{name}\", \"stream\": true, ...}} on each agent; "
                       "the reply is printed as its tokens arrive", highlight=False)
@@ -318,8 +319,27 @@ class Demo:
             mlp_ok[dev] = acc is not None and acc == self.mlp_accuracy.get(dev)
         console.print(f"{MLP} after the {name} install: " + ", ".join(
             f"{d} {'same accuracy' if ok else '[red]CHANGED or not serving[/red]'}" for d, ok in mlp_ok.items()))
-        facts.update(question=question, listed=listed, chats=chats, mlp_ok=mlp_ok)
+        facts.update(question=question, listed=listed, fleet_view=fleet_view, chats=chats, mlp_ok=mlp_ok)
         self.summary.append(("language model rollout", say.llm_rollout_line(name, st, listed, chats, MLP, mlp_ok)))
+        self.summary.append(("models per device", say.fleet_models_line(fleet_view, [MLP, name])))
+
+    def _fleet_models(self) -> dict[str, dict[str, str]]:
+        """Every model on every device as the fleet sees it (``fleet devices``: the devices' reported
+        state), printed as a table; {device: {model: version}}."""
+        rows = bne("fleet", "devices", "--data", self.fleet_data, "--json")
+        t = Table(title="the fleet's view: every model on every device (fleet devices)")
+        for col in ("device", "model", "version", "release", "health"):
+            t.add_column(col)
+        view: dict[str, dict[str, str]] = {}
+        for r in sorted(rows, key=lambda r: r["id"]):
+            view[r["id"]] = {}
+            for m in r.get("models") or []:
+                inst = m.get("installed") or {}
+                view[r["id"]][m["name"]] = inst.get("version") or "-"
+                t.add_row(r["id"], m["name"], inst.get("version") or "-", str(inst.get("release") or "-"),
+                          m.get("health") or "-")
+        console.print(t)
+        return view
 
     def _models(self, port: int) -> list[str]:
         """The models an agent lists on GET /v1/models (OpenAI's list)."""

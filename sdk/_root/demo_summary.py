@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["rollout_line", "tampered_line", "rollback_line", "llm_line", "llm_rollout_line", "count_phrase"]
+__all__ = ["rollout_line", "tampered_line", "rollback_line", "llm_line", "llm_rollout_line", "fleet_models_line",
+           "count_phrase"]
 
 
 def count_phrase(ok: list[str], total: list[str], what: str) -> str:
@@ -93,3 +94,12 @@ def llm_rollout_line(model: str, st: dict, listed: dict[str, list[str]], chats: 
     return (f"{rollout_line(st)}; {model} and {mlp} listed on {count_phrase(both, devices, 'agents')}; "
             f"streamed chat replies from {count_phrase(replied, devices, 'agents')}; "
             f"{mlp} kept serving on {count_phrase(still, devices, 'agents')}")
+
+
+def fleet_models_line(view: dict[str, dict[str, str]], models: list[str]) -> str:
+    """What the fleet reports the devices serve (``view``: {device: {model: version}, '-': none}):
+    'digits 1.0.0 and stdlib-lm 1.0.0 on all 3 devices (fleet devices)'."""
+    devices = sorted(view)
+    both = [d for d in devices if all(view[d].get(m, "-") != "-" for m in models)]
+    parts = [f"{m} {'/'.join(sorted({view[d].get(m, '-') for d in devices}))}" for m in models]
+    return f"{' and '.join(parts)} on {count_phrase(both, devices, 'devices')} (fleet devices)"

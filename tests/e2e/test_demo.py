@@ -77,6 +77,10 @@ def _check_while_open(out: Path, summary: dict) -> dict:
     llm = facts["llm_rollout"]
     assert "skipped" not in llm, llm.get("skipped")
     name = llm["model"]
+    fleet_now = {r["id"]: {m["name"]: (m.get("installed") or {}).get("version") for m in r.get("models") or []}
+                 for r in _bne_json("fleet", "devices", "--data", fleet)}
+    for dev, models in llm["fleet_view"].items():  # the same models (digits has been updated since)
+        assert set(fleet_now[dev]) == set(models) and fleet_now[dev][name] == models[name], (dev, fleet_now)
     for dev, port in ports.items():
         code, models = _get(port, "/v1/models")
         assert code == 200 and sorted(m["id"] for m in models["data"]) == llm["listed"][dev]
@@ -130,6 +134,7 @@ def test_make_demo(tmp_path):
     llm = facts["llm_rollout"]
     assert lines_["language model rollout"] == say.llm_rollout_line(
         llm["model"], ro[f"{llm['model']} 1.0.0"], llm["listed"], llm["chats"], "digits", llm["mlp_ok"])
+    assert lines_["models per device"] == say.fleet_models_line(llm["fleet_view"], ["digits", llm["model"]])
     # ... and the facts are what happened (and what the demo is meant to show)
     assert (ro["digits 1.0.0"]["state"], ro["digits 1.0.0"]["done"]) == ("completed", 3)
     assert ro["digits 1.1.0"]["state"] == "completed"
@@ -147,6 +152,7 @@ def test_make_demo(tmp_path):
         assert facts["llm"]["models"][row]["heldout_ppl"] == report[row]["heldout_ppl"]
     assert ro[f"{llm['model']} 1.0.0"]["state"] == "completed"
     assert all(llm["mlp_ok"].values()) and len(llm["chats"]) == 3
+    assert llm["fleet_view"] == {d: {"digits": "1.0.0", llm["model"]: "1.0.0"} for d in llm["chats"]}
     for dev, chat in llm["chats"].items():
         assert chat["done"] and chat["error"] is None and chat["pieces"] >= 1
         assert chat["text"].replace("\n", "") in text.replace("\n", "")  # printed as it streamed

@@ -50,6 +50,14 @@ def test_llm_lines():
     assert "digits kept serving on 2 of 3 agents (not b)" in line
 
 
+def test_fleet_models_line():
+    view = {d: {"digits": "1.0.0", "lm": "1.0.0"} for d in DEVS}
+    assert say.fleet_models_line(view, ["digits", "lm"]) == "digits 1.0.0 and lm 1.0.0 on all 3 devices (fleet devices)"
+    view["b"] = {"digits": "1.1.0"}
+    assert say.fleet_models_line(view, ["digits", "lm"]) == \
+        "digits 1.0.0/1.1.0 and lm -/1.0.0 on 2 of 3 devices (not b) (fleet devices)"
+
+
 def test_parse_sse():
     lines = [b'data: {"a": 1}\n', b"\n", b": comment\n", b'data: {"b": 2}\r\n', b"data: [DONE]\n", b'data: {"c": 3}\n']
     assert list(parse_sse(lines)) == [{"a": 1}, {"b": 2}, "[DONE]"]
