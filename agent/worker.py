@@ -11,6 +11,7 @@ worker that crashes takes only itself down; the agent keeps answering from the o
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import sys
@@ -117,6 +118,20 @@ class Admission:
             self.bytes -= nbytes
 
 
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` a stream must hold back: the longest end that could
+    be the start of a stop text, and an incomplete UTF-8 character (decoded as U+FFFD so far)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
+        hold += 1
+    return hold
+
+
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())[:2000]
 
@@ -124,6 +139,7 @@ def _validation_message(exc: ValidationError) -> str:
 def make_app(model, name: str, lock: threading.Lock, admission: Admission):
     """The worker's WSGI app: /v1/models, /v1/infer, /v1/embeddings, /v1/completions, /v1/chat/completions."""
     arch = model.architecture
+    loaded_at = int(time.time())
     routes = {"/v1/infer": (("mlp", "graph"), InferRequest, "_infer"),
               "/v1/embeddings": (("bert",), EmbeddingsRequest, "_embed"),
               "/v1/completions": (("bitnet",), CompletionRequest, "_complete"),
@@ -135,7 +151,8 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
             if req.method == "GET":
                 if req.path == "/v1/models":
                     return json_response(start_response, 200, {"object": "list", "data": [
-                        {"id": name, "object": "model", "architecture": arch, "owned_by": "bitnet-edge"}]})
+                        {"id": name, "object": "model", "created": loaded_at, "architecture": arch,
+                         "owned_by": "bitnet-edge"}]})
                 if req.path == "/internal/ping":
                     return json_response(start_response, 200, {"ok": True})
                 raise HttpError(404, "not_found", f"no route {req.path}")
@@ -179,12 +196,21 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
     def _embed(req: EmbeddingsRequest, start_response):
         inp = req.input
         batch = [inp] if isinstance(inp, str) or (inp and isinstance(inp[0], int)) else inp
+        if any(isinstance(b, str) for b in batch) and model.tokenizer is None:
+            raise HttpError(400, "invalid_request", "this model has no tokenizer: send token ids")
         with lock:
             e = model.embed(batch)
+        if req.dimensions is not None and req.dimensions != e.shape[-1]:
+            raise HttpError(400, "invalid_request", f"dimensions: this model's embeddings have {e.shape[-1]} "
+                                                    f"dimensions, not {req.dimensions} (no truncation)")
         ntok = sum(len(b) if not isinstance(b, str) else len(model.tokenizer.encode(b).ids) for b in batch)
+        if req.encoding_format == "base64":  # as OpenAI: the float32 little-endian bytes, base64
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii") for v in e]
+        else:
+            vectors = [v.tolist() for v in e]
         return json_response(start_response, 200, {
             "object": "list", "model": name,
-            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(e)],
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": ntok, "total_tokens": ntok}})
 
     def _complete(req: CompletionRequest, start_response):
@@ -197,7 +223,11 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 ids = [model.cfg.bos_token_id] + ids
         else:
             ids = list(req.prompt)
-        return _generate(req, ids, req.max_tokens, [], False, start_response)
+        echo = ""
+        if req.echo:
+            echo = req.prompt if isinstance(req.prompt, str) else (tok.decode(ids) if tok else "")
+        return _generate(req, ids, 16 if req.max_tokens is None else req.max_tokens, [], False, start_response,
+                         logprobs=req.logprobs, echo=echo)
 
     def _chat(req: ChatCompletionRequest, start_response):
         from bitnet_edge.sdk.chat import render_chat
@@ -205,50 +235,128 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         tok, template = model.tokenizer, model.manifest.chat_template
         if tok is None or template is None:
             raise HttpError(400, "invalid_request", "this model has no chat template: use /v1/completions")
-        ids = tok.encode(render_chat(template, req.messages), add_special_tokens=False).ids
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        ids = tok.encode(render_chat(template, msgs), add_special_tokens=False).ids
         # the template's stop texts that are tokens (special tokens are not in decoded text)
         stop_ids = [i for i in (tok.token_to_id(s) for s in template.stop) if i is not None]
         limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         if limit is None:  # unset: up to 256 tokens, within the context
             limit = max(0, min(256, model.cfg.max_position_embeddings - len(ids)))
-        return _generate(req, ids, limit, stop_ids, True, start_response)
+        k = (req.top_logprobs or 0) if req.logprobs else None
+        return _generate(req, ids, limit, stop_ids, True, start_response, logprobs=k)
 
-    def _generate(req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool, start_response):
+    def _sampler(req, logprobs: int | None):
+        from bitnet_edge.sdk.models.sampling import Sampler
+
+        bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+        outside = [t for t in bias if t >= model.cfg.vocab_size]
+        if outside:
+            raise HttpError(400, "invalid_request", f"logit_bias: token {outside[0]} is outside the vocabulary "
+                                                    f"of {model.cfg.vocab_size} tokens")
+        seed = req.seed if req.seed is None or req.seed >= 0 else req.seed + 2**64  # the same 64 bits, unsigned
+        return Sampler(req.temperature or 0.0, req.top_k, req.top_p, seed, logit_bias=bias,
+                       presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+                       logprobs=logprobs)
+
+    def _token(t: int) -> tuple[str, list[int]]:
+        """A token's text and bytes, for logprobs."""
+        tok = model.tokenizer
+        if tok is None:
+            return f"{t} ", list(f"{t} ".encode())
+        from bitnet_edge.sdk.tokenizer import token_bytes
+
+        b = token_bytes(tok, t)
+        return b.decode("utf-8", errors="replace"), list(b)
+
+    def _chat_logprobs(records) -> dict:
+        content = []
+        for r in records:
+            text, raw = _token(r.token)
+            top = []
+            for i, lp in r.top:
+                tt, tb = _token(i)
+                top.append({"token": tt, "logprob": lp, "bytes": tb})
+            content.append({"token": text, "logprob": r.logprob, "bytes": raw, "top_logprobs": top})
+        return {"content": content, "refusal": None}
+
+    def _text_logprobs(records, offset: int) -> dict:
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for r in records:
+            text = _token(r.token)[0]
+            out["tokens"].append(text)
+            out["token_logprobs"].append(r.logprob)
+            out["top_logprobs"].append({_token(i)[0]: lp for i, lp in r.top})
+            out["text_offset"].append(offset)
+            offset += len(text)
+        return out
+
+    def _generate(req, ids: list[int], max_tokens: int, stop_ids: list[int], chat: bool, start_response, *,
+                  logprobs: int | None = None, echo: str = ""):
         """Generate and answer as a text completion or a chat completion (plain or streamed)."""
         tok = model.tokenizer
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         ends = set(model.cfg.eos_token_ids) | set(stop_ids)
         cid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+        sampler = _sampler(req, logprobs)
+        usage_chunk = bool(req.stream_options and req.stream_options.include_usage)
         out: list[int] = []
-        state = {"text": "", "finish": "length"}
+        state = {"text": "", "finish": "length", "sent": 0, "offset": len(echo), "streamed": 0}
         write = None
 
         def decode(t: list[int]) -> str:
             return tok.decode(t) if tok else "".join(f"{i} " for i in t)
 
-        def chunk(text: str, finish):
+        def pending_logprobs():
+            """The logprobs of the tokens not sent yet (a token may add no text of its own)."""
+            if logprobs is None:
+                return None
+            recs = sampler.records[state["sent"]:len(out)]
+            if not recs and req.stream:
+                return None
+            state["sent"] = len(out)
+            if chat:
+                return _chat_logprobs(recs)
+            lp = _text_logprobs(recs, state["offset"])
+            state["offset"] += sum(len(t) for t in lp["tokens"])
+            return lp
+
+        def chunk(text: str, finish, token_ids: list[int] | None = None):
             if chat:
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                        "system_fingerprint": None,
                         "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
-                                     "finish_reason": finish, "logprobs": None}]}
+                                     "finish_reason": finish, "logprobs": pending_logprobs()}]}
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
-                                 "token_ids": out[-1:] if text or finish is None else []}]}
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": pending_logprobs(),
+                                 "token_ids": token_ids if token_ids is not None else
+                                 (out[-1:] if text or finish is None else [])}]}
 
         def sse(obj) -> None:
+            if usage_chunk:
+                obj.setdefault("usage", None)
             write(f"data: {json.dumps(obj)}\n\n".encode())
+
+        def send(upto: int) -> None:
+            """Stream the text up to ``upto`` not sent yet (completions: a chunk per token, even empty)."""
+            piece = state["text"][state["streamed"]:upto] if upto > state["streamed"] else ""
+            if piece or not chat:
+                sse(chunk(piece, None))
+                state["streamed"] = max(state["streamed"], upto)
 
         def on_token(t: int):
             out.append(t)
             full = decode(out)
-            piece, state["text"] = full[len(state["text"]):], full
-            if any(s and s in full for s in stops):
-                state["finish"] = "stop"
+            cut = min((full.index(s) for s in stops if s and s in full), default=None)
+            if cut is not None:  # the stop text and what follows it are not part of the answer
+                state["finish"], state["text"] = "stop", full[:cut]
+                if req.stream and cut > state["streamed"]:
+                    send(cut)
                 raise _Stop
+            state["text"] = full
             if t in ends:
                 state["finish"] = "stop"
-            if req.stream and (piece or not chat):
-                sse(chunk(piece, None))
+            if req.stream:
+                send(len(full) - _held_back(full, stops))
 
         if req.stream:  # chunked by the server as it is written (WSGI write callable)
             write = start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
@@ -256,10 +364,11 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 first = chunk("", None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 sse(first)
+            elif echo:
+                sse(chunk(echo, None))
         with lock:
             try:
-                model.generate(ids, max_tokens, temperature=req.temperature, top_k=req.top_k,
-                               top_p=req.top_p, seed=req.seed, stop=stop_ids, on_token=on_token)
+                model.generate(ids, max_tokens, stop=stop_ids, on_token=on_token, sampler=sampler)
             except _Stop:
                 pass
             except ClientGone:
@@ -276,10 +385,20 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
                 text = text[: text.index(s)]
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}
         if req.stream:
+            try:
+                if len(text) > state["streamed"]:  # what was held back (a stop's possible start)
+                    sse(chunk(text[state["streamed"]:], None, []))
+            except ClientGone:
+                return []
             final = chunk("", state["finish"])
-            final["usage"] = usage
+            if not usage_chunk:
+                final["usage"] = usage  # extension: the finishing chunk carries the usage
             try:
                 sse(final)
+                if usage_chunk:  # OpenAI's stream_options.include_usage: one more chunk, no choices
+                    last = chunk("", None)
+                    last["choices"], last["usage"] = [], usage
+                    sse(last)
                 write(b"data: [DONE]\n\n")
             except ClientGone:
                 pass
@@ -287,9 +406,10 @@ def make_app(model, name: str, lock: threading.Lock, admission: Admission):
         if chat:
             return json_response(start_response, 200, {
                 "id": cid, "object": "chat.completion", "created": created, "model": name,
+                "system_fingerprint": None, "service_tier": "default",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": state["finish"], "logprobs": None}], "usage": usage})
-        body = chunk(text, state["finish"])
+                             "finish_reason": state["finish"], "logprobs": pending_logprobs()}], "usage": usage})
+        body = chunk(echo + text, state["finish"])
         body["choices"][0]["token_ids"] = out
         body["usage"] = usage
         return json_response(start_response, 200, body)

@@ -14,8 +14,12 @@ block fields and same-length JSON edits of the manifest.  Each mutant goes throu
   left behind; every ``--probe-every`` mutants (and at the end) an inference through the worker
   gives the same output as before the run.
 
+A control follows the mutants: the unmutated release-2 bundle must verify and install (and change
+the served output), so a pipeline that refuses everything cannot pass for a safe one
+(``report["control"]``).
+
 Prints and writes (``--out``) a JSON report: counts by outcome reason, by error class and reason,
-by mutation kind, time.  tests/test_fuzz.py runs a 200-mutant slice of it.
+by mutation kind, time.  tests/bundle/test_fuzz.py runs a 200-mutant slice of it.
 """
 
 from __future__ import annotations
@@ -262,9 +266,12 @@ def _classify(corpus: Corpus, path: Path, base) -> str:
 
 
 def run_fuzz(count: int, seed: int = 0, root: Path | None = None, probe_every: int = 500,
-             log=lambda msg: None) -> dict:
+             log=lambda msg: None, mutator=None, control: bool = True) -> dict:
     """Mutate ``count`` bundles and feed each to an agent serving release 1; the report (dict).
-    ``report["violations"]`` lists every mutant that broke an invariant (empty on success)."""
+    ``report["violations"]`` lists every mutant that broke an invariant (empty on success);
+    ``report["control"]`` the unmutated release 2's install after them (``ok``: it verified,
+    installed and changed the served output).  ``mutator(rng, corpus) -> (item, kind, bytes)``
+    replaces :func:`mutate` (tests use it to check that an accepted bundle is caught)."""
     from bitnet_edge.agent.config import load_config
     from bitnet_edge.agent.daemon import Agent
 
@@ -295,7 +302,7 @@ def run_fuzz(count: int, seed: int = 0, root: Path | None = None, probe_every: i
         mutant = root / "mutant.bundle"
         t1 = time.perf_counter()
         for i in range(count):
-            item, kind, data = mutate(rng, corpus)
+            item, kind, data = (mutator or mutate)(rng, corpus)
             mutant.write_bytes(data)
             out = agent.install_file(mutant)
             err = _classify(corpus, mutant, base)
@@ -328,11 +335,22 @@ def run_fuzz(count: int, seed: int = 0, root: Path | None = None, probe_every: i
                 keep = root / f"violation-{i}.bundle"
                 keep.write_bytes(data)
         elapsed = time.perf_counter() - t1
+        control_report = None
+        if control:
+            full = next(it for it in corpus.items if it.name == "full")
+            good = root / "control.bundle"
+            good.write_bytes(full.data)
+            err = _classify(corpus, good, base)
+            out = agent.install_file(good)
+            changed = out.result == "installed" and _infer(agent, corpus.probe_input) != want
+            control_report = {"outcome": f"{out.result}:{out.reason}", "verify": err,
+                              "ok": err == "ACCEPTED" and out.result == "installed" and changed}
     finally:
         agent.shutdown()
         if tmp is not None:
             tmp.cleanup()
     return {"count": count, "seed": seed, "refused": count - len(violations), "violations": violations,
+            "control": control_report,
             "outcomes": dict(by_reason.most_common()), "errors": dict(by_error.most_common()),
             "mutations": dict(sorted(by_kind.items())), "bundles": dict(sorted(by_item.items())),
             "corpus_bytes": {it.name: len(it.data) for it in corpus.items},
@@ -355,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "violations"}, indent=2))
     print(f"{report['refused']}/{report['count']} refused with a typed error; {len(report['violations'])} "
-          f"violations; {report['seconds']} s; report {path}")
-    return 0 if not report["violations"] else 1
+          f"violations; control (unmutated release 2) {'installed' if report['control']['ok'] else 'FAILED'}; "
+          f"{report['seconds']} s; report {path}")
+    return 0 if not report["violations"] and report["control"]["ok"] else 1
 
 
 if __name__ == "__main__":

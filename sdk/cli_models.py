@@ -68,11 +68,9 @@ def load_calibration(path: Path | None, imported):
         return ids
     if path.suffix == ".txt":
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        if imported.tokenizer_file is None:
+        if not imported.has_tokenizer:
             raise FormatError(f"{path}: text calibration needs a model with tokenizer.json")
-        from bitnet_edge.sdk.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(imported.tokenizer_file)
+        tok = imported.load_tokenizer()
         ids = [e.ids for e in tok.encode_batch(lines)]
         return ids if imported.config.architecture == "bitnet" else ids
     raise FormatError(f"{path}: calibration must be .npy, .npz, .json or .txt")
@@ -90,7 +88,8 @@ def _manifest_summary(md) -> dict:
             "layers_by_precision": counts, "linear_params": sum(params.values()),
             "linear_bytes": lin_bytes, "total_bytes": sum(sizes.values()),
             "bits_per_linear_weight": 8 * lin_bytes / max(1, sum(params.values())),
-            "calibration": man.calibration, "chat_template": man.chat_template is not None}
+            "calibration": man.calibration, "chat_template": man.chat_template is not None,
+            "quality": man.quality.model_dump() if man.quality else None}
 
 
 def register(main: click.Group) -> None:
@@ -108,21 +107,34 @@ def register(main: click.Group) -> None:
                        "per decoded token, same results).")
     @click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
                   help="Calibration data for --precision auto (.npy/.npz samples, .json token ids, .txt texts).")
-    @click.option("--budget", type=float, default=0.99, show_default=True, help="Cosine to float that auto keeps.")
+    @click.option("--budget", type=float, default=0.99, show_default=True,
+                  help="Cosine to float that auto keeps on every output (the minimum over outputs).")
+    @click.option("--holdout", type=float, default=0.2, show_default=True,
+                  help="Share of the calibration samples auto keeps aside (a fixed-seed split) to check the plan.")
+    @click.option("--allow-below-budget", is_flag=True, default=False,
+                  help="Write the model even when the held-out check misses the budget (flagged below_budget in "
+                       "the manifest, and a warning); without it convert refuses.")
     @click.option("--activation", type=click.Choice(["relu", "gelu", "tanh"]), default=None,
                   help="MLP activation when the .npz does not say.")
+    @click.option("--name", default=None,
+                  help="Model name (bundles, fleet and device use it): a letter or digit, then up to 63 letters, "
+                       "digits, '.', '_', '-'. Default: from the source (HF id, GGUF general.name, file name).")
     @json_option()
-    def convert(src, out, precision, head, embeddings, ternary_format, calibration, budget, activation, as_json):
+    def convert(src, out, precision, head, embeddings, ternary_format, calibration, budget, holdout,
+                allow_below_budget, activation, name, as_json):
         """Convert a Hugging Face directory, GGUF, .npz, .tflite or .onnx model into a bitnet-edge model directory."""
-        from bitnet_edge.sdk.convert.convert import convert as do_convert
+        from bitnet_edge.sdk.convert.convert import check_name, convert as do_convert
         from bitnet_edge.sdk.modeldir import open_model_dir
 
+        check_name(name)  # before the (possibly long) import
         with console.status(f"reading {src}"):
             imported = import_source(src, activation)
         calib = load_calibration(calibration, imported)
         with console.status(f"converting ({precision})"):
             path = do_convert(imported, out, precision=precision, head=head, calibration=calib, budget=budget,
-                              embeddings=embeddings, ternary_format=ternary_format)
+                              embeddings=embeddings, ternary_format=ternary_format, name=name, holdout=holdout,
+                              allow_below_budget=allow_below_budget,
+                              on_warning=lambda line: click.echo(f"warning: {line}", err=True))  # one line
         summary = _manifest_summary(open_model_dir(path))
         summary["notes"] = list(imported.notes)
         if as_json:
@@ -136,8 +148,17 @@ def register(main: click.Group) -> None:
             t.add_row("chat template", "yes" if summary["chat_template"] else "no")
         for note in summary["notes"]:
             t.add_row("note", note)
-        if summary["calibration"]:
+        q = summary["quality"]
+        if summary["calibration"] and not q:
             t.add_row("calibration", json.dumps(summary["calibration"]))
+        if q:
+            t.add_row("budget", f"{q['budget']} on every output; calibration {q['calibration_samples']} samples, "
+                                f"held out {q['held_out_samples']}")
+            for o in q["outputs"]:
+                t.add_row(f"cosine {o['name']} ({o['size']})",
+                          f"calibration {o['calibration_cosine']:.4f} (worst {o['calibration_worst']:.4f}), "
+                          f"held out {o['held_out_cosine']:.4f} (worst {o['held_out_worst']:.4f})")
+            t.add_row("held-out check", "BELOW BUDGET" if q["below_budget"] else "meets the budget")
         Console().print(t)
 
     @main.command()

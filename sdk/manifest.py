@@ -13,6 +13,7 @@ per-row scale tensor; everything else as float16/float32.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import Field
@@ -35,11 +36,19 @@ __all__ = [
     "TensorEntry",
     "SourceInfo",
     "ModelManifest",
+    "OutputQuality",
+    "PlanQuality",
+    "MODEL_NAME",
+    "default_model_name",
+    "is_model_name",
 ]
 
 #: a file name the manifests may give: one path component of safe characters (never "", ".", "..",
 #: a slash or a leading dot), so installing never writes outside the destination directory
 FILE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+#: a model's name: in the manifest, on the wire (``bne/v1/devices/{id}/desired/{model}``, one topic
+#: level) and on the device (one directory name).  bitnet_edge.sdk.wire.protocol re-exports it.
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 FORMAT = "bitnet-edge-model"
 FORMAT_VERSION = 1
 
@@ -168,10 +177,38 @@ class SourceInfo(Strict):
     details: dict[str, str] = Field(default_factory=dict, description="e.g. the GGUF tensor types")
 
 
+class OutputQuality(Strict):
+    """How close one output of the planned model stays to the float model: cosine per sample (per
+    position for decoders), mean and worst, on the calibration split and on the held-out split."""
+
+    name: str = Field(description="the output measured (graph: a final softmax's input in place of its "
+                                  "probabilities; mlp: logits; bert: embedding; bitnet: logits)")
+    size: int = Field(ge=1, description="values per sample")
+    calibration_cosine: float = Field(description="mean cosine on the calibration split (the plan was chosen on it)")
+    calibration_worst: float = Field(description="lowest per-sample cosine on the calibration split")
+    held_out_cosine: float = Field(description="mean cosine on the held-out split (not used to choose the plan)")
+    held_out_worst: float = Field(description="lowest per-sample cosine on the held-out split")
+
+
+class PlanQuality(Strict):
+    """``--precision auto``: the budget holds for every output (the minimum over outputs of the
+    mean cosine), chosen on the calibration split and checked on a held-out split."""
+
+    budget: float = Field(gt=0, le=1, description="cosine to the float model every output must keep")
+    calibration_samples: int = Field(ge=1, description="samples the plan was chosen on")
+    held_out_samples: int = Field(ge=1, description="samples kept aside (deterministic split) to check the plan")
+    calibration_min_cosine: float = Field(description="minimum over outputs of the mean cosine, calibration split")
+    held_out_min_cosine: float = Field(description="minimum over outputs of the mean cosine, held-out split")
+    below_budget: bool = Field(description="the held-out check missed the budget (the model was written anyway: "
+                                           "convert --allow-below-budget)")
+    outputs: list[OutputQuality] = Field(min_length=1, description="every output measured")
+
+
 class ModelManifest(Strict):
     format: Literal["bitnet-edge-model"] = Field(default=FORMAT, description="file kind")
     format_version: Literal[1] = Field(default=FORMAT_VERSION, description="bumped on incompatible change")
-    name: str = Field(min_length=1, description="model name")
+    name: str = Field(pattern=MODEL_NAME, description="model name: a letter or digit, then up to 63 letters, digits, "
+                                                     "'.', '_' or '-' (convert --name; the wire's MODEL_NAME)")
     config: ModelConfig = Field(description="architecture hyper-parameters")
     precision: dict[str, Precision] = Field(description="per linear layer (weight name): its precision")
     tensors: list[TensorEntry] = Field(description="every tensor in weights.safetensors")
@@ -182,7 +219,11 @@ class ModelManifest(Strict):
                                                                           "prompt (/v1/chat/completions)")
     source: SourceInfo = Field(description="provenance")
     calibration: dict[str, float] = Field(default_factory=dict,
-                                          description="measured quality of the precision plan, e.g. cosine")
+                                          description="summary of the precision plan's quality: cosine (calibration split) "
+                                                      "and held_out_cosine, each the minimum over outputs; "
+                                                      "budget; samples and layers per precision")
+    quality: PlanQuality | None = Field(default=None, description="--precision auto: per-output cosines on the "
+                                                                  "calibration and held-out splits, and the budget")
 
     @property
     def architecture(self) -> str:
@@ -193,3 +234,18 @@ class ModelManifest(Strict):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def is_model_name(name: str) -> bool:
+    """``name`` matches :data:`MODEL_NAME` in full (``re.match`` with ``$`` would let a final newline through)."""
+    return isinstance(name, str) and re.fullmatch(MODEL_NAME[1:-1], name) is not None
+
+
+def default_model_name(raw: str | None) -> str:
+    """A valid model name (:data:`MODEL_NAME`) derived from a source's own name: a Hugging Face id
+    such as ``microsoft/bitnet-b1.58-2B-4T`` keeps its last component, a GGUF ``general.name`` such as
+    ``BitNet b1.58 2B4T`` becomes ``BitNet-b1.58-2B4T``; ``model`` when nothing usable is left."""
+    text = (raw or "").strip().replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+    text = re.sub(r"^[^A-Za-z0-9]+", "", text)[:64].rstrip("-.")
+    return text if is_model_name(text) else "model"

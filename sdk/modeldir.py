@@ -86,8 +86,9 @@ def open_model_dir(path: str | os.PathLike) -> ModelDir:
 
 
 def write_model_dir(path: str | os.PathLike, manifest: ModelManifest, tensors: Mapping[str, np.ndarray],
-                    tokenizer_file: str | os.PathLike | None = None) -> Path:
-    """Write a model directory; the weights file is written atomically, the manifest last."""
+                    tokenizer_file: str | os.PathLike | None = None, tokenizer_json: str | None = None) -> Path:
+    """Write a model directory; the weights file is written atomically, the manifest last.
+    The tokenizer comes from ``tokenizer_file`` (copied) or ``tokenizer_json`` (its text)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     names = {t.name for t in manifest.tensors}
@@ -96,5 +97,7 @@ def write_model_dir(path: str | os.PathLike, manifest: ModelManifest, tensors: M
     write_safetensors(path / WEIGHTS, tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, path / "tokenizer.json")
+    elif tokenizer_json is not None:
+        write_atomic(path / "tokenizer.json", tokenizer_json.encode())
     write_atomic(path / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
     return path

@@ -8,8 +8,12 @@ import datetime as dt
 import hashlib
 from importlib import resources
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
+from bitnet_edge.sdk.extras import require
+
+require("jinja2", "the fleet console", "fleet")  # a device install says which extra, not a traceback
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: E402
+from markupsafe import Markup  # noqa: E402 - Jinja2's own dependency
 
 __all__ = ["Templates", "static_file", "STATIC"]
 

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from bitnet_edge.sdk.bundle.devices import DeviceProfile
 from bitnet_edge.sdk.bundle.errors import BundleFormatError, UnsupportedVersion
 from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.manifest import FILE_NAME, ModelManifest
+from bitnet_edge.sdk.manifest import FILE_NAME, MODEL_NAME, ModelManifest
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
 __all__ = [
@@ -234,7 +234,7 @@ class EncryptionInfo(Strict):
 class BundleManifest(Strict):
     format: Literal["bitnet-edge-bundle"] = Field(default=FORMAT, description="file kind")
     format_version: Literal[1] = Field(default=FORMAT_VERSION, description="bumped on incompatible change")
-    name: str = Field(min_length=1, description="model name")
+    name: str = Field(pattern=MODEL_NAME, description="model name (one topic level and directory name on devices)")
     version: str = Field(pattern=RELEASE_VERSION, max_length=64,
                          description="release version: 1 to 4 dot-separated numbers, then an optional -PRERELEASE "
                                      "and +BUILD (semver style), e.g. 1.2.0, 2.0.0-rc.1, 1.4.2+jetson")

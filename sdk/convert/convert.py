@@ -16,10 +16,11 @@ import numpy as np
 from bitnet_edge.sdk import packing, quant
 from bitnet_edge.sdk.convert.imported import ImportedModel, ImportedTensor, decoder_linear_names
 from bitnet_edge.sdk.errors import InputError
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, ModelManifest, TensorEntry
+from bitnet_edge.sdk.manifest import (MODEL_NAME, DecoderConfig, EncoderConfig, GraphConfig, ModelManifest,
+                                     TensorEntry, is_model_name)
 from bitnet_edge.sdk.modeldir import write_model_dir
 
-__all__ = ["PRECISIONS", "TERNARY_FORMATS", "linear_layers", "head_name", "convert", "build_tensors"]
+__all__ = ["PRECISIONS", "TERNARY_FORMATS", "linear_layers", "head_name", "convert", "build_tensors", "check_name"]
 
 PRECISIONS = ("ternary", "int8", "f16", "f32")
 #: How ternary linears are stored for the kernels: 2-bit (ternary2) or base-3, 1.6 bits/weight (ternary_b3).
@@ -126,30 +127,53 @@ def build_tensors(m: ImportedModel, plan: dict[str, str],
 EMBED = "model.embed_tokens.weight"
 
 
+def check_name(name: str | None) -> None:
+    """``--name``: None (derive it from the source) or a valid model name, else InputError."""
+    if name is not None and not is_model_name(name):
+        raise InputError("--name", f"{name!r} is not a model name: a letter or digit, then up to 63 letters, "
+                                   f"digits, '.', '_' or '-' ({MODEL_NAME})")
+
+
 def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", head: str | None = None,
             calibration=None, budget: float = 0.99, embeddings: str | None = None,
-            ternary_format: str = "2bit") -> Path:
+            ternary_format: str = "2bit", name: str | None = None, holdout: float | None = None,
+            allow_below_budget: bool = False, on_warning=None) -> Path:
     """Write ``m`` as a converted model directory; returns its path.
+
+    ``name``: the model's name (:data:`~bitnet_edge.sdk.manifest.MODEL_NAME`: what bundles, the fleet
+    and the device call it); default: derived from the source (``m.name``).
 
     ``ternary_format``: ``2bit`` (``ternary2``, 2 bits/weight) or ``base3`` (``ternary_b3``, 1.6
     bits/weight: decode reads 20% fewer bytes; the products are the same, exact).
 
     ``embeddings`` (decoders): ``int8`` | ``f16`` | ``f32`` for the token embeddings.  With tied
     embeddings and a head at the embeddings' precision, one matrix serves both (no second copy).
+
+    ``precision="auto"``: the plan keeps ``budget`` (cosine to the float model) on every output of
+    the calibration split and is checked on the held-out split (``holdout``, default 20% of the
+    samples; see :mod:`.plan`).  When the held-out check misses the budget, :class:`.plan.BelowBudget`
+    is raised and nothing is written, unless ``allow_below_budget``: then the model is written with
+    ``quality.below_budget`` set and ``on_warning`` (a callable taking one line) is told.
     """
+    check_name(name)
     if ternary_format not in TERNARY_FORMATS:
         raise InputError("ternary_format", f"{ternary_format!r} is not one of {', '.join(TERNARY_FORMATS)}")
     if ternary_format != "2bit" and isinstance(m.config, GraphConfig):
         raise InputError("ternary_format", "graph models keep the 2-bit layout (their conv kernels read it)")
-    if m.tokenizer_file is not None:  # a tokenizer that does not load never reaches a model directory
-        from bitnet_edge.sdk.tokenizer import load_tokenizer
-
-        load_tokenizer(m.tokenizer_file)
+    m.load_tokenizer()  # a tokenizer that does not load never reaches a model directory
     calib_metrics: dict[str, float] = {}
+    quality = None
     if precision == "auto":
-        from bitnet_edge.sdk.convert.plan import auto_plan
+        from bitnet_edge.sdk.convert.plan import HOLDOUT, BelowBudget, auto_plan
 
-        plan, calib_metrics = auto_plan(m, calibration, budget=budget)
+        plan, calib_metrics, quality = auto_plan(m, calibration, budget=budget,
+                                                 holdout=HOLDOUT if holdout is None else holdout)
+        if quality.below_budget:
+            err = BelowBudget(quality)
+            if not allow_below_budget:
+                raise err
+            if on_warning is not None:
+                on_warning(f"{err.detail.split('; give')[0]} (written with below_budget: true)")
     else:
         plan = resolve_plan(m, precision, head)
     if embeddings is not None:
@@ -160,8 +184,10 @@ def convert(m: ImportedModel, out_dir: str | os.PathLike, precision="ternary", h
         plan[EMBED] = embeddings
     entries, arrays = build_tensors(m, plan, ternary_format)
     manifest = ModelManifest(
-        name=m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
-        tokenizer="tokenizer.json" if m.tokenizer_file else None,
-        chat_template=m.chat_template if m.tokenizer_file else None, source=m.source, calibration=calib_metrics,
+        name=name or m.name, config=m.config, precision={n: plan[n] for n in sorted(plan)}, tensors=entries,
+        tokenizer="tokenizer.json" if m.has_tokenizer else None,
+        chat_template=m.chat_template if m.has_tokenizer else None, source=m.source, calibration=calib_metrics,
+        quality=quality,
     )
-    return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file)
+    return write_model_dir(out_dir, manifest, arrays, tokenizer_file=m.tokenizer_file,
+                           tokenizer_json=m.tokenizer_json)

@@ -48,9 +48,12 @@ llama.cpp's own bitnet graph runs a SiLU-gated FFN for files without that key (t
 models are SiLU: pass ``hidden_act="silu"`` for them).  ``llama`` is SiLU without sub norms.
 llama.cpp's bitnet graph has no ``output`` tensor (the head is ``token_embd``); we accept one.
 
-The tokenizer is not converted: a GGUF's vocabulary is not a ``tokenizer.json`` (noted in
-``ImportedModel.notes``).  Every failure is a FormatError whose message names the file and, where
-there is one, the tensor.
+Tokenizer.  The ``tokenizer.ggml.*`` vocabulary becomes a ``tokenizer.json`` (``gpt2`` byte-level
+BPE and ``llama`` SentencePiece-style vocabularies; :mod:`.gguf_tokenizer`), carried in
+``ImportedModel.tokenizer_json``, and ``tokenizer.chat_template`` the data-only chat template
+(:mod:`.chat_template`).  A vocabulary that cannot be converted leaves the model without a
+tokenizer (token ids only) and says why in ``ImportedModel.notes``.  Every other failure is a
+FormatError whose message names the file and, where there is one, the tensor.
 """
 
 from __future__ import annotations
@@ -432,12 +435,70 @@ def read_gguf(path: str | os.PathLike, *, hidden_act: Literal["relu2", "silu"] |
         tensors[c] = it
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
 
-    notes.append("tokenizer not converted: the GGUF vocabulary is not a tokenizer.json")
+    tok_json, chat = _tokenizer(reader, path, cfg, notes)
     details = {"architecture": arch, "tensor_types": ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))}
     for key in ("general.name", "general.file_type"):
         v = _meta(reader, path, key, str, required=False)
         if v is not None:
             details[key] = v
     name = details.get("general.name") or path.stem
+    if tok_json is not None:
+        details["tokenizer"] = f"{_meta(reader, path, 'tokenizer.ggml.model', str)} " \
+                               f"({_meta(reader, path, 'tokenizer.ggml.pre', str, default='-')})"
     return ImportedModel(name=name, config=cfg, tensors=tensors,
-                         source=SourceInfo(kind="gguf", path=str(path), details=details), notes=notes)
+                         source=SourceInfo(kind="gguf", path=str(path), details=details), notes=notes,
+                         tokenizer_json=tok_json, chat_template=chat)
+
+
+MAX_VOCAB = 1 << 20  # tokens; llama.cpp's largest vocabularies are ~256k
+
+
+def _tokenizer(reader, path: Path, cfg: DecoderConfig, notes: list[str]):
+    """(tokenizer.json text or None, ChatTemplate or None); what is not converted goes to ``notes``."""
+    from bitnet_edge.sdk.convert.gguf_tokenizer import GgufVocab, VocabError, build_tokenizer_json
+
+    if _meta(reader, path, "bitnet_edge.placeholder_vocab", bool, required=False):
+        notes.append("the file's vocabulary is a placeholder (written without a tokenizer): prompts must be "
+                     "token ids")
+        return None, None
+    model = _meta(reader, path, "tokenizer.ggml.model", str, required=False)
+    if model is None:
+        notes.append("no tokenizer in the file (tokenizer.ggml.model is missing): prompts must be token ids")
+        return None, None
+    field = reader.get_field("tokenizer.ggml.tokens")
+    if field is None:
+        notes.append("no tokenizer in the file (tokenizer.ggml.tokens is missing): prompts must be token ids")
+        return None, None
+    if len(field.data) > min(MAX_VOCAB, cfg.vocab_size):
+        notes.append(f"tokenizer not converted: {len(field.data)} tokens for a model of {cfg.vocab_size}")
+        return None, None
+
+    def opt(key: str, kind):
+        return _meta(reader, path, f"tokenizer.ggml.{key}", kind, required=False)
+
+    v = GgufVocab(model=model, tokens=_meta(reader, path, "tokenizer.ggml.tokens", list),
+                  pre=opt("pre", str), merges=opt("merges", list) or [], scores=opt("scores", list),
+                  token_types=opt("token_type", list), bos_id=opt("bos_token_id", int),
+                  eos_id=opt("eos_token_id", int), unk_id=opt("unknown_token_id", int),
+                  add_bos=opt("add_bos_token", bool), add_eos=opt("add_eos_token", bool),
+                  add_space_prefix=opt("add_space_prefix", bool))
+    try:
+        text = build_tokenizer_json(v)
+    except VocabError as exc:
+        notes.append(f"tokenizer not converted: {exc}; prompts must be token ids")
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+        notes.append(f"tokenizer not converted: the tokenizers library refused it ({exc}); prompts must be token ids")
+        return None, None
+    source = _meta(reader, path, "tokenizer.chat_template", str, required=False)
+    if source is None:
+        return text, None
+    from bitnet_edge.sdk.convert.chat_template import derive_chat_template
+
+    def token_text(tid):
+        return v.tokens[tid] if tid is not None and 0 <= tid < len(v.tokens) else ""
+
+    chat, why_not = derive_chat_template(source, token_text(v.bos_id), token_text(v.eos_id))
+    if why_not:
+        notes.append(f"chat template not carried: {why_not}")
+    return text, chat

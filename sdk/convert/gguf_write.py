@@ -18,9 +18,14 @@ runs the file and :func:`bitnet_edge.sdk.convert.gguf.read_gguf` inverts it exac
   every bitnet file with a SiLU-gated FFN whatever this key says: speed is unaffected, logits of a
   relu2 model differ.
 
-The vocabulary is a minimal byte-level ``gpt2`` one that llama.cpp accepts: the 256 byte symbols,
-then placeholder tokens up to ``vocab_size``, one placeholder merge; bos/eos marked as control
-tokens.  It is enough to load the model and feed it token ids, not to tokenize text.
+The vocabulary is the model's own tokenizer when it has one llama.cpp can run (byte-level BPE
+with one of llama.cpp's pre-tokenizers, or SentencePiece-style BPE:
+:func:`~bitnet_edge.sdk.convert.gguf_tokenizer.vocab_from_tokenizer_json`), so llama.cpp and
+:func:`~bitnet_edge.sdk.convert.gguf.read_gguf` tokenize text as our runtime does.  Otherwise it is
+a minimal byte-level ``gpt2`` one that llama.cpp accepts: the 256 byte symbols, then placeholder
+tokens up to ``vocab_size``, one placeholder merge; bos/eos marked as control tokens, and
+``bitnet_edge.placeholder_vocab = true`` so that the importer does not take it for a tokenizer.
+It is enough to load the model and feed it token ids, not to tokenize text.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bitnet_edge.sdk.manifest import DecoderConfig, SourceInfo
 __all__ = ["write_gguf", "imported_from_model_dir", "byte_level_vocab"]
 
 _TERNARY = ("TQ2_0", "TQ1_0")
+PLACEHOLDER_KEY = "bitnet_edge.placeholder_vocab"  # llama.cpp ignores keys it does not know
 _HEAD = ("Q8_0", "F16")
 
 
@@ -96,6 +102,39 @@ def imported_from_model_dir(path: str | os.PathLike) -> ImportedModel:
     tok = str(Path(path) / md.manifest.tokenizer) if md.manifest.tokenizer else None
     return ImportedModel(name=md.manifest.name, config=cfg, tensors=tensors,
                          source=SourceInfo(kind=md.manifest.source.kind, path=str(path)), tokenizer_file=tok)
+
+
+def _add_model_vocab(w, im: ImportedModel, cfg: DecoderConfig) -> bool:
+    """Write the model's own tokenizer as ``tokenizer.ggml.*``; False when it has none llama.cpp runs."""
+    from bitnet_edge.sdk.convert.gguf_tokenizer import vocab_from_tokenizer_json
+
+    if im.tokenizer_json is not None:
+        text = im.tokenizer_json
+    elif im.tokenizer_file is not None:
+        text = Path(im.tokenizer_file).read_text(encoding="utf-8")
+    else:
+        return False
+    v, _why = vocab_from_tokenizer_json(text, cfg.vocab_size, cfg.bos_token_id,
+                                        cfg.eos_token_ids[0] if cfg.eos_token_ids else None)
+    if v is None:
+        return False
+    w.add_tokenizer_model(v.model)
+    if v.pre is not None:
+        w.add_tokenizer_pre(v.pre)
+    w.add_token_list(v.tokens)
+    w.add_token_types(v.token_types)
+    if v.scores is not None:
+        w.add_token_scores(v.scores)
+    if v.merges:
+        w.add_token_merges(v.merges)
+    for tid, add in ((v.bos_id, w.add_bos_token_id), (v.eos_id, w.add_eos_token_id), (v.unk_id, w.add_unk_token_id)):
+        if tid is not None:
+            add(tid)
+    w.add_add_bos_token(bool(v.add_bos))
+    w.add_add_eos_token(bool(v.add_eos))
+    if v.add_space_prefix is not None:
+        w.add_add_space_prefix(v.add_space_prefix)
+    return True
 
 
 def _dense(t: ImportedTensor) -> np.ndarray:
@@ -167,16 +206,18 @@ def write_gguf(imported_or_model_dir: ImportedModel | str | os.PathLike, path: s
     w.add_string(f"{arch}.hidden_activation", cfg.hidden_act)
     w.add_file_type(int(gguf.LlamaFileType[f"MOSTLY_{ternary_type}"]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tokens, types = byte_level_vocab(cfg)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(["Ġ Ġ"])
-    if cfg.bos_token_id is not None:
-        w.add_bos_token_id(cfg.bos_token_id)
-    if cfg.eos_token_ids:
-        w.add_eos_token_id(cfg.eos_token_ids[0])
+    if not _add_model_vocab(w, im, cfg):
+        tokens, types = byte_level_vocab(cfg)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(["Ġ Ġ"])
+        w.add_bool(PLACEHOLDER_KEY, True)
+        if cfg.bos_token_id is not None:
+            w.add_bos_token_id(cfg.bos_token_id)
+        if cfg.eos_token_ids:
+            w.add_eos_token_id(cfg.eos_token_ids[0])
 
     for cname in names:
         t = im.tensors[cname]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bitnet_edge.sdk.chat import ChatTemplate
-from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo
+from bitnet_edge.sdk.manifest import (DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, SourceInfo,
+                                     default_model_name)
 
 __all__ = ["ImportedTensor", "ImportedModel", "decoder_linear_names", "decoder_tensor_names"]
 
@@ -33,8 +34,28 @@ class ImportedModel:
     tensors: dict[str, ImportedTensor]
     source: SourceInfo
     tokenizer_file: str | None = None
+    tokenizer_json: str | None = None  # a tokenizer.json built in memory (GGUF vocabularies), else None
     chat_template: ChatTemplate | None = None
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        # the source's own name (an HF id with a '/', a GGUF general.name with spaces, a file stem)
+        # made into a valid model name; ``convert --name`` overrides it
+        self.name = default_model_name(self.name)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer_file is not None or self.tokenizer_json is not None
+
+    def load_tokenizer(self):
+        """The model's :class:`tokenizers.Tokenizer` (FormatError ``bad-tokenizer`` when it does not load)."""
+        from bitnet_edge.sdk.tokenizer import load_tokenizer, tokenizer_from_json
+
+        if self.tokenizer_json is not None:
+            return tokenizer_from_json(self.tokenizer_json, f"{self.source.path} (tokenizer.ggml.*)")
+        if self.tokenizer_file is None:
+            return None
+        return load_tokenizer(self.tokenizer_file)
 
 
 def decoder_linear_names(num_layers: int) -> list[str]:

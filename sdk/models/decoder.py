@@ -197,16 +197,19 @@ class DecoderModel:
     def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: Sequence[int] | None = None, on_token: Callable[[int], object] | None = None,
-                 max_context: int | None = None) -> list[int]:
+                 max_context: int | None = None, sampler: Sampler | None = None) -> list[int]:
         """The new tokens (prompt excluded).  Temperature 0 is greedy; generation ends at a stop token
-        (the config's EOS ids plus ``stop``; the stop token is included) or after max_new_tokens."""
+        (the config's EOS ids plus ``stop``; the stop token is included) or after max_new_tokens.
+        ``sampler`` (a :class:`Sampler`: logit bias, penalties, logprobs) replaces temperature,
+        top_k, top_p and seed."""
         ids = self._check_ids(token_ids)
         if max_new_tokens < 0:
             raise InputError("max_new_tokens", f"must be >= 0, got {max_new_tokens}")
         limit = min(max_context or self.cfg.max_position_embeddings, self.cfg.max_position_embeddings)
         if len(ids) + max_new_tokens > limit:
             raise ContextLengthError(len(ids) + max_new_tokens, limit)
-        sampler = Sampler(temperature, top_k, top_p, seed)
+        if sampler is None:
+            sampler = Sampler(temperature, top_k, top_p, seed)
         stops = set(self.cfg.eos_token_ids) | set(stop or ())
         out: list[int] = []
         if max_new_tokens == 0:

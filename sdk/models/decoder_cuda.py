@@ -272,7 +272,7 @@ class CudaDecoderModel(DecoderModel):
     def _decode_next(self, tok: int, cache, sampler) -> int:
         """Greedy steps with the persistent kernel return the token the GPU picked (the argmax of
         the same logits forward() returns); anything else goes through the logits."""
-        if sampler.temperature != 0.0 or not isinstance(cache, CudaKVCache):
+        if sampler.temperature != 0.0 or not sampler.plain or not isinstance(cache, CudaKVCache):
             return super()._decode_next(tok, cache, sampler)
         with self._lock:
             if cache.length + 1 > cache.capacity:

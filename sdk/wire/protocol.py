@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, TypeAdapter, ValidationError
 
 from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.manifest import MODEL_NAME  # a model's name on the wire and on the device (one topic level)
 from bitnet_edge.sdk.schemas import Strict, parse_model
 
 __all__ = [
@@ -33,8 +34,6 @@ DEFAULT_CHUNK_BYTES = 256 * 1024  # bytes
 MAX_CHUNK_BYTES = 4 * 1024 * 1024  # bytes
 MAX_CHUNKS_PER_REQUEST = 64
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-#: a model's name on the wire and on the device (one topic level, one directory name)
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SHA256 = r"^[0-9a-f]{64}$"
 
 #: Why an install ended as it did (``ok`` when it worked).

@@ -307,9 +307,11 @@ def test_a_seed_out_of_range_is_a_validation_error():
 
     from bitnet_edge.agent.api import CompletionRequest
 
-    for bad in (-1e23, -1, 2**64):
+    for bad in (-1e23, -(2**63) - 1, 2**63, 2**64, 1.5):
         with pytest.raises(ValidationError):
             CompletionRequest.model_validate({"prompt": [1, 2], "seed": bad})
+    for good in (-1, -(2**63), 2**63 - 1):  # OpenAI's seed is a signed 64-bit integer
+        assert CompletionRequest.model_validate({"prompt": [1, 2], "seed": good}).seed == good
 
 
 def test_a_worker_that_fails_to_start_in_any_way_is_stopped(tmp_path, monkeypatch):

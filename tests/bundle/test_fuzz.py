@@ -1,7 +1,8 @@
 """Fuzzing and bad input (hypothesis): the bundle reader, the manifest parser, delta apply, the
 sealed-chunk reader, and every MQTT message handler (fleet ingest, the TUF responder, the agent's
 desired-state, chunk and TUF-part handlers) get mutated and random input.  Nothing may raise
-anything but the package's typed error, and every dropped message is counted.
+anything but the package's typed error, no mutated bundle verifies or installs (unmutated controls
+must), and every dropped message is counted.
 
 The long run (10,000 mutated bundles through an agent that keeps serving) is
 ``python -m benchmarks.fuzz_bundles``; ``test_mutated_bundles_are_refused_and_the_model_keeps_serving``
@@ -122,10 +123,28 @@ def test_mutated_bundles_are_refused_and_the_model_keeps_serving():
 
     report = run_fuzz(200, seed=1, probe_every=100)
     assert report["violations"] == [] and report["refused"] == 200
+    # the control: the same bundle unmutated verifies, installs and changes what is served
+    assert report["control"] == {"outcome": "installed:ok", "verify": "ACCEPTED", "ok": True}
     assert sum(report["errors"].values()) == 200 and "ACCEPTED" not in report["errors"]
     assert all(k.startswith("rejected:") for k in report["outcomes"])
     assert set(report["mutations"]) == {"bitflip", "bytes", "truncate", "extend", "splice", "insert-delete",
                                         "duplicate", "length", "signature", "json"}
+
+
+def test_the_fuzzer_fails_when_a_mutant_installs():
+    """The harness catches an accepted bundle: 'mutants' that are the unmutated release 2 are
+    reported as violations (installed, verified, the active model changed)."""
+    from benchmarks.fuzz_bundles import run_fuzz
+
+    def unmutated(rng, corpus):
+        return "full", "none", next(it for it in corpus.items if it.name == "full").data
+
+    report = run_fuzz(2, seed=1, probe_every=1, mutator=unmutated, control=False)
+    assert report["refused"] == 0 and len(report["violations"]) == 2
+    first = report["violations"][0]["problems"]
+    assert any(p.startswith("outcome installed/") for p in first) and "verify: ACCEPTED" in first
+    assert "the active slot changed" in first and "inference output changed" in first
+    assert report["errors"] == {"ACCEPTED": 2}
 
 
 @FUZZ
@@ -133,13 +152,26 @@ def test_mutated_bundles_are_refused_and_the_model_keeps_serving():
 def test_the_bundle_reader_raises_only_bundle_errors(corpus, data):
     item = data.draw(st.sampled_from(corpus.items))
     blob = data.draw(st.one_of(mutated_bytes(item.data), st.binary(max_size=2048)))
-    for call in (lambda: read_unverified(blob),
-                 lambda: verify_bundle(blob, corpus.trusted, device_keys=corpus.device_keys),
+    originals = {it.data for it in corpus.items}
+    try:
+        read_unverified(blob)  # parses the envelope only: accepting a mutant is not its job
+    except BundleError:
+        pass
+    for call in (lambda: verify_bundle(blob, corpus.trusted, device_keys=corpus.device_keys),
                  lambda: verify_bundle(blob, corpus.trusted, deep=False)):
         try:
             call()
         except BundleError:
-            pass
+            continue
+        assert blob in originals, "a mutated bundle verified"  # only an unchanged bundle may pass
+
+
+def test_the_unmutated_corpus_verifies(corpus):
+    """The control of the reader fuzz: every original bundle passes both checks, so a verifier
+    that refused everything could not pass the test above for a safe one."""
+    for item in corpus.items:
+        verify_bundle(item.data, corpus.trusted, device_keys=corpus.device_keys)
+        verify_bundle(item.data, corpus.trusted, deep=False)
 
 
 @FUZZ

@@ -2,8 +2,9 @@
 
 The README's journeys (blocks marked ``<!-- docs-test: journey NAME -->``) run in order in one
 workspace, as a reader would type them: backslash continuations, heredocs and ``&`` background
-processes included.  The workspace holds what the commands assume exists (a digits .npz, a tiny
-Hugging Face BitNet checkpoint, calibration data).  ``make demo`` is run by tests/e2e/test_demo.py.
+processes included.  The workspace holds what the commands assume exists, written by
+docs/readme_inputs.py (the script the README names for them).  ``make demo`` is run by
+tests/e2e/test_demo.py.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"<!-- docs-test: journey (\w+) -->\n```(sh|python)\n(.*?)```", re.S)
+#: blocks whose commands another test runs (a fresh venv per role, a minute of training):
+#: ``<!-- docs-test: covered-by tests/PATH.py::TEST -->`` names it
+COVERED = re.compile(r"<!-- docs-test: covered-by (tests/[\w/]+\.py)::(\w+) -->\n```(sh|python)\n", re.S)
 #: background commands and the port that tells they are up
 READY = {"agent run": 8700, "fleet serve": 8780}
 
@@ -64,21 +67,13 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from tests.support.hf_fixtures import save_bitnet_float
-    from bitnet_edge.sdk import qat
-
+    pytest.importorskip("transformers")  # hf-bitnet/ is written by transformers itself
     ws = tmp_path_factory.mktemp("readme")
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((10, 64)) * 4
-    y = rng.integers(0, 10, 600)
-    x = (centers[y] + rng.standard_normal((600, 64))).astype(np.float32)
-    qat.save_npz(qat.train_mlp(x[:500], y[:500], (32,), epochs=8), ws / "digits.npz", [str(i) for i in range(10)])
-    qat.save_npz(qat.train_mlp(x[:500], y[:500], (48, 48), ternary=False, epochs=4), ws / "sensor.npz")
-    np.save(ws / "calib.npy", x[:64])
-    np.save(ws / "digits-test.npy", x[500:510])
-    (ws / "digit.json").write_text(json.dumps({"inputs": x[500:502].tolist()}))
-    save_bitnet_float(ws / "hf-bitnet")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # the README's inputs, made by the script the README names for them
+    res = subprocess.run([sys.executable, str(REPO / "docs" / "readme_inputs.py"), str(ws)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
     bg: list[subprocess.Popen] = []
     yield ws, env, bg
     for p in bg:
@@ -92,7 +87,11 @@ def workspace(tmp_path_factory):
 
 def test_readme_marks_every_command_block():
     blocks = re.findall(r"```(sh|python)\n", README)
-    assert len(journeys()) == len(blocks) - 1, "every sh/python block but the `make` one is a docs-test journey"
+    covered = COVERED.findall(README)
+    assert len(journeys()) + len(covered) == len(blocks) - 1, \
+        "every sh/python block but the `make` one is a docs-test journey or names the test that runs it"
+    for path, test, _ in covered:  # the named test exists
+        assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), (path, test)
     assert [j[0] for j in journeys()] == ["build", "models", "python", "agent", "fleet"]
 
 
@@ -130,3 +129,13 @@ def test_journey(name, workspace):
                 break
             time.sleep(0.5)
         assert st[0]["devices"] >= 1
+
+
+def test_the_readme_documents_every_input_it_uses():
+    """Each file the walkthrough reads is in the README's inputs table and made by the script."""
+    used = {"digits.npz", "hf-bitnet/", "sensor.npz", "calib.npy", "digits-test.npy", "digit.json"}
+    table = README.split("### Inputs the walkthrough uses", 1)[1].split("\n#", 1)[0]
+    for name in used:
+        assert name in " ".join(c for b in BLOCK.findall(README) for c in b), name
+        assert f"| `{name}`" in table, name
+    assert "docs/readme_inputs.py" in table and (REPO / "docs" / "readme_inputs.py").is_file()

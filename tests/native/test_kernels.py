@@ -1,4 +1,6 @@
-"""Every backend the machine runs, bit-exact against the numpy reference."""
+"""Every backend the machine runs, bit-exact against the numpy reference; the numpy reference itself
+against independent arithmetic (an int64 matmul of the unpacked weights, the absmax rule written out
+per row), never against itself."""
 
 import os
 import subprocess
@@ -16,6 +18,14 @@ SHAPES = [  # (n, k, m): tiny, k not a multiple of any block, m = 1, tiles with 
     (1, 1, 1), (1, 127, 1), (3, 128, 1), (5, 129, 2), (7, 255, 3), (4, 256, 4), (9, 300, 5),
     (13, 1000, 7), (64, 2560, 1), (33, 4096, 6), (130, 640, 65),
 ]
+
+
+def _int64_matmul(w: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """The products the kernels must give, computed apart from the reference (numpy's integer
+    matmul, no float64 BLAS): W (n, k) @ xq (m, k) -> (m, n) int32, checked to fit."""
+    acc = np.asarray(xq, np.int64) @ np.asarray(w, np.int64).T
+    assert np.abs(acc).max(initial=0) < 2**31
+    return acc.astype(np.int32)
 
 
 def _random_case(rng, n, k, m):
@@ -85,30 +95,72 @@ def test_property_all_backends_agree(n, k, m, seed):
     rng = np.random.default_rng(seed)
     q, xq = _random_case(rng, n, k, m)
     w8 = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
-    expect_t, expect_8 = reference.int_matmul(q, xq), reference.int_matmul(w8, xq)
+    expect_t, expect_8 = _int64_matmul(q, xq), _int64_matmul(w8, xq)  # not the reference: numpy is checked too
     tm, im = TernaryMatrix.from_ternary(q, 0.5), Int8Matrix(w8, np.ones(n, np.float32))
     t3 = Ternary3Matrix.from_ternary(q, 0.5)
+    np.testing.assert_array_equal(tm.ternary(), q)  # the packed layouts give back the weights packed
+    np.testing.assert_array_equal(t3.ternary(), q)
     for be in kernels.available_backends():
         np.testing.assert_array_equal(tm.matmul_int8(xq, backend=be), expect_t, err_msg=be)
         np.testing.assert_array_equal(t3.matmul_int8(xq, backend=be), expect_t, err_msg=be)
         np.testing.assert_array_equal(im.matmul_int8(xq, backend=be), expect_8, err_msg=be)
 
 
+@pytest.mark.parametrize("n,k,m", SHAPES)
+def test_numpy_reference_products_against_int64_matmul(rng, n, k, m):
+    """The numpy backend (unpack, then the reference product) against numpy's int64 matmul of the
+    weights before packing, for both ternary layouts and int8."""
+    q, xq = _random_case(rng, n, k, m)
+    w8 = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
+    want_t, want_8 = _int64_matmul(q, xq), _int64_matmul(w8, xq)
+    for cls in (TernaryMatrix, Ternary3Matrix):
+        np.testing.assert_array_equal(cls.from_ternary(q, 1.0).matmul_int8(xq, backend="numpy"), want_t)
+    np.testing.assert_array_equal(Int8Matrix(w8, np.ones(n, np.float32)).matmul_int8(xq, backend="numpy"), want_8)
+    np.testing.assert_array_equal(reference.int_matmul(q, xq), want_t)
+
+
 @pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9)])
-def test_quantize_and_float_epilogue_exact(any_backend, rng, n, k, m):
+def test_numpy_reference_quantize_and_epilogue_against_the_rule(rng, n, k, m):
+    """The numpy reference's activation quantizer and float epilogue against the rule written out
+    row by row (s = 127 / max|x|, round half to even, clip; y = float32(acc) * g / s) with the
+    int64 products, and against float arithmetic within the quantization error."""
     x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100)).astype(np.float32)
-    xq, s = kernels.quantize_activations(x, backend=any_backend)
+    xq, s = kernels.quantize_activations(x, backend="numpy")
+    for i, row in enumerate(x):
+        si = np.float32(127.0) / max(np.float32(np.abs(row).max()), np.float32(1e-5))
+        assert s[i] == si
+        np.testing.assert_array_equal(xq[i], np.clip(np.rint(row * si), -128, 127).astype(np.int8))
+        assert np.abs(xq[i]).max() == 127  # the largest magnitude maps to the edge of the range
+        assert np.abs(xq[i] / si - row).max() <= 0.5 / si * (1 + 1e-6)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    tm = TernaryMatrix.from_float(w)
+    q = tm.ternary()
+    want = (_int64_matmul(q, xq).astype(np.float32) * np.float32(tm.scale)) / s[:, None]
+    got = tm.linear(x, backend="numpy")
+    np.testing.assert_array_equal(got, want)
+    exact = x.astype(np.float64) @ (q.astype(np.float64) * tm.scale).T
+    bound = tm.scale * np.abs(q).sum(1)[None, :] * (0.5 / s[:, None])  # each |x - xq / s| <= 0.5 / s
+    assert (np.abs(got - exact) <= bound * 1.001 + 1e-5 * np.abs(exact).max()).all()
+    im = Int8Matrix.from_float(w)
+    want8 = (_int64_matmul(im.weights, xq).astype(np.float32) * im.scales) / s[:, None]
+    np.testing.assert_array_equal(im.linear(x, backend="numpy"), want8)
+
+
+@pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9)])
+def test_quantize_and_float_epilogue_exact(native_backend, rng, n, k, m):
+    x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100)).astype(np.float32)
+    xq, s = kernels.quantize_activations(x, backend=native_backend)
     rq, rs = quant.absmax_int8(x)
     np.testing.assert_array_equal(xq, rq)
     np.testing.assert_array_equal(s, rs)
     w = rng.standard_normal((n, k)).astype(np.float32)
     tm = TernaryMatrix.from_float(w)
-    np.testing.assert_array_equal(tm.linear(x, backend=any_backend),
+    np.testing.assert_array_equal(tm.linear(x, backend=native_backend),
                                   reference.ternary_linear(tm.ternary(), tm.scale, x))
     t3 = Ternary3Matrix.from_ternary(tm.ternary(), tm.scale)
-    np.testing.assert_array_equal(t3.linear(x, backend=any_backend), tm.linear(x, backend=any_backend))
+    np.testing.assert_array_equal(t3.linear(x, backend=native_backend), tm.linear(x, backend=native_backend))
     im = Int8Matrix.from_float(w)
-    np.testing.assert_array_equal(im.linear(x, backend=any_backend),
+    np.testing.assert_array_equal(im.linear(x, backend=native_backend),
                                   reference.int8_linear(im.weights, im.scales, x))
 
 

@@ -17,6 +17,7 @@ import pytest
 from bitnet_edge.sdk import kernels, load_model
 from bitnet_edge.sdk.conv import Conv2DGeometry, DepthwiseConv2D, im2col, same_pads
 from bitnet_edge.sdk.convert.convert import convert
+from bitnet_edge.sdk.convert.plan import split_calibration
 from bitnet_edge.sdk.errors import FormatError, KernelError, ShapeError
 
 pytest.importorskip("ai_edge_litert", reason="the TFLite reference needs ai-edge-litert (pip install -e '.[test]')")
@@ -65,8 +66,8 @@ def test_depthwise_every_backend_bit_exact(rng, n, h, w, c, k, s, d, padding):
               DepthwiseConv2D(g, rng.standard_normal((k, k, c)).astype(np.float32), None, bias)]
     for layer in layers:
         for lo, hi in ((-np.inf, np.inf), (0.0, 6.0)):
-            want = layer(x, lo, hi, backend="numpy")
-            for be in kernels.available_backends():
+            want = layer(x, lo, hi, backend="numpy")  # itself checked by test_depthwise_reference_is_the_convolution
+            for be in [b for b in kernels.available_backends() if b != "numpy"]:
                 np.testing.assert_array_equal(_bits(layer(x, lo, hi, backend=be)), _bits(want), err_msg=be)
 
 
@@ -212,8 +213,14 @@ def test_tflite_auto_plan_within_budget(tfl, tmp_path):
     # the budget is measured on the logits (the final softmax's input), not on the probabilities
     logits = next(n.inputs[0] for n in man.config.nodes if n.op == "softmax")
     ref = load_model(convert(read_tflite(path), tmp_path / "f32", precision="f32"))
-    got = _cos(m.run([calib], outputs=[logits])[logits], ref.run([calib], outputs=[logits])[logits])
-    assert got == pytest.approx(man.calibration["cosine"], abs=1e-5)
+    fit, held = split_calibration(calib)
+    q = man.quality
+    assert (q.calibration_samples, q.held_out_samples) == (len(fit), len(held)) == (13, 3)
+    assert [o.name for o in q.outputs] == [logits] and q.budget == 0.99
+    for part, want in ((fit, q.outputs[0].calibration_cosine), (held, q.outputs[0].held_out_cosine)):
+        got = _cos(m.run([part], outputs=[logits])[logits], ref.run([part], outputs=[logits])[logits])
+        assert got == pytest.approx(want, abs=1e-5)
+    assert man.calibration["cosine"] == q.calibration_min_cosine and not q.below_budget
 
 
 def test_tflite_unsupported_op_names_the_op_and_node(tmp_path):

@@ -199,7 +199,11 @@ def test_ternary_export_matches_transformers(run, tmp_path):
     ids = [0, 5, 17, 33, 100, 200, 7, 9, 250, 12]
     ref = reference_logits(load_reference(out / "hf" / "ternary"), ids)
     got = load_model(convert(read_hf(out / "hf" / "ternary"), tmp_path / "m", head="f32", embeddings="f32")).logits(ids)
-    assert np.abs(got - ref).max() / (ref.max() - ref.min()) < 1e-4
+    # as in test_runtime_matches_trainer: float sums in another order (the C decoder, transformers'
+    # matmuls) move an activation across an int8 rounding boundary now and then
+    err = np.abs(got - ref) / (ref.max() - ref.min())
+    print(f"relative logit error: mean {err.mean():.2e}, max {err.max():.2e}")
+    assert err.mean() < 1e-4 and err.max() < 1e-3, (err.mean(), err.max())  # numpy runtime: ~1e-7
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
