@@ -7,6 +7,7 @@ client id).  The ACL file gives every device its own topics only, through patter
 
     pattern write bne/v1/devices/%u/state          device -> fleet leaves
     pattern read  bne/v1/devices/%u/desired        fleet -> device leaves
+    pattern read  bne/v1/devices/%u/desired/+      one desired state per model (ADR 0021)
 
 and each fleet replica (``bne-fleet@<replica>``) the other direction for every device.  Anything
 not granted is denied (publishes are dropped, subscriptions get nothing).  ``crlfile`` points at
@@ -25,13 +26,16 @@ from pathlib import Path
 from bitnet_edge.fleet.pki import BROKER_NAME, CertAuthority, _write, fleet_identity
 from bitnet_edge.sdk.wire.protocol import LEAVES, PREFIX
 
-__all__ = ["DEVICE_WRITES", "DEVICE_READS", "acl_text", "mosquitto_conf", "BrokerFiles", "write_broker_config"]
+__all__ = ["DEVICE_WRITES", "DEVICE_READS", "DEVICE_READ_FILTERS", "acl_text", "mosquitto_conf", "BrokerFiles", "write_broker_config"]
 
 #: device -> fleet leaves (a device publishes, the fleet subscribes): presence, state, events, */req
 DEVICE_WRITES = tuple(x for x in LEAVES if x in ("presence", "state", "events") or x.endswith("/req"))
 #: fleet -> device leaves: desired, */data
 DEVICE_READS = tuple(x for x in LEAVES if x == "desired" or x.endswith("/data"))
 assert set(DEVICE_WRITES) | set(DEVICE_READS) == set(LEAVES), "a protocol leaf with no ACL direction"
+#: fleet -> device topic filters below a device, in the ACL: every read leaf, and ``desired/+``
+#: (a desired state per model, ADR 0021: a device subscribes to ``.../desired/+`` of its own id)
+DEVICE_READ_FILTERS = DEVICE_READS + ("desired/+",)
 
 
 def acl_text(replicas: Sequence[str]) -> str:
@@ -42,11 +46,11 @@ def acl_text(replicas: Sequence[str]) -> str:
              "# Everything not granted here is denied.", "",
              "# every device: its own topics only"]
     lines += [f"pattern write {dev}/%u/{leaf}" for leaf in DEVICE_WRITES]
-    lines += [f"pattern read {dev}/%u/{leaf}" for leaf in DEVICE_READS]
+    lines += [f"pattern read {dev}/%u/{leaf}" for leaf in DEVICE_READ_FILTERS]
     for r in replicas:
         lines += ["", f"# fleet service replica {r}", f"user {fleet_identity(r)}"]
         lines += [f"topic read {dev}/+/{leaf}" for leaf in DEVICE_WRITES]
-        lines += [f"topic write {dev}/+/{leaf}" for leaf in DEVICE_READS]
+        lines += [f"topic write {dev}/+/{leaf}" for leaf in DEVICE_READ_FILTERS]
     return "\n".join(lines) + "\n"
 
 

@@ -152,15 +152,28 @@ def serve_cmd(data_dir, database, broker, mqtt_host, mqtt_port, mqtt_tls_cert, m
     svc.stop()
 
 
+def _models_text(models: list[dict], inst: dict | None) -> str:
+    """One line per model on a device: name, version, release, health, on-demand / loaded (ADR 0021)."""
+    if not models:
+        return f"{inst['model']} {inst['version']} (r{inst['release']})" if inst else "-"
+    lines = []
+    for m in models:
+        i = m["installed"]
+        what = f"{i['version']} (r{i['release']})" if i else "nothing installed"
+        notes = [m["health"]] + (["on-demand, " + ("loaded" if m["loaded"] else "idle")] if m["on_demand"] else [])
+        lines.append(f"{m['name']} {what} {', '.join(notes)}")
+    return "\n".join(lines)
+
+
 @fleet_group.command("devices")
 @_client_options
 def devices_cmd(client, as_json) -> None:
-    """Devices the fleet knows: online, profile, installed release, health, last outcome."""
+    """Devices the fleet knows: online, profile, every model with its release and health, last outcome."""
     rows = client.get("/v1/devices")
     if as_json:
         return _emit_json(rows)
     t = Table(title=f"devices ({sum(r['online'] for r in rows)} of {len(rows)} online)")
-    for col in ("device", "online", "profile / target", "tags", "installed", "health", "last outcome", "seen"):
+    for col in ("device", "online", "profile / target", "tags", "models", "health", "last outcome", "seen"):
         t.add_column(col)
     for r in rows:
         inst = r["installed"]
@@ -171,7 +184,7 @@ def devices_cmd(client, as_json) -> None:
             last = f"{prog['stage']} {100 * prog['received_bytes'] // prog['total_bytes']}%"
         t.add_row(r["id"], "[green]yes[/green]" if r["online"] else "[yellow]no[/yellow]",
                   escape(f"{r['profile'] or '-'} / {r['target'] or '-'}"), escape(",".join(r["tags"])) or "-",
-                  escape(f"{inst['model']} {inst['version']} (r{inst['release']})") if inst else "-", r["health"],
+                  escape(_models_text(r.get("models") or [], inst)), r["health"],
                   escape(last), _ago(r["last_seen"]))
     console.print(t)
 

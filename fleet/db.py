@@ -20,7 +20,7 @@ from pathlib import Path
 from bitnet_edge.fleet.dialect import Dialect, engine_for
 from bitnet_edge.fleet.errors import DatabaseError
 
-__all__ = ["Database", "Tx", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["Database", "Tx", "MIGRATIONS", "SCHEMA_VERSION", "desired_model_of"]
 
 
 class Tx:
@@ -136,8 +136,55 @@ def _m3_history_and_detail(c: Tx) -> None:
     # ALTER: SQLite copies them into the table's stored CREATE statement.
 
 
+def desired_model_of(payload) -> str | None:
+    """``release.model`` of a stored DesiredState payload (None: empty, unreadable or no valid model name)."""
+    import json
+    import re
+
+    from bitnet_edge.sdk.wire.protocol import MODEL_NAME
+
+    try:
+        model = json.loads(bytes(payload))["release"]["model"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return model if isinstance(model, str) and re.match(MODEL_NAME, model) else None
+
+
+def _m4_models_per_device(c: Tx) -> None:
+    """Several models per device (ADR 0021): a desired state per (device, model), retained on
+    ``.../desired/{model}``, and one row per model a device reports (``ReportedState.models``).
+
+    ``desired`` keeps its meaning: what is retained on the single-model ``.../desired`` topic.
+    Each stored desired state is copied to ``desired_models`` under its release's model; the
+    ``desired`` row stays while the device runs an agent that reads only ``.../desired`` (it
+    reports no ``models``), and is cleared (empty retained message, then the row deleted) once
+    the device reports ``models`` (the driver's ``clear_legacy``)."""
+    _script(c, """
+    CREATE TABLE desired_models (
+        device_id TEXT NOT NULL, model TEXT NOT NULL,
+        payload {blob} NOT NULL,               -- DesiredState JSON, empty: cleared
+        rollout_id TEXT, updated_at {real} NOT NULL,
+        PRIMARY KEY (device_id, model)
+    );
+    CREATE TABLE device_models (
+        device_id TEXT NOT NULL, model TEXT NOT NULL,
+        state TEXT NOT NULL,                   -- JSON ModelState as last reported
+        installed_release {int}, installed_sha TEXT,
+        updated_at {real} NOT NULL,
+        PRIMARY KEY (device_id, model)
+    );
+    ALTER TABLE devices ADD COLUMN models_reported {int} NOT NULL DEFAULT 0
+    """)  # devices.models_reported: 1 when the device's last state listed its models (ADR 0021 agent)
+    rows = c.execute("SELECT device_id, payload, rollout_id, updated_at FROM desired").fetchall()
+    copied = [(r["device_id"], m, bytes(r["payload"]), r["rollout_id"], r["updated_at"]) for r in rows
+              if (m := desired_model_of(r["payload"])) is not None]
+    c.executemany("INSERT INTO desired_models(device_id, model, payload, rollout_id, updated_at) VALUES (?,?,?,?,?)",
+                  copied)
+
+
 #: Ordered; entry i takes the schema from version i to i + 1.  Append only.
-MIGRATIONS: list[Callable[[Tx], None]] = [_m1_initial, _m2_indexes_and_leases, _m3_history_and_detail]
+MIGRATIONS: list[Callable[[Tx], None]] = [_m1_initial, _m2_indexes_and_leases, _m3_history_and_detail,
+                                          _m4_models_per_device]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

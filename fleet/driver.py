@@ -6,9 +6,19 @@ rollout, then write the rollout, its changed members and the resulting desired s
 transaction (guarded by the rollout's ``rev``, so a pass computed from a state that an operator
 command changed meanwhile is dropped) and publish the desired states, retained.
 
-The ``desired`` table keeps every device's last desired state verbatim; :meth:`republish` sends
-them all again after each (re)connect, because a restarted broker may have lost its retained
-messages.  With several replicas only the holder of the ``driver`` lease runs passes.
+Several models per device (ADR 0021): a rollout is for one model.  A device is claimed by the
+newest active rollout of each model whose selector matches it, and a rollout reads the device's
+state of its own model only (``ReportedState.models``; an older agent that lists no models is read
+from its single-model fields) and sets that model's desired state only, retained on
+``.../desired/{model}``.
+
+The ``desired_models`` table keeps every (device, model)'s last desired state verbatim; the
+``desired`` table what is retained on the single-model ``.../desired`` topic, which only older
+agents read: it mirrors the latest desired state set for such a device, and is cleared (empty
+retained message) once the device reports its models and is done with the mirrored one
+(:meth:`clear_legacy`).  :meth:`republish` sends them all again
+after each (re)connect, because a restarted broker may have lost its retained messages.  With
+several replicas only the holder of the ``driver`` lease runs passes.
 """
 
 from __future__ import annotations
@@ -19,21 +29,32 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bitnet_edge.fleet import rollout as sm
-from bitnet_edge.fleet.db import Database
+from bitnet_edge.fleet.db import Database, desired_model_of
 from bitnet_edge.fleet.errors import NotFound, RolloutError
 from bitnet_edge.fleet.registry import Registry
 from bitnet_edge.fleet.rollout import ACTIVE_STATES, Member, Observation, Rollout, RolloutSpec, SetDesired, Step
 from bitnet_edge.fleet.selection import ReleaseInfo, device_targets, pick_bundle, release_ref
 from bitnet_edge.sdk.logs import log_event
 from bitnet_edge.sdk.wire.desired_sig import sign_desired
-from bitnet_edge.sdk.wire.protocol import DesiredState, device_topic
+from bitnet_edge.sdk.wire.protocol import DesiredState, ModelState, desired_topic, device_topic
 
 __all__ = ["RolloutDriver", "DeviceView"]
 
 log = logging.getLogger("bitnet_edge.fleet.driver")
+#: seconds after which a single-model mirror is cleared even if the device never finished with it
+_LEGACY_CLEAR_AFTER = 3600.0
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model on a device, as the rollouts see it."""
+
+    release: int | None  # release counter installed (None: nothing of this model)
+    sha: str | None  # the installed full bundle's sha256 (a delta's base)
+    outcome: dict | None  # the model's last install Outcome
 
 
 @dataclass(frozen=True)
@@ -43,10 +64,21 @@ class DeviceView:
     profile: str | None
     target: str | None
     online: bool
-    model: str | None
+    model: str | None  # the single-model fields: the default model
     release: int | None
     sha: str | None
-    outcome: dict | None
+    outcome: dict | None  # the device's latest install Outcome (any model)
+    models: dict[str, ModelView] = field(default_factory=dict)
+    models_reported: bool = False  # False: an older agent, which reads only .../desired
+
+    def model_view(self, model: str) -> ModelView:
+        """The device's state of ``model``: from ``models``, or from the single-model fields of an
+        older agent (which serves at most one model)."""
+        if self.models_reported:
+            return self.models.get(model, ModelView(None, None, None))
+        if self.model == model:
+            return ModelView(self.release, self.sha, self.outcome)
+        return ModelView(None, None, None)
 
 
 def _profile_targets() -> tuple[dict[str, str], dict[str, str]]:
@@ -133,11 +165,17 @@ class RolloutDriver:
                 for r in self.db.query("SELECT * FROM rollout_members WHERE rollout_id=?", (rollout_id,))}
 
     def _devices(self) -> dict[str, DeviceView]:
+        models: dict[str, dict[str, ModelView]] = {}
+        for r in self.db.query("SELECT device_id, model, state, installed_release, installed_sha FROM device_models"):
+            out = json.loads(r["state"]).get("last_outcome")
+            models.setdefault(r["device_id"], {})[r["model"]] = ModelView(r["installed_release"], r["installed_sha"],
+                                                                           out)
         return {r["id"]: DeviceView(r["id"], json.loads(r["tags"]), r["profile"], r["target"], bool(r["online"]),
                                     r["installed_model"], r["installed_release"], r["installed_sha"],
-                                    json.loads(r["last_outcome"]) if r["last_outcome"] else None)
+                                    json.loads(r["last_outcome"]) if r["last_outcome"] else None,
+                                    models.get(r["id"], {}), bool(r["models_reported"]))
                 for r in self.db.query("SELECT id, tags, profile, target, online, installed_model, installed_release, "
-                                       "installed_sha, last_outcome FROM devices")}
+                                       "installed_sha, last_outcome, models_reported FROM devices")}
 
     def _targets(self, d: DeviceView) -> list[str]:
         return device_targets(d.profile, d.target, self.profile_targets, self.library_targets)
@@ -228,6 +266,7 @@ class RolloutDriver:
     def tick(self) -> int:
         """One pass over every rollout that can still change; returns the desired states published."""
         with self._lock:
+            self.clear_legacy()  # first: an agent handles the clear before this pass's desired states
             now = self.clock()
             devices = self._devices()
             ids = self.registry.release_ids()
@@ -235,10 +274,11 @@ class RolloutDriver:
             active = [(r, rev) for r, rev, _ in rollouts if r.state in ACTIVE_STATES]
             claims: dict[str, list[DeviceView]] = {}
             for d in devices.values():
+                taken: set[str] = set()  # models whose newest matching rollout claimed the device
                 for r, _ in active:
-                    if sm.selector_matches(r.spec.selector, d.id, d.tags, d.profile):
+                    if r.spec.model not in taken and sm.selector_matches(r.spec.selector, d.id, d.tags, d.profile):
                         claims.setdefault(r.id, []).append(d)
-                        break
+                        taken.add(r.spec.model)
             reverting = {row["rollout_id"] for row in self.db.query(
                 "SELECT DISTINCT rollout_id FROM rollout_members WHERE status='reverting'")}
             sent = 0
@@ -262,16 +302,20 @@ class RolloutDriver:
             return sent
 
     def _observe(self, r: Rollout, rel: ReleaseInfo, shas: set[str], d: DeviceView, ids) -> Observation:
-        o = d.outcome
+        """What the rollout sees of a device: its state of the rollout's model only."""
+        mv = d.model_view(rel.model)
         failure = detail = None
-        if o and o.get("rollout_id") == r.id and o.get("result") != "installed" and o.get("bundle_sha256") in shas:
-            failure, detail = o.get("reason") or "failed", o.get("message")
-        return Observation(d.id, d.online, ids.get((d.model, d.release)), failure,
-                           pick_bundle(rel, self._targets(d)) is not None, detail)
+        for o in (mv.outcome, d.outcome):  # the model's last outcome, else the device's latest
+            if o and o.get("rollout_id") == r.id and o.get("result") != "installed" and o.get("bundle_sha256") in shas:
+                failure, detail = o.get("reason") or "failed", o.get("message")
+                break
+        return Observation(d.id, d.online, ids.get((rel.model, mv.release)) if mv.release is not None else None,
+                           failure, pick_bundle(rel, self._targets(d)) is not None, detail)
 
     def _apply(self, st: Step, rev: int, devices: dict[str, DeviceView], now: float, before: Rollout,
                actor: str | None = None) -> bool:
         r = st.rollout
+        model = r.spec.model
         out: list[tuple[str, bytes]] = []
         with self.db.tx() as c:
             row = c.execute("SELECT rev FROM rollouts WHERE id=?", (r.id,)).fetchone()
@@ -292,15 +336,19 @@ class RolloutDriver:
                           [(r.id, m.device_id, m.status, m.wave, m.assigned_at, m.started_at, m.finished_at,
                             m.from_release_id, m.reason, m.detail) for m in st.members.values()])
             for a in st.actions:
-                payload = self._desired_payload(r, a, devices.get(a.device_id), now)
-                c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
-                             ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,
+                d = devices.get(a.device_id)
+                payload = self._desired_payload(r, a, d, now)
+                c.execute("""INSERT INTO desired_models(device_id, model, payload, rollout_id, updated_at)
+                             VALUES (?,?,?,?,?) ON CONFLICT(device_id, model) DO UPDATE SET payload=excluded.payload,
                              rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",
-                          (a.device_id, payload, r.id, now))
-                out.append((a.device_id, payload))
-        for device_id, payload in out:
-            self._fetchable.pop(device_id, None)
-            self._publish(device_topic(device_id, "desired"), payload)
+                          (a.device_id, model, payload, r.id, now))
+                out.append((desired_topic(a.device_id, model), payload))
+                if d is not None and self._mirror(c, a.device_id, model, payload, r.id, now,
+                                                  legacy=not d.models_reported):
+                    out.append((device_topic(a.device_id, "desired"), payload))
+        for topic, payload in out:
+            self._fetchable.pop(topic.split("/")[3], None)
+            self._publish(topic, payload)
         self._log_changes(before, r, old, st.members, actor)
         self._on_change()
         return True
@@ -325,6 +373,22 @@ class RolloutDriver:
                           m.detail, level=logging.WARNING, device=m.device_id, rollout=r.id, reason=m.reason,
                           detail=m.detail)
 
+    @staticmethod
+    def _mirror(c, device_id: str, model: str, payload: bytes, rollout_id: str, now: float, legacy: bool) -> bool:
+        """An older agent (``legacy``) reads only ``.../desired``: mirror the desired state set for
+        it there (a clear only when the mirror holds that model's).  A device that reports its
+        models keeps its mirror, until cleared, equal to the latest desired state of the model it
+        names (never an older one for a reconnect to deliver).  True when the mirror changed."""
+        row = c.execute("SELECT payload FROM desired WHERE device_id=?", (device_id,)).fetchone()
+        held = desired_model_of(row["payload"]) if row is not None and bytes(row["payload"]) else None
+        if (not payload or not legacy) and held != model:
+            return False
+        c.execute("""INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)
+                     ON CONFLICT(device_id) DO UPDATE SET payload=excluded.payload,
+                     rollout_id=excluded.rollout_id, updated_at=excluded.updated_at""",
+                  (device_id, payload, rollout_id, now))
+        return True
+
     def _desired_payload(self, r: Rollout, a: SetDesired, d: DeviceView | None, now: float) -> bytes:
         if a.release_id is None or d is None:
             return b""
@@ -334,7 +398,7 @@ class RolloutDriver:
             log.warning("release %s %s has no bundle for device %s (%s): desired cleared", rel.model, rel.version,
                         d.id, d.target)
             return b""
-        ref = release_ref(rel, bundle, d.sha, self.chunk_size)
+        ref = release_ref(rel, bundle, d.model_view(rel.model).sha, self.chunk_size)
         return self._sign(DesiredState(device_id=d.id, rollout_id=r.id, release=ref,
                                        allow_downgrade=a.allow_downgrade, issued_at=now)).model_dump_json().encode()
 
@@ -353,27 +417,95 @@ class RolloutDriver:
         return sha256 in files
 
     def allowed_files(self, device_id: str) -> set[str]:
-        """The files (full bundle, delta) the device's current desired state names: all it may fetch."""
-        row = self.db.query("SELECT payload FROM desired WHERE device_id=?", (device_id,))
-        if not row or not row[0]["payload"]:
-            return set()
-        try:
-            d = DesiredState.model_validate_json(bytes(row[0]["payload"]))
-        except ValueError:
-            return set()
-        return {d.release.bundle_sha256} | ({d.release.delta.sha256} if d.release.delta else set())
+        """The files (full bundle, delta) the device's current desired states name, over all its
+        models (and the single-model mirror): all it may fetch."""
+        rows = self.db.query("SELECT payload FROM desired_models WHERE device_id=? UNION ALL "
+                             "SELECT payload FROM desired WHERE device_id=?", (device_id, device_id))
+        files: set[str] = set()
+        for row in rows:
+            if not row["payload"]:
+                continue
+            try:
+                d = DesiredState.model_validate_json(bytes(row["payload"]))
+            except ValueError:
+                continue
+            files |= {d.release.bundle_sha256} | ({d.release.delta.sha256} if d.release.delta else set())
+        return files
+
+    def desired_states(self, device_id: str) -> list[dict]:
+        """The device's desired state per model (the console): model, rollout, when, DesiredState or None."""
+        out = []
+        for row in self.db.query("SELECT model, payload, rollout_id, updated_at FROM desired_models "
+                                 "WHERE device_id=? ORDER BY model", (device_id,)):
+            try:
+                d = DesiredState.model_validate_json(bytes(row["payload"])) if row["payload"] else None
+            except ValueError:
+                d = None
+            out.append({"model": row["model"], "rollout_id": row["rollout_id"], "updated_at": row["updated_at"],
+                        "desired": None if d is None else d.model_dump(mode="json")})
+        return out
+
+    def _signed(self, payload: bytes) -> bytes:
+        if payload and self.signing_key is not None:
+            try:  # stored before desired states were signed: sign it now
+                d = DesiredState.model_validate_json(payload)
+                if d.signature is None:
+                    payload = self._sign(d).model_dump_json().encode()
+            except ValueError:
+                pass
+        return payload
 
     def republish(self) -> int:
-        """Publish every stored desired state again (retained), e.g. after a broker restart."""
-        rows = self.db.query("SELECT device_id, payload FROM desired")
+        """Publish every stored desired state again (retained), e.g. after a broker restart: each
+        (device, model)'s on ``.../desired/{model}``, and the single-model mirrors on ``.../desired``."""
+        rows = self.db.query("SELECT device_id, model, payload FROM desired_models")
+        for row in rows:
+            self._publish(desired_topic(row["device_id"], row["model"]), self._signed(bytes(row["payload"])))
+        legacy = self.db.query("SELECT device_id, payload FROM desired")
+        for row in legacy:
+            self._publish(device_topic(row["device_id"], "desired"), self._signed(bytes(row["payload"])))
+        self.clear_legacy()
+        return len(rows) + len(legacy)
+
+    def clear_legacy(self) -> int:
+        """Clear the single-model ``.../desired`` retained message of every device whose agent now
+        reports its models (it reads ``.../desired/{model}``); the row goes once the clear is sent.
+
+        An agent that reads both takes an empty ``.../desired`` as "stop fetching the model it last
+        named", so a mirror is cleared only once the device finished with the desired state it
+        mirrors (installed it, or reported an outcome for it), or after ``_LEGACY_CLEAR_AFTER``
+        seconds; a mirror that is already empty is only forgotten."""
+        rows = self.db.query("SELECT d.device_id, d.payload, d.updated_at FROM desired d "
+                             "JOIN devices v ON v.id = d.device_id WHERE v.models_reported = 1")
+        n = 0
+        now = self.clock()
         for row in rows:
             payload = bytes(row["payload"])
-            if payload and self.signing_key is not None:
-                try:  # stored before desired states were signed: sign it now
-                    d = DesiredState.model_validate_json(payload)
-                    if d.signature is None:
-                        payload = self._sign(d).model_dump_json().encode()
-                except ValueError:
-                    pass
-            self._publish(device_topic(row["device_id"], "desired"), payload)
-        return len(rows)
+            if payload and not (now - row["updated_at"] > _LEGACY_CLEAR_AFTER
+                                or self._mirror_done(row["device_id"], payload)):
+                continue
+            if not payload or self._publish(device_topic(row["device_id"], "desired"), b""):
+                with self.db.tx() as c:
+                    c.execute("DELETE FROM desired WHERE device_id=?", (row["device_id"],))
+                self._fetchable.pop(row["device_id"], None)
+                n += bool(payload)
+        if n:
+            log.info("cleared the single-model desired state of %d device(s) that now report their models", n)
+        return n
+
+    def _mirror_done(self, device_id: str, payload: bytes) -> bool:
+        """Whether the device is done with a mirrored desired state: its model serves that bundle, or
+        the model's last outcome is for it (same rollout and file)."""
+        try:
+            d = DesiredState.model_validate_json(payload)
+        except ValueError:
+            return True
+        row = self.db.one("SELECT state FROM device_models WHERE device_id=? AND model=?",
+                          (device_id, d.release.model))
+        if row is None:
+            return False
+        m = ModelState.model_validate_json(row["state"])
+        files = {d.release.bundle_sha256} | ({d.release.delta.sha256} if d.release.delta else set())
+        o = m.last_outcome
+        return (m.installed is not None and m.installed.bundle_sha256 == d.release.bundle_sha256) or (
+            o is not None and o.rollout_id == d.rollout_id and o.bundle_sha256 in files)

@@ -44,8 +44,22 @@ def _family(name: str, kind: str, help_: str, samples: Iterable[tuple[Mapping[st
     return out
 
 
-def render_metrics(devices: list[dict], rollouts: list[dict], counters: Mapping[str, int], queued: int) -> str:
-    """``devices``: {online, model, version, release}; ``rollouts``: summary() dicts."""
+def render_metrics(devices: list[dict], rollouts: list[dict], counters: Mapping[str, int], queued: int,
+                   models: Iterable[Mapping[str, object]] = ()) -> str:
+    """``devices``: {online, model, version, release} (the default model); ``rollouts``: summary()
+    dicts; ``models``: one {model, version, release, health, on_demand, loaded} per model per device."""
+    models = list(models)
+    per_model: dict[tuple, int] = {}
+    per_health: dict[tuple, int] = {}
+    loaded: dict[str, int] = {}
+    for m in models:
+        key = (m["model"], m.get("version") or "", m.get("release") if m.get("release") is not None else "")
+        per_model[key] = per_model.get(key, 0) + 1
+        hk = (m["model"], m.get("health") or "unknown")
+        per_health[hk] = per_health.get(hk, 0) + 1
+        if m.get("on_demand"):
+            loaded.setdefault(str(m["model"]), 0)
+            loaded[str(m["model"])] += 1 if m.get("loaded") else 0
     online = sum(1 for d in devices if d["online"])
     per_release: dict[tuple, int] = {}
     for d in devices:
@@ -57,6 +71,14 @@ def render_metrics(devices: list[dict], rollouts: list[dict], counters: Mapping[
     lines += _family("bne_fleet_devices_release", "gauge", "Devices by the release they serve (empty: none)",
                      [({"model": m, "version": v, "release": r}, n) for (m, v, r), n in sorted(per_release.items(),
                                                                                              key=str)])
+    lines += _family("bne_fleet_device_models", "gauge", "Models on devices, by the release installed (empty: "
+                     "nothing installed yet); a device counts once per model it holds",
+                     [({"model": m, "version": v, "release": r}, n) for (m, v, r), n in sorted(per_model.items(),
+                                                                                             key=str)])
+    lines += _family("bne_fleet_device_models_health", "gauge", "Models on devices, by health",
+                     [({"model": m, "health": h}, n) for (m, h), n in sorted(per_health.items())])
+    lines += _family("bne_fleet_device_models_loaded", "gauge", "Load-on-demand models whose worker runs now",
+                     [({"model": m}, n) for m, n in sorted(loaded.items())])
     lines += _family("bne_fleet_rollout_devices", "gauge", "Rollout members by status",
                      [({"rollout": r["id"], "status": s}, n) for r in rollouts for s, n in sorted(r["counts"].items())])
     lines += _family("bne_fleet_rollout_progress_ratio", "gauge", "Fraction of a rollout's devices that succeeded",

@@ -10,7 +10,8 @@ Topic rules: the same as the generated Mosquitto ACL (:mod:`bitnet_edge.fleet.br
 from the same ``DEVICE_WRITES`` / ``DEVICE_READS``): a device publishes only its own device->fleet
 leaves and reads only its own fleet->device leaves; a fleet replica (``bne-fleet@<replica>``)
 reads every device's device->fleet leaves and writes every device's fleet->device leaves.
-Nothing else is allowed: no wildcard but the fleet's ``+`` in the device level, no ``$SYS``.
+Nothing else is allowed: no wildcard but the fleet's ``+`` in the device level and a device's ``+``
+in the model level of its own ``.../desired/+`` (one desired state per model, ADR 0021), no ``$SYS``.
 """
 
 from __future__ import annotations
@@ -180,14 +181,17 @@ def may_receive(who: Identity, topic: str) -> bool:
 
 
 def may_subscribe(who: Identity, topic_filter: str) -> bool:
-    """A device: its own fleet->device topics, literally.  A fleet replica: device->fleet leaves of
-    one device or of every device (``+`` in the device level only)."""
+    """A device: its own fleet->device topics, literally, and ``.../desired/+`` of its own id (the
+    desired state of each of its models).  A fleet replica: device->fleet leaves of one device or of
+    every device (``+`` in the device level only)."""
     if "#" in topic_filter:
         return False
     if who.kind == "fleet":
         m = re.fullmatch(rf"{re.escape(PREFIX)}/devices/\+/(.+)", topic_filter)
         if m is not None:
             return m.group(1) in DEVICE_WRITES
+    if who.kind == "device" and topic_filter == f"{PREFIX}/devices/{who.name}/desired/+":
+        return re.match(DEVICE_ID, who.name) is not None
     if "+" in topic_filter:
         return False
     return may_receive(who, topic_filter)

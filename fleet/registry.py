@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bitnet_edge.fleet import history
 from bitnet_edge.fleet.db import Database
 from bitnet_edge.fleet.errors import NotFound, PublishError
 from bitnet_edge.fleet.selection import BundleRow, DeltaRow, ReleaseInfo
 from bitnet_edge.sdk.logs import log_event
-from bitnet_edge.sdk.wire.protocol import Capabilities, DeviceMetrics, InstalledRelease, Outcome, Presence, ReportedState
+from bitnet_edge.sdk.wire.protocol import (Capabilities, DeviceMetrics, InstalledRelease, ModelState, Outcome, Presence,
+                                           ReportedState)
 
-__all__ = ["DeviceRow", "Registry"]
+__all__ = ["DeviceRow", "Registry", "legacy_models"]
 
 log = logging.getLogger("bitnet_edge.fleet.registry")
 _TOUCH_EVERY = 5.0  # seconds: last_seen is written at most this often per device
@@ -38,6 +39,8 @@ class DeviceRow:
     last_outcome: Outcome | None
     previous: InstalledRelease | None = None
     metrics: DeviceMetrics | None = None
+    models: tuple[ModelState, ...] = ()  # every model on the device, by name (ADR 0021)
+    models_reported: bool = False  # the agent lists its models (False: an older, single-model agent)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "profile": self.profile, "target": self.target, "tags": self.tags,
@@ -47,11 +50,23 @@ class DeviceRow:
                 "last_outcome": None if self.last_outcome is None else self.last_outcome.model_dump(mode="json"),
                 "capabilities": None if self.capabilities is None else self.capabilities.model_dump(mode="json"),
                 "previous": None if self.previous is None else self.previous.model_dump(mode="json"),
-                "metrics": None if self.metrics is None else self.metrics.model_dump(mode="json")}
+                "metrics": None if self.metrics is None else self.metrics.model_dump(mode="json"),
+                "models": [m.model_dump(mode="json") for m in self.models], "models_reported": self.models_reported}
 
 
-def _device(r) -> DeviceRow:
-    return DeviceRow(
+def legacy_models(installed: InstalledRelease | None, previous: InstalledRelease | None, health: str,
+                  last_outcome: Outcome | None) -> list[ModelState]:
+    """What an older agent (no ``ReportedState.models``) serves, as one ModelState: its single model."""
+    if installed is None:
+        return []
+    return [ModelState(name=installed.model, installed=installed,
+                       previous=previous if previous is not None and previous.model == installed.model else None,
+                       health=health if health in ("ok", "degraded", "failed", "unknown") else "unknown",
+                       last_outcome=last_outcome)]
+
+
+def _device(r, models: list[ModelState] | None = None) -> DeviceRow:
+    row = DeviceRow(
         id=r["id"], profile=r["profile"], target=r["target"],
         capabilities=Capabilities.model_validate_json(r["capabilities"]) if r["capabilities"] else None,
         tags=json.loads(r["tags"]), online=bool(r["online"]), first_seen=r["first_seen"], last_seen=r["last_seen"],
@@ -59,7 +74,18 @@ def _device(r) -> DeviceRow:
         health=r["health"],
         last_outcome=Outcome.model_validate_json(r["last_outcome"]) if r["last_outcome"] else None,
         previous=InstalledRelease.model_validate_json(r["previous"]) if r["previous"] else None,
-        metrics=DeviceMetrics.model_validate_json(r["last_metrics"]) if r["last_metrics"] else None)
+        metrics=DeviceMetrics.model_validate_json(r["last_metrics"]) if r["last_metrics"] else None,
+        models_reported=bool(r["models_reported"]))
+    if row.models_reported:
+        return replace(row, models=tuple(models or ()))
+    return replace(row, models=tuple(legacy_models(row.installed, row.previous, row.health, row.last_outcome)))
+
+
+def _model_rows(rows) -> dict[str, list[ModelState]]:
+    out: dict[str, list[ModelState]] = {}
+    for r in rows:
+        out.setdefault(r["device_id"], []).append(ModelState.model_validate_json(r["state"]))
+    return out
 
 
 def _serving(inst: InstalledRelease | None) -> str:
@@ -143,14 +169,28 @@ class Registry:
                        inst.release if inst else None, inst.bundle_sha256 if inst else None,
                        s.previous.model_dump_json() if s.previous else None, s.health,
                        new.model_dump_json() if new else None, now, s.device_id))
+            self._store_models(c, s, now)
             fresh = new is not None and new != old
             if fresh:
-                history.record_outcome(c, s.device_id, new, inst)
                 what = c.execute("SELECT model, version FROM bundles WHERE sha256=?", (new.bundle_sha256,)).fetchone()
+                # the release now serving in the outcome's model (several models: not the default one)
+                serving = next((m.installed for m in s.models if what is not None and m.name == what["model"]), inst)
+                history.record_outcome(c, s.device_id, new, serving)
         if fresh:
             self._log_outcome(s.device_id, new, f"{what['model']} {what['version']}" if what else
-                              f"bundle {new.bundle_sha256[:12]}", inst)
+                              f"bundle {new.bundle_sha256[:12]}", serving)
         return True
+
+    @staticmethod
+    def _store_models(c, s: ReportedState, now: float) -> None:
+        """Replace the device's per-model rows with what it reports (none from an older agent)."""
+        c.execute("UPDATE devices SET models_reported=? WHERE id=?", (1 if s.models else 0, s.device_id))
+        c.execute("DELETE FROM device_models WHERE device_id=?", (s.device_id,))
+        by_name = {m.name: m for m in s.models}  # a name listed twice: the last one counts
+        c.executemany("""INSERT INTO device_models(device_id, model, state, installed_release, installed_sha,
+                         updated_at) VALUES (?,?,?,?,?,?)""",
+                      [(s.device_id, m.name, m.model_dump_json(), m.installed.release if m.installed else None,
+                        m.installed.bundle_sha256 if m.installed else None, now) for m in by_name.values()])
 
     @staticmethod
     def _log_outcome(device_id: str, o: Outcome, what: str, inst: InstalledRelease | None) -> None:
@@ -186,13 +226,16 @@ class Registry:
             c.execute("UPDATE devices SET last_seen=? WHERE id=?", (now, device_id))
 
     def devices(self) -> list[DeviceRow]:
-        return [_device(r) for r in self.db.query("SELECT * FROM devices ORDER BY id")]
+        models = _model_rows(self.db.query("SELECT device_id, state FROM device_models ORDER BY device_id, model"))
+        return [_device(r, models.get(r["id"])) for r in self.db.query("SELECT * FROM devices ORDER BY id")]
 
     def device(self, device_id: str) -> DeviceRow:
         r = self.db.one("SELECT * FROM devices WHERE id=?", (device_id,))
         if r is None:
             raise NotFound("device", device_id)
-        return _device(r)
+        models = _model_rows(self.db.query("SELECT device_id, state FROM device_models WHERE device_id=? "
+                                           "ORDER BY model", (device_id,)))
+        return _device(r, models.get(device_id))
 
     # ---- bundles ---------------------------------------------------------------------------------
 

@@ -316,4 +316,8 @@ class FleetService:
                     "version": json.loads(r["installed"])["version"] if r["installed"] else None,
                     "release": r["installed_release"]} for r in self.db.query(
             "SELECT online, installed_model, installed_release, installed FROM devices")]
-        return render_metrics(devices, self.driver.list(), self.counters.snapshot(), self.chunks.queued)
+        models = [{"model": m.name, "version": m.installed.version if m.installed else None,
+                   "release": m.installed.release if m.installed else None, "health": m.health,
+                   "on_demand": m.on_demand, "loaded": m.loaded}
+                  for d in self.registry.devices() for m in d.models]
+        return render_metrics(devices, self.driver.list(), self.counters.snapshot(), self.chunks.queued, models)

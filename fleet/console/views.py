@@ -13,7 +13,6 @@ from collections import Counter, defaultdict
 
 from bitnet_edge.fleet.history import device_history
 from bitnet_edge.fleet.rollout import allowed_actions
-from bitnet_edge.sdk.wire.protocol import DesiredState
 
 __all__ = ["ConsoleData", "stage_progress", "MAX_DEVICE_ROWS"]
 
@@ -22,6 +21,12 @@ MAX_DEVICE_ROWS = 500  # device rows on the overview (the counts cover every dev
 
 def _serving(inst: dict | None) -> str | None:
     return f"{inst['model']} {inst['version']}" if inst else None
+
+
+def _models_serving(d: dict) -> list[str]:
+    """"model version" of every model the device serves (several models per device, ADR 0021)."""
+    got = [_serving(m["installed"]) for m in d.get("models") or [] if m["installed"]]
+    return got or ([_serving(d["installed"])] if d["installed"] else [])
 
 
 def _progress(p: dict | None) -> dict | None:
@@ -79,14 +84,16 @@ class ConsoleData:
         devices = self.svc.devices()
         for d in devices:
             d["serving"] = _serving(d["installed"])
+            d["serving_all"] = _models_serving(d)
             d["transfer"] = _progress(d.get("progress"))
             d["failing"] = _failing(d)
         online = [d for d in devices if d["online"]]
         versions: dict[str, dict] = defaultdict(lambda: {"online": 0, "total": 0})
-        for d in devices:
-            v = versions[d["serving"] or "nothing installed"]
-            v["total"] += 1
-            v["online"] += d["online"]
+        for d in devices:  # a device counts once per model it serves
+            for name in d["serving_all"] or ["nothing installed"]:
+                v = versions[name]
+                v["total"] += 1
+                v["online"] += d["online"]
 
         def group(key) -> list[dict]:
             g: dict[str, dict] = {}
@@ -96,7 +103,8 @@ class ConsoleData:
                     e["total"] += 1
                     e["online"] += d["online"]
                     e["failing"] += d["failing"]
-                    e["versions"][d["serving"] or "nothing"] += 1
+                    for name in d["serving_all"] or ["nothing"]:
+                        e["versions"][name] += 1
             return [{**e, "versions": e["versions"].most_common()} for _, e in sorted(g.items())]
 
         shown = [d for d in devices if (not tag or tag in d["tags"]) and (not profile or d["profile"] == profile)
@@ -119,15 +127,17 @@ class ConsoleData:
         d["transfer"] = _progress((self.svc.devices_progress().get(device_id)))
         d["serving"] = _serving(d["installed"])
         d["failing"] = _failing(d)
-        row = self.svc.db.one("SELECT payload, rollout_id, updated_at FROM desired WHERE device_id=?", (device_id,))
-        desired = None
-        if row is not None and row["payload"]:
-            ds = DesiredState.model_validate_json(bytes(row["payload"]))
-            desired = {"release": ds.release.model_dump(), "rollout_id": ds.rollout_id,
-                       "allow_downgrade": ds.allow_downgrade, "issued_at": ds.issued_at}
+        desired = {x["model"]: x for x in self.svc.driver.desired_states(device_id)}
+        models = []  # every model on the device, with the fleet's desired state of it (ADR 0021)
+        for m in d["models"]:
+            x = desired.pop(m["name"], None)
+            models.append({**m, "desired": x and x["desired"], "desired_cleared": x is not None and not x["desired"]})
+        for name, x in sorted(desired.items()):  # desired, not on the device (yet)
+            models.append({"name": name, "installed": None, "previous": None, "health": "unknown",
+                           "last_outcome": None, "on_demand": False, "loaded": False, "desired": x["desired"],
+                           "desired_cleared": not x["desired"]})
         return {"device": d, "history": device_history(self.svc.db, device_id, 100),
-                "memberships": self.svc.driver.memberships(device_id), "desired": desired,
-                "desired_cleared": row is not None and not row["payload"]}
+                "memberships": self.svc.driver.memberships(device_id), "models": models}
 
     # ---- releases and bundles ----------------------------------------------------------------------
 

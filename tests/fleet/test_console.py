@@ -368,3 +368,39 @@ def test_a_silent_device_fails_with_timeout_detail_and_a_log_line(tmp_path, capl
     finally:
         slow.stop()
         svc.stop()
+
+
+def test_device_page_and_overview_show_every_model_of_a_device(tmp_path):
+    """Several models per device (ADR 0021): the overview counts each model a device serves, the
+    device page lists each model with its release, health, worker and the fleet's desired state."""
+    from tests.support.fleet_helpers import MultiFakeAgent, model_b_bundles
+
+    svc = FleetService(FleetConfig(data_dir=str(tmp_path / "fleet"), embedded_port=0, api_port=0, chunk_bytes=4096,
+                                   tick=0.2)).start()
+    agents = [MultiFakeAgent(d, tmp_path / d, svc.broker_url, **enroll(svc, d)).start() for d in ("m1", "m2")]
+    try:
+        wait_for(lambda: len(svc.devices()) == 2, 20, what="two devices")
+        svc.publish([svc.store.add_file(p)[0] for p in (bundles().r1, model_b_bundles().r1)])
+        for model, version in (("test-mlp", "1.0.0"), ("test-det", "0.1.0")):
+            rid = svc.create_rollout(RolloutSpec(model=model, version=version, stages=[100]))["id"]
+            wait_for(lambda: svc.rollout(rid)["state"] == "completed", 30, what=f"{model} rolled out")
+        wait_for(lambda: all(len(d["models"]) == 2 for d in svc.devices()), what="both models reported")
+        c = Client(svc.api.port)
+        c.login((tmp_path / "fleet" / "control.token").read_text().strip())
+        status, _, body = c.get("/devices/m1")
+        assert status == 200
+        rows = dict(re.findall(r'<tr id="model-([\w.-]+)" data-model="[^"]+">(.*?)</tr>', body, re.S))
+        assert set(rows) == {"test-mlp", "test-det"}
+        assert "1.0.0" in rows["test-mlp"] and "0.1.0" in rows["test-det"]
+        assert rid in rows["test-det"] and rid not in rows["test-mlp"]  # each model's own desired state
+        assert "h-ok" in rows["test-mlp"] and "loaded" in rows["test-det"]
+        overview = c.get("/")[2]
+        row = re.search(r'<tr id="device-m2".*?</tr>', overview, re.S).group(0)
+        assert "test-mlp 1.0.0" in row and "test-det 0.1.0" in row
+        versions = dict(re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">\d+</td><td class=\"num\">(\d+)</td></tr>",
+                                   overview))
+        assert versions == {"test-det 0.1.0": "2", "test-mlp 1.0.0": "2"}
+    finally:
+        for a in agents:
+            a.stop()
+        svc.stop()

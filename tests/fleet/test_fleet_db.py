@@ -280,3 +280,104 @@ def test_the_dialects_spell_types_and_placeholders_and_hide_passwords():
     assert redact("postgresql://fleet:s3cret@db.example:5432/fleet?sslmode=require") == \
         "postgresql://fleet:***@db.example:5432/fleet?sslmode=require"
     assert redact("postgresql://fleet@db/fleet?password=s3cret") == "postgresql://fleet@db/fleet?password=***"
+
+
+def test_one_desired_state_per_device_migrates_to_one_per_model(target, monkeypatch):
+    """Migration 4 (ADR 0021): each stored desired state is copied under its release's model; the
+    old ``.../desired`` retained message stays for an older agent and is cleared once the device
+    reports its models; a rollout then sets ``.../desired/{model}`` only."""
+    from bitnet_edge.sdk.wire import protocol as P
+
+    def desired(dev: str, model: str) -> bytes:
+        ref = P.ReleaseRef(model=model, version="1", release=1, target="linux-x86_64", bundle_sha256="a" * 64,
+                           bundle_size=10, chunk_size=4096)
+        return P.DesiredState(device_id=dev, rollout_id="ro-1", release=ref, issued_at=5.0).model_dump_json().encode()
+
+    monkeypatch.setattr(dbmod, "MIGRATIONS", dbmod.MIGRATIONS[:3])
+    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 3)
+    old = Database(target)
+    reg = Registry(old)
+    for dev in ("d1", "d2", "d3"):
+        reg.on_presence(P.Presence(type="birth", device_id=dev, ts=1.0), 1.0)
+    with old.tx() as c:
+        c.executemany("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                      [("d1", desired("d1", "test-mlp"), "ro-1", 2.0), ("d2", b"", "ro-1", 2.0),
+                       ("d3", b"{not json", None, 2.0)])
+    old.close()
+    monkeypatch.undo()
+
+    db = Database(target)
+    assert db.version() == dbmod.SCHEMA_VERSION >= 4
+    rows = [(r["device_id"], r["model"], bytes(r["payload"]), r["rollout_id"]) for r in db.query(
+        "SELECT device_id, model, payload, rollout_id FROM desired_models ORDER BY device_id")]
+    assert rows == [("d1", "test-mlp", desired("d1", "test-mlp"), "ro-1")]  # cleared and unreadable: not copied
+    assert db.one("SELECT COUNT(*) AS n FROM desired")["n"] == 3  # what is retained on .../desired, kept
+    sent: list[tuple[str, bytes]] = []
+    reg = Registry(db)
+    drv = RolloutDriver(db, reg, lambda t, p: sent.append((t, p)) or True, chunk_size=4096)
+    assert drv.republish() == 4
+    assert (P.desired_topic("d1", "test-mlp"), desired("d1", "test-mlp")) in sent
+    assert (P.device_topic("d1", "desired"), desired("d1", "test-mlp")) in sent  # an older agent still reads it
+    assert drv.allowed_files("d1") == {"a" * 64}
+    # d1's agent now reports its models: its single-model retained message is cleared, once
+    inst = P.InstalledRelease(model="test-mlp", version="1", release=1, bundle_sha256="a" * 64,
+                              target="linux-x86_64")
+    reg.on_state(P.ReportedState(device_id="d1", ts=3.0, installed=inst, health="ok", models=[
+        P.ModelState(name="test-mlp", installed=inst, health="ok"),
+        P.ModelState(name="test-det", installed=None, health="unknown")]), 3.0)
+    sent.clear()
+    assert drv.clear_legacy() == 1 and sent == [(P.device_topic("d1", "desired"), b"")]
+    assert drv.clear_legacy() == 0
+    assert {r["device_id"] for r in db.query("SELECT device_id FROM desired")} == {"d2", "d3"}
+    d1 = reg.device("d1")
+    assert d1.models_reported and [m.name for m in d1.models] == ["test-det", "test-mlp"]
+    assert reg.device("d2").models == () and not reg.device("d2").models_reported
+    db.close()
+
+
+def test_a_single_model_mirror_is_cleared_only_once_the_device_is_done_with_it(tmp_path):
+    """An agent that reads .../desired and .../desired/{model} takes an empty .../desired as "stop
+    fetching the model it named": the fleet clears the mirror only after that install finished."""
+    from bitnet_edge.sdk.wire import protocol as P
+
+    db = Database(tmp_path / "f.db")
+    reg = Registry(db)
+    sent: list[tuple[str, bytes]] = []
+    now = [1000.0]
+    drv = RolloutDriver(db, reg, lambda t, p: sent.append((t, p)) or True, chunk_size=4096, clock=lambda: now[0])
+    ref = P.ReleaseRef(model="test-det", version="2", release=2, target="linux-x86_64", bundle_sha256="b" * 64,
+                       bundle_size=10, chunk_size=4096)
+    mirror = P.DesiredState(device_id="d1", rollout_id="ro-b", release=ref, issued_at=999.0).model_dump_json().encode()
+    for dev in ("d1", "d2"):
+        reg.on_presence(P.Presence(type="birth", device_id=dev, ts=1.0), 1.0)
+    with db.tx() as c:
+        c.executemany("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES (?,?,?,?)",
+                      [("d1", mirror, "ro-b", 999.0), ("d2", b"", "ro-x", 999.0)])
+    inst = P.InstalledRelease(model="test-mlp", version="1", release=1, bundle_sha256="a" * 64, target="linux-x86_64")
+    for dev in ("d1", "d2"):  # both now list their models; d1 is still fetching test-det 2
+        reg.on_state(P.ReportedState(device_id=dev, ts=2.0, installed=inst, health="ok", models=[
+            P.ModelState(name="test-mlp", installed=inst, health="ok")]), 2.0)
+    assert drv.clear_legacy() == 0 and sent == []  # d2's mirror was empty already: forgotten, nothing sent
+    assert [r["device_id"] for r in db.query("SELECT device_id FROM desired")] == ["d1"]
+    # until cleared, the mirror follows the latest desired state of the model it names (a reconnect
+    # must never hand the agent an older one), and only of that model
+    newer = mirror.replace(b'"issued_at":999.0', b'"issued_at":999.5')
+    with db.tx() as c:
+        assert not RolloutDriver._mirror(c, "d1", "test-mlp", mirror, "ro-a", 999.5, legacy=False)
+        assert RolloutDriver._mirror(c, "d1", "test-det", newer, "ro-b", 999.5, legacy=False)
+        assert RolloutDriver._mirror(c, "d1", "test-det", mirror, "ro-b", 999.6, legacy=False)
+    assert bytes(db.one("SELECT payload FROM desired WHERE device_id='d1'")["payload"]) == mirror
+    failed = P.Outcome(rollout_id="ro-b", bundle_sha256="b" * 64, result="rolled_back", reason="health_failed",
+                       message="x", ts=3.0)
+    reg.on_state(P.ReportedState(device_id="d1", ts=3.0, installed=inst, health="ok", last_outcome=failed, models=[
+        P.ModelState(name="test-mlp", installed=inst, health="ok"),
+        P.ModelState(name="test-det", installed=None, health="unknown", last_outcome=failed)]), 3.0)
+    assert drv.clear_legacy() == 1 and sent == [(P.device_topic("d1", "desired"), b"")]
+    # and one the device never finishes with is cleared after _LEGACY_CLEAR_AFTER seconds
+    with db.tx() as c:
+        c.execute("INSERT INTO desired(device_id, payload, rollout_id, updated_at) VALUES ('d2', ?, 'ro-b', ?)",
+                  (mirror.replace(b'"d1"', b'"d2"'), now[0]))
+    assert drv.clear_legacy() == 0
+    now[0] += 3601
+    assert drv.clear_legacy() == 1
+    db.close()

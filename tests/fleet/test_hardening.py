@@ -133,12 +133,22 @@ def test_the_embedded_broker_admits_enrolled_devices_to_their_own_topics_only(fl
                       "$SYS/#", P.device_topic("dev-b", "state")):
             assert not evil.subscribe(topic), topic
         assert evil.subscribe(P.device_topic("dev-b", "desired"))
+        # several models (ADR 0021): .../desired/+ of its own id only, nothing of another device's models
+        for topic in (P.desired_topic("dev-a", "test-mlp"), P.device_topic("dev-a", "desired") + "/+",
+                      "bne/v1/devices/+/desired/+", "bne/v1/devices/dev-b/+/+", "bne/v1/devices/dev-b/desired/#",
+                      "bne/v1/devices/dev-b/desired/+/x"):
+            assert not evil.subscribe(topic), topic
+        assert evil.subscribe(P.device_topic("dev-b", "desired") + "/+")
+        assert evil.subscribe(P.desired_topic("dev-b", "test-mlp"))
         forged = P.DesiredState(device_id="dev-a", rollout_id=None, release=P.ReleaseRef(
             model="test-mlp", version="0.1", release=0, target="linux-x86_64", bundle_sha256="0" * 64,
             bundle_size=10, chunk_size=4096), allow_downgrade=True, issued_at=time.time())
         evil.c.publish(P.device_topic("dev-a", "desired"), forged.model_dump_json(), qos=1, retain=True)
         evil.c.publish(P.device_topic("dev-b", "desired"), forged.model_copy(update={"device_id": "dev-b"})
                        .model_dump_json(), qos=1, retain=True)  # a device may not write its own desired state
+        evil.c.publish(P.desired_topic("dev-a", "test-mlp"), forged.model_dump_json(), qos=1, retain=True)
+        evil.c.publish(P.desired_topic("dev-b", "test-mlp"), forged.model_copy(update={"device_id": "dev-b"})
+                       .model_dump_json(), qos=1, retain=True)
         ghost = P.Presence(type="birth", device_id="ghost", ts=time.time(), capabilities=None)
         evil.c.publish(P.device_topic("ghost", "presence"), ghost.model_dump_json(), qos=1)
         state = a.get_state().model_copy(update={"installed": None})

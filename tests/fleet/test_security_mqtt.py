@@ -34,7 +34,7 @@ from bitnet_edge.fleet.pki import CertAuthority
 from bitnet_edge.fleet.rollout import RolloutSpec
 from bitnet_edge.fleet.service import FleetService
 from bitnet_edge.sdk.wire.broker import BrokerConnection
-from bitnet_edge.sdk.wire.protocol import LEAVES, device_topic
+from bitnet_edge.sdk.wire.protocol import LEAVES, desired_topic, device_topic
 
 SETTLE = 0.6  # seconds to let the broker deliver (or not) what was published
 
@@ -168,6 +168,7 @@ def test_every_protocol_leaf_has_one_direction_in_the_acl(tmp_path):
     assert not set(DEVICE_WRITES) & set(DEVICE_READS)
     text = acl_text(["fleet-1", "fleet-2"])
     assert "pattern read bne/v1/devices/%u/desired" in text and "pattern write bne/v1/devices/%u/state" in text
+    assert "pattern read bne/v1/devices/%u/desired/+\n" in text and "topic write bne/v1/devices/+/desired/+\n" in text
     assert text.count("user bne-fleet@") == 2 and "topic write bne/v1/devices/+/chunk/data" in text
     conf = write_broker_config(tmp_path, port=1).conf.read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
@@ -194,6 +195,38 @@ def test_device_reads_only_its_own_desired_state_and_chunks(broker):
     late = _device(broker, "dev-c").sub("bne/v1/devices/+/desired", "#")  # retained messages: not B's either
     time.sleep(SETTLE)
     assert late.got == []
+
+
+def test_device_reads_the_desired_state_of_each_of_its_models_only(broker):
+    """ADR 0021: one retained desired state per model on .../desired/{model}; a device subscribes
+    to .../desired/+ of its own id and gets nothing of another device's models."""
+    assert "pattern read bne/v1/devices/%u/desired/+" in broker.files.acl.read_text()
+    fleet = broker.peer(*broker.fleet, "bne-fleet-fleet-1")
+    assert fleet.connect()
+    for dev in ("dev-a", "dev-b"):  # retained before anyone subscribes
+        for model in ("detector", "llm"):
+            fleet.pub(desired_topic(dev, model), f"{dev}/{model}".encode(), retain=True)
+    time.sleep(SETTLE)
+    a = _device(broker, "dev-a").sub("bne/v1/devices/dev-a/desired/+", "bne/v1/devices/dev-b/desired/+",
+                                     "bne/v1/devices/+/desired/+", desired_topic("dev-b", "llm"),
+                                     "bne/v1/devices/dev-b/desired/#", "bne/v1/devices/+/+/+")
+    wait_for(lambda: len(a.got) >= 2, what="A's retained desired states")
+    fleet.pub(desired_topic("dev-a", "llm"), b"dev-a/llm 2", retain=True)
+    fleet.pub(desired_topic("dev-b", "llm"), b"dev-b/llm 2", retain=True)
+    wait_for(lambda: len(a.got) >= 3, what="A's new desired state")
+    time.sleep(SETTLE)
+    # (the wildcard filters that match A's own topics too deliver them once more each: only A's arrive)
+    assert sorted(set(a.got)) == [(desired_topic("dev-a", "detector"), b"dev-a/detector"),
+                             (desired_topic("dev-a", "llm"), b"dev-a/llm"),
+                             (desired_topic("dev-a", "llm"), b"dev-a/llm 2")]
+    # a device cannot write any model's desired state, its own or another's
+    b = _device(broker, "dev-b").sub("bne/v1/devices/dev-b/desired/+")
+    wait_for(lambda: len(b.got) == 2, what="B's retained desired states")
+    a.pub(desired_topic("dev-b", "llm"), b"forged", retain=True)
+    b.pub(desired_topic("dev-b", "llm"), b"self-made", retain=True)
+    time.sleep(SETTLE)
+    assert sorted(b.got) == [(desired_topic("dev-b", "detector"), b"dev-b/detector"),
+                             (desired_topic("dev-b", "llm"), b"dev-b/llm 2")]
 
 
 def test_device_cannot_publish_as_the_fleet(broker):
@@ -308,6 +341,36 @@ def test_an_enrolled_agent_installs_a_rollout_through_the_secured_broker(broker,
     log = AuditLog(broker.data / "audit.jsonl")
     assert [e.action for e in log.entries()] == ["enroll", "publish", "rollout-create"]
     assert log.verify().ok
+
+
+def test_two_models_roll_out_to_an_enrolled_agent_through_the_secured_broker(broker, tmp_path):
+    """ADR 0021 under the generated ACL: the agent subscribes to .../desired/+ of its own id and
+    installs two models from two rollouts, each desired state signed (fleet_keys from enroll)."""
+    from tests.support.fleet_helpers import MultiFakeAgent, model_b_bundles
+
+    b, mb = bundles(), model_b_bundles()
+    res = CliRunner().invoke(main, ["fleet", "enroll", "dev-m", "--data", str(broker.data), "--broker", broker.url,
+                                    "--trust", str(b.pub_path), "--agent-data", str(tmp_path / "agent"), "--json"])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(Path(broker.data / "enroll" / "dev-m" / "agent.toml"))
+    cert, key = broker.fleet
+    conn = BrokerConnection(url=broker.url, tls_ca=str(broker.files.ca), tls_cert=str(cert), tls_key=str(key))
+    svc = FleetService(FleetConfig(data_dir=str(broker.data), broker=conn, api_port=0, chunk_bytes=4096, tick=0.2))
+    svc.start()
+    agent = MultiFakeAgent("dev-m", tmp_path / "agent", None, fleet_keys=cfg.fleet_keys,
+                           mqtt=cfg.mqtt.model_copy(update={"reconnect_max": 1.0}))
+    try:
+        svc.publish([svc.store.add_file(p)[0] for p in (b.r1, mb.r1)])
+        agent.start()
+        wait_for(lambda: svc.devices(), what="the enrolled device's birth")
+        for model, version in (("test-mlp", "1.0.0"), ("test-det", "0.1.0")):
+            rid = svc.create_rollout(RolloutSpec(model=model, version=version, stages=[100]))["id"]
+            wait_for(lambda: svc.rollout(rid)["state"] == "completed", timeout=30, what=f"the {model} rollout")
+        assert agent.installed("test-mlp").release == 1 and agent.installed("test-det").version == "0.1.0"
+        assert agent.sync.stats["unsigned_desired"] == 0 and agent.sync.stats["replayed_desired"] == 0
+    finally:
+        agent.stop()
+        svc.stop()
 
 
 def test_the_ca_refuses_names_that_are_not_device_ids_and_forged_requests(tmp_path):

@@ -1,6 +1,8 @@
 """Helpers for the fleet and sync tests: a Mosquitto process on a free loopback port, small signed
-bundles (release 1, release 2 with a delta from 1, release 3), and a fake agent: the real
-FleetSync with an install callback that verifies the bundle with sdk.bundle.verify."""
+bundles (release 1, release 2 with a delta from 1, release 3; and a second model, ``test-det``,
+releases 1 and 2), and fake agents: the real FleetSync with an install callback that verifies the
+bundle with sdk.bundle.verify (:class:`FakeAgent`: one model, as agents before ADR 0021;
+:class:`MultiFakeAgent`: several models, each with its own slots, on ``.../desired/{model}``)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from bitnet_edge.packagers.keys import generate_keypair, load_private_key
 from bitnet_edge.sdk.bundle.signing import load_public_key
 from bitnet_edge.sdk.bundle.verify import base_from_bundle, verify_bundle
 from bitnet_edge.sdk.wire.broker import BrokerConnection
-from bitnet_edge.sdk.wire.protocol import Capabilities, InstalledRelease, Outcome, ReportedState
+from bitnet_edge.sdk.errors import FormatError
+from bitnet_edge.sdk.wire.protocol import (Capabilities, InstalledRelease, ModelState, Outcome, ReportedState,
+                                           desired_model, device_topic, parse_message)
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_LIB = REPO / "sdk" / "native" / "_lib" / "libbitnet_edge.so"
@@ -98,6 +102,26 @@ class Bundles:
     @property
     def public_key(self):
         return load_public_key(self.pub_path)
+
+
+@dataclass(frozen=True)
+class ModelBBundles:
+    r1: Path
+    r2: Path
+
+
+@functools.cache
+def model_b_bundles() -> ModelBBundles:
+    """A second model, ``test-det`` (another MLP), releases 1 and 2, signed with the key of :func:`bundles`."""
+    b = bundles()
+    root = b.pub_path.parent.parent / "model-b"
+    key = load_private_key(b.pub_path.with_suffix(".key"))
+    opts = PackageOptions(libraries={"linux-x86_64": HOST_LIB}, golden=False)
+    m1 = make_mlp_dir(root / "m1", (64, 128, 8), seed=7, name="test-det")
+    m2 = make_mlp_dir(root / "m2", (64, 128, 8), seed=7, change=0.05, name="test-det")
+    (r1,) = package_model(m1, ["x86-64-v4"], "0.1.0", [key], root / "v1", release=1, options=opts)
+    (r2,) = package_model(m2, ["x86-64-v4"], "0.2.0", [key], root / "v2", release=2, options=opts)
+    return ModelBBundles(r1.path, r2.path)
 
 
 @functools.cache
@@ -214,6 +238,199 @@ class FakeAgent:
             return self.outcome
 
     def start(self) -> FakeAgent:
+        self.sync.start()
+        return self
+
+    def stop(self) -> None:
+        self.sync.stop()
+
+
+#: the agent's FleetSync handles several models itself (ADR 0021: per-model jobs, ``.../desired/+``,
+#: each model's state read from ``ReportedState.models``); else :class:`_ModelSync` adds that around it
+_NATIVE_MODELS = hasattr(FleetSync, "_installed_of")
+
+
+class _ModelSync(FleetSync):
+    """The real FleetSync, run once per model: it also subscribes to ``.../desired/+`` of its own
+    device and hands each model's desired state to FleetSync's own handling with that model's state
+    (install policy, delta base, replay check), one download at a time, the other models waiting
+    their turn.  (The real agent's per-model sync is the device side of ADR 0021.)"""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._ctx = threading.local()  # the model whose desired state this thread is handling
+        self._waiting: dict[str, bytes] = {}  # model -> desired payload, after the download in progress
+        self._ts: dict[str, float | None] = {}  # model -> newest signed desired state accepted (replays)
+        self._legacy_model: str | None = None  # the model the single-model .../desired last named
+
+    @property
+    def model(self) -> str | None:
+        return getattr(self._ctx, "model", None)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+        if not reason_code.is_failure:
+            client.subscribe(device_topic(self.device_id, "desired") + "/+", 1)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        model = desired_model(msg.topic)
+        if model is not None and msg.topic == f"{device_topic(self.device_id, 'desired')}/{model}":
+            self._events.put(("model-desired", (model, bytes(msg.payload))))
+            return
+        super()._on_message(client, userdata, msg)
+
+    def _handle(self, kind: str, arg) -> None:
+        if kind == "desired":  # the single-model .../desired of older fleets: for the model it names
+            try:
+                model = parse_message("desired", arg).release.model if arg else self._legacy_model
+            except FormatError:
+                model = None
+            if model is None:
+                self.stats["dropped_messages"] += 1
+                return
+            self._legacy_model = model
+            kind, arg = "model-desired", (model, arg)
+        if kind != "model-desired":
+            super()._handle(kind, arg)
+            return
+        model, payload = arg
+        if self._job is not None and self._job.desired.release.model != model:
+            self._waiting[model] = payload
+            return
+        self._model_desired(model, payload)
+
+    def _model_desired(self, model: str, payload: bytes) -> None:
+        self._waiting.pop(model, None)
+        if not payload:  # this model's desired state cleared: stop fetching it, nothing else
+            if self._job is not None and self._job.desired.release.model == model:
+                self._drop_job()
+            return
+        try:
+            d = parse_message("desired", payload)
+        except FormatError:
+            self.stats["dropped_messages"] += 1
+            return
+        if d.release.model != model:  # ADR 0021: a desired state on another model's topic is dropped
+            self.stats["dropped_messages"] += 1
+            return
+        self._ctx.model, self._desired_ts = model, self._ts.get(model)
+        try:
+            self._on_desired(payload)
+        finally:
+            self._ts[model] = self._desired_ts
+            self._ctx.model = None
+
+    def _pump(self) -> None:
+        while self._job is None and self._waiting:
+            model = next(iter(self._waiting))
+            self._model_desired(model, self._waiting.pop(model))
+        super()._pump()
+
+    def _state(self) -> ReportedState:
+        s = super()._state()
+        if self.model is None:
+            return s
+        m = next((x for x in s.models if x.name == self.model), None)  # the install policy sees this model only
+        return s.model_copy(update={"installed": m.installed if m else None, "previous": m.previous if m else None})
+
+    def publish_state(self) -> None:
+        model, self._ctx.model = self.model, None
+        try:
+            super().publish_state()
+        finally:
+            self._ctx.model = model
+
+
+@dataclass
+class _Slots:
+    installed: InstalledRelease | None = None
+    previous: InstalledRelease | None = None
+    base_file: Path | None = None
+    outcome: Outcome | None = None
+
+
+class MultiFakeAgent:
+    """A device with several models (ADR 0021): each model has its own slots, release counter and
+    outcome, and reports them in ``ReportedState.models``; desired states come per model on
+    ``.../desired/{model}``.  Installs verify the bundle as :class:`FakeAgent` does; models named in
+    ``fail`` report a failed health gate."""
+
+    def __init__(self, device_id: str, data_dir: Path, broker_url: str | None, *, tags=(), fail=(),
+                 limits: SyncLimits = SyncLimits(chunk_timeout=1.0, tick=0.05, reconnect_min=0.1),
+                 caps: Capabilities | None = None, fleet_keys=(), login: tuple[str, str] | None = None,
+                 default: str = "test-mlp", mqtt: BrokerConnection | None = None):
+        self.device_id, self.fail, self.default = device_id, set(fail), default
+        self.data_dir = Path(data_dir)
+        user, password = login or (None, None)
+        self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
+                                  tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
+                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
+                                                                username=user, password=password))
+        self._lock = threading.Lock()
+        self.models: dict[str, _Slots] = {}
+        self.installs: list[tuple[str, str, bool]] = []  # (model, sha256 of the file, is_delta)
+        sync = FleetSync if _NATIVE_MODELS else _ModelSync
+        self.sync = sync(self.config, caps or capabilities(), self.get_state, self.install,
+                         lambda: self.installed_sha(getattr(self.sync, "model", None)), limits=limits)
+
+    def installed(self, model: str) -> InstalledRelease | None:
+        with self._lock:
+            s = self.models.get(model)
+            return None if s is None else s.installed
+
+    def installed_sha(self, model: str | None) -> str | None:
+        inst = self.installed(model) if model else None
+        return None if inst is None else inst.bundle_sha256
+
+    def get_state(self) -> ReportedState:
+        with self._lock:
+            models = [ModelState(name=n, installed=s.installed, previous=s.previous,
+                                 health="ok" if s.installed else "unknown", last_outcome=s.outcome)
+                      for n, s in sorted(self.models.items())]
+            default = self.models.get(self.default) or next(iter(self.models.values()), _Slots())
+            outcomes = [s.outcome for s in self.models.values() if s.outcome is not None]
+            return ReportedState(device_id=self.device_id, ts=time.time(), installed=default.installed,
+                                 previous=default.previous,
+                                 health="ok" if models and all(m.health == "ok" for m in models) else "unknown",
+                                 last_outcome=max(outcomes, key=lambda o: o.ts) if outcomes else None, models=models)
+
+    def install(self, path: Path, desired, is_delta: bool) -> Outcome:
+        ref = desired.release
+        self.installs.append((ref.model, path.stem, is_delta))
+        with self._lock:
+            slots = self.models.setdefault(ref.model, _Slots())
+
+        def out(result, reason, msg):
+            o = Outcome(rollout_id=desired.rollout_id, bundle_sha256=path.stem, result=result, reason=reason,
+                        message=msg, ts=time.time())
+            with self._lock:
+                slots.outcome = o
+            return o
+
+        try:
+            base = base_from_bundle(slots.base_file, [bundles().public_key]) if is_delta else None
+            vb = verify_bundle(path, [bundles().public_key], base=base)
+        except BundleError as exc:
+            return out("rejected", "corrupt" if exc.part.startswith("section") else "bad_signature", str(exc))
+        if vb.manifest.name != ref.model:
+            return out("rejected", "wrong_target", f"bundle of {vb.manifest.name}, desired for {ref.model}")
+        if slots.installed and vb.manifest.release < slots.installed.release and not desired.allow_downgrade:
+            return out("rejected", "downgrade", "lower release counter")
+        if ref.model in self.fail:
+            return out("rolled_back", "health_failed", "golden vectors out of tolerance (test)")
+        new = InstalledRelease(model=ref.model, version=ref.version, release=ref.release,
+                               bundle_sha256=ref.bundle_sha256, target=ref.target)
+        if not is_delta:
+            keep = self.data_dir / "slots" / ref.model / ref.bundle_sha256
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(path.read_bytes())
+        with self._lock:
+            slots.previous, slots.installed = slots.installed, new
+            if not is_delta:
+                slots.base_file = keep
+        return out("installed", "ok", "installed")
+
+    def start(self) -> MultiFakeAgent:
         self.sync.start()
         return self
 
