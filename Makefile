@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 VENV310 ?= .venv310
 PY310 := $(VENV310)/bin/python
 # Agent and runtime tests that need no torch; a few minutes on 2 cores.
-PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/sdk/test_packing.py \
+PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/agent/test_multi_model.py tests/sdk/test_packing.py \
 	tests/sdk/test_quant.py tests/sdk/test_qat.py tests/sdk/test_schemas.py tests/sdk/test_extras.py tests/native/test_kernels.py \
 	tests/native/test_native_loader.py
 

@@ -26,9 +26,11 @@ from bitnet_edge.sdk.schemas import Strict
 __all__ = ["InferRequest", "EmbeddingsRequest", "CompletionRequest", "ChatMessage", "ChatCompletionRequest",
            "StreamOptions", "IGNORED", "MAX_STOP"]
 
+#: OpenAI's `model` field: the agent routes by it (ADR 0021)
+_MODEL_DOC = "the model to use (default: the only installed model, or the configured default_model)"
+
 #: Fields accepted and ignored, with why ignoring them is what the OpenAI spec allows.
 IGNORED = {
-    "model": "the device's API serves its installed model whatever the name",
     "user": "an end-user id for abuse monitoring; no monitoring here",
     "safety_identifier": "as user",
     "metadata": "tags for stored completions; nothing is stored",
@@ -70,14 +72,14 @@ class InferRequest(Strict):
 
     inputs: list[list[float]] | list[list[list[float]]] | list[list[list[list[float]]]] = Field(
         min_length=1, max_length=4096, description="(n, features); graph models: (n, ...) of their input shape")
-    model: str | None = Field(default=None, description="ignored: the device serves one model")
+    model: str | None = Field(default=None, description=_MODEL_DOC)
 
 
 class EmbeddingsRequest(Strict):
     """POST /v1/embeddings (bert)."""
 
     input: str | list[str] | list[int] | list[list[int]] = Field(description="texts or token id lists")
-    model: str | None = Field(default=None, description="ignored: the device serves its model")
+    model: str | None = Field(default=None, description=_MODEL_DOC)
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="float: JSON numbers; base64: the float32 little-endian bytes, base64 "
                                      "(the openai client's default)")
@@ -116,7 +118,7 @@ class _Sampling(Strict):
                                             description="subtracted per time a token was already generated")
     logit_bias: dict[str, int] | None = Field(default=None, max_length=4096,
                                               description="token id -> bias in [-100, 100] added to its logit")
-    model: str | None = Field(default=None, description="ignored: the device serves its model")
+    model: str | None = Field(default=None, description=_MODEL_DOC)
     user: str | None = Field(default=None, description="ignored")
 
     @field_validator("logit_bias")

@@ -140,6 +140,39 @@ def _sync_rows(sync: dict | None, url: str | None, daemon: bool) -> list[tuple[s
     return rows
 
 
+def _offline_status(cfg) -> dict:
+    """``agent status`` without a running agent: read the model stores on disk."""
+    from bitnet_edge.agent.modelstore import ModelStore
+    from bitnet_edge.agent.probe import probe
+
+    store = ModelStore(cfg.data_dir)
+    models = {}
+    for name in store.names():
+        s = store.get(name)
+        state = s.load()
+        cur = state.slots[state.active].release if state.active else None
+        other = state.slots.get(s.other(state.active)) if state.active else None
+        mc = cfg.models.get(name)
+        models[name] = {"active_slot": state.active, "worker": None,
+                        "memory_bytes": sum(p.stat().st_size for p in s.slot_dir(state.active).rglob("*")
+                                            if p.is_file()) if state.active else 0,
+                        "state": {"name": name, "installed": json.loads(cur.model_dump_json()) if cur else None,
+                                  "previous": json.loads(other.release.model_dump_json()) if other else None,
+                                  "health": "unknown", "on_demand": bool(mc and mc.on_demand), "loaded": False,
+                                  "last_outcome": json.loads(state.last_outcome.model_dump_json())
+                                  if state.last_outcome else None}}
+    installed = [n for n, m in models.items() if m["state"]["installed"]]
+    default = cfg.default_model if cfg.default_model in installed else (installed[0] if len(installed) == 1 else None)
+    d = models.get(default or "")
+    outcomes = [m["state"]["last_outcome"] for m in models.values() if m["state"]["last_outcome"]]
+    return {"device_id": cfg.device_id, "daemon": False, "default_model": default,
+            "active_slot": d["active_slot"] if d else None, "models": models,
+            "memory": {"budget_mb": cfg.limits.memory_budget_mb},
+            "state": {"installed": d["state"]["installed"] if d else None,
+                      "last_outcome": max(outcomes, key=lambda o: o["ts"]) if outcomes else None},
+            "capabilities": probe(cfg.data_dir, cfg.profile).model_dump()}
+
+
 def register(main: click.Group) -> None:
     @main.group()
     def agent():
@@ -171,19 +204,7 @@ def register(main: click.Group) -> None:
             click.echo(json.dumps({"event": "listening", "address": addr if isinstance(addr, str) else list(addr)}),
                        err=True)
         if cfg.mqtt.url:
-            from bitnet_edge.agent.sync import FleetSync
-
-            def install(path, desired, is_delta):
-                return ag.install_file(path, allow_downgrade=desired.allow_downgrade, rollout_id=desired.rollout_id,
-                                       release_sha256=desired.release.bundle_sha256 if is_delta else None)
-
-            def activate_previous(desired):
-                out = ag.rollback()
-                return out.model_copy(update={"rollout_id": desired.rollout_id})
-
-            ag.sync = FleetSync(cfg, ag.caps, ag.reported_state, install, ag.installed_sha,
-                                activate_previous=activate_previous, metrics=ag.device_metrics)
-            ag.sync.start()
+            ag.start_sync()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -197,15 +218,17 @@ def register(main: click.Group) -> None:
     @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
     @click.option("--allow-downgrade", is_flag=True, help="Accept a lower release counter (explicit downgrade).")
+    @click.option("--model", default=None, help="The model the bundle must hold (refused if it holds another).")
     @json_option()
-    def install(bundle, config_path, allow_downgrade, as_json):
-        """Install a bundle (USB / offline path): the same pipeline as an OTA update."""
+    def install(bundle, config_path, allow_downgrade, model, as_json):
+        """Install a bundle (USB / offline path): the same pipeline as an OTA update.  The bundle's
+        model (its manifest name) is installed beside the others, or updates that model."""
         cfg, conn = _config_and_daemon(config_path)
         if conn is not None:  # a running agent hot-swaps it (over its admin socket)
             path, tmp = _handed_over(cfg, bundle)
             try:
                 code, out = _call(conn, "POST", "/v1/admin/install",
-                                  {"path": str(path), "allow_downgrade": allow_downgrade})
+                                  {"path": str(path), "allow_downgrade": allow_downgrade, "model": model})
             finally:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
@@ -214,7 +237,7 @@ def register(main: click.Group) -> None:
 
             ag = Agent(cfg)
             try:
-                out = ag.install_file(bundle, allow_downgrade=allow_downgrade).model_dump()
+                out = ag.install_file(bundle, allow_downgrade=allow_downgrade, model=model).model_dump()
             finally:
                 ag.shutdown()
         _print_outcome(out, as_json)
@@ -224,20 +247,13 @@ def register(main: click.Group) -> None:
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
     @json_option()
     def status(config_path, as_json):
-        """What the device serves, its slots and capabilities."""
+        """What the device serves: every model with its slots, health and memory; capabilities."""
         cfg, conn = _config_and_daemon(config_path)
         if conn is not None:
             _, st = _call(conn, "GET", "/v1/admin/status")
             st["daemon"] = True
         else:
-            from bitnet_edge.agent.probe import probe
-            from bitnet_edge.agent.store import SlotStore
-
-            store = SlotStore(cfg.data_dir)
-            state = store.load()
-            st = {"device_id": cfg.device_id, "daemon": False, "active_slot": state.active,
-                  "state": json.loads(state.model_dump_json()),
-                  "capabilities": probe(cfg.data_dir, cfg.profile).model_dump()}
+            st = _offline_status(cfg)
         if as_json:
             emit_json(st)
             return
@@ -246,30 +262,55 @@ def register(main: click.Group) -> None:
         t.add_row("daemon", "running" if st.get("daemon") else "not running")
         t.add_row("profile", str(caps.get("profile")))
         t.add_row("target / backends", f"{caps['target']} / {', '.join(caps['backends'])}")
-        t.add_row("active slot", str(st["active_slot"]))
+        mem = st.get("memory") or {}
+        if mem.get("budget_mb"):
+            used = sum(m.get("memory_bytes", 0) for m in (st.get("models") or {}).values()) / 1048576
+            t.add_row("memory budget", f"{used:.1f} of {mem['budget_mb']} MiB held by models")
         state = st["state"]
-        slots = state.get("slots") or {}
-        installed = state.get("installed") or ((slots.get(st["active_slot"]) or {}).get("release")
-                                               if st["active_slot"] else None)
-        t.add_row("serving", f"{installed['model']} {installed['version']} (release {installed['release']})"
-                  if installed else "nothing")
         last = state.get("last_outcome")
         t.add_row("last install", escape(f"{last['result']} ({last['reason']}): {last['message']}") if last else "-")
         for k, v in _sync_rows(st.get("sync"), cfg.mqtt.url, bool(st.get("daemon"))):
             t.add_row(k, v)
         Console().print(t)
+        mt = Table(title="models")
+        mt.add_column("model", no_wrap=True)
+        for col in ("serving (previous)", "slot", "health", "worker", "memory MiB", "last install"):
+            mt.add_column(col)
+        for name, m in sorted((st.get("models") or {}).items()):
+            ms = m["state"]
+            cur, prev, w = ms.get("installed"), ms.get("previous"), m.get("worker")
+            wm = (w or {}).get("memory_mb") or {}
+            mark = " *" if name == st.get("default_model") else ""
+            lo = ms.get("last_outcome")
+            mt.add_row(escape(name + mark), escape(f"{cur['version']} r{cur['release']}" if cur else "-")
+                       + escape(f" ({prev['version']})" if prev else ""),
+                       str(m.get("active_slot") or "-"), ms["health"],
+                       (f"pid {w['pid']}" if w else ("on demand" if ms.get("on_demand") else "stopped")),
+                       f"{m.get('memory_bytes', 0) / 1048576:.1f}"
+                       + (f" + {wm['private']:.1f} private" if wm.get("private") is not None else ""),
+                       escape(f"{lo['result']} ({lo['reason']})") if lo else "-")
+        Console().print(mt)
 
     @agent.command()
     @click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), required=True)
+    @click.option("--model", default=None, help="The model to roll back (needed when several are installed).")
     @json_option()
-    def rollback(config_path, as_json):
-        """Serve the previous release again (the other slot)."""
+    def rollback(config_path, model, as_json):
+        """Serve a model's previous release again (its other slot); other models are not touched."""
         cfg, conn = _config_and_daemon(config_path)
         if conn is not None:
-            _, out = _call(conn, "POST", "/v1/admin/rollback", {})
+            _, out = _call(conn, "POST", "/v1/admin/rollback", {"model": model})
         else:
-            from bitnet_edge.agent.store import SlotStore
+            from bitnet_edge.agent.modelstore import ModelStore
 
-            out = SlotStore(cfg.data_dir).rollback().last_outcome.model_dump()
+            store = ModelStore(cfg.data_dir)
+            names = store.installed()
+            if model is None and len(names) != 1:
+                raise AgentError("model_required", "name the model to roll back with --model; installed: "
+                                 f"{', '.join(names) or 'none'}")
+            if (model or names[0]) not in names:
+                raise AgentError("model_not_found", f"model {model!r} is not installed; installed: "
+                                 f"{', '.join(names) or 'none'}")
+            out = store.get(model or names[0]).rollback().last_outcome.model_dump()
         _print_outcome(out, as_json)
         sys.exit(0 if out["result"] == "rolled_back" else EXIT_FAILED)

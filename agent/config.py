@@ -6,16 +6,19 @@ import os
 import stat
 from pathlib import Path
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
 
 from bitnet_edge.agent.errors import ConfigError
 from bitnet_edge.sdk._compat import tomllib
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import Strict, parse_model
 from bitnet_edge.sdk.wire.broker import BrokerConnection
-from bitnet_edge.sdk.wire.protocol import DEVICE_ID
+from bitnet_edge.sdk.wire.protocol import DEVICE_ID, MODEL_NAME
 
-__all__ = ["AgentConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config", "check_secret_file",
+__all__ = ["AgentConfig", "ModelConfig", "ApiConfig", "LimitsConfig", "HealthConfig", "load_config",
+           "check_secret_file",
            "admin_socket"]
 
 
@@ -45,7 +48,10 @@ class ApiConfig(Strict):
 class LimitsConfig(Strict):
     disk_budget_mb: int = Field(default=8192, gt=0, description="space the agent may use for slots and downloads, MiB")
     max_bundle_mb: int = Field(default=4096, gt=0, description="largest bundle accepted, MiB")
-    memory_budget_mb: int | None = Field(default=None, description="largest model loaded, MiB (default: 80% of RAM)")
+    memory_budget_mb: int | None = Field(default=None, gt=0, description="memory all installed models may take "
+                                                                      "together (weights and activations), MiB "
+                                                                      "(default: 80% of RAM); an install that would "
+                                                                      "pass it is refused before it is unpacked")
     max_concurrent_requests: int = Field(default=4, ge=1, le=256, description="inference requests a model worker "
                                                                                "takes at once; more get 429")
     max_inflight_prompt_mb: float | None = Field(default=None, gt=0, description="request bytes (prompts, inputs) "
@@ -58,6 +64,19 @@ class HealthConfig(Strict):
     max_latency_ms: float = Field(default=5000.0, gt=0, description="golden-vector inference must finish within, ms")
     max_rss_mb: float | None = Field(default=None, description="process RSS after loading must stay below, MiB")
     verify_on_start: bool = Field(default=True, description="hash the active slot's files when the agent starts")
+
+
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME)]
+
+
+class ModelConfig(Strict):
+    """``[models.NAME]``: how the agent runs one model (by its bundle manifest name)."""
+
+    on_demand: bool = Field(default=False, description="load on demand: the model's worker starts on its first "
+                                                       "request and stops after idle_stop_s without one (weights "
+                                                       "are mmap'd, so a stopped model costs no memory)")
+    idle_stop_s: float = Field(default=300.0, gt=0, le=7 * 86400, description="seconds without a request after "
+                                                                              "which an on-demand worker stops")
 
 
 class AgentConfig(Strict):
@@ -83,6 +102,11 @@ class AgentConfig(Strict):
     mqtt: BrokerConnection = Field(default_factory=BrokerConnection, description="fleet connection")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="resource limits")
     health: HealthConfig = Field(default_factory=HealthConfig, description="health gate")
+    default_model: str | None = Field(default=None, pattern=MODEL_NAME,
+                                      description="the model a request without `model` goes to when several are "
+                                                  "installed (one installed: that one)")
+    models: dict[ModelName, ModelConfig] = Field(default_factory=dict,
+                                                 description="per-model settings by model name ([models.NAME])")
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bitnet_edge.sdk.errors import BitnetEdgeError
 
 __all__ = ["AgentError", "ConfigError", "InstallRejected", "StoreError", "TransferError", "TufRejected",
-           "WorkerFailed"]
+           "WorkerFailed", "UnknownModel"]
 
 
 class AgentError(BitnetEdgeError):
@@ -76,3 +76,13 @@ class WorkerFailed(AgentError):
     def __init__(self, slot: str, detail: str, report: dict | None = None):
         self.slot, self.report = slot, report or {}
         super().__init__("load_failed", f"worker for slot {slot}: {detail}")
+
+
+class UnknownModel(AgentError):
+    """A request names a model this device does not hold (or names none when several are installed)."""
+
+    fields = ("installed",)
+
+    def __init__(self, detail: str, installed: list[str], reason: str = "model_not_found"):
+        super().__init__(reason, detail)
+        self.installed = installed

@@ -43,17 +43,21 @@ def _riscv_isa(isa: str) -> set[str]:
     return ({c for c in base} | set(multi)) & _RISCV_EXT
 
 
-def cpu_features() -> list[str]:
-    """The kernel library's view (cpuid + xgetbv / HWCAP) joined with /proc/cpuinfo's flags."""
-    feats: set[str] = set()
+def library_features() -> list[str]:
+    """The kernel library's view of the CPU (cpuid + xgetbv / HWCAP); [] without a library."""
     try:
         from bitnet_edge.sdk.info import CPU_FEATURE_BITS
         from bitnet_edge.sdk.native import _binding as nb
 
         bits = nb.features()
-        feats |= {name for name, bit in CPU_FEATURE_BITS.items() if bits & bit}
+        return sorted(name for name, bit in CPU_FEATURE_BITS.items() if bits & bit)
     except Exception:  # noqa: BLE001 - no library here: /proc/cpuinfo alone
-        pass
+        return []
+
+
+def cpu_features(from_library: list[str] | None = None) -> list[str]:
+    """The kernel library's view (``from_library``, default: asked here) joined with /proc/cpuinfo's flags."""
+    feats: set[str] = set(library_features() if from_library is None else from_library)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -124,35 +128,46 @@ def match_profile(caps: Capabilities, wanted: str | None = None):
     return max(ok, key=lambda p: (len(p.isa_required), p.accelerator.kind != "none"), default=None)
 
 
-def model_runtimes() -> list[str]:
-    """Where models can run here (cpu, mlx, cuda), asked of a short-lived child process: finding
-    out imports mlx / libcuda, which would stay in the agent's memory though only model workers
-    use them (the agent without a model stays small)."""
+def _runtime_probe() -> dict:
+    """Where models can run here (runtimes: cpu, mlx, cuda) and the kernel backends, asked of a
+    short-lived child process: finding out imports numpy, mlx / libcuda and loads the kernel
+    library (with its thread pool), which would stay in the agent's memory though only model
+    workers use them (the agent without a model stays small, issue 18)."""
     import json
     import subprocess
     import sys
 
-    code = "import json; from bitnet_edge.sdk.models.device import available_devices as a; print(json.dumps(a()))"
+    code = ("import json; from bitnet_edge.sdk.models.device import available_devices as a; "
+            "from bitnet_edge.sdk.kernels import available_backends as b; "
+            "from bitnet_edge.agent.probe import library_features as f; "
+            "print(json.dumps({'runtimes': a(), 'backends': b(), 'features': f()}))")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        return list(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else ["cpu"]
+        got = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        return ["cpu"]
+        got = {}
+    return {"runtimes": list(got.get("runtimes") or ["cpu"]), "backends": list(got.get("backends") or ["numpy"]),
+            "features": list(got.get("features") or [])}
+
+
+def model_runtimes() -> list[str]:
+    """Where models can run here (cpu, mlx, cuda); see :func:`_runtime_probe`."""
+    return _runtime_probe()["runtimes"]
 
 
 def probe(data_dir: str | os.PathLike, profile: str | None = None) -> Capabilities:
-    from bitnet_edge.sdk import kernels
     from bitnet_edge.sdk.native.targets import host_target
+    rt = _runtime_probe()
     machine = platform.machine().lower()
     system = {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     caps = Capabilities(
-        arch=machine, os=system, cpu_features=cpu_features(),
-        backends=[b for b in kernels.available_backends() if b != "numpy"],
+        arch=machine, os=system, cpu_features=cpu_features(rt["features"]),
+        backends=[b for b in rt["backends"] if b != "numpy"],
         memory_mb=memory_mb(), disk_free_mb=shutil.disk_usage(data_dir).free // (1024 * 1024),
         cuda_sm=cuda_compute_capability(), apple_gpu=system == "macos" and machine == "arm64",
         target=host_target().replace("darwin-arm64", "macos-arm64"), agent_version=__version__,
-        runtimes=model_runtimes(),
+        runtimes=rt["runtimes"],
     )
     found = match_profile(caps, profile)
     return caps.model_copy(update={"profile": found.name if found else None})

@@ -20,7 +20,7 @@ import http.client
 import json
 import time
 
-from bitnet_edge.agent.errors import ConfigError
+from bitnet_edge.agent.errors import ConfigError, UnknownModel
 from bitnet_edge.agent.httpbase import (
     MAX_BODY,
     HttpError,
@@ -78,7 +78,7 @@ def make_app(agent, *, admin: bool, hosts: set[str] | None = None, origins: set[
         path = req.path
         route = path if path in PROXIED or path in ADMIN or path in ("/v1/health", "/metrics") else "other"
         t0 = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "model": ""}
 
         def start(st, headers, exc_info=None):
             status["code"] = int(st.split(" ", 1)[0])
@@ -88,21 +88,52 @@ def make_app(agent, *, admin: bool, hosts: set[str] | None = None, origins: set[
         try:
             if not admin:
                 browser_guard(req, hosts, origins)
-            result = _route(agent, req, start, admin, admin_socket)
+            result = _route(agent, req, start, admin, admin_socket, status)
             if isinstance(result, _Stream):
                 done = False
-                result.on_close = lambda: agent.metrics.observe(route, status["code"], time.perf_counter() - t0)
+                result.on_close = lambda: agent.metrics.observe(route, status["code"], time.perf_counter() - t0,
+                                                                status["model"])
             return result
         except HttpError as exc:
             return error_response(start, exc.code, exc.kind, exc.message, exc.headers)
+        except UnknownModel as exc:
+            code = {"no_model": 503, "model_required": 400}.get(exc.reason, 404)
+            return json_response(start, code, {"error": {"type": exc.reason, "message": exc.detail,
+                                                         "installed": exc.installed}})
         finally:
             if done:
-                agent.metrics.observe(route, status["code"], time.perf_counter() - t0)
+                agent.metrics.observe(route, status["code"], time.perf_counter() - t0, status["model"])
 
     return app
 
 
-def _route(agent, req: Request, start, admin: bool, admin_socket: str | None):
+def _model_field(body: bytes) -> str | None:
+    """The request's ``model`` (OpenAI's field) when the body is a JSON object that names one;
+    a body that is not JSON is left to the worker to refuse."""
+    try:
+        obj = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    m = obj.get("model") if isinstance(obj, dict) else None
+    if m is not None and not isinstance(m, str):
+        raise HttpError(400, "invalid_request", "model: a model name (string) is expected")
+    return m
+
+
+def _models_list(agent) -> dict:
+    """GET /v1/models: every installed model (OpenAI's list), whether or not its worker runs."""
+    data = []
+    for m in agent.reported_state().models:
+        if m.installed is None:
+            continue
+        data.append({"id": m.name, "object": "model", "created": agent.installed_at(m.name), "owned_by": "bitnet-edge",
+                     "architecture": agent.architecture(m.name), "version": m.installed.version,
+                     "release": m.installed.release, "on_demand": m.on_demand, "loaded": m.loaded,
+                     "health": m.health, "default": m.name == agent.default_model})
+    return {"object": "list", "data": data}
+
+
+def _route(agent, req: Request, start, admin: bool, admin_socket: str | None, status: dict):
     path, method = req.path, req.method
     if path in ADMIN and not admin:
         raise HttpError(403, "forbidden", f"admin routes answer only on the agent's Unix socket "
@@ -117,11 +148,14 @@ def _route(agent, req: Request, start, admin: bool, admin_socket: str | None):
             return [body]
         if path == "/v1/admin/status":
             return json_response(start, 200, agent.status())
+        if path == "/v1/models":
+            return json_response(start, 200, _models_list(agent))
         if path in PROXIED:
-            return _proxy(agent, start, "GET", path, None, None)
+            return _proxy(agent, start, "GET", path, None, None, None, status)
     elif method == "POST":
         if path in PROXIED:
-            return _proxy(agent, start, "POST", path, req.body(MAX_BODY), req.header("Content-Type"))
+            body = req.body(MAX_BODY)
+            return _proxy(agent, start, "POST", path, body, req.header("Content-Type"), _model_field(body), status)
         if path in ("/v1/admin/install", "/v1/admin/rollback"):
             return _admin(agent, start, path, req.body(64 * 1024))
     else:
@@ -136,12 +170,16 @@ def _admin(agent, start, path: str, body: bytes):
             raise ValueError("body must be a JSON object")
     except ValueError as exc:
         raise HttpError(400, "invalid_request", str(exc).splitlines()[0]) from None
+    model = req.get("model")
+    if model is not None and not isinstance(model, str):
+        raise HttpError(400, "invalid_request", "model: a model name (string) is expected")
     if path.endswith("install"):
         if not isinstance(req.get("path"), str):
             raise HttpError(400, "invalid_request", "path: a bundle file path is required")
-        outcome = agent.install_local(req["path"], allow_downgrade=bool(req.get("allow_downgrade")))
+        outcome = agent.install_local(req["path"], allow_downgrade=bool(req.get("allow_downgrade")), model=model)
     else:
-        outcome = agent.rollback()
+        agent.rollback_target(model)  # UnknownModel (a typed 400 / 404) when it is ambiguous or not installed
+        outcome = agent.rollback(model)
     if agent.sync is not None:  # a USB install or a local rollback: tell the fleet
         agent.sync.publish_state()
     code = 200 if outcome.result in ("installed", "rolled_back") else 409
@@ -170,10 +208,15 @@ class _Stream:
                 self.on_close()
 
 
-def _proxy(agent, start, method: str, path: str, body: bytes | None, ctype: str | None):
-    worker = agent.acquire_worker()
+def _proxy(agent, start, method: str, path: str, body: bytes | None, ctype: str | None, model: str | None,
+           status: dict):
+    """Forward to the worker of ``model`` (None: the default model); UnknownModel when it is not installed."""
+    name = agent.resolve(model)
+    status["model"] = name
+    worker = agent.acquire_worker(name)
     if worker is None:
-        raise HttpError(503, "no_model", "no model is installed on this device")
+        raise HttpError(503, "model_unavailable", f"model {name}'s worker is not running (it failed to start; "
+                                                  "see the agent's log)")
     conn = None
     released = False
 

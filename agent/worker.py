@@ -423,6 +423,23 @@ def _die_with_parent() -> None:
     would fire when the agent *thread* that started us ends, which is any request thread.)"""
     import os
 
+    agent = os.environ.get("BITNET_EDGE_AGENT_PID")
+    if agent and agent.isdigit() and hasattr(os, "pidfd_open"):  # forked by the zygote: watch the agent itself
+        import select
+
+        try:
+            fd = os.pidfd_open(int(agent))
+        except OSError:
+            os._exit(0)  # the agent is gone already
+
+        def watch_agent() -> None:
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            p.poll()  # readable when the agent has exited (the zygote may come and go)
+            os._exit(0)
+
+        threading.Thread(target=watch_agent, daemon=True, name="agent-watch").start()
+        return
     parent = os.getppid()
 
     def watch() -> None:
@@ -458,6 +475,8 @@ def main(argv=None) -> int:
         model = load_model(args.slot)
         report["load_s"] = time.perf_counter() - t0
         report["library"] = str(lib.path)
+        report["model"] = model.manifest.name
+        report["architecture"] = model.architecture
         report["golden"] = golden_check(args.slot, model)
         report["rss_mb"] = rss_mb()
         admission = Admission(max(1, args.max_requests), max(1, args.max_inflight_bytes))

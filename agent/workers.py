@@ -1,4 +1,7 @@
-"""Start, watch and stop model workers (one process per installed slot).
+"""Start, watch and stop model workers (one process per serving model).
+
+Workers are forked from the zygote (agent/zygote.py) where the platform allows it (Linux with
+pidfds), else started as fresh interpreters; either way one model's worker is its own process.
 
 The worker prints one JSON report line on stdout when it is ready (or has failed); a reader
 thread per pipe takes it (no select(), so no limit at 1024 file descriptors) and then keeps
@@ -9,12 +12,15 @@ is stopped before the error is raised: no orphan worker.
 
 from __future__ import annotations
 
+import array
 import collections
 import json
 import logging
 import os
 import queue
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from bitnet_edge.agent.errors import WorkerFailed
 
-__all__ = ["WorkerHandle", "start_worker", "WorkerFailed", "WorkerBudget"]
+__all__ = ["WorkerHandle", "start_worker", "WorkerFailed", "WorkerBudget", "Zygote", "ForkedProc"]
 
 log = logging.getLogger("bitnet_edge.agent.worker")
 
@@ -39,7 +45,7 @@ class WorkerHandle:
     slot: str
     slot_dir: Path
     socket: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedProc
     report: dict = field(default_factory=dict)
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
 
@@ -55,6 +61,8 @@ class WorkerHandle:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if isinstance(self.proc, ForkedProc):
+            self.proc.close()
         for pipe in (self.proc.stdout, self.proc.stderr):
             try:
                 if pipe is not None:
@@ -91,19 +99,180 @@ def _pump(pipe, lines: queue.Queue | None, tail: collections.deque, name: str) -
             lines.put(None)
 
 
+class ForkedProc:
+    """A worker forked by the zygote, watched through its pidfd (what ``subprocess.Popen`` offers
+    for a child of our own: poll, wait, send_signal, kill; the exit status is not known, -1)."""
+
+    def __init__(self, pid: int, pidfd: int, stdout, stderr):
+        self.pid, self._pidfd, self.stdout, self.stderr = pid, pidfd, stdout, stderr
+        self.returncode: int | None = None
+
+    def _exited(self, timeout_ms: int) -> bool:
+        if self.returncode is not None:
+            return True
+        if self._pidfd < 0:
+            return True
+        p = select.poll()  # not select(): no limit at 1024 file descriptors
+        p.register(self._pidfd, select.POLLIN)
+        if p.poll(timeout_ms):
+            self.returncode = -1
+            return True
+        return False
+
+    def poll(self) -> int | None:
+        return self.returncode if self._exited(0) else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited(-1 if timeout is None else max(0, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None and self._pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            self._exited(0)
+            os.close(self._pidfd)
+            self._pidfd = -1
+            if self.returncode is None:
+                self.returncode = -1
+
+
+class Zygote:
+    """The agent's end of the zygote (agent/zygote.py): started on first use, restarted if it died."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def supported() -> bool:
+        return (sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+                and hasattr(signal, "pidfd_send_signal") and os.environ.get("BITNET_EDGE_ZYGOTE", "1") != "0")
+
+    def _start(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                     "NUMEXPR_NUM_THREADS"):
+            env.setdefault(name, "1")  # no BLAS thread pool in the zygote: it forks
+        env.pop("BITNET_EDGE_LIBRARY", None)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.zygote", str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+        mine.settimeout(120.0)
+        try:
+            hello = json.loads(mine.recv(MAX_CTL) or b"{}")
+        except (OSError, ValueError):
+            hello = {}
+        if not hello.get("ready"):
+            mine.close()
+            self._stop_proc()
+            raise WorkerFailed("zygote", "the worker zygote did not start")
+        mine.settimeout(30.0)
+        self._sock = mine
+        log.info("worker zygote pid %d ready", self.proc.pid)
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProc:
+        """Fork a worker running ``python -m bitnet_edge.agent.worker ARGV`` with ``env`` added."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            with self._lock:
+                for attempt in (0, 1):
+                    if self._sock is None or self.proc is None or self.proc.poll() is not None:
+                        self.close()
+                        self._start()
+                    try:
+                        self._sock.sendmsg([json.dumps({"argv": argv, "env": env}).encode()],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w]))])
+                        fds = array.array("i")
+                        msg, anc, _f, _a = self._sock.recvmsg(MAX_CTL, socket.CMSG_SPACE(fds.itemsize))
+                    except OSError:
+                        if attempt:
+                            raise
+                        self.close()
+                        continue
+                    for level, kind, data in anc:
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+                    reply = json.loads(msg or b"{}")
+                    if not msg or reply.get("error") or not fds:
+                        for fd in fds:
+                            os.close(fd)
+                        if not msg and not attempt:
+                            self.close()
+                            continue
+                        raise WorkerFailed("zygote", reply.get("error") or "the zygote did not fork a worker")
+                    break
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return ForkedProc(int(reply["pid"]), fds[0], os.fdopen(out_r, "rb", 0), os.fdopen(err_r, "rb", 0))
+
+    def _stop_proc(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        """Stop the zygote (its workers exit when they see it gone; the agent stops them first)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._stop_proc()
+        self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+
+MAX_CTL = 64 * 1024
+
+
 def start_worker(slot: str, slot_dir: Path, run_dir: Path, timeout: float = 120.0,
-                 tag: str | None = None, budget: WorkerBudget = WorkerBudget()) -> WorkerHandle:
-    """Start a worker on ``slot_dir`` with the slot's own native library; wait for its report."""
+                 tag: str | None = None, budget: WorkerBudget = WorkerBudget(),
+                 zygote: Zygote | None = None) -> WorkerHandle:
+    """Start a worker on ``slot_dir`` with the slot's own native library (forked from ``zygote``
+    when given, else a fresh interpreter); wait for its report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     sock = str(run_dir / f"worker-{slot}-{tag or os.getpid()}.sock")
-    env = dict(os.environ)
+    extra = {}
     lib = _library(slot_dir)
     if lib is not None:
-        env["BITNET_EDGE_LIBRARY"] = str(lib)
-    proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.worker", "--slot", str(slot_dir),
-                             "--socket", sock, "--max-requests", str(budget.max_requests),
-                             "--max-inflight-bytes", str(budget.max_inflight_bytes)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        extra["BITNET_EDGE_LIBRARY"] = str(lib)
+    args = ["--slot", str(slot_dir), "--socket", sock, "--max-requests", str(budget.max_requests),
+            "--max-inflight-bytes", str(budget.max_inflight_bytes)]
+    if zygote is not None:  # the worker watches the agent, not the zygote: the zygote may die and be restarted
+        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())})
+    else:
+        proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.worker", *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **extra})
     handle = WorkerHandle(slot, slot_dir, sock, proc)
     try:
         lines: queue.Queue = queue.Queue()

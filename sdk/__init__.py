@@ -1,6 +1,17 @@
-"""bitnet_edge.sdk: ternary numerics (numpy reference), packing formats and the native kernels."""
+"""bitnet_edge.sdk: ternary numerics (numpy reference), packing formats and the native kernels.
 
-from bitnet_edge.sdk import errors, packing, quant, reference
+The submodules load on first use (``bitnet_edge.sdk.packing`` etc.): the agent process imports
+this package for its errors and wire contracts and must not pay for numpy at idle (issue 18)."""
+
+import importlib
+
+_LAZY = ("errors", "packing", "quant", "reference")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"bitnet_edge.sdk.{name}")
+    raise AttributeError(f"module 'bitnet_edge.sdk' has no attribute {name!r}")
 
 
 def load_model(path, device=None, kv_cache=None):

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -56,6 +55,8 @@ def load_calibration(path: Path | None, imported):
         x = arrays.get("x", next(iter(arrays.values())))
         if x.dtype.kind not in "fiu" or x.ndim < 2:
             raise FormatError(f"{path}: samples must be a numeric array (samples, ...), got {x.dtype} {x.shape}")
+        import numpy as np
+
         return x.astype(np.float32)
     if path.suffix == ".json":
         try:
@@ -82,7 +83,9 @@ def _manifest_summary(md) -> dict:
     counts: dict[str, int] = {}
     for p in man.precision.values():
         counts[p] = counts.get(p, 0) + 1
-    params = {t.name: int(np.prod(t.shape)) for t in man.tensors if t.name in man.precision}
+    import math
+
+    params = {t.name: int(math.prod(t.shape)) for t in man.tensors if t.name in man.precision}
     lin_bytes = sum(sizes[n] for n in params)
     return {"name": man.name, "architecture": man.architecture, "path": str(md.path),
             "layers_by_precision": counts, "linear_params": sum(params.values()),
@@ -218,7 +221,7 @@ def register(main: click.Group) -> None:
             for col in ("text", "first values", "norm"):
                 t.add_column(col)
             for s, v in zip(texts, e):
-                t.add_row(s, " ".join(f"{x:+.3f}" for x in v[:6]) + " ...", f"{np.linalg.norm(v):.3f}")
+                t.add_row(s, " ".join(f"{x:+.3f}" for x in v[:6]) + " ...", f"{float((v * v).sum()) ** 0.5:.3f}")
             Console().print(t)
 
     @main.command()

@@ -154,7 +154,7 @@ def test_local_api_and_hot_swap(tmp_path, bundles):
         assert d.request("GET", "/v1/nope")[0] == 404
         code, metrics = d.request("GET", "/metrics")
         assert code == 200 and 'bne_model_info{model="sensor-mlp"' in metrics
-        assert 'bne_installs_total{result="installed",reason="ok"} 2' in metrics
+        assert 'bne_installs_total{model="sensor-mlp",result="installed",reason="ok"} 2' in metrics
         assert 'bne_request_seconds_bucket{route="/v1/infer"' in metrics
         st = json.loads(cli("agent", "status", "--config", cfg, "--json").stdout)
         assert st["daemon"] and st["state"]["installed"]["version"] == "2.0.0"

@@ -67,9 +67,12 @@ def test_completions_and_embeddings_over_the_local_api(tmp_path, bundles):
         code, err = d.request("POST", "/v1/infer", {"inputs": [[1.0]]})
         assert code == 400 and err["error"]["type"] == "wrong_model"
 
-        assert cli("agent", "install", enc, "--config", cfg).returncode == 0
+        assert cli("agent", "install", enc, "--config", cfg).returncode == 0  # a second model beside the first
         seqs = [[2, 45, 67, 3], [2, 11, 3]]
-        code, out = d.request("POST", "/v1/embeddings", {"input": seqs})
+        code, err = d.request("POST", "/v1/embeddings", {"input": seqs})  # two models: which one?
+        assert code == 400 and err["error"]["type"] == "model_required" and err["error"]["installed"] == [
+            "bert-hf", "hf"]
+        code, out = d.request("POST", "/v1/embeddings", {"input": seqs, "model": "bert-hf"})
         assert code == 200, out
         got = np.array([row["embedding"] for row in out["data"]], np.float32)
         np.testing.assert_allclose(got, load_model(enc_dir).embed(seqs), rtol=1e-5, atol=1e-6)

@@ -91,7 +91,8 @@ def served(tmp_path_factory, bundles):
     d = Daemon(cfg, port)
     try:
         assert cli("agent", "install", dec, "--config", cfg).returncode == 0
-        yield {"root": root, "model_dir": model_dir, "port": port, "cfg": cfg, "daemon": d}
+        yield {"root": root, "model_dir": model_dir, "port": port, "cfg": cfg, "daemon": d,
+               "name": load_model(model_dir).manifest.name}
     finally:
         d.stop()
 
@@ -104,22 +105,25 @@ def _reference(model_dir, msgs, n, sampler=None):
 
 
 def test_chat_completions_plain_streamed_and_optional_fields(served):
+    mn = served["name"]  # the installed model: requests name it
     client = _client(served["port"])
     ref, ids, want = _reference(served["model_dir"], MSGS, 10)
     want_text = ref.tokenizer.decode(want)
 
     models = client.models.list().data
     assert [m.id for m in models] == [ref.manifest.name] and models[0].created > 0
-    r = client.chat.completions.create(model="whatever", messages=MSGS, max_tokens=10)
+    with pytest.raises(openai.NotFoundError, match="not installed"):  # the agent routes by `model` (ADR 0021)
+        client.chat.completions.create(model="whatever", messages=MSGS, max_tokens=10)
+    r = client.chat.completions.create(model=mn, messages=MSGS, max_tokens=10)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want_text
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(want)
 
-    chunks = list(client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stream=True))
+    chunks = list(client.chat.completions.create(model=mn, messages=MSGS, max_tokens=10, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want_text
     assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
 
-    chunks = list(client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stream=True,
+    chunks = list(client.chat.completions.create(model=mn, messages=MSGS, max_tokens=10, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want)
     assert all(c.usage is None for c in chunks[:-1])
@@ -128,13 +132,13 @@ def test_chat_completions_plain_streamed_and_optional_fields(served):
     assert len(want_text) >= 8, want_text
     stop = want_text[3:7]
     cut = want_text[:want_text.index(stop)]
-    r4 = client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stop=[stop, "\x00"])
+    r4 = client.chat.completions.create(model=mn, messages=MSGS, max_tokens=10, stop=[stop, "\x00"])
     assert r4.choices[0].message.content == cut and r4.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model="m", messages=MSGS, max_tokens=10, stream=True, stop=stop))
+    chunks = list(client.chat.completions.create(model=mn, messages=MSGS, max_tokens=10, stream=True, stop=stop))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut
 
     # every common optional field at once: accepted, and the answer is the plain greedy one
-    r2 = client.chat.completions.create(model="m", messages=MSGS, logprobs=True, top_logprobs=2, **CHAT_OPTIONAL)
+    r2 = client.chat.completions.create(model=mn, messages=MSGS, logprobs=True, top_logprobs=2, **CHAT_OPTIONAL)
     assert r2.choices[0].message.content == want_text
     # logprobs: the model's own distribution at each step
     lps = r2.choices[0].logprobs.content
@@ -148,30 +152,32 @@ def test_chat_completions_plain_streamed_and_optional_fields(served):
         assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
 
     # developer messages and text parts, as newer clients send them
-    r3 = client.chat.completions.create(model="m", max_tokens=10, messages=[
+    r3 = client.chat.completions.create(model=mn, max_tokens=10, messages=[
         {"role": "developer", "content": [{"type": "text", "text": "Answer "}, {"type": "text", "text": "briefly."}]},
         {"role": "user", "content": [{"type": "text", "text": "What does add do?"}]}])
     assert r3.choices[0].message.content == want_text
 
 
 def test_penalties_and_logit_bias_change_the_answer_as_the_sdk_does(served):
+    mn = served["name"]  # the installed model: requests name it
     client = _client(served["port"])
     sampler = Sampler(presence_penalty=1.5, frequency_penalty=0.8)
     ref, _, want = _reference(served["model_dir"], MSGS, 12, sampler)
-    r = client.chat.completions.create(model="m", messages=MSGS, max_tokens=12, presence_penalty=1.5,
+    r = client.chat.completions.create(model=mn, messages=MSGS, max_tokens=12, presence_penalty=1.5,
                                        frequency_penalty=0.8)
     assert r.choices[0].message.content == ref.tokenizer.decode(want)
 
     target = ref.tokenizer.token_to_id("return") or 40
-    r = client.chat.completions.create(model="m", messages=MSGS, max_tokens=3, logit_bias={str(target): 100})
+    r = client.chat.completions.create(model=mn, messages=MSGS, max_tokens=3, logit_bias={str(target): 100})
     assert r.choices[0].message.content == ref.tokenizer.decode([target] * 3)
-    streamed = list(client.chat.completions.create(model="m", messages=MSGS, max_tokens=3, stream=True, logprobs=True,
+    streamed = list(client.chat.completions.create(model=mn, messages=MSGS, max_tokens=3, stream=True, logprobs=True,
                                                    logit_bias={str(target): 100}))
     got = [lp.token for c in streamed if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
     assert len(got) == 3
 
 
 def test_values_we_cannot_honour_are_clear_400s(served):
+    mn = served["name"]  # the installed model: requests name it
     client = _client(served["port"])
     cases = [(dict(n=2), "n=1"), (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
              (dict(response_format={"type": "json_object"}), "json_object"),
@@ -179,16 +185,17 @@ def test_values_we_cannot_honour_are_clear_400s(served):
              (dict(top_logprobs=2), "logprobs"), (dict(modalities=["text", "audio"]), "modalities")]
     for kwargs, words in cases:
         with pytest.raises(openai.BadRequestError) as e:
-            client.chat.completions.create(model="m", messages=MSGS, max_tokens=2, **kwargs)
+            client.chat.completions.create(model=mn, messages=MSGS, max_tokens=2, **kwargs)
         assert words in str(e.value), (kwargs, str(e.value))
     with pytest.raises(openai.BadRequestError, match="image_url"):
-        client.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": [
+        client.chat.completions.create(model=mn, max_tokens=2, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}])
     with pytest.raises(openai.BadRequestError, match="suffix"):
-        client.completions.create(model="m", prompt="def", suffix="end", max_tokens=2)
+        client.completions.create(model=mn, prompt="def", suffix="end", max_tokens=2)
 
 
 def test_text_completions(served):
+    mn = served["name"]  # the installed model: requests name it
     client = _client(served["port"])
     ref = load_model(served["model_dir"])
     prompt = "def add(a, b):"
@@ -198,22 +205,22 @@ def test_text_completions(served):
     want = ref.generate(ids, 6)
     want_text = ref.tokenizer.decode(want)
 
-    r = client.completions.create(model="m", prompt=prompt, max_tokens=6, presence_penalty=0, frequency_penalty=0,
+    r = client.completions.create(model=mn, prompt=prompt, max_tokens=6, presence_penalty=0, frequency_penalty=0,
                                   user="u", seed=1, n=1, best_of=1, logit_bias={}, stop=["\x00"])
     assert r.object == "text_completion" and r.choices[0].text == want_text
     assert r.usage.completion_tokens == len(want)
     # a negative seed (OpenAI's seed is a signed 64-bit integer) is the same 64 bits as the SDK's seed
     sampled = ref.generate(ids, 6, temperature=0.9, seed=2**64 - 5)
-    r = client.completions.create(model="m", prompt=prompt, max_tokens=6, temperature=0.9, seed=-5)
+    r = client.completions.create(model=mn, prompt=prompt, max_tokens=6, temperature=0.9, seed=-5)
     assert r.choices[0].text == ref.tokenizer.decode(sampled)
-    r = client.completions.create(model="m", prompt=prompt, max_tokens=6, echo=True)
+    r = client.completions.create(model=mn, prompt=prompt, max_tokens=6, echo=True)
     assert r.choices[0].text == prompt + want_text
-    r = client.completions.create(model="m", prompt=prompt, max_tokens=6, logprobs=2)
+    r = client.completions.create(model=mn, prompt=prompt, max_tokens=6, logprobs=2)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(want) == len(lp.token_logprobs) == len(lp.top_logprobs)
     assert all(1 <= len(t) <= 2 for t in lp.top_logprobs)  # a dict: two tokens of the same text share a key
     assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
-    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt=prompt, max_tokens=6,
+    text = "".join(c.choices[0].text for c in client.completions.create(model=mn, prompt=prompt, max_tokens=6,
                                                                          stream=True))
     assert text == want_text
 
@@ -231,6 +238,7 @@ def test_embeddings_base64_and_float(served, bundles):
     transformers.BertModel(bcfg, add_pooling_layer=False).save_pretrained(root / "bert-hf")
     _bert_tokenizer(root / "bert-hf")
     enc_dir = convert(read_hf(root / "bert-hf"), root / "enc", precision="ternary")
+    en = load_model(enc_dir).manifest.name  # installed beside the chat model: requests name it
     enc = package_model(enc_dir, [HOST_DEVICE], "2.0.0", [bundles.key], root / "d2", release=41,
                         options=bundles.opts)[0].path
     assert cli("agent", "install", enc, "--config", served["cfg"]).returncode == 0
@@ -238,14 +246,14 @@ def test_embeddings_base64_and_float(served, bundles):
     client = _client(served["port"])
     texts = ["the sensor reads hot", "door is open"]
     want = load_model(enc_dir).embed(texts)
-    r = client.embeddings.create(model="m", input=texts)  # the client asks for base64 and decodes it
+    r = client.embeddings.create(model=en, input=texts)  # the client asks for base64 and decodes it
     got = np.array([d.embedding for d in r.data], dtype=np.float32)
     assert np.array_equal(got, want) and r.usage.prompt_tokens > 0
-    raw = client.embeddings.with_raw_response.create(model="m", input=texts).http_response.json()
+    raw = client.embeddings.with_raw_response.create(model=en, input=texts).http_response.json()
     assert isinstance(raw["data"][0]["embedding"], str)  # base64 on the wire
-    r = client.embeddings.create(model="m", input=texts, encoding_format="float", user="u", dimensions=96)
+    r = client.embeddings.create(model=en, input=texts, encoding_format="float", user="u", dimensions=96)
     assert np.array_equal(np.array([d.embedding for d in r.data], dtype=np.float32), want)
-    r = client.embeddings.create(model="m", input=[[2, 5, 6, 3]], encoding_format="float")
+    r = client.embeddings.create(model=en, input=[[2, 5, 6, 3]], encoding_format="float")
     assert len(r.data) == 1 and len(r.data[0].embedding) == 96
     with pytest.raises(openai.BadRequestError, match="dimensions"):
-        client.embeddings.create(model="m", input=texts, dimensions=32)
+        client.embeddings.create(model=en, input=texts, dimensions=32)
