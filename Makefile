@@ -65,7 +65,7 @@ test-py310:
 	else case "$${CI:-}" in 1|true|yes) echo "no Python 3.10 (CI=true: a failure)"; exit 1;; \
 	  *) echo "SKIPPED the Python 3.10 leg: no Python 3.10 here";; esac; fi
 
-# Only what the demo needs (the agent, the embedded broker, scikit-learn): no torch, no test tools.
+# Only what the demo needs (the agent, the embedded broker, scikit-learn, Jinja2, zig): no torch, no test tools.
 demo-venv: $(PY)
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[demo]'
 

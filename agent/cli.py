@@ -87,7 +87,8 @@ def _call(conn, method: str, path: str, body: dict | None = None) -> tuple[int, 
         out = json.loads(raw or b"{}")
     except ValueError:
         out = None
-    if resp.status >= 400 or not isinstance(out, dict):  # the running agent refused the request itself
+    outcome = resp.status == 409 and isinstance(out, dict) and "result" in out  # an install/rollback that ended
+    if (resp.status >= 400 and not outcome) or not isinstance(out, dict):  # the agent refused the request itself
         err = out.get("error") if isinstance(out, dict) and isinstance(out.get("error"), dict) else {}
         raise AgentError(str(err.get("type") or "agent-api"),
                          f"the running agent answered {path} with HTTP {resp.status}: "

@@ -151,12 +151,13 @@ def schemas(write: bool, as_json: bool) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Where every artifact and log goes (replaced).")
-@click.option("--quick", is_flag=True, help="Shorter training.")
+@click.option("--quick", is_flag=True, help="Tiny training recipes for both models (seconds; the tests use it).")
 @click.option("--keep-open", is_flag=True, help="Keep the fleet, its console and the agents running after the "
                                                 "summary, until Ctrl-C.")
 def demo(out: str, quick: bool, keep_open: bool) -> None:
-    """The whole loop on this machine: train, package, fleet + 3 agents, staged OTA rollouts, and the
-    fleet console (its URL and token are printed)."""
+    """The whole loop on this machine: train a ternary MLP and a ternary language model, package both,
+    fleet + 3 agents, staged OTA rollouts (the language model as a second model, chatting through
+    /v1/chat/completions on every agent), and the fleet console (its URL and token are printed)."""
     from bitnet_edge.demo import run_demo
 
     run_demo(out, quick=quick, keep_open=keep_open)
