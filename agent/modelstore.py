@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bitnet_edge.agent.errors import StoreError
 from bitnet_edge.agent.store import SlotStore, StoreState
-from bitnet_edge.sdk.durable import fsync_dir, write_atomic
+from bitnet_edge.sdk.durable import fsync_dir, move_dir, write_atomic
 from bitnet_edge.sdk.errors import FormatError
 from bitnet_edge.sdk.schemas import parse_model
 from bitnet_edge.sdk.wire.protocol import MODEL_NAME
@@ -98,9 +98,7 @@ class ModelStore:
         if old_slots.exists():
             if (dest / "slots").exists():  # an empty store made before the crash: the old slots win
                 os.rmdir(dest / "slots")
-            os.rename(old_slots, dest / "slots")
-            fsync_dir(self.root)
-            fsync_dir(dest)
+            move_dir(old_slots, dest / "slots")
         if not (dest / "state.json").exists():
             write_atomic(dest / "state.json", old_state.read_bytes())
         old_state.unlink()

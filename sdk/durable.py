@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["fsync_dir", "fsync_tree", "temp_path", "commit", "atomic_file", "write_atomic", "copy_atomic"]
+__all__ = ["fsync_dir", "fsync_tree", "temp_path", "commit", "atomic_file", "write_atomic", "copy_atomic", "move_dir"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -107,3 +107,13 @@ def copy_atomic(src: str | os.PathLike, path: str | os.PathLike, *, mode: int | 
     """Copy the file ``src`` (from any file system) to ``path`` with :func:`atomic_file`."""
     with open(src, "rb") as s, atomic_file(path, mode=mode) as f:
         shutil.copyfileobj(s, f, 1 << 20)
+
+
+def move_dir(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename the directory ``src`` to ``dest`` (same file system: atomic) and fsync both parent
+    directories, so a crash leaves it in exactly one of the two places."""
+    src, dest = Path(src), Path(dest)
+    os.rename(src, dest)
+    fsync_dir(src.parent)
+    if dest.parent != src.parent:
+        fsync_dir(dest.parent)
