@@ -14,10 +14,8 @@ Needs zig (the ziglang wheel), ``aarch64-linux-gnu-gcc``, ``qemu-aarch64`` and t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +24,13 @@ import numpy as np
 import pytest
 from tests.support import qemu as Q
 from tests.support.kernel_vectors import (
-    BACKEND_NAMES,
-    BNE_OK,
     QEMU_TIMEOUT,
     Case,
     all_cases,
     check_run,
-    expected,
     pack_ternary_np,
-    read_results,
-    same_bits,
     write_vectors,
 )
-
-from bitnet_edge.sdk.packing import pack_ternary_b3
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE = REPO / "native"
@@ -136,34 +127,8 @@ def test_kernels_bit_exact_under_qemu(build, vectors, tmp_path, cpu, best, backe
     out_path = tmp_path / "results.bner"
     proc = subprocess.run([QEMU, "-cpu", cpu, str(build.harness), str(in_path), str(out_path)],
                           capture_output=True, text=True, timeout=QEMU_TIMEOUT)
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"no output from the harness (rc={proc.returncode}): {proc.stderr}"
-    report = json.loads(lines[-1])
-    assert "error" not in report, report
-    assert report["target"] == "aarch64-linux"
-    assert report["best"] == best
-    assert report["backends"] == backends
+    report = check_run(proc, out_path, cases, target="aarch64-linux", best=best, backends=backends)
     assert ("dotprod" in report["features"]) == (best == "neon-dotprod")
-
-    failures = []
-    seen = set()
-    for c, backend, threads, status, got_a, got_b in read_results(out_path, cases):
-        seen.add((backend, threads))
-        where = f"{c.name} [{backend}, {threads} thread(s)]"
-        if status != c.expect:
-            failures.append(f"{where}: status {status}, expected {c.expect}")
-            continue
-        if c.expect != BNE_OK:
-            continue
-        want_a, want_b = expected(c)
-        for label, got, want in (("int", got_a, want_a), ("float", got_b, want_b)):
-            if not same_bits(got, want):
-                bad = np.argwhere(got != want)[:3].tolist()
-                failures.append(f"{where}: {label} result differs at {bad}")
-    assert seen == {(b, t) for b in backends for t in (1, 2)}
-    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:20])
-    # the harness's own checks: 1 vs 2 threads, each backend vs ref, strides, GEMV entry
-    assert proc.returncode == 0, f"harness rc={proc.returncode}: {report}"
 
 
 # ---- the zig-built library (what bundles ship), harness linked against it ------------
