@@ -24,3 +24,14 @@ def any_backend(request) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def kernel_vectors(tmp_path_factory):
+    """Every case of tests/support/kernel_vectors.py written once for the C harness: (file, cases)."""
+    from tests.support.kernel_vectors import all_cases, write_vectors
+
+    cases = all_cases()
+    path = tmp_path_factory.mktemp("vectors") / "cases.bnev"
+    write_vectors(path, cases)
+    return path, cases

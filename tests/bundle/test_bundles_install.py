@@ -11,7 +11,7 @@ import pytest
 import tests.native.test_aarch64_qemu as qv
 from tests.support import qemu as Q
 from tests.support.bundle_models import LIB_TARGETS, make_mlp_dir, prebuilt, require_toolchain
-from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
+from tests.support.kernel_vectors import QEMU_TIMEOUT, check_run
 from tests.support.tools import require_tool
 
 from bitnet_edge.packagers.builder import PackageOptions, package_model
@@ -133,11 +133,10 @@ def harness_from_bundle(bundles, tmp_path_factory):
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize("cpu,best,backends", qv.CPUS, ids=[c[0] for c in qv.CPUS])
-def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, tmp_path, cpu, best, backends):
+def test_bundled_aarch64_library_is_bit_exact_under_qemu(harness_from_bundle, kernel_vectors, tmp_path, cpu, best, backends):
     arch = Q.ARCHES["linux-aarch64"]
-    cases = all_cases()
-    vin, vout = tmp_path / "cases.bnev", tmp_path / "results.bner"
-    write_vectors(vin, cases)
+    vin, cases = kernel_vectors
+    vout = tmp_path / "results.bner"
     proc = Q.run(arch, harness_from_bundle.exe, cpu, vin, vout, timeout=QEMU_TIMEOUT)
     check_run(proc, vout, cases, target="aarch64-linux", best=best, backends=backends)
     # the harness really ran the bundle's library, not a static copy of the sources

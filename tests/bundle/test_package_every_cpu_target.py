@@ -20,7 +20,7 @@ import sys
 import pytest
 from tests.support import qemu as Q
 from tests.support.bundle_models import make_mlp_dir
-from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
+from tests.support.kernel_vectors import QEMU_TIMEOUT, check_run
 
 from bitnet_edge.packagers.keys import generate_keypair
 from bitnet_edge.packagers.targets import zig_version
@@ -117,14 +117,13 @@ def test_bundles_are_reproducible(packaged):
 
 @pytest.mark.parametrize("target,cpu,best", [("linux-armv7", "cortex-a7", "neon"),
                                              ("linux-riscv64", "rv64,v=true,vlen=256", "rvv")])
-def test_bundled_library_runs_bit_exact_under_qemu(packaged, tmp_path, target, cpu, best):
+def test_bundled_library_runs_bit_exact_under_qemu(packaged, kernel_vectors, tmp_path, target, cpu, best):
     arch = Q.ARCHES[target]
     Q.require_arch(arch)
     inst = install_bundle(packaged["rows"][target]["bundle"], tmp_path / "m", [packaged["pub"]], check_host=False)
     linked = Q.build_linked(arch, "harness.c", tmp_path, library=inst.library)
-    cases = all_cases()
-    vin, vout = tmp_path / "cases.bnev", tmp_path / "results.bner"
-    write_vectors(vin, cases)
+    vin, cases = kernel_vectors
+    vout = tmp_path / "results.bner"
     proc = Q.run(arch, linked.exe, cpu, vin, vout, timeout=QEMU_TIMEOUT)
     check_run(proc, vout, cases, target=arch.library_target, best=best, backends=["auto", "ref", best])
     assert str(inst.library) in Q.loaded_objects(arch, linked.exe)

@@ -25,11 +25,8 @@ import pytest
 from tests.support import qemu as Q
 from tests.support.kernel_vectors import (
     QEMU_TIMEOUT,
-    Case,
-    all_cases,
     check_run,
     pack_ternary_np,
-    write_vectors,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,14 +93,6 @@ def build(tmp_path_factory) -> Build:
     return Build(exe, warnings)
 
 
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory) -> tuple[Path, list[Case]]:
-    cases = all_cases()
-    path = tmp_path_factory.mktemp("vectors") / "cases.bnev"
-    write_vectors(path, cases)
-    return path, cases
-
-
 def test_pack_ternary_np_layout():
     q = np.zeros((1, 130), np.int8)
     q[0, 33] = 1  # block 0, byte 1, bits 2-3 -> code 2
@@ -122,8 +111,8 @@ def test_arm_kernels_compile_without_warnings(build):
 
 
 @pytest.mark.parametrize("cpu,best,backends", CPUS, ids=[c[0] for c in CPUS])
-def test_kernels_bit_exact_under_qemu(build, vectors, tmp_path, cpu, best, backends):
-    in_path, cases = vectors
+def test_kernels_bit_exact_under_qemu(build, kernel_vectors, tmp_path, cpu, best, backends):
+    in_path, cases = kernel_vectors
     out_path = tmp_path / "results.bner"
     proc = subprocess.run([QEMU, "-cpu", cpu, str(build.harness), str(in_path), str(out_path)],
                           capture_output=True, text=True, timeout=QEMU_TIMEOUT)
@@ -150,9 +139,9 @@ ARM_SOURCES_ZIG = ["src/arch/arm/neon.c", "src/arch/arm/neon_dotprod.c"]
 
 @pytest.mark.toolchain
 @pytest.mark.parametrize("cpu,best,backends", CPUS, ids=[c[0] for c in CPUS])
-def test_zig_built_library_bit_exact_under_qemu(zig_build, vectors, tmp_path, cpu, best, backends):
+def test_zig_built_library_bit_exact_under_qemu(zig_build, kernel_vectors, tmp_path, cpu, best, backends):
     arch = Q.ARCHES["linux-aarch64"]
-    in_path, cases = vectors
+    in_path, cases = kernel_vectors
     out_path = tmp_path / "results.bner"
     proc = Q.run(arch, zig_build.exe, cpu, in_path, out_path, timeout=QEMU_TIMEOUT)
     report = check_run(proc, out_path, cases, target="aarch64-linux", best=best, backends=backends)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 from tests.support import qemu as Q
-from tests.support.kernel_vectors import QEMU_TIMEOUT, all_cases, check_run, write_vectors
+from tests.support.kernel_vectors import QEMU_TIMEOUT, check_run
 
 from bitnet_edge.sdk.native.targets import binary_kind
 
@@ -40,14 +40,6 @@ def linked(tmp_path_factory) -> Q.Linked:
     return Q.build_linked(ARCH, "harness.c", tmp_path_factory.mktemp("riscv64"), "zig")
 
 
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory):
-    cases = all_cases()
-    path = tmp_path_factory.mktemp("vectors") / "cases.bnev"
-    write_vectors(path, cases)
-    return path, cases
-
-
 def test_the_library_is_rv64_lp64d(linked):
     head = linked.library.read_bytes()[:64]
     assert binary_kind(head) == ("elf", "riscv64")
@@ -61,8 +53,8 @@ def test_rvv_kernels_compile_without_warnings():
 
 
 @pytest.mark.parametrize("cpu,best,backends", CPUS, ids=[c[0] for c in CPUS])
-def test_kernels_bit_exact_under_qemu_riscv64(linked, vectors, tmp_path, cpu, best, backends):
-    in_path, cases = vectors
+def test_kernels_bit_exact_under_qemu_riscv64(linked, kernel_vectors, tmp_path, cpu, best, backends):
+    in_path, cases = kernel_vectors
     out_path = tmp_path / "results.bner"
     proc = Q.run(ARCH, linked.exe, cpu, in_path, out_path, timeout=QEMU_TIMEOUT)
     report = check_run(proc, out_path, cases, target="riscv64-linux", best=best, backends=backends)
