@@ -271,30 +271,25 @@ class Agent:
                 raise
             return None
         rt = self._rt[name]
+        w = self._take(rt)
+        if w is not None or (not rt.on_demand and rt.worker is None):
+            return w
+        with rt.start_lock:  # an on-demand model (or a worker that died): start it now
+            w = self._take(rt)
+            if w is not None or not self._start_model(rt):
+                return w
+            return self._take(rt, alive=False)
+
+    def _take(self, rt, alive: bool = True) -> WorkerHandle | None:
+        """``rt``'s worker counted in flight until release_worker, or None when it has none (or,
+        with ``alive``, when it has died)."""
         with self._lock:
             w = rt.worker
-            if w is not None and w.alive:
-                rt.inflight[id(w)] = rt.inflight.get(id(w), 0) + 1
-                rt.last_used = time.monotonic()
-                return w
-        if not rt.on_demand and w is None:
-            return None
-        with rt.start_lock:  # an on-demand model (or a worker that died): start it now
-            with self._lock:
-                w = rt.worker
-                if w is not None and w.alive:
-                    rt.inflight[id(w)] = rt.inflight.get(id(w), 0) + 1
-                    rt.last_used = time.monotonic()
-                    return w
-            if not self._start_model(rt):
+            if w is None or (alive and not w.alive):
                 return None
-            with self._lock:
-                w = rt.worker
-                if w is None:
-                    return None
-                rt.inflight[id(w)] = rt.inflight.get(id(w), 0) + 1
-                rt.last_used = time.monotonic()
-                return w
+            rt.inflight[id(w)] = rt.inflight.get(id(w), 0) + 1
+            rt.last_used = time.monotonic()
+            return w
 
     def release_worker(self, w: WorkerHandle) -> None:
         with self._lock:
