@@ -7,14 +7,17 @@ with group or other bits is tightened, and the change is logged, not silently ke
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from bitnet_edge.fleet.errors import ConfigError
 
-__all__ = ["private_dir", "private_file"]
+__all__ = ["private_dir", "private_file", "locked"]
 
 log = logging.getLogger("bitnet_edge.fleet.datadir")
 
@@ -47,3 +50,18 @@ def _tighten(p: Path, mode: int) -> None:
                                          f"{mode:04o}: {exc}") from None
     log.warning("%s was mode %04o: tightened to %04o (it holds the fleet's keys and registry)", p,
                 stat.S_IMODE(st.st_mode), mode)
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_file`` (created 0600, its directory 0700): the writers of
+    one data directory (service replicas, the CLI) take turns."""
+    path = Path(lock_file)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -16,7 +16,6 @@ in the model level of its own ``.../desired/+`` (one desired state per model, AD
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -25,10 +24,10 @@ import re
 import secrets
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet_edge.fleet.datadir import locked
 from bitnet_edge.fleet.brokerconf import DEVICE_READS, DEVICE_WRITES
 from bitnet_edge.fleet.errors import PkiError
 from bitnet_edge.fleet.pki import FLEET_PREFIX, CertAuthority, fleet_identity
@@ -75,16 +74,8 @@ class DeviceCredentials:
         self._cache: tuple[tuple[int, int], dict[str, str]] | None = None
         self._cache_lock = threading.Lock()
 
-    @contextmanager
     def _locked(self):
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path.parent / "mqtt-users.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        return locked(self.path.parent / "mqtt-users.lock")
 
     def _read(self) -> dict[str, str]:
         try:

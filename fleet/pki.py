@@ -18,14 +18,12 @@ common name): a device's certificate is its device id; a fleet replica's is ``bn
 from __future__ import annotations
 
 import datetime
-import fcntl
 import ipaddress
 import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bitnet_edge.fleet.datadir import locked
 from bitnet_edge.fleet.errors import PkiError
 from bitnet_edge.sdk.durable import write_atomic
 from bitnet_edge.sdk.wire.protocol import DEVICE_ID
@@ -112,16 +111,8 @@ class CertAuthority:
 
     # ---- files -----------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self):
+        return locked(self.dir / "lock")
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.timezone.utc)
