@@ -35,7 +35,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bitnet_edge.fleet.console import SECURITY_HEADERS, Console, Request, parse_query
-from bitnet_edge.fleet.errors import FleetError, NotFound, PublishError, RolloutError, TufError
+from bitnet_edge.fleet.errors import NotFound, PublishError, RolloutError, TufError
 from bitnet_edge.sdk.errors import BitnetEdgeError, FormatError, listen_error
 from bitnet_edge.sdk.schemas import parse_model
 
