@@ -135,11 +135,14 @@ class HttpServer:
                 except OSError:
                     pass
 
-        try:
-            server.trigger.pull_trigger(close_all)
-        except OSError:
+        if self._thread.ident is None:  # never started (a later listener failed): no loop to ask
             close_all()
-        self._thread.join(timeout)
+        else:
+            try:
+                server.trigger.pull_trigger(close_all)
+            except OSError:
+                close_all()
+            self._thread.join(timeout)
         server.task_dispatcher.shutdown(timeout=timeout)
         if isinstance(self.address, str):
             try:

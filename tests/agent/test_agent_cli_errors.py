@@ -58,3 +58,17 @@ def test_a_bad_config_file_is_one_line(tmp_path):
     cfg.write_text('device_id = "dev-1"\ndata_dir = "d"\ntrust = ["k.pub"]\n[limits]\nmax_bundle_mb = -1\n')
     one_line_error(CliRunner().invoke(main, ["agent", "status", "--config", str(cfg)]), str(cfg), "max_bundle_mb",
                    reason="bad-config")
+
+
+def test_an_unusable_admin_socket_is_named_and_the_api_port_released(tmp_path):
+    """The TCP API listens first; when the admin socket then cannot (a path past the 107 bytes of
+    sun_path), the error names the socket and the listener already made is closed, not leaked."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path / ("d" * 60) / ("e" * 60)
+    cfg = write_config(tmp_path / "agent.toml", data, [_pub(tmp_path)], port=port)
+    res = CliRunner().invoke(main, ["agent", "run", "--config", str(cfg)])
+    one_line_error(res, "admin socket", reason="socket-unusable")
+    with socket.socket() as again:  # the API's listener was closed with the failure
+        again.bind(("127.0.0.1", port))
