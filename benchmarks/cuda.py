@@ -188,13 +188,10 @@ def _gpu_step_us(model, ids, mode: str, reps: int = 30) -> float:
     model.decode_mode = mode
     cache = model.new_cache(len(ids) + 2)
     tok = int(np.argmax(model.forward(np.asarray(ids), cache)[-1]))
-    if mode == "persistent" and model._persistent(cache) is not None:
-        model._embed_step(tok, cache)
-        cache.greedy = model._decode_step(cache, greedy=True)
-        step = cache.greedy
-    else:
-        model.forward(np.array([tok]), cache)  # builds cache.step; host_x/host_pos hold that step's inputs
-        step = cache.step
+    # the greedy step generate() runs: on either path the GPU picks the token (8 bytes come back)
+    model._embed_step(tok, cache)
+    cache.greedy = model._decode_step(cache, greedy=True)
+    step = cache.greedy
     step()
     g.synchronize()
     return g.time_ms(step, repeat=reps) * 1e3
@@ -233,12 +230,25 @@ def decode_profile(model, ids, contexts=(16, 128, 512, 2048)) -> dict:
     """Where a decode step's GPU time goes: one captured step at several context lengths on both
     paths, and the persistent kernel with its plan cut to fewer layers (0 = final norm, LM head and
     argmax only): a line through those times gives the time a layer and the fixed part."""
+    import os
+
     g = model.gpu
     out: dict = {"gpu_step_us_by_context": {}}
     for ctx in contexts:
         ids_ctx = (list(ids) * (ctx // len(ids) + 1))[:ctx]
         out["gpu_step_us_by_context"][ctx] = {m: _gpu_step_us(model, ids_ctx, m, reps=20)
                                               for m in ("persistent", "kernels")}
+    # the kernels path with and without programmatic dependent launch (same graph otherwise)
+    saved = os.environ.get("BITNET_EDGE_CUDA_PDL")
+    pdl = {}
+    for flag in ("1", "0"):
+        os.environ["BITNET_EDGE_CUDA_PDL"] = flag
+        pdl["on" if flag == "1" else "off"] = _gpu_step_us(model, ids, "kernels", reps=20)
+    if saved is None:
+        os.environ.pop("BITNET_EDGE_CUDA_PDL", None)
+    else:
+        os.environ["BITNET_EDGE_CUDA_PDL"] = saved
+    out["kernels_pdl_us"] = pdl
     model.decode_mode = "persistent"
     cache = model.new_cache(len(ids) + 2)
     tok = int(np.argmax(model.forward(np.asarray(ids), cache)[-1]))
@@ -330,6 +340,7 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                "convert_s": t1 - t0, "load_s": t2 - t1, "prompt_tokens": prompt, "new_tokens": new, "rounds": rounds,
                "copy_gb_s_per_round": copies, "copy_gb_s": copy, "bytes_read_per_token": nbytes,
                "graphs": model.use_graphs and model.graph_error is None, "graph_error": model.graph_error,
+               "pdl": g.pdl, "greedy_on_gpu": True,
                "persistent_error": errors.get("persistent")}
         res["errors"] = errors
         for mode in modes:
@@ -447,7 +458,7 @@ def main(argv=None) -> None:
         nb = e["bytes_read_per_token"]
         print(f"e2e {a.layers} layers, {nb['total'] / 1e6:.0f} MB read per token at context {nb['context']:.0f}, "
               f"copy {e['copy_gb_s']:.0f} GB/s (median of rounds); convert {e['convert_s']:.0f} s, "
-              f"load {e['load_s']:.1f} s", flush=True)
+              f"load {e['load_s']:.1f} s; programmatic dependent launch: {e['pdl']}", flush=True)
         for mode in ("persistent", "kernels"):
             r = e[mode]
             if "error" in r:
@@ -462,6 +473,9 @@ def main(argv=None) -> None:
             pr = e["profile"]
             for ctx, r in pr.get("gpu_step_us_by_context", {}).items():
                 print(f"  GPU step at context {ctx}: persistent {r['persistent']:.0f} us, kernels {r['kernels']:.0f} us")
+            if "kernels_pdl_us" in pr:
+                print(f"  kernels path GPU step: PDL on {pr['kernels_pdl_us']['on']:.0f} us, "
+                      f"off {pr['kernels_pdl_us']['off']:.0f} us")
             for o, us in pr.get("persistent_opts_us", {}).items():
                 print(f"  persistent opts {o} (1: no weight L2 prefetch, 2: no KV prefetch): {us:.0f} us")
             for blk, row in pr.get("trace", {}).items():

@@ -20,7 +20,7 @@
 #define BNE_CUDA_H
 
 #define BNE_CUDA_VERSION_STRING "0.1.0" /* must equal bitnet_edge.__version__ */
-#define BNE_CUDA_ABI 2                  /* bumped when a kernel's parameters or the plan layout change */
+#define BNE_CUDA_ABI 3                  /* bumped when a kernel's parameters or the plan layout change */
 #define BNE_CUDA_BLOCK 128              /* weights per ternary block */
 
 #ifdef __CUDACC__
@@ -51,6 +51,11 @@ BNE_KERNEL void bne_attention(const float *q, int m, int heads, int kv_heads, in
                               const float *k_cache, const float *v_cache, int capacity, float scale,
                               float *out);
 BNE_KERNEL void bne_decode_step(const uint64_t *plan);
+BNE_KERNEL void bne_rope_attention(const float *qkv, int heads, int kv_heads, int head_dim, const int32_t *pos0,
+                                   const float *cos_t, const float *sin_t, float *k_cache, float *v_cache,
+                                   int capacity, float scale, float *out);
+BNE_KERNEL void bne_head_argmax(const uint8_t *w, int n, int nb, int ternary, const int8_t *xq, const int32_t *xsum,
+                                const float *s, const float *wscale, float *y, uint64_t *key);
 /* BNE_KERNELS_END */
 
 /* Launch geometry the host must use.  The fatbin also exports it (extern "C" __device__ int

@@ -8,6 +8,25 @@
 
 #define BNE_FULL_MASK 0xffffffffu
 
+// Programmatic dependent launch (sm_90+, docs/adr/0009): a kernel launched with the programmatic
+// stream-serialization attribute may start while the kernel before it still runs.  bne_pdl_wait()
+// blocks until every prerequisite grid has completed and its memory is visible; each kernel calls it
+// in every thread before it reads an activation or writes anything, and before it exits, so "grid N
+// complete" still implies "grid N - 1 complete" down the chain.  Only weights (never written during a
+// forward pass) are read before it.  bne_pdl_launch() lets the next kernel's blocks be scheduled now
+// (they then wait in bne_pdl_wait()).  Both are no-ops where the image has no such instruction (the
+// host enables the attribute only for sm_90+ images) and when the launch had no attribute.
+__device__ __forceinline__ void bne_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void bne_pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ int bne_warp_sum_i(int v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(BNE_FULL_MASK, v, o);
@@ -74,9 +93,24 @@ __device__ __forceinline__ int bne_dp4a_us(uint32_t a, uint32_t b, int c) {
 }
 
 // The ADR 0003 epilogue of one output element: ((float)acc * ws) / s, then + add if given.
+// A total order of (value, index) as np.argmax picks: any NaN beats every number, then the larger
+// value (-0.0 equal to 0.0), then the smaller index; as one unsigned 64-bit key, so the pick is an
+// integer max (exact in any order, e.g. by atomicMax).  Index = 0xffffffff - (key & 0xffffffff).
+__device__ __forceinline__ unsigned long long bne_argmax_key(float v, int i) {
+    unsigned hi;
+    if (isnan(v)) {
+        hi = 0xffffffffu;
+    } else {
+        if (v == 0.0f) v = 0.0f;
+        const unsigned b = __float_as_uint(v);
+        hi = (b & 0x80000000u) ? ~b : (b | 0x80000000u);  // monotone in v; +inf -> 0xff800000
+    }
+    return ((unsigned long long)hi << 32) | (unsigned long long)(0xffffffffu - (unsigned)i);
+}
+
 __device__ __forceinline__ float bne_epilogue(int acc, float ws, float s, const float *add, size_t idx) {
     float y = __fdiv_rn(__fmul_rn(__int2float_rn(acc), ws), s);
-    if (add != nullptr) y = __fadd_rn(add[idx], y);
+    if (add != nullptr) y = __fadd_rn(__ldcg(add + idx), y);  // through L2: written by an earlier kernel
     return y;
 }
 

@@ -19,6 +19,8 @@ __device__ __forceinline__ void bne_gemm(const uint8_t *__restrict__ w, int n, i
                                          const float *__restrict__ wscale, const float *add,
                                          int32_t *__restrict__ yi, float *y) {
     __shared__ __align__(16) int8_t xs[BNE_GEMM_BM * BNE_GEMM_LDS];
+    bne_pdl_launch();
+    bne_pdl_wait();  // activations come from the kernel before (prefill: no weight prefetch here)
     constexpr int WW = TERNARY ? 2 : 8;  // B words per n8 tile per 128-block
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -47,7 +49,7 @@ __device__ __forceinline__ void bne_gemm(const uint8_t *__restrict__ w, int n, i
         for (int i = tid; i < BNE_GEMM_BM * 8; i += 128) {
             const int r = i >> 3, c = i & 7;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (m0 + r < m) v = __ldg(reinterpret_cast<const uint4 *>(xq + (size_t)(m0 + r) * kp + (size_t)b * 128) + c);
+            if (m0 + r < m) v = __ldcg(reinterpret_cast<const uint4 *>(xq + (size_t)(m0 + r) * kp + (size_t)b * 128) + c);
             *reinterpret_cast<uint4 *>(xs + r * BNE_GEMM_LDS + c * 16) = v;
         }
         uint32_t bw[4][WW];
@@ -95,8 +97,8 @@ __device__ __forceinline__ void bne_gemm(const uint8_t *__restrict__ w, int n, i
         for (int half = 0; half < 2; ++half) {
             const int row = m0 + 16 * mt + g + 8 * half;
             if (row >= m) continue;
-            const int corr = TERNARY ? xsum[row] : 0;
-            const float sr = s != nullptr ? s[row] : 1.0f;
+            const int corr = TERNARY ? __ldcg(xsum + row) : 0;
+            const float sr = s != nullptr ? __ldcg(s + row) : 1.0f;
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt)
 #pragma unroll

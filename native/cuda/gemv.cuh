@@ -13,15 +13,60 @@
 #pragma once
 #include "common.cuh"
 
+// Units of a row a lane loads into registers before bne_pdl_wait() (weights only: they do not
+// depend on the kernel before): with programmatic dependent launch the weight fetch overlaps the
+// previous kernel, and only the activations are read after it.  4 covers k <= 8192 (ternary).
+#define BNE_GEMV_PRE 4
+
+template <bool TERNARY>
+__device__ __forceinline__ void bne_gemv_unit(const uint4 wv, int r, int u, const uint4 *x4, int (&pacc)[BNE_GEMV_ROWS][4],
+                                              int (&acc)[BNE_GEMV_ROWS], const uint4 (&xp)[4], const uint4 &xv) {
+    if (TERNARY) {
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const uint32_t mask = 0x03030303u << (2 * p);
+            int a = pacc[r][p];
+            a = bne_dp4a_us(wv.x & mask, xp[p].x, a);
+            a = bne_dp4a_us(wv.y & mask, xp[p].y, a);
+            a = bne_dp4a_us(wv.z & mask, xp[p].z, a);
+            a = bne_dp4a_us(wv.w & mask, xp[p].w, a);
+            pacc[r][p] = a;
+        }
+    } else {
+        int a = acc[r];
+        a = __dp4a((int)wv.x, (int)xv.x, a);
+        a = __dp4a((int)wv.y, (int)xv.y, a);
+        a = __dp4a((int)wv.z, (int)xv.z, a);
+        a = __dp4a((int)wv.w, (int)xv.w, a);
+        acc[r] = a;
+    }
+}
+
+// The activations of unit u (read through L2: the kernel before wrote them).
+template <bool TERNARY>
+__device__ __forceinline__ void bne_gemv_x(const uint4 *x4, int u, uint4 (&xp)[4], uint4 &xv) {
+    if (TERNARY) {
+        const int base = (u >> 1) * 8 + (u & 1);  // uint4 index of activations 128b + 16h
+#pragma unroll
+        for (int p = 0; p < 4; ++p) xp[p] = __ldcg(x4 + base + 2 * p);
+    } else {
+        xv = __ldcg(x4 + u);
+    }
+}
+
 template <bool TERNARY>
 __device__ __forceinline__ void bne_gemv(const uint8_t *__restrict__ w, int n, int nb, const int8_t *__restrict__ xq,
                                          const int32_t *__restrict__ xsum, const float *__restrict__ s,
                                          const float *__restrict__ wscale, const float *add,
-                                         int32_t *__restrict__ yi, float *y) {
-    constexpr int R = BNE_GEMV_ROWS;
+                                         int32_t *__restrict__ yi, float *y, unsigned long long *amax = nullptr) {
+    constexpr int R = BNE_GEMV_ROWS, PRE = BNE_GEMV_PRE;
     const int lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
-    if (row0 >= n) return;  // the whole warp leaves together
+    bne_pdl_launch();
+    if (row0 >= n) {  // the whole warp leaves together (after the wait: see bne_pdl_wait)
+        bne_pdl_wait();
+        return;
+    }
     const size_t rb = TERNARY ? (size_t)nb * 32 : (size_t)nb * 128;  // bytes per weight row
     const int units = (int)(rb >> 4);
     const uint4 *x4 = reinterpret_cast<const uint4 *>(xq);
@@ -29,49 +74,38 @@ __device__ __forceinline__ void bne_gemv(const uint8_t *__restrict__ w, int n, i
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4 *>(w + (size_t)min(row0 + r, n - 1) * rb);
     int acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0;
-
     int pacc[R][4];  // ternary: per-plane accumulators, plane p scaled by 4^p
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
+        acc[r] = 0;
 #pragma unroll
         for (int p = 0; p < 4; ++p) pacc[r][p] = 0;
-
-#pragma unroll 2
-    for (int u = lane; u < units; u += 32) {
-        if (TERNARY) {
-            const int base = (u >> 1) * 8 + (u & 1);  // uint4 index of activations 128b + 16h
-            uint4 xp[4];
+    }
+    // weights first (independent of the kernel before), then wait for the activations
+    uint4 wpre[PRE][R];
 #pragma unroll
-            for (int p = 0; p < 4; ++p) xp[p] = __ldg(x4 + base + 2 * p);
+    for (int i = 0; i < PRE; ++i) {
+        const int u = lane + 32 * i;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const uint4 wv = __ldcs(wr[r] + u);
+        for (int r = 0; r < R; ++r) wpre[i][r] = u < units ? __ldcs(wr[r] + u) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    bne_pdl_wait();
 #pragma unroll
-                for (int p = 0; p < 4; ++p) {
-                    const uint32_t mask = 0x03030303u << (2 * p);
-                    int a = pacc[r][p];
-                    a = bne_dp4a_us(wv.x & mask, xp[p].x, a);
-                    a = bne_dp4a_us(wv.y & mask, xp[p].y, a);
-                    a = bne_dp4a_us(wv.z & mask, xp[p].z, a);
-                    a = bne_dp4a_us(wv.w & mask, xp[p].w, a);
-                    pacc[r][p] = a;
-                }
-            }
-        } else {
-            const uint4 xv = __ldg(x4 + u);
+    for (int i = 0; i < PRE; ++i) {
+        const int u = lane + 32 * i;
+        if (u < units) {
+            uint4 xp[4], xv;
+            bne_gemv_x<TERNARY>(x4, u, xp, xv);
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const uint4 wv = __ldcs(wr[r] + u);
-                int a = acc[r];
-                a = __dp4a((int)wv.x, (int)xv.x, a);
-                a = __dp4a((int)wv.y, (int)xv.y, a);
-                a = __dp4a((int)wv.z, (int)xv.z, a);
-                a = __dp4a((int)wv.w, (int)xv.w, a);
-                acc[r] = a;
-            }
+            for (int r = 0; r < R; ++r) bne_gemv_unit<TERNARY>(wpre[i][r], r, u, x4, pacc, acc, xp, xv);
         }
+    }
+#pragma unroll 2
+    for (int u = lane + 32 * PRE; u < units; u += 32) {
+        uint4 xp[4], xv;
+        bne_gemv_x<TERNARY>(x4, u, xp, xv);
+#pragma unroll
+        for (int r = 0; r < R; ++r) bne_gemv_unit<TERNARY>(__ldcs(wr[r] + u), r, u, x4, pacc, acc, xp, xv);
     }
     if (TERNARY) {
 #pragma unroll
@@ -86,10 +120,21 @@ __device__ __forceinline__ void bne_gemv(const uint8_t *__restrict__ w, int n, i
         for (int r = 1; r < R; ++r)
             if (lane == r) a = acc[r];
         const int row = row0 + lane;
+        unsigned long long key = 0;
         if (row < n) {
-            if (TERNARY) a -= xsum[0];
+            if (TERNARY) a -= __ldcg(xsum);
             if (yi != nullptr) yi[row] = a;
-            if (y != nullptr) y[row] = bne_epilogue(a, wscale[row], s[0], add, (size_t)row);
+            const float v = bne_epilogue(a, __ldg(wscale + row), __ldcg(s), add, (size_t)row);
+            if (y != nullptr) y[row] = v;
+            key = bne_argmax_key(v, row);
+        }
+        if (amax != nullptr) {  // the warp's best of its R rows, then one atomic (order-free: exact)
+#pragma unroll
+            for (int o = 1; o < R; o <<= 1) {
+                const unsigned long long other = __shfl_xor_sync((1u << R) - 1u, key, o);
+                key = other > key ? other : key;
+            }
+            if (lane == 0 && key > __ldcg(amax)) atomicMax(amax, key);
         }
     }
 }
@@ -108,4 +153,17 @@ BNE_KERNEL void bne_ternary_gemv(const uint8_t *w, int n, int nb, const int8_t *
 BNE_KERNEL void bne_int8_gemv(const int8_t *w, int n, int nb, const int8_t *xq, const float *s,
                               const float *wscale, const float *add, int32_t *yi, float *y) {
     bne_gemv<false>(reinterpret_cast<const uint8_t *>(w), n, nb, xq, nullptr, s, wscale, add, yi, y);
+}
+
+// The LM head of a greedy decode step: y = W xq as bne_ternary_gemv / bne_int8_gemv (ternary != 0 or
+// 0), and *key = max over rows of bne_argmax_key(y[row], row), so the argmax of the logits in
+// np.argmax's order is 0xffffffff - (key & 0xffffffff) (the host zeroes *key before the launch).
+// Same grid and block as the GEMVs.
+BNE_KERNEL void bne_head_argmax(const uint8_t *w, int n, int nb, int ternary, const int8_t *xq, const int32_t *xsum,
+                                const float *s, const float *wscale, float *y, uint64_t *key) {
+    unsigned long long *k = reinterpret_cast<unsigned long long *>(key);
+    if (ternary)
+        bne_gemv<true>(w, n, nb, xq, xsum, s, wscale, nullptr, nullptr, y, k);
+    else
+        bne_gemv<false>(w, n, nb, xq, nullptr, s, wscale, nullptr, nullptr, y, k);
 }

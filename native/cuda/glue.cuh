@@ -17,8 +17,10 @@ BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, in
                             const float *cos_t, const float *sin_t, float *q_out, float *k_cache,
                             float *v_cache, int capacity) {
     const int i = blockIdx.x, hh = blockIdx.y;
+    bne_pdl_launch();
+    bne_pdl_wait();
     if (i >= m || hh >= heads + kv_heads) return;
-    const int pos = *pos0 + i;
+    const int pos = __ldcg(pos0) + i;
     if (pos >= capacity) return;  // the host checks the capacity first; never write out of bounds
     const int half = head_dim / 2, width = (heads + 2 * kv_heads) * head_dim;
     const float *row = qkv + (size_t)i * width;
@@ -32,11 +34,11 @@ BNE_KERNEL void bne_rope_kv(const float *qkv, int m, int heads, int kv_heads, in
         dst = k_cache + ((size_t)kvh * capacity + pos) * head_dim;
         const float *v = row + (size_t)(heads + kv_heads + kvh) * head_dim;
         float *vd = v_cache + ((size_t)kvh * capacity + pos) * head_dim;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) vd[d] = v[d];
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) vd[d] = __ldcg(v + d);
     }
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        const float rot = d < half ? -src[d + half] : src[d - half];
-        dst[d] = __fadd_rn(__fmul_rn(src[d], c[d]), __fmul_rn(rot, sn[d]));
+        const float rot = d < half ? -__ldcg(src + d + half) : __ldcg(src + d - half);
+        dst[d] = __fadd_rn(__fmul_rn(__ldcg(src + d), c[d]), __fmul_rn(rot, sn[d]));
     }
 }
 
@@ -143,13 +145,45 @@ BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_attention(const float *q
     extern __shared__ float sm[];
     __shared__ float red[32];
     const int h = blockIdx.x, i = blockIdx.y;
+    bne_pdl_launch();
+    bne_pdl_wait();
     if (h >= heads || i >= m) return;
-    const int L = min(*pos0 + i + 1, capacity);
+    const int L = min(__ldcg(pos0) + i + 1, capacity);
     const int kvh = h / (heads / kv_heads);
     float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
     const float *qr = q + ((size_t)i * heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qr[d];
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = __ldcg(qr + d);
     __syncthreads();
     bne_attend(qs, L, head_dim, k_cache + (size_t)kvh * capacity * head_dim, v_cache + (size_t)kvh * capacity * head_dim,
                scale, sc, part, red, out + ((size_t)i * heads + h) * head_dim);
+}
+
+// One decode token (m = 1): bne_rope_kv and bne_attention in one launch.  Block h: RoPE of query
+// head h into shared memory, RoPE of its KV head's new key and the new value written at pos (every
+// block of a KV group writes the same bits, then reads its own write, as the persistent kernel's
+// attention phase), then attention over positions 0 .. pos.  Same device functions and block width
+// as the two kernels, so the same bits.  Grid (heads), block BNE_ATTN_THREADS, dynamic shared
+// memory as bne_attention.
+BNE_KERNEL void __launch_bounds__(BNE_ATTN_THREADS) bne_rope_attention(const float *qkv, int heads, int kv_heads, int head_dim,
+                                   const int32_t *pos0, const float *cos_t, const float *sin_t, float *k_cache,
+                                   float *v_cache, int capacity, float scale, float *out) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    const int h = blockIdx.x;
+    bne_pdl_launch();
+    bne_pdl_wait();
+    if (h >= heads) return;
+    const int pos = __ldcg(pos0);
+    if (pos >= capacity) return;  // the host checks the capacity first; never write out of bounds
+    const int kvh = h / (heads / kv_heads);
+    float *qs = sm, *sc = sm + head_dim, *part = sm + head_dim + capacity;
+    const float *c = cos_t + (size_t)pos * head_dim, *sn = sin_t + (size_t)pos * head_dim;
+    float *kc = k_cache + (size_t)kvh * capacity * head_dim, *vc = v_cache + (size_t)kvh * capacity * head_dim;
+    bne_rope_vec(qkv + (size_t)h * head_dim, c, sn, head_dim, qs);
+    bne_rope_vec(qkv + (size_t)(heads + kvh) * head_dim, c, sn, head_dim, kc + (size_t)pos * head_dim);
+    const float *vs = qkv + (size_t)(heads + kv_heads + kvh) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) vc[(size_t)pos * head_dim + d] = __ldcg(vs + d);
+    __threadfence_block();
+    __syncthreads();
+    bne_attend(qs, pos + 1, head_dim, kc, vc, scale, sc, part, red, out + (size_t)h * head_dim);
 }

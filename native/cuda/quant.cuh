@@ -172,6 +172,8 @@ BNE_KERNEL void __launch_bounds__(BNE_NORM_THREADS) bne_norm_quant(const float *
     __shared__ int redi[32];
     __shared__ float hs[BNE_NORM_CACHE];
     const int row = blockIdx.x;
+    bne_pdl_launch();
+    bne_pdl_wait();
     if (row >= m) return;
     const float *xr = x + (size_t)row * ldx;
     const float *x2r = x2 != nullptr ? x2 + (size_t)row * ldx : nullptr;

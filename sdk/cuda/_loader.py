@@ -27,7 +27,7 @@ __all__ = ["FATBIN_NAME", "HEADER_NAME", "fatbin_candidates", "header_candidates
 
 FATBIN_NAME = "bitnet_edge.fatbin"
 HEADER_NAME = "bne_cuda.h"
-CUDA_ABI = 2  # must equal BNE_CUDA_ABI in bne_cuda.h and the fatbin's bne_cuda_info[0]
+CUDA_ABI = 3  # must equal BNE_CUDA_ABI in bne_cuda.h and the fatbin's bne_cuda_info[0]
 
 _PKG_LIB = Path(__file__).resolve().parents[1] / "native" / "_lib"
 _REPO_ROOT = Path(__file__).resolve().parents[2]

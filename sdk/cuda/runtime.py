@@ -9,6 +9,7 @@ decode step replays a fixed list of launches (or one CUDA graph of them) without
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,12 +118,15 @@ def _arg_value(kind: str, v):
 
 class Launch:
     """One kernel call with its parameters packed (cffi holders kept alive here); ``cooperative``
-    launches go through cuLaunchCooperativeKernel (every block resident at once, or an error)."""
+    launches go through cuLaunchCooperativeKernel (every block resident at once, or an error).
+    ``pdl``: launched with programmatic stream serialization (cuLaunchKernelEx): the kernel may start
+    while the one before it on the stream still runs and waits for it in ``bne_pdl_wait()``
+    (docs/adr/0009); only for kernels that call it, on images that have it (``Gpu.pdl``)."""
 
-    __slots__ = ("gpu", "name", "fn", "grid", "block", "shared", "params", "cooperative", "_keep")
+    __slots__ = ("gpu", "name", "fn", "grid", "block", "shared", "params", "cooperative", "pdl", "_cfg", "_keep")
 
     def __init__(self, gpu: Gpu, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0,
-                 cooperative: bool = False):
+                 cooperative: bool = False, pdl: bool = False):
         sig = gpu.signatures[name]
         if len(args) != len(sig):
             raise TypeError(f"{name} takes {len(sig)} arguments ({', '.join(sig)}), got {len(args)}")
@@ -136,6 +140,16 @@ class Launch:
             raise ValueError(f"{name}: empty launch grid {g} x {block}")
         self.gpu, self.name, self.fn, self.grid, self.block = gpu, name, gpu.functions[name], g, block
         self.shared, self.params, self.cooperative, self._keep = shared, params, cooperative, (keep, args)
+        self.pdl, self._cfg = bool(pdl) and not cooperative, None
+        if self.pdl:
+            attr = ffi.new("CUlaunchAttribute[1]")
+            attr[0].id = D.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            attr[0].value.programmaticStreamSerializationAllowed = 1
+            cfg = ffi.new("CUlaunchConfig *")
+            cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = g
+            cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block, 1, 1
+            cfg.sharedMemBytes, cfg.hStream, cfg.attrs, cfg.numAttrs = shared, gpu.stream, attr, 1
+            self._cfg = (cfg, attr)
 
     def __call__(self) -> None:
         gx, gy, gz = self.grid
@@ -145,6 +159,11 @@ class Launch:
                                                self.params)
             if rc:
                 raise self.gpu.drv.error(f"cuLaunchCooperativeKernel({self.name})", rc)
+            return
+        if self._cfg is not None:
+            rc = lib.cuLaunchKernelEx(self._cfg[0], self.fn, self.params, self.gpu.drv.ffi.NULL)
+            if rc:
+                raise self.gpu.drv.error(f"cuLaunchKernelEx({self.name})", rc)
             return
         rc = lib.cuLaunchKernel(self.fn, gx, gy, gz, self.block, 1, 1, self.shared, self.gpu.stream, self.params,
                                 self.gpu.drv.ffi.NULL)
@@ -346,8 +365,14 @@ class Gpu:
         Launch(self, name, grid, block, args, shared)()
 
     def prepare(self, name: str, grid: Sequence[int], block: int, args: Sequence, shared: int = 0,
-                cooperative: bool = False) -> Launch:
-        return Launch(self, name, grid, block, args, shared, cooperative)
+                cooperative: bool = False, pdl: bool = False) -> Launch:
+        return Launch(self, name, grid, block, args, shared, cooperative, pdl and self.pdl)
+
+    @property
+    def pdl(self) -> bool:
+        """Programmatic dependent launch is used: the image is sm_90+ (its kernels wait with
+        griddepcontrol) and ``BITNET_EDGE_CUDA_PDL`` is not 0."""
+        return self.info.image_arch >= 900 and os.environ.get("BITNET_EDGE_CUDA_PDL", "1").strip() != "0"
 
     def occupancy(self, name: str, block: int, shared: int) -> int:
         """Blocks of ``name`` one multiprocessor holds at once with this block and dynamic shared memory."""

@@ -84,6 +84,7 @@ class CudaKVCache:
         if smem > gpu.info.max_shared_optin:
             raise ContextLengthError(capacity, (gpu.info.max_shared_optin // 4) - 3 * cfg.head_dim)
         gpu.set_max_shared("bne_attention", smem)
+        gpu.set_max_shared("bne_rope_attention", smem)
         shape = (cfg.num_key_value_heads, capacity, cfg.head_dim)
         self.k = [gpu.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
         self.v = [gpu.zeros(shape, _F) for _ in range(cfg.num_hidden_layers)]
@@ -91,7 +92,7 @@ class CudaKVCache:
         self.cos, self.sin = gpu.to_device(cos), gpu.to_device(sin)
         self.capacity, self.length, self.smem = capacity, 0, smem
         self.step = None  # the decode step returning logits: a Graph, or a callable when graphs are off
-        self.greedy = None  # the decode step returning the argmax token (persistent kernel only)
+        self.greedy = None  # the decode step returning the argmax token (GPU argmax on either path)
         self.persistent: cdec.DecodeStep | None = None  # the plan of the persistent kernel, once built
 
 
@@ -152,15 +153,20 @@ class CudaDecoderModel(DecoderModel):
         self.host_pos = gpu.host_buffer((1,), np.int32)
         self.host_logits = gpu.host_buffer((1, cfg.vocab_size), _F, mapped=self.zero_copy)
         self.host_result = gpu.host_buffer((2,), np.int32)  # the persistent kernel's (argmax, status)
+        self.argmax_key = gpu.zeros(1, np.uint64)  # bne_head_argmax's pick (kernels path, greedy steps)
+        self.host_key = gpu.host_buffer((1,), np.uint64)
         self.logits1 = gpu.empty((1, cfg.vocab_size), _F)
         self._logits_all = None
         self._lock = threading.Lock()  # one forward at a time: the activation buffers are shared
 
     # ---- the launch sequence -------------------------------------------------------------------
 
-    def _launches(self, cache: CudaKVCache, m: int, logits_ptr: int | None, all_logits: bool):
+    def _launches(self, cache: CudaKVCache, m: int, logits_ptr: int | None, all_logits: bool,
+                  argmax_key: int | None = None):
         """Every kernel of a forward pass of m tokens (position in self.pos), in order, packed;
-        without the final norm and LM head when ``logits_ptr`` is None."""
+        without the final norm and LM head when ``logits_ptr`` is None.  With ``argmax_key`` (m = 1)
+        the LM head also leaves the argmax of the logits there (``bne_head_argmax``).  Every launch
+        after the first is a programmatic dependent launch where the GPU has it (``Gpu.pdl``)."""
         g, cfg = self.gpu, self.cfg
         h, inter, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -168,36 +174,49 @@ class CudaDecoderModel(DecoderModel):
         eps = cfg.rms_norm_eps
         L = []
 
-        def nq(x, ldx, rows, k, out, norm, x2=None, act=0):
-            L.append(g.prepare("bne_norm_quant", (rows,), nthr, (x, x2, ldx, rows, k, act, norm, eps, out.xq,
-                                                                  out.xq.shape[1], out.s, out.xsum, out.flag)))
+        def add(name, grid, block, args, shared=0):
+            L.append(g.prepare(name, grid, block, args, shared, pdl=bool(L)))
 
-        def mm(mat, q, rows, y, add=None):
-            name, grid, block, args = mat.args(q, rows, add, None, y)
-            L.append(g.prepare(name, grid, block, args))
+        def nq(x, ldx, rows, k, out, norm, x2=None, act=0):
+            add("bne_norm_quant", (rows,), nthr, (x, x2, ldx, rows, k, act, norm, eps, out.xq, out.xq.shape[1], out.s,
+                                                  out.xsum, out.flag))
+
+        def mm(mat, q, rows, y, add_=None):
+            add(*mat.args(q, rows, add_, None, y))
 
         act = cops.ACT[self.act_name]
         for li, gl in enumerate(self.glayers):
             nq(self.x, h, m, h, self.qh, gl.in_norm)
             mm(gl.qkv, self.qh, m, self.qkv_buf)
-            L.append(g.prepare("bne_rope_kv", (m, H + KV), min(hd, 1024),
-                               (self.qkv_buf, m, H, KV, hd, self.pos, cache.cos, cache.sin, self.q_buf,
-                                cache.k[li], cache.v[li], cache.capacity)))
-            L.append(g.prepare("bne_attention", (H, m), g.geometry["attn_threads"],
-                               (self.q_buf, m, H, KV, hd, self.pos, cache.k[li], cache.v[li], cache.capacity,
-                                float(self.scaling), self.attn_buf), cache.smem))
+            if m == 1:  # one kernel: RoPE, the new key and value into the cache, attention
+                add("bne_rope_attention", (H,), g.geometry["attn_threads"],
+                    (self.qkv_buf, H, KV, hd, self.pos, cache.cos, cache.sin, cache.k[li], cache.v[li], cache.capacity,
+                     float(self.scaling), self.attn_buf), cache.smem)
+            else:
+                add("bne_rope_kv", (m, H + KV), min(hd, 1024),
+                    (self.qkv_buf, m, H, KV, hd, self.pos, cache.cos, cache.sin, self.q_buf, cache.k[li], cache.v[li],
+                     cache.capacity))
+                add("bne_attention", (H, m), g.geometry["attn_threads"],
+                    (self.q_buf, m, H, KV, hd, self.pos, cache.k[li], cache.v[li], cache.capacity,
+                     float(self.scaling), self.attn_buf), cache.smem)
             nq(self.attn_buf, self.q_dim, m, self.q_dim, self.qo, gl.attn_sub)
-            mm(gl.o, self.qo, m, self.x, add=self.x)
+            mm(gl.o, self.qo, m, self.x, add_=self.x)
             nq(self.x, h, m, h, self.qh, gl.post_norm)
             mm(gl.gate_up, self.qh, m, self.gu)
             nq(self.gu, 2 * inter, m, inter, self.qi, gl.ffn_sub, x2=self.gu.ptr + 4 * inter, act=act)
-            mm(gl.down, self.qi, m, self.x, add=self.x)
+            mm(gl.down, self.qi, m, self.x, add_=self.x)
         if logits_ptr is None:
             return L
         rows = m if all_logits else 1
         last = self.x.ptr + (0 if all_logits else (m - 1) * h * 4)
         nq(last, h, rows, h, self.qh, self.gnorm)
-        mm(self.head, self.qh, rows, logits_ptr)
+        if argmax_key is None:
+            mm(self.head, self.qh, rows, logits_ptr)
+        else:
+            hm, q = self.head, self.qh
+            _, grid, block, _ = hm.args(q, 1, None, None, logits_ptr, kernel="gemv")
+            add("bne_head_argmax", grid, block, (hm.weights, hm.out_features, cops.blocks(hm.in_features),
+                                                 int(hm.ternary), q.xq, q.xsum, q.s, hm.wscale, logits_ptr, argmax_key))
         return L
 
     def _persistent(self, cache: CudaKVCache) -> cdec.DecodeStep | None:
@@ -227,19 +246,25 @@ class CudaDecoderModel(DecoderModel):
         Graph when graphs are on."""
         g = self.gpu
         step = self._persistent(cache)
-        if greedy and step is None:
-            raise CudaUnavailable("unsupported-model", "greedy steps on the GPU need the persistent decode kernel")
+        key = None
         if step is not None:
             launches = [step.enqueue]
         else:
             dst = self.host_logits.device_ptr if self.zero_copy else self.logits1.ptr
-            launches = self._launches(cache, 1, dst, False)
+            if greedy:  # the LM head also picks the argmax: 8 bytes come back instead of the logits
+                dst, key = self.logits1.ptr, self.argmax_key.ptr
+            launches = self._launches(cache, 1, dst, False, argmax_key=key)
 
         def body():
             g.htod_async(self.x.ptr, self.host_x.array)
             g.htod_async(self.pos.ptr, self.host_pos.array)
+            if key is not None:
+                g.drv.check("cuMemsetD8Async", g.drv.lib.cuMemsetD8Async(key, 0, 8, g.stream))
             for launch in launches:
                 launch()
+            if key is not None:
+                g.drv.check("cuMemcpyDtoHAsync", g.drv.lib.cuMemcpyDtoHAsync_v2(
+                    g.drv.ffi.from_buffer(self.host_key.array), key, 8, g.stream))
             if step is not None:
                 g.drv.check("cuMemcpyDtoHAsync", g.drv.lib.cuMemcpyDtoHAsync_v2(
                     g.drv.ffi.from_buffer(self.host_result.array), step.result_ptr, 8, g.stream))
@@ -278,16 +303,16 @@ class CudaDecoderModel(DecoderModel):
             if cache.length + 1 > cache.capacity:
                 raise ContextLengthError(cache.length + 1, cache.capacity)
             self.gpu.current()
-            if self._persistent(cache) is None:
-                return sampler(self._forward(np.array([tok]), cache, False)[-1])
             if cache.greedy is None:
                 cache.greedy = self._decode_step(cache, greedy=True)
             self._embed_step(tok, cache)
             cache.greedy()
             self.gpu.synchronize()
-            cdec.DecodeStep.check(self.host_result.array[1])
             cache.length += 1
-            return int(self.host_result.array[0])
+            if cache.persistent is not None:
+                cdec.DecodeStep.check(self.host_result.array[1])
+                return int(self.host_result.array[0])
+            return 0xFFFFFFFF - (int(self.host_key.array[0]) & 0xFFFFFFFF)
 
     # ---- forward -------------------------------------------------------------------------------
 

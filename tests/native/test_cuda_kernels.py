@@ -331,6 +331,10 @@ def test_decode_steps_equal_the_prefill_bit_for_bit(decoders, monkeypatch):
         for mode in ("persistent", "kernels"):
             for graphs in (True, False):
                 assert np.array_equal(_bits(_steps(dev, mode, graphs)), _bits(full)), (mode, graphs)
+        # without programmatic dependent launch (every kernel waits for the one before to end)
+        monkeypatch.setenv("BITNET_EDGE_CUDA_PDL", "0")
+        assert np.array_equal(_bits(_steps(dev, "kernels", True)), _bits(full)), "no PDL"
+        monkeypatch.delenv("BITNET_EDGE_CUDA_PDL")
     finally:
         dev.decode_mode, dev.use_graphs = "kernels", True
     monkeypatch.setattr(decoder_cuda, "MAX_BATCH", 4)  # prefill in chunks of 4 (buffers are larger)
@@ -355,32 +359,77 @@ def test_persistent_kernel_without_prefetch_and_in_head_chunks(decoders, monkeyp
     assert np.array_equal(_bits(got), _bits(full))
 
 
-def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch):
-    """Greedy generation copies back only the GPU's argmax: the same tokens as np.argmax of the
-    logits that forward() returns, step for step."""
+@pytest.mark.parametrize("mode", ["persistent", "kernels"])
+def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch, mode):
+    """Greedy generation copies back only the GPU's argmax (the persistent kernel's, or the kernels
+    path's LM head with bne_head_argmax): the same tokens as np.argmax of the logits that forward()
+    returns, step for step."""
     from bitnet_edge.sdk.models.decoder import DecoderModel
 
     cpu, dev, _ = decoders
-    monkeypatch.setattr(dev, "decode_mode", "persistent")
+    monkeypatch.setattr(dev, "decode_mode", mode)
     on_gpu = dev.generate(PROMPT, 20, stop=[])
     with monkeypatch.context() as mp:
         mp.setattr(type(dev), "_decode_next", DecoderModel._decode_next)  # logits to the host, np.argmax there
         via_logits = dev.generate(PROMPT, 20, stop=[])
-    assert on_gpu == via_logits and dev.decode_kernel == "persistent"
+    assert on_gpu == via_logits and dev.decode_kernel == mode
     assert on_gpu[:12] == cpu.generate(PROMPT, 12, stop=[])
 
 
-def test_greedy_ties_go_to_the_lowest_token_id(gpu, tmp_path):
+@pytest.mark.parametrize("mode", ["persistent", "kernels"])
+def test_greedy_ties_go_to_the_lowest_token_id(gpu, tmp_path, mode):
     """Every LM-head row equal: every logit ties, np.argmax says 0, and so must the GPU (the blocks'
     candidates are merged in (value, lower id) order)."""
     from bitnet_edge.sdk import load_model
 
     path = tiny_decoder_dir(tmp_path / "ties", vocab=3000, same_rows=True)
     dev = load_model(path, device="cuda")
-    dev.decode_mode = "persistent"
+    dev.decode_mode = mode
     logits = dev.logits(PROMPT)[-1]
     assert (logits == logits[0]).all()
-    assert dev.generate(PROMPT, 6, stop=[]) == [0] * 6 and dev.decode_kernel == "persistent"
+    assert dev.generate(PROMPT, 6, stop=[]) == [0] * 6 and dev.decode_kernel == mode
+
+
+@pytest.mark.parametrize("ternary", [False, True])
+def test_head_argmax_is_np_argmax(gpu, ternary):
+    """bne_head_argmax writes the logits as the GEMV does and picks np.argmax of them: ties to the
+    lowest row, -0.0 equal to 0.0, +inf above every number, the first NaN above everything (s = 0
+    gives inf and NaN: acc / 0)."""
+    from bitnet_edge.sdk.cuda.ops import CudaInt8Matrix, CudaTernaryMatrix, QuantizedRows, blocks
+
+    rng = np.random.default_rng(5)
+    n, k = 1001, 300
+
+    def run(W, xq, s):
+        q = QuantizedRows.from_host(gpu, xq[None, :], np.array([s], np.float32))
+        y, key = gpu.empty(n, np.float32), gpu.zeros(1, np.uint64)
+        _, grid, block, _ = W.args(q, 1, None, None, y, kernel="gemv")
+        gpu.launch("bne_head_argmax", grid, block, (W.weights, n, blocks(k), int(ternary), q.xq, q.xsum, q.s,
+                                                     W.wscale, y, key))
+        gpu.synchronize()
+        return y.download(), 0xFFFFFFFF - (int(key.download()[0]) & 0xFFFFFFFF)
+
+    if ternary:
+        w = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+        w[500:] = w[400]  # rows 400 and 500.. tie
+        W = CudaTernaryMatrix(gpu, packing.pack_ternary_2bit(w), k, 0.02)
+        want_w, ws = w, np.full(n, 0.02, np.float32)
+    else:
+        w = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
+        w[500:] = w[400]
+        ws = np.full(n, 0.01, np.float32)
+        W = CudaInt8Matrix(gpu, w, ws)
+        want_w = w
+    xq = rng.integers(-128, 128, size=k, dtype=np.int8)
+    for s in (3.0, 0.0):
+        y, got = run(W, xq, s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = reference.epilogue(reference.int_matmul(want_w, xq[None, :]), ws, np.array([s], np.float32))[0]
+        assert np.array_equal(_bits(y), _bits(want)), s
+        assert got == int(np.argmax(want)), (s, got, int(np.argmax(want)))
+    zero = np.zeros(k, np.int8)  # every logit 0.0: all tie, row 0
+    y, got = run(W, zero, 1.0)
+    assert got == 0 and (y == 0).all()
 
 
 def test_zero_copy_logits_as_on_jetson(decoders, monkeypatch):
