@@ -238,17 +238,20 @@ def decode_profile(model, ids, contexts=(16, 128, 512, 2048)) -> dict:
         ids_ctx = (list(ids) * (ctx // len(ids) + 1))[:ctx]
         out["gpu_step_us_by_context"][ctx] = {m: _gpu_step_us(model, ids_ctx, m, reps=20)
                                               for m in ("persistent", "kernels")}
-    # the kernels path with and without programmatic dependent launch (same graph otherwise)
-    saved = os.environ.get("BITNET_EDGE_CUDA_PDL")
-    pdl = {}
-    for flag in ("1", "0"):
-        os.environ["BITNET_EDGE_CUDA_PDL"] = flag
-        pdl["on" if flag == "1" else "off"] = _gpu_step_us(model, ids, "kernels", reps=20)
-    if saved is None:
-        os.environ.pop("BITNET_EDGE_CUDA_PDL", None)
-    else:
-        os.environ["BITNET_EDGE_CUDA_PDL"] = saved
-    out["kernels_pdl_us"] = pdl
+    # the kernels path with and without programmatic dependent launch and bne_norm_gemv (fused)
+    saved = {k: os.environ.get(k) for k in ("BITNET_EDGE_CUDA_PDL", "BITNET_EDGE_CUDA_FUSED")}
+    variants = {}
+    for pdl in ("1", "0"):
+        for fused in ("1", "0"):
+            os.environ["BITNET_EDGE_CUDA_PDL"], os.environ["BITNET_EDGE_CUDA_FUSED"] = pdl, fused
+            key = f"pdl {'on' if pdl == '1' else 'off'}, fused {'on' if fused == '1' else 'off'}"
+            variants[key] = _gpu_step_us(model, ids, "kernels", reps=20)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    out["kernels_variants_us"] = variants
     model.decode_mode = "persistent"
     cache = model.new_cache(len(ids) + 2)
     tok = int(np.argmax(model.forward(np.asarray(ids), cache)[-1]))
@@ -473,9 +476,8 @@ def main(argv=None) -> None:
             pr = e["profile"]
             for ctx, r in pr.get("gpu_step_us_by_context", {}).items():
                 print(f"  GPU step at context {ctx}: persistent {r['persistent']:.0f} us, kernels {r['kernels']:.0f} us")
-            if "kernels_pdl_us" in pr:
-                print(f"  kernels path GPU step: PDL on {pr['kernels_pdl_us']['on']:.0f} us, "
-                      f"off {pr['kernels_pdl_us']['off']:.0f} us")
+            for k, us in pr.get("kernels_variants_us", {}).items():
+                print(f"  kernels path GPU step at context {len(ids) + 1}, {k}: {us:.0f} us")
             for o, us in pr.get("persistent_opts_us", {}).items():
                 print(f"  persistent opts {o} (1: no weight L2 prefetch, 2: no KV prefetch): {us:.0f} us")
             for blk, row in pr.get("trace", {}).items():

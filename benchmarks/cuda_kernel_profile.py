@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-PER_TOKEN = {"bne_head_argmax", "bne_int8_gemv"}  # the LM head (and its norm is the last norm_quant)
 
 
 def run(layers: int, prompt: int = 128) -> None:
@@ -54,6 +53,8 @@ def run(layers: int, prompt: int = 128) -> None:
 
 
 def summarize(csv_path: Path, layers: int, target_layers: int = 30) -> dict:
+    """Rows grouped by kernel and grid (the LM head is the launch with the largest grid): a group
+    launched once a step counts once a token, the others ``launches / layers`` times a layer."""
     rows = [ln for ln in csv_path.read_text(errors="replace").splitlines() if ln.startswith('"')]
     per: dict[str, list[float]] = {}
     for r in csv.DictReader(rows):
@@ -61,22 +62,20 @@ def summarize(csv_path: Path, layers: int, target_layers: int = 30) -> dict:
             continue
         v = float(r["Metric Value"].replace(",", ""))
         us = v / 1e3 if r.get("Metric Unit", "ns") in ("ns", "nsecond") else v
-        per.setdefault(r["Kernel Name"].split("(")[0], []).append(us)
+        key = f"{r['Kernel Name'].split('(')[0].strip()} grid {r.get('Grid Size', '?').replace(' ', '')}"
+        per.setdefault(key, []).append(us)
     kernels, token_us = {}, 0.0
-    for name, times in sorted(per.items(), key=lambda kv: -sum(kv[1])):
-        fixed = name in PER_TOKEN
-        if name == "bne_norm_quant":  # 4 a layer + the final norm
-            per_layer, fixed_n = (len(times) - 1) / layers, 1
-        else:
-            per_layer, fixed_n = (0, len(times)) if fixed else (len(times) / layers, 0)
+    for key, times in sorted(per.items(), key=lambda kv: -sum(kv[1])):
+        once = len(times) == 1 and layers > 1
+        per_layer = 0.0 if once else len(times) / layers
         mean = float(np.mean(times))
-        scaled = mean * (per_layer * target_layers + fixed_n)
+        scaled = mean * (1 if once else per_layer * target_layers)
         token_us += scaled
-        kernels[name] = {"launches_profiled": len(times), "launches_per_layer": per_layer, "mean_us": mean,
-                         "median_us": float(np.median(times)), "us_per_token_at_%d_layers" % target_layers: scaled}
+        kernels[key] = {"launches_profiled": len(times), "launches_per_layer": per_layer, "mean_us": mean,
+                        "median_us": float(np.median(times)), f"us_per_token_at_{target_layers}_layers": scaled}
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "layers_profiled": layers,
             "target_layers": target_layers, "source": "ncu --metrics gpu__time_duration.sum, one greedy step",
-            "note": "each kernel timed alone (ncu serializes graph nodes): no PDL overlap",
+            "note": "each kernel timed alone (ncu serializes graph nodes, cold caches): no PDL overlap",
             "kernels": kernels, "sum_us_per_token": token_us}
 
 
@@ -96,7 +95,7 @@ def main(argv=None) -> None:
     res = summarize(a.csv, a.layers)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
     for name, k in res["kernels"].items():
-        print(f"{name:22s} x{k['launches_per_layer']:.0f}/layer  {k['mean_us']:7.2f} us each  "
+        print(f"{name:34s} x{k['launches_per_layer']:.0f}/layer  {k['mean_us']:7.2f} us each  "
               f"{k['us_per_token_at_30_layers']:8.1f} us/token")
     print(f"sum (kernels alone, 30 layers): {res['sum_us_per_token']:.0f} us/token; wrote {a.out}")
 

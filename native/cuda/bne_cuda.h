@@ -54,6 +54,9 @@ BNE_KERNEL void bne_decode_step(const uint64_t *plan);
 BNE_KERNEL void bne_rope_attention(const float *qkv, int heads, int kv_heads, int head_dim, const int32_t *pos0,
                                    const float *cos_t, const float *sin_t, float *k_cache, float *v_cache,
                                    int capacity, float scale, float *out);
+BNE_KERNEL void bne_norm_gemv(const uint8_t *w, int n, int nb, int ternary, const float *x, const float *x2, int k,
+                              int act, const float *norm, float eps, const float *wscale, const float *add, float *y,
+                              int32_t *flag, uint64_t *key);
 BNE_KERNEL void bne_head_argmax(const uint8_t *w, int n, int nb, int ternary, const int8_t *xq, const int32_t *xsum,
                                 const float *s, const float *wscale, float *y, uint64_t *key);
 /* BNE_KERNELS_END */

@@ -44,6 +44,7 @@ __all__ = ["CudaDecoderModel", "CudaKVCache", "unsupported_reason", "load_cuda_d
 
 _F = np.float32
 MAX_BATCH = 256  # prompt tokens per prefill chunk (longer prompts run in chunks)
+FUSED_MAX_K = 8192  # bne_norm_gemv takes rows up to this many activations (BNE_GEMV_XS)
 
 
 def _mat(gpu: Gpu, lins):
@@ -184,10 +185,29 @@ class CudaDecoderModel(DecoderModel):
         def mm(mat, q, rows, y, add_=None):
             add(*mat.args(q, rows, add_, None, y))
 
+        per = g.geometry["gemv_warps"] * g.geometry["gemv_rows"]
+        fused = m == 1 and os.environ.get("BITNET_EDGE_CUDA_FUSED", "1").strip() != "0"
+
+        def nmm(x, ldx, k, q, norm, mat, y, add_=None, x2=None, act=0, key=None, rows=None):
+            """RMSNorm/quantization then the product: one bne_norm_gemv (decode, rows <= 8192 bytes) or
+            bne_norm_quant + GEMV/GEMM (same bits)."""
+            rows = m if rows is None else rows
+            if fused and cops.blocks(k) * 128 <= FUSED_MAX_K:
+                add("bne_norm_gemv", ((mat.out_features + per - 1) // per,), 32 * g.geometry["gemv_warps"],
+                    (mat.weights, mat.out_features, cops.blocks(mat.in_features), int(mat.ternary), x, x2, k, act, norm,
+                     eps, mat.wscale, add_, y, q.flag, key))
+                return
+            nq(x, ldx, rows, k, q, norm, x2=x2, act=act)
+            if key is None:
+                mm(mat, q, rows, y, add_)
+                return
+            _, grid, block, _ = mat.args(q, 1, None, None, y, kernel="gemv")
+            add("bne_head_argmax", grid, block, (mat.weights, mat.out_features, cops.blocks(mat.in_features),
+                                                 int(mat.ternary), q.xq, q.xsum, q.s, mat.wscale, y, key))
+
         act = cops.ACT[self.act_name]
         for li, gl in enumerate(self.glayers):
-            nq(self.x, h, m, h, self.qh, gl.in_norm)
-            mm(gl.qkv, self.qh, m, self.qkv_buf)
+            nmm(self.x, h, h, self.qh, gl.in_norm, gl.qkv, self.qkv_buf)
             if m == 1:  # one kernel: RoPE, the new key and value into the cache, attention
                 add("bne_rope_attention", (H,), g.geometry["attn_threads"],
                     (self.qkv_buf, H, KV, hd, self.pos, cache.cos, cache.sin, cache.k[li], cache.v[li], cache.capacity,
@@ -199,24 +219,19 @@ class CudaDecoderModel(DecoderModel):
                 add("bne_attention", (H, m), g.geometry["attn_threads"],
                     (self.q_buf, m, H, KV, hd, self.pos, cache.k[li], cache.v[li], cache.capacity,
                      float(self.scaling), self.attn_buf), cache.smem)
-            nq(self.attn_buf, self.q_dim, m, self.q_dim, self.qo, gl.attn_sub)
-            mm(gl.o, self.qo, m, self.x, add_=self.x)
-            nq(self.x, h, m, h, self.qh, gl.post_norm)
-            mm(gl.gate_up, self.qh, m, self.gu)
-            nq(self.gu, 2 * inter, m, inter, self.qi, gl.ffn_sub, x2=self.gu.ptr + 4 * inter, act=act)
-            mm(gl.down, self.qi, m, self.x, add_=self.x)
+            nmm(self.attn_buf, self.q_dim, self.q_dim, self.qo, gl.attn_sub, gl.o, self.x, add_=self.x)
+            nmm(self.x, h, h, self.qh, gl.post_norm, gl.gate_up, self.gu)
+            nmm(self.gu, 2 * inter, inter, self.qi, gl.ffn_sub, gl.down, self.x, add_=self.x,
+                x2=self.gu.ptr + 4 * inter, act=act)
         if logits_ptr is None:
             return L
         rows = m if all_logits else 1
         last = self.x.ptr + (0 if all_logits else (m - 1) * h * 4)
-        nq(last, h, rows, h, self.qh, self.gnorm)
-        if argmax_key is None:
-            mm(self.head, self.qh, rows, logits_ptr)
+        if rows == 1 or argmax_key is not None:
+            nmm(last, h, h, self.qh, self.gnorm, self.head, logits_ptr, key=argmax_key, rows=1)
         else:
-            hm, q = self.head, self.qh
-            _, grid, block, _ = hm.args(q, 1, None, None, logits_ptr, kernel="gemv")
-            add("bne_head_argmax", grid, block, (hm.weights, hm.out_features, cops.blocks(hm.in_features),
-                                                 int(hm.ternary), q.xq, q.xsum, q.s, hm.wscale, logits_ptr, argmax_key))
+            nq(last, h, rows, h, self.qh, self.gnorm)
+            mm(self.head, self.qh, rows, logits_ptr)
         return L
 
     def _persistent(self, cache: CudaKVCache) -> cdec.DecodeStep | None:
