@@ -17,11 +17,15 @@ back-to-back launches (so neither side pays Python launch overhead), median of s
 - ``gemm``: the prefill kernel, m tokens, in int8 tensor-core TOPS (2 * m * n * k / time).
 - ``e2e``: ``convert(build_model(30), precision="ternary", head="int8", embeddings="int8")`` (the
   BitNet-b1.58-2B-4T shape) loaded with device ``cuda``: 128-token prompt, 128 greedy decode steps,
-  with the persistent decode kernel and with the one-kernel-per-operation graph, interleaved over
-  rounds; each round also reads the copy bandwidth.  Per path: wall-clock tokens/s of
+  with the persistent decode kernel and with the one-kernel-per-operation graph (5 kernels a layer:
+  bne_norm_gemv for q/k/v, o, gate/up and down, bne_rope_attention; programmatic dependent launch;
+  the LM head picks the greedy token on the GPU), interleaved over rounds; each round also reads
+  the copy bandwidth.  Per path: wall-clock tokens/s of
   ``generate`` (median step), the GPU time of one captured step (events), and both as a share of
   the copy bandwidth over the bytes a step reads (weights, scales, norms and the KV cache at the
-  mean context).  ``--cpu-ref`` checks the greedy tokens against the CPU library.
+  mean context).  ``--cpu-ref`` checks the greedy tokens against the CPU library.  ``--profile``
+  adds the step time by context and the kernels path with PDL and bne_norm_gemv each switched off;
+  per-kernel times come from ``benchmarks/cuda_kernel_profile.py`` (Nsight Compute).
 """
 
 from __future__ import annotations

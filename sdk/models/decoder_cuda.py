@@ -310,8 +310,9 @@ class CudaDecoderModel(DecoderModel):
         self.host_pos.array[0] = cache.length
 
     def _decode_next(self, tok: int, cache, sampler) -> int:
-        """Greedy steps with the persistent kernel return the token the GPU picked (the argmax of
-        the same logits forward() returns); anything else goes through the logits."""
+        """Greedy steps return the token the GPU picked (the persistent kernel's argmax, or the LM
+        head's bne_norm_gemv/bne_head_argmax key: np.argmax of the same logits forward() returns, 8
+        bytes copied back); anything else goes through the logits."""
         if sampler.temperature != 0.0 or not sampler.plain or not isinstance(cache, CudaKVCache):
             return super()._decode_next(tok, cache, sampler)
         with self._lock:
