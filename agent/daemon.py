@@ -544,9 +544,10 @@ class Agent:
                  expect: str | None) -> tuple[Outcome, str]:
         from bitnet_edge.sdk.bundle.crypt import check_recipient
         from bitnet_edge.sdk.bundle.errors import BundleError, InstallError
-        from bitnet_edge.sdk.bundle.install import install_bundle
         from bitnet_edge.sdk.bundle.signing import check_signatures
-        from bitnet_edge.sdk.bundle.container import Limits, read_envelope
+        from bitnet_edge.agent.unpack import unpack_bundle
+        from bitnet_edge.sdk.bundle.container import read_envelope
+        from bitnet_edge.sdk.bundle.errors import KeyFileError
         from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
         size = path.stat().st_size
@@ -603,11 +604,13 @@ class Agent:
         try:
             if base is None and m.delta is not None and state.active:
                 base = store.slot_dir(state.active)
-            install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True,
-                           device_keys=self.device_keys, limits=Limits(max_content_bytes=max(0, decode_cap)))
+            # decoded in a short-lived child: the decoder's imports (numpy, zstandard, cffi) never
+            # stay in the agent; its error comes back as the same class, reason and detail
+            unpack_bundle(path, dest, self.trusted, base=base, max_content_bytes=max(0, decode_cap),
+                          device_key=self.cfg.device_key if m.encryption is not None or base is not None else None)
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
-        except InstallError as exc:
+        except (InstallError, KeyFileError) as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "unpack") from None
         fsync_tree(dest)
         _fault("unpacked")
