@@ -357,7 +357,10 @@ class Agent:
 
     def start_serving(self) -> None:
         """Serve every installed model (load-on-demand ones are only verified; they start on their
-        first request), and start the idle reaper."""
+        first request), and start the idle reaper.  Called before the agent starts any thread, it
+        first forks the worker zygote from the agent itself (ADR 0021: sharing its interpreter)."""
+        if self.zygote is not None:
+            self.zygote.prefork()
         for name in self.models.names():
             rt = self._runtime(name)
             if rt.active() is None:
@@ -785,7 +788,8 @@ class Agent:
                 "active_slot": models[d]["active_slot"] if d in models else None,
                 "worker": models[d]["worker"] if d in models else None, "models": models,
                 "memory": {"budget_mb": self._mem_cap_mb(), "agent": _mem_mb("self"),
-                           "zygote": _mem_mb(self.zygote.pid) if self.zygote and self.zygote.pid else None},
+                           "zygote": _mem_mb(self.zygote.pid) if self.zygote and self.zygote.pid else None,
+                           "zygote_pid": self.zygote.pid if self.zygote else None},
                 "sync": self.sync.status() if self.sync is not None else None}
 
     def device_metrics(self) -> DeviceMetrics:
@@ -802,11 +806,12 @@ class Agent:
             load1 = os.getloadavg()[0]
         except OSError:
             load1 = None
-        wrss = [r for r in (_rss_mb(w.proc.pid) for w in ws.values()) if r is not None]
+        pids = [w.proc.pid for w in ws.values()] + ([self.zygote.pid] if self.zygote and self.zygote.pid else [])
+        pss = [m["pss"] for m in (_mem_mb(p) for p in pids) if m is not None]
         return DeviceMetrics(device_id=self.cfg.device_id, ts=time.time(), uptime_s=time.time() - self.started,
                              interval_s=now - t0, requests=n, errors=err - err0,
                              latency_ms_mean=(secs - secs0) / n * 1000 if n else None,
-                             agent_rss_mb=_rss_mb("self"), worker_rss_mb=sum(wrss) if wrss else None,
+                             agent_rss_mb=_rss_mb("self"), models_pss_mb=round(sum(pss), 2) if ws and pss else None,
                              disk_free_mb=shutil.disk_usage(self.root).free >> 20, load1=load1)
 
     def start_sync(self, limits=None) -> None:

@@ -80,7 +80,7 @@ PRELOAD = ("numpy", "cffi", "cffi.cparser", "pycparser", "zstandard", "mmap", "s
            "bitnet_edge.sdk.models.decoder", "bitnet_edge.sdk.models.graph", "bitnet_edge.sdk.models.sampling",
            "bitnet_edge.sdk.modeldir", "bitnet_edge.sdk.safetensors_io", "bitnet_edge.sdk.native._loader",
            "bitnet_edge.sdk.native._binding", "bitnet_edge.sdk.bundle.golden", "bitnet_edge.sdk.bundle.install",
-           "bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.chat", "tokenizers")
+           "bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.chat", "bitnet_edge.sdk.cuda", "tokenizers")
 
 
 def _preload() -> None:
@@ -91,31 +91,36 @@ def _preload() -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - an optional module missing here is imported (or not) by the worker
             pass
-    try:  # cffi parses the kernel header in every worker: build pycparser's tables here, once
-        import cffi
-
-        from bitnet_edge.sdk.native._loader import _header_candidates, cdef_from_header
+    try:  # every worker declares the kernel header's API with cffi: parse it here, once, and share it
+        from bitnet_edge.sdk.native._loader import _header_candidates, ffi_for_header
 
         header = next((h for h in _header_candidates() if h.is_file()), None)
         if header is not None:
-            cffi.FFI().cdef(cdef_from_header(header.read_text()))
+            ffi_for_header(header.read_text())
     except Exception:  # noqa: BLE001
         pass
 
 
-def main(argv=None) -> int:
-    ctl = socket.socket(fileno=int((argv or sys.argv[1:])[0]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which stops its workers
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; the agent holds pidfds
-    _preload()
+def _ready_to_fork() -> None:
+    """Import what workers need (once), then freeze: collections no longer walk (and write to)
+    the imported objects, so their pages stay shared with every worker."""
     import gc
 
+    _preload()
     gc.collect()
     gc.freeze()  # imported objects move to a generation no collection walks (their pages stay shared)
     gc.disable()
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     if threads != 1:  # forking a process with threads can copy a lock some thread holds
         os.write(2, f"zygote: {threads} threads after the imports; workers are forked anyway\n".encode())
+
+
+def serve(ctl: socket.socket, preloaded: bool) -> int:
+    """Say ready, then fork a worker per request until the agent closes its end.  Not
+    ``preloaded`` (a zygote forked from the agent): import what workers need on the first request,
+    so a device without models never pays for numpy."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the agent, which stops its workers
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; the agent holds pidfds
     try:
         ctl.sendmsg([json.dumps({"ready": True, "pid": os.getpid()}).encode()])
     except OSError:
@@ -136,6 +141,9 @@ def main(argv=None) -> int:
                 os.close(fd)
             ctl.sendmsg([json.dumps({"error": str(exc)}).encode()])
             continue
+        if not preloaded:
+            _ready_to_fork()
+            preloaded = True
         pid = os.fork()
         if pid == 0:
             _child(ctl, req, fds[0], fds[1])
@@ -152,6 +160,49 @@ def main(argv=None) -> int:
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pidfd]))])
         finally:
             os.close(pidfd)
+
+
+def forked_main(ctl: socket.socket) -> int:
+    """In a child the agent forked (before it started any thread): become the zygote.  The agent's
+    interpreter, its imports and their heap are shared with it copy-on-write (frozen by the agent
+    before the fork), so the zygote adds only what workers import on top.  File descriptors the
+    agent opened close-on-exec are closed here as an exec would have."""
+    try:
+        with open("/proc/self/comm", "w") as f:  # `ps` tells it from the agent
+            f.write("bne-zygote")
+    except OSError:
+        pass
+    keep = {0, 1, 2, ctl.fileno()}
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = []
+    for fd in fds:
+        if fd in keep:
+            continue
+        try:
+            if not os.get_inheritable(fd):
+                os.close(fd)
+        except OSError:
+            pass
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    for name in _BLAS_ENV:
+        os.environ.setdefault(name, "1")
+    os.environ.pop("BITNET_EDGE_LIBRARY", None)
+    import gc
+
+    gc.disable()  # the agent froze its objects before forking; nothing here needs collecting yet
+    return serve(ctl, preloaded=False)
+
+
+def main(argv=None) -> int:
+    ctl = socket.socket(fileno=int((argv or sys.argv[1:])[0]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ready_to_fork()
+    return serve(ctl, preloaded=True)
 
 
 if __name__ == "__main__":
