@@ -7,6 +7,11 @@ thread running, freezes the garbage collector (``gc.freeze``: collections no lon
 imported objects' pages) and forks: the children share those pages copy-on-write, and what one
 more model costs is its own heap, its activations and the pages of its mmap'd weights.
 
+Where the agent can (a single thread running), the zygote is not a fresh interpreter but a fork
+of the agent itself (``Zygote.prefork``, :func:`forked_main`): the agent's interpreter, imports
+and heap (frozen with ``gc.freeze`` before the fork) are then shared by the agent, the zygote and
+every worker, and the zygote imports what workers need on its first fork.
+
 Threads: the zygote starts none before forking (BLAS pools are capped at one thread by the
 environment before numpy is imported, and the native kernel's pool is started by the worker
 after the fork, when it loads its slot's library).
