@@ -355,11 +355,13 @@ class Agent:
         self._swap(rt, None)
         return False
 
-    def start_serving(self) -> None:
+    def start_serving(self, fork_zygote: bool = False) -> None:
         """Serve every installed model (load-on-demand ones are only verified; they start on their
-        first request), and start the idle reaper.  Called before the agent starts any thread, it
-        first forks the worker zygote from the agent itself (ADR 0021: sharing its interpreter)."""
-        if self.zygote is not None:
+        first request), and start the idle reaper.  ``fork_zygote`` (the daemon, before it starts any
+        thread): first fork the worker zygote from this process (ADR 0021: sharing its interpreter;
+        it freezes the process's objects for the garbage collector, so not for an agent embedded in
+        a longer-lived program)."""
+        if fork_zygote and self.zygote is not None:
             self.zygote.prefork()
         for name in self.models.names():
             rt = self._runtime(name)

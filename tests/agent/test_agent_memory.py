@@ -94,7 +94,7 @@ import json, sys
 from bitnet_edge.agent.config import load_config
 from bitnet_edge.agent.daemon import Agent
 ag = Agent(load_config(sys.argv[1]))
-ag.start_serving()  # no thread yet: forks the zygote from the agent
+ag.start_serving(fork_zygote=True)  # as `agent run` does, before any thread: forks the zygote from the agent
 out = ag.install_file(sys.argv[2])
 w = ag.acquire_worker(None)
 ag.release_worker(w)
