@@ -80,6 +80,15 @@ def _library(slot_dir: Path) -> Path | None:
     return libs[0] if libs else None
 
 
+def _features(slot_dir: Path) -> list[str]:
+    """What the slot's model needs beyond what every worker imports (zygote.FEATURES)."""
+    try:
+        manifest = json.loads((slot_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return ["tokenizer"] if isinstance(manifest, dict) and manifest.get("tokenizer") else []
+
+
 def _pump(pipe, lines: queue.Queue | None, tail: collections.deque, name: str) -> None:
     """Read ``pipe`` to its end: the first line to ``lines`` (stdout's report), every line to the log."""
     first = lines is not None
@@ -301,8 +310,9 @@ class Zygote:
         self.forked = False
         log.info("worker zygote pid %d ready", self.proc.pid)
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProc:
-        """Fork a worker running ``python -m bitnet_edge.agent.worker ARGV`` with ``env`` added."""
+    def spawn(self, argv: list[str], env: dict[str, str], features: list[str] = ()) -> ForkedProc:
+        """Fork a worker running ``python -m bitnet_edge.agent.worker ARGV`` with ``env`` added;
+        ``features`` (zygote.FEATURES) are imported into the zygote first, once."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -312,7 +322,7 @@ class Zygote:
                         self.close()
                         self._start()
                     try:
-                        self._sock.sendmsg([json.dumps({"argv": argv, "env": env}).encode()],
+                        self._sock.sendmsg([json.dumps({"argv": argv, "env": env, "features": list(features)}).encode()],
                                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w]))])
                         fds = array.array("i")
                         msg, anc, _f, _a = self._sock.recvmsg(MAX_CTL, socket.CMSG_SPACE(fds.itemsize))
@@ -387,7 +397,7 @@ def start_worker(slot: str, slot_dir: Path, run_dir: Path, timeout: float = 120.
     args = ["--slot", str(slot_dir), "--socket", sock, "--max-requests", str(budget.max_requests),
             "--max-inflight-bytes", str(budget.max_inflight_bytes)]
     if zygote is not None:  # the worker watches the agent, not the zygote: the zygote may die and be restarted
-        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())})
+        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())}, _features(slot_dir))
     else:
         proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.worker", *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

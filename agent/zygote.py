@@ -17,7 +17,7 @@ environment before numpy is imported, and the native kernel's pool is started by
 after the fork, when it loads its slot's library).
 
 Protocol on the control socket (AF_UNIX, SOCK_SEQPACKET, from the agent):
-request ``{"argv": [...], "env": {...}}`` with two file descriptors (the child's stdout and
+request ``{"argv": [...], "env": {...}, "features": [...]}`` with two file descriptors (the child's stdout and
 stderr); answer ``{"pid": N}`` with a pidfd for the child (or ``{"error": "..."}``).  The zygote
 exits when the agent closes its end (or dies); each child exits when the zygote is gone.
 """
@@ -76,16 +76,19 @@ def _child(ctl: socket.socket, req: dict, out_fd: int, err_fd: int) -> None:
         os._exit(code or 0)
 
 
-#: imported once in the zygote: what a worker imports to load, check and serve any model
-PRELOAD = ("numpy", "cffi", "cffi.cparser", "pycparser", "zstandard", "mmap", "subprocess", "unicodedata",
-           "cryptography.hazmat.primitives.asymmetric.ed25519", "cryptography.hazmat.primitives.asymmetric.x25519",
-           "cryptography.hazmat.primitives.ciphers.aead", "cryptography.hazmat.primitives.kdf.hkdf",
+#: imported once in the zygote: what a worker imports to load, check and serve any model (not the
+#: bundle decoder: zstandard, the codec and the decryption primitives run in the agent's unpack child)
+PRELOAD = ("numpy", "cffi", "cffi.cparser", "pycparser", "mmap", "subprocess", "unicodedata",
            "waitress.server", "waitress.channel", "waitress.task", "bitnet_edge.agent.worker", "bitnet_edge.sdk",
            "bitnet_edge.sdk.models.loader", "bitnet_edge.sdk.models.mlp", "bitnet_edge.sdk.models.bert",
            "bitnet_edge.sdk.models.decoder", "bitnet_edge.sdk.models.graph", "bitnet_edge.sdk.models.sampling",
            "bitnet_edge.sdk.modeldir", "bitnet_edge.sdk.safetensors_io", "bitnet_edge.sdk.native._loader",
-           "bitnet_edge.sdk.native._binding", "bitnet_edge.sdk.bundle.golden", "bitnet_edge.sdk.bundle.install",
-           "bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.chat", "bitnet_edge.sdk.cuda", "tokenizers")
+           "bitnet_edge.sdk.native._binding", "bitnet_edge.sdk.bundle.golden", "bitnet_edge.sdk.bundle.container",
+           "bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.chat", "bitnet_edge.sdk.cuda")
+
+#: imported before the first fork of a worker whose model needs them (the request's ``features``):
+#: a device serving only small models never maps tokenizers (~4 MB), its LLM workers share one copy
+FEATURES = {"tokenizer": ("tokenizers", "bitnet_edge.sdk.tokenizer")}
 
 
 def _preload() -> None:
@@ -104,6 +107,25 @@ def _preload() -> None:
             ffi_for_header(header.read_text())
     except Exception:  # noqa: BLE001
         pass
+
+
+def _import_features(names, loaded: set[str]) -> None:
+    """Import what the request's features need (once each), then freeze the new objects too."""
+    import gc
+    import importlib
+
+    new = [n for n in names if isinstance(n, str) and n in FEATURES and n not in loaded]
+    if not new:
+        return
+    for name in new:
+        loaded.add(name)
+        for mod in FEATURES[name]:
+            try:
+                importlib.import_module(mod)
+            except Exception:  # noqa: BLE001 - the worker imports it (or reports why not) itself
+                pass
+    gc.collect()
+    gc.freeze()
 
 
 def _ready_to_fork() -> None:
@@ -130,6 +152,7 @@ def serve(ctl: socket.socket, preloaded: bool) -> int:
         ctl.sendmsg([json.dumps({"ready": True, "pid": os.getpid()}).encode()])
     except OSError:
         return 0
+    features: set[str] = set()
     while True:
         try:
             msg, fds = _recv(ctl, 2)
@@ -149,6 +172,7 @@ def serve(ctl: socket.socket, preloaded: bool) -> int:
         if not preloaded:
             _ready_to_fork()
             preloaded = True
+        _import_features(req.get("features") or (), features)
         pid = os.fork()
         if pid == 0:
             _child(ctl, req, fds[0], fds[1])

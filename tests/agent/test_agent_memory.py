@@ -139,6 +139,7 @@ def test_a_crash_in_one_models_worker_leaves_the_other_serving_with_a_zygote_for
         sensor = st["models"]["sensor-mlp"]["worker"]["pid"]
         det = st["models"]["detector"]["worker"]["pid"]
         assert len({d.proc.pid, zpid, sensor, det}) == 4
+        assert "/tokenizers" not in Path(f"/proc/{zpid}/maps").read_text()  # no model here needs it
 
         os.kill(sensor, signal.SIGKILL)  # a crash in one model's code
         code, body = d.request("POST", "/v1/infer", {"inputs": [[0.1] * 32], "model": "detector"})
