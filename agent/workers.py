@@ -322,7 +322,8 @@ class Zygote:
                         self.close()
                         self._start()
                     try:
-                        self._sock.sendmsg([json.dumps({"argv": argv, "env": env, "features": list(features)}).encode()],
+                        req = {"argv": argv, "env": env, "features": list(features)}
+                        self._sock.sendmsg([json.dumps(req).encode()],
                                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w]))])
                         fds = array.array("i")
                         msg, anc, _f, _a = self._sock.recvmsg(MAX_CTL, socket.CMSG_SPACE(fds.itemsize))

@@ -22,8 +22,8 @@ from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, 
 #: an installed slot keeps the golden section's content under this name
 GOLDEN_FILE = "golden.bin"
 
-__all__ = ["GOLDEN_FILE", "SECTION", "SEED", "TOLERANCE", "METHOD", "GoldenCheck", "golden_inputs", "read_golden", "run_model",
-           "check_outputs"]
+__all__ = ["GOLDEN_FILE", "SECTION", "SEED", "TOLERANCE", "METHOD", "GoldenCheck", "golden_inputs", "read_golden",
+           "run_model", "check_outputs"]
 
 SECTION = "golden"
 SEED = 20261126
