@@ -481,7 +481,7 @@ def main(argv=None) -> None:
             for ctx, r in pr.get("gpu_step_us_by_context", {}).items():
                 print(f"  GPU step at context {ctx}: persistent {r['persistent']:.0f} us, kernels {r['kernels']:.0f} us")
             for k, us in pr.get("kernels_variants_us", {}).items():
-                print(f"  kernels path GPU step at context {len(ids) + 1}, {k}: {us:.0f} us")
+                print(f"  kernels path GPU step at the prompt + 1, {k}: {us:.0f} us")
             for o, us in pr.get("persistent_opts_us", {}).items():
                 print(f"  persistent opts {o} (1: no weight L2 prefetch, 2: no KV prefetch): {us:.0f} us")
             for blk, row in pr.get("trace", {}).items():
