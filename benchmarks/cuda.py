@@ -348,6 +348,7 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                "copy_gb_s_per_round": copies, "copy_gb_s": copy, "bytes_read_per_token": nbytes,
                "graphs": model.use_graphs and model.graph_error is None, "graph_error": model.graph_error,
                "pdl": g.pdl, "greedy_on_gpu": True,
+               "norm_gemv_fused": __import__("os").environ.get("BITNET_EDGE_CUDA_FUSED", "1").strip() != "0",
                "persistent_error": errors.get("persistent")}
         res["errors"] = errors
         for mode in modes:

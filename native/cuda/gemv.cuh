@@ -77,7 +77,16 @@ __device__ __forceinline__ void bne_norm_quant_block(const BneNormIn &in, float 
     constexpr int VT = BNE_NORM_THREADS;
     const int T = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = T >> 5;
     const int k = in.k;
-    for (int i = tid; i < k; i += T) hs[i] = bne_gated(in.x, in.x2, in.act, i);
+    constexpr int B = 8;  // loads a thread keeps in flight at once (a loop of single loads is a chain
+                          // of L2 round trips)
+    for (int i0 = tid; i0 < k; i0 += B * T) {
+        float v[B];
+#pragma unroll
+        for (int b = 0; b < B; ++b) v[b] = i0 + b * T < k ? bne_gated(in.x, in.x2, in.act, i0 + b * T) : 0.0f;
+#pragma unroll
+        for (int b = 0; b < B; ++b)
+            if (i0 + b * T < k) hs[i0 + b * T] = v[b];
+    }
     __syncthreads();
     float inv = 1.0f;
     if (in.w != nullptr) {
@@ -94,12 +103,21 @@ __device__ __forceinline__ void bne_norm_quant_block(const BneNormIn &in, float 
     }
     float amax = 0.0f;
     int bad = 0;
-    for (int i = tid; i < k; i += T) {  // each thread revisits its own elements
-        float h = hs[i];
-        if (in.w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), __ldg(in.w + i));
-        hs[i] = h;
-        if (!isfinite(h)) bad = 1;
-        amax = fmaxf(amax, fabsf(h));
+    for (int i0 = tid; i0 < k; i0 += B * T) {  // each thread revisits its own elements
+        float wv[B];
+#pragma unroll
+        for (int b = 0; b < B; ++b) wv[b] = (in.w != nullptr && i0 + b * T < k) ? __ldg(in.w + i0 + b * T) : 1.0f;
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const int i = i0 + b * T;
+            if (i < k) {
+                float h = hs[i];
+                if (in.w != nullptr) h = __fmul_rn(__fmul_rn(h, inv), wv[b]);
+                hs[i] = h;
+                if (!isfinite(h)) bad = 1;
+                amax = fmaxf(amax, fabsf(h));
+            }
+        }
     }
     bne_block_max_or(amax, bad, redf, redi);
     const float sc = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
