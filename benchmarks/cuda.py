@@ -17,10 +17,10 @@ back-to-back launches (so neither side pays Python launch overhead), median of s
 - ``gemm``: the prefill kernel, m tokens, in int8 tensor-core TOPS (2 * m * n * k / time).
 - ``e2e``: ``convert(build_model(30), precision="ternary", head="int8", embeddings="int8")`` (the
   BitNet-b1.58-2B-4T shape) loaded with device ``cuda``: 128-token prompt, 128 greedy decode steps,
-  with the persistent decode kernel and with the one-kernel-per-operation graph (5 kernels a layer:
-  bne_norm_gemv for q/k/v, o, gate/up and down, bne_rope_attention; programmatic dependent launch;
-  the LM head picks the greedy token on the GPU), interleaved over rounds; each round also reads
-  the copy bandwidth.  Per path: wall-clock tokens/s of
+  with the persistent decode kernel and with the one-kernel-per-operation graph (9 kernels a layer:
+  bne_norm_quant + GEMV for q/k/v, o, gate/up and down, bne_rope_attention; programmatic dependent
+  launch; the LM head picks the greedy token on the GPU; BITNET_EDGE_CUDA_FUSED=1: bne_norm_gemv,
+  5 kernels a layer), interleaved over rounds; each round also reads the copy bandwidth.  Per path: wall-clock tokens/s of
   ``generate`` (median step), the GPU time of one captured step (events), and both as a share of
   the copy bandwidth over the bytes a step reads (weights, scales, norms and the KV cache at the
   mean context).  ``--cpu-ref`` checks the greedy tokens against the CPU library.  ``--profile``
@@ -348,7 +348,7 @@ def end_to_end(g, layers: int, prompt: int = 128, new: int = 128, rounds: int = 
                "copy_gb_s_per_round": copies, "copy_gb_s": copy, "bytes_read_per_token": nbytes,
                "graphs": model.use_graphs and model.graph_error is None, "graph_error": model.graph_error,
                "pdl": g.pdl, "greedy_on_gpu": True,
-               "norm_gemv_fused": __import__("os").environ.get("BITNET_EDGE_CUDA_FUSED", "1").strip() != "0",
+               "norm_gemv_fused": __import__("os").environ.get("BITNET_EDGE_CUDA_FUSED", "0").strip() == "1",
                "persistent_error": errors.get("persistent")}
         res["errors"] = errors
         for mode in modes:

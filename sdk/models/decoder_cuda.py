@@ -186,7 +186,9 @@ class CudaDecoderModel(DecoderModel):
             add(*mat.args(q, rows, add_, None, y))
 
         per = g.geometry["gemv_warps"] * g.geometry["gemv_rows"]
-        fused = m == 1 and os.environ.get("BITNET_EDGE_CUDA_FUSED", "1").strip() != "0"
+        # bne_norm_gemv is opt-in: on the H200 every block normalizing its own row costs more than the
+        # bne_norm_quant launch it saves (benchmarks/results/cuda-20261203-1618-fused.json, ADR 0009)
+        fused = m == 1 and os.environ.get("BITNET_EDGE_CUDA_FUSED", "0").strip() == "1"
 
         def nmm(x, ldx, k, q, norm, mat, y, add_=None, x2=None, act=0, key=None, rows=None):
             """RMSNorm/quantization then the product: one bne_norm_gemv (decode, rows <= 8192 bytes) or

@@ -332,9 +332,9 @@ def test_decode_steps_equal_the_prefill_bit_for_bit(decoders, monkeypatch):
             for graphs in (True, False):
                 assert np.array_equal(_bits(_steps(dev, mode, graphs)), _bits(full)), (mode, graphs)
         # without programmatic dependent launch (every kernel waits for the one before to end), and
-        # with bne_norm_quant + GEMV instead of bne_norm_gemv (each GEMV block quantizing its own row)
-        for env in ("BITNET_EDGE_CUDA_PDL", "BITNET_EDGE_CUDA_FUSED"):
-            monkeypatch.setenv(env, "0")
+        # with bne_norm_gemv (each GEMV block quantizing its own row) instead of bne_norm_quant + GEMV
+        for env, value in (("BITNET_EDGE_CUDA_PDL", "0"), ("BITNET_EDGE_CUDA_FUSED", "1")):
+            monkeypatch.setenv(env, value)
             assert np.array_equal(_bits(_steps(dev, "kernels", True)), _bits(full)), env
             monkeypatch.delenv(env)
     finally:
@@ -361,7 +361,7 @@ def test_persistent_kernel_without_prefetch_and_in_head_chunks(decoders, monkeyp
     assert np.array_equal(_bits(got), _bits(full))
 
 
-@pytest.mark.parametrize("mode", ["persistent", "kernels", "kernels-unfused"])
+@pytest.mark.parametrize("mode", ["persistent", "kernels", "kernels-fused"])
 def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch, mode):
     """Greedy generation copies back only the GPU's argmax (the persistent kernel's, or the kernels
     path's LM head with bne_head_argmax): the same tokens as np.argmax of the logits that forward()
@@ -369,8 +369,8 @@ def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch, mo
     from bitnet_edge.sdk.models.decoder import DecoderModel
 
     cpu, dev, _ = decoders
-    if mode == "kernels-unfused":  # bne_norm_quant then bne_head_argmax instead of bne_norm_gemv
-        monkeypatch.setenv("BITNET_EDGE_CUDA_FUSED", "0")
+    if mode == "kernels-fused":  # the LM head's bne_norm_gemv picks it (else bne_head_argmax)
+        monkeypatch.setenv("BITNET_EDGE_CUDA_FUSED", "1")
         mode = "kernels"
     monkeypatch.setattr(dev, "decode_mode", mode)
     on_gpu = dev.generate(PROMPT, 20, stop=[])
@@ -381,14 +381,14 @@ def test_greedy_tokens_picked_on_the_gpu_are_np_argmax(decoders, monkeypatch, mo
     assert on_gpu[:12] == cpu.generate(PROMPT, 12, stop=[])
 
 
-@pytest.mark.parametrize("mode", ["persistent", "kernels", "kernels-unfused"])
+@pytest.mark.parametrize("mode", ["persistent", "kernels", "kernels-fused"])
 def test_greedy_ties_go_to_the_lowest_token_id(gpu, tmp_path, monkeypatch, mode):
     """Every LM-head row equal: every logit ties, np.argmax says 0, and so must the GPU (the blocks'
     candidates are merged in (value, lower id) order)."""
     from bitnet_edge.sdk import load_model
 
-    if mode == "kernels-unfused":
-        monkeypatch.setenv("BITNET_EDGE_CUDA_FUSED", "0")
+    if mode == "kernels-fused":
+        monkeypatch.setenv("BITNET_EDGE_CUDA_FUSED", "1")
         mode = "kernels"
     path = tiny_decoder_dir(tmp_path / "ties", vocab=3000, same_rows=True)
     dev = load_model(path, device="cuda")
