@@ -168,10 +168,11 @@ static inline int bne_trit(uint8_t t) { return (t >= 86) + (t >= 171); }
 /* Workspace layout of one decoder forward pass (decoder.c computes it, decoder_impl.h uses it):
  * byte offsets into the caller's buffer, each 64-byte aligned. */
 typedef struct {
-    size_t x, h, qkv, att, gu, yo, xq, xs, xsum, scores, total;
+    size_t x, h, qkv, att, gu, yo, xq, xs, xsum, part, total;
     size_t qd, kvd, qkvd;   /* heads * head_dim, kv_heads * head_dim, qd + 2 kvd */
-    size_t kv_row, kv_plane, kv_layer; /* cache: bytes of one (kv head, position) row incl. scale,
+    size_t kv_row, kv_plane, kv_layer; /* cache: bytes of one (kv head, position) row (no scale),
                                           of one (K or V) plane, of one layer */
+    size_t kv_cap;          /* cache rows per kv head: the capacity rounded up to 8 */
 } bne_dec_layout;
 int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_layout *out);
 /* The ref variant's decoder and base-3 kernel, the fallback of variants without their own. */

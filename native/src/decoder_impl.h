@@ -289,158 +289,299 @@ static void dec_gateup_range(void *ctx, size_t b, size_t e) {
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
+/* Cache layout (per layer, per kv head g, rows padded to lo->kv_cap, a multiple of DEC_KT):
+ *   K plane: tiles of DEC_KT positions, element (position t, column c) at tile t / DEC_KT, offset
+ *            c * DEC_KT + t % DEC_KT: a query's scores for 8 positions are 8 lanes of one vector
+ *            (no horizontal sums), each summed over c in order;
+ *   V plane: row-major (position, column): the weighted values are 16 columns in registers per head.
+ *   int8: a float scale per (g, position) after each plane's elements.
+ * Attention of one query token against kv head g works through chunks of DEC_PC positions; chunk j
+ * gives per query head its max m_j, l_j = sum exp(s - m_j) and o_j = sum exp(s - m_j) V, and the
+ * chunks are folded left to right (M = max, L = L a + l_j b, O = O a + o_j b with a = exp(M_old - M),
+ * b = exp(m_j - M)), then O / L.  A unit of work is (token, kv head) for a prompt, which folds as
+ * it goes, or (kv head, chunk) for one token, whose partials the caller's thread folds afterwards
+ * in the same order: the same operations either way, whatever the thread count or vector width. */
+#define DEC_KT 8                  /* positions per K tile */
+#define DEC_TV (DEC_KT / DEC_VW)  /* vectors per K tile column */
+#define DEC_PC 64                 /* positions per chunk */
+#define DEC_HB 4                  /* query heads whose scores / values share each loaded K / V vector */
+
+typedef int32_t dec_vi __attribute__((vector_size(DEC_VW * 4)));
+typedef uint32_t dec_vu __attribute__((vector_size(DEC_VW * 4)));
+typedef uint16_t dec_vh __attribute__((vector_size(DEC_VW * 2)));
+typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
+
+#if defined(__F16C__) && DEC_VW == 8
+#include <immintrin.h>
+#define dec_ld_h(p) ((dec_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p))))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_ld_h(p) ((dec_vf)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p)))))
+#else
+/* IEEE half -> float in integer operations, exact (dec_h2f on DEC_VW lanes) */
+#define dec_ld_h(p) __extension__({                                                          \
+        dec_vh h_;                                                                           \
+        __builtin_memcpy(&h_, (p), sizeof h_);                                               \
+        dec_vu u_ = __builtin_convertvector(h_, dec_vu);                                     \
+        dec_vf m_ = (dec_vf)((u_ & 0x7fffu) << 13) * 0x1p112f;                               \
+        (dec_vf)(((u_ & 0x8000u) << 16) | (dec_vu)m_);                                       \
+    })
+#endif
+#define dec_ld_b(p) __extension__({                                                          \
+        dec_vb b_;                                                                           \
+        __builtin_memcpy(&b_, (p), sizeof b_);                                               \
+        __builtin_convertvector(__builtin_convertvector(b_, dec_vi), dec_vf);                \
+    })
+/* DEC_VW cache elements from element index i of base, as floats (int8: unscaled) */
+#define dec_ld_kv(kvt, base, i)                                                              \
+    ((kvt) == BNE_KV_F32 ? dec_ld((const float *)(base) + (i))                               \
+     : (kvt) == BNE_KV_F16 ? dec_ld_h((const uint16_t *)(base) + (i))                        \
+                           : dec_ld_b((const int8_t *)(base) + (i)))
+
+/* dec_expf on every lane (the same operations, so the same bits) */
+DEC_INLINE dec_vf dec_expv(dec_vf x) {
+    const dec_vf lo = (dec_vf){0} - 87.0f, hi = (dec_vf){0} + 88.0f;
+    dec_vi m = x < lo;
+    x = (dec_vf)((m & (dec_vi)lo) | (~m & (dec_vi)x));
+    m = x > hi;
+    x = (dec_vf)((m & (dec_vi)hi) | (~m & (dec_vi)x));
+    dec_vf kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    dec_vf r = x - kf * 0.693145751953125f;
+    r = r - kf * 1.42860682030941723e-06f;
+    dec_vf p = (dec_vf){0} + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * (dec_vf)((__builtin_convertvector(kf, dec_vi) + 127) << 23);
+}
+
 typedef struct {
     const bne_decoder *d;
     const bne_dec_layout *lo;
     const float *qkv;     /* (n, qkvd), q already rotated */
-    uint8_t *kv;          /* this layer's cache */
-    size_t capacity, pos0, n;
-    float *scores;        /* (heads, capacity) */
+    const uint8_t *kv;    /* this layer's cache */
+    size_t pos0, n;
+    float *part;          /* one token: (heads, chunks, head_dim + 2) o_j, m_j, l_j */
     float *out;           /* (n, qd) */
 } dec_attn;
 
-/* A K or V row as floats: f16 converted, int8 times its scale (f32 rows are used in place). */
-DEC_INLINE void dec_kv_row(int kvt, const uint8_t *r, float scale, size_t n, float *dst) {
-    if (kvt == BNE_KV_F16) {
-        const uint16_t *h = (const uint16_t *)r;
-        for (size_t c = 0; c < n; ++c) dst[c] = dec_h2f(h[c]);
-    } else {
-        const int8_t *q = (const int8_t *)r;
-        for (size_t c = 0; c < n; ++c) dst[c] = (float)q[c] * scale;
+/* Raw scores (before the scale) of hb heads q[h * hd ..] against nt K tiles from `tiles`:
+ * s[h * DEC_PC + j * DEC_KT + lane], each the sum over c of q[c] k[c] in order. */
+DEC_INLINE void dec_scores_tiles(int kvt, int hb, int nt, const float *q, size_t hd, const uint8_t *tiles,
+                                 size_t tile_bytes, float *s) {
+    dec_vf a[DEC_HB][2][DEC_TV];
+    for (int h = 0; h < hb; ++h)
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = (dec_vf){0};
+    for (size_t c = 0; c < hd; ++c) {
+        dec_vf k[2][DEC_TV];
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) k[j][v] = dec_ld_kv(kvt, tiles + j * tile_bytes, c * DEC_KT + v * DEC_VW);
+        for (int h = 0; h < hb; ++h) {
+            const dec_vf qb = (dec_vf){0} + q[h * hd + c];
+            for (int j = 0; j < nt; ++j)
+                for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = a[h][j][v] + qb * k[j][v];
+        }
     }
+    for (int h = 0; h < hb; ++h)
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) dec_st(s + h * DEC_PC + j * DEC_KT + v * DEC_VW, a[h][j][v]);
 }
 
-#define DEC_VB 32                       /* output floats of a head kept in registers over positions */
-#define DEC_CHUNK_FLOATS 8192           /* converted value rows at a time (32 KB of stack) */
-
-/* o[c0 .. c0+32) += sum over t < tl of p[t] * V_t[c0 ..), positions in order (the 32 floats stay
- * in registers over all positions). */
-DEC_INLINE void dec_values_block(const float *p, size_t tl, const float *v0, size_t ldv, float *o) {
-    dec_vf a[DEC_VB / DEC_VW];
-    for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = dec_ld(o + k * DEC_VW);
+/* Sum over t < tl of w[h * DEC_PC + t] * V_t[c0 .. c0 + 16) for hb heads, positions in order; into
+ * o[h * ldo ..] (fold: o = o * fa[h] + sum * fb[h]; first chunk: o = sum; store: o = sum). */
+DEC_INLINE void dec_values16(int kvt, int hb, const float *w, size_t tl, const uint8_t *v0, size_t ldv_elems,
+                             size_t c0, float *o, size_t ldo, int mode, const float *fa, const float *fb) {
+    dec_vf a[DEC_HB][DEC_NV];
+    for (int h = 0; h < hb; ++h)
+        for (int k = 0; k < DEC_NV; ++k) a[h][k] = (dec_vf){0};
     for (size_t t = 0; t < tl; ++t) {
-        const dec_vf pt = (dec_vf){0} + p[t];
-        const float *v = v0 + t * ldv;
-        __builtin_prefetch(v + 8 * ldv);
-        for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = a[k] + pt * dec_ld(v + k * DEC_VW);
+        dec_vf v[DEC_NV];
+        for (int k = 0; k < DEC_NV; ++k) v[k] = dec_ld_kv(kvt, v0, t * ldv_elems + c0 + k * DEC_VW);
+        for (int h = 0; h < hb; ++h) {
+            const dec_vf wb = (dec_vf){0} + w[h * DEC_PC + t];
+            for (int k = 0; k < DEC_NV; ++k) a[h][k] = a[h][k] + wb * v[k];
+        }
     }
-    for (int k = 0; k < DEC_VB / DEC_VW; ++k) dec_st(o + k * DEC_VW, a[k]);
+    for (int h = 0; h < hb; ++h)
+        for (int k = 0; k < DEC_NV; ++k) {
+            float *p = o + h * ldo + c0 + k * DEC_VW;
+            dec_st(p, mode == 1 ? dec_ld(p) * fa[h] + a[h][k] * fb[h] : a[h][k]);
+        }
 }
 
-/* Query heads per attention work unit: pairs when a kv head serves an even number of them (a decode
- * step of the 2B shape then has 10 units, which 2 threads share evenly), else one. */
-static size_t dec_attn_hb(const bne_decoder *d) { return (d->heads / d->kv_heads) % 2 == 0 ? 2 : 1; }
+/* The same for one column c (head_dim not a multiple of 16): the same operations per lane. */
+DEC_INLINE void dec_values1(int kvt, int hb, const float *w, size_t tl, const uint8_t *v0, size_t ldv_elems,
+                            size_t c, float *o, size_t ldo, int mode, const float *fa, const float *fb) {
+    for (int h = 0; h < hb; ++h) {
+        float a = 0.0f;
+        for (size_t t = 0; t < tl; ++t) {
+            const size_t e = t * ldv_elems + c;
+            const float v = kvt == BNE_KV_F32 ? ((const float *)v0)[e]
+                            : kvt == BNE_KV_F16 ? dec_h2f(((const uint16_t *)v0)[e])
+                                                : (float)((const int8_t *)v0)[e];
+            a = a + w[h * DEC_PC + t] * v;
+        }
+        float *p = o + h * ldo + c;
+        *p = mode == 1 ? *p * fa[h] + a * fb[h] : a;
+    }
+}
 
-/* Work units u in [u0, u1): u = (i * kv_heads + g) * (groups / hb) + b, query token i against kv head
- * g, for hb of the query heads sharing it (block b).  Each cached row is read (and converted) once
- * for them; per head the operations and their order do not depend on the grouping, thread count
- * or vector width. */
-static void dec_attn_range(void *ctx, size_t u0, size_t u1) {
-    const dec_attn *A = (const dec_attn *)ctx;
+/* One chunk of positions [t0, t0 + tl) of kv head g for hb query heads q (hd apart):
+ * m[h], l[h] and the weighted values into o (mode 0 first chunk / 2 store: o = o_j; 1: fold into o,
+ * whose running max / sum are m[h], l[h]). */
+DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t0, size_t tl, const float *q,
+                          float *o, size_t ldo, int mode, float *m, float *l) {
     const bne_decoder *d = A->d;
-    const size_t hd = d->head_dim, hb = dec_attn_hb(d), nblk = d->heads / d->kv_heads / hb, cap = A->capacity,
-                 row = A->lo->kv_row;
-    const size_t groups = hb; /* the heads of one unit */
-    const int kvt = d->kv_type;
-    const int vec = hd % DEC_VB == 0 && hd <= DEC_CHUNK_FLOATS / 16; /* the blocked value path */
-    const size_t chunk = vec ? DEC_CHUNK_FLOATS / hd : 0;
-    const uint8_t *kplane = A->kv, *vplane = A->kv + A->lo->kv_plane;
-    const size_t scale_off = (d->kv_heads * cap * row + 63) & ~(size_t)63;
-    float buf[DEC_CHUNK_FLOATS];
-    for (size_t u = u0; u < u1; ++u) {
-        const size_t ig = u / nblk, i = ig / d->kv_heads, g = ig % d->kv_heads, h0 = g * nblk * hb + (u % nblk) * hb;
-        const size_t row0 = g * cap; /* first cache row of this kv head */
-        const float *kscale = (const float *)(kplane + scale_off) + row0;
-        const float *vscale = (const float *)(vplane + scale_off) + row0;
-        const size_t len = A->pos0 + i + 1; /* causal: positions 0 .. pos0 + i */
-        const float *q0 = A->qkv + i * A->lo->qkvd + h0 * hd;
-        for (size_t t = 0; t < len; ++t) { /* scores of every head of the group */
-            const uint8_t *kr = kplane + (row0 + t) * row;
-            __builtin_prefetch(kr + 8 * row);
-            const float *k = (const float *)kr;
-            if (kvt != BNE_KV_F32 && hd <= DEC_CHUNK_FLOATS) {
-                dec_kv_row(kvt, kr, kvt == BNE_KV_I8 ? kscale[t] : 1.0f, hd, buf);
-                k = buf;
-            }
-            if (groups == 2 && (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS)) {
-                float r0, r1;
-                dec_dot2(q0, q0 + hd, k, hd, &r0, &r1);
-                A->scores[h0 * cap + t] = r0 * d->attn_scale;
-                A->scores[(h0 + 1) * cap + t] = r1 * d->attn_scale;
-                continue;
-            }
-            for (size_t h = 0; h < groups; ++h) {
-                float dot;
-                if (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS) dot = dec_dot(q0 + h * hd, k, hd);
-                else if (kvt == BNE_KV_F16) dot = dec_dot_h(q0 + h * hd, (const uint16_t *)kr, hd);
-                else dot = dec_dot_i8(q0 + h * hd, (const int8_t *)kr, hd) * kscale[t];
-                A->scores[(h0 + h) * cap + t] = dot * d->attn_scale;
-            }
+    const bne_dec_layout *lo = A->lo;
+    const size_t hd = d->head_dim, elem = lo->kv_row / hd, tile_bytes = DEC_KT * lo->kv_row;
+    const uint8_t *kplane = A->kv, *vplane = A->kv + lo->kv_plane;
+    const size_t rows = d->kv_heads * lo->kv_cap, r0 = g * lo->kv_cap + t0; /* first cache row */
+    const size_t scale_off = (rows * lo->kv_row + 63) & ~(size_t)63;
+    float s[DEC_HB * DEC_PC];
+    const size_t ntiles = (tl + DEC_KT - 1) / DEC_KT, padded = (tl + DEC_L - 1) / DEC_L * DEC_L;
+    const uint8_t *k0 = kplane + r0 * lo->kv_row;
+    size_t j = 0;
+    for (; j + 2 <= ntiles; j += 2) dec_scores_tiles(kvt, hb, 2, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
+    if (j < ntiles) dec_scores_tiles(kvt, hb, 1, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
+    const float *ks = (const float *)(kplane + scale_off) + r0, *vs = (const float *)(vplane + scale_off) + r0;
+    float fa[DEC_HB] = {0}, fb[DEC_HB] = {0};
+    for (int h = 0; h < hb; ++h) { /* scale, max, exp, sum */
+        float *sh = s + h * DEC_PC;
+        if (kvt == BNE_KV_I8)
+            for (size_t t = 0; t < tl; ++t) sh[t] = (sh[t] * ks[t]) * d->attn_scale;
+        else
+            for (size_t t = 0; t < tl; ++t) sh[t] = sh[t] * d->attn_scale;
+        float mx = sh[0];
+        for (size_t t = 1; t < tl; ++t) mx = sh[t] > mx ? sh[t] : mx; /* exact in any order */
+        for (size_t t = tl; t < padded; ++t) sh[t] = mx;            /* exp(0) = 1, zeroed below */
+        const dec_vf mv = (dec_vf){0} + mx;
+        for (size_t t = 0; t < padded; t += DEC_VW) dec_st(sh + t, dec_expv(dec_ld(sh + t) - mv));
+        for (size_t t = tl; t < padded; ++t) sh[t] = 0.0f;
+        dec_vf acc[DEC_NV];
+        for (int k = 0; k < DEC_NV; ++k) acc[k] = (dec_vf){0};
+        for (size_t t = 0; t < padded; t += DEC_L)
+            for (int k = 0; k < DEC_NV; ++k) acc[k] = acc[k] + dec_ld(sh + t + k * DEC_VW);
+        float lanes[DEC_L];
+        for (int k = 0; k < DEC_NV; ++k) dec_st(lanes + k * DEC_VW, acc[k]);
+        const float lj = dec_lanes_sum(lanes);
+        if (mode == 1) { /* fold: new max, rescale factors */
+            const float M = m[h] > mx ? m[h] : mx;
+            fa[h] = dec_expf(m[h] - M);
+            fb[h] = dec_expf(mx - M);
+            l[h] = l[h] * fa[h] + lj * fb[h];
+            m[h] = M;
+        } else {
+            m[h] = mx;
+            l[h] = lj;
         }
-        for (size_t h = 0; h < groups; ++h) { /* softmax of each head's scores, in place */
-            float *s = A->scores + (h0 + h) * cap;
-            float mx = s[0];
-            for (size_t t = 1; t < len; ++t) mx = s[t] > mx ? s[t] : mx; /* exact in any order */
-            for (size_t t = 0; t < len; ++t) s[t] = dec_expf(s[t] - mx);
-            float acc[DEC_L] = {0};
-            size_t t = 0;
-            for (; t + DEC_L <= len; t += DEC_L)
-                for (int l = 0; l < DEC_L; ++l) acc[l] += s[t + l];
-            for (int l = 0; t + (size_t)l < len; ++l) acc[l] += s[t + l];
-            const float inv = 1.0f / dec_lanes_sum(acc);
-            for (t = 0; t < len; ++t) s[t] = s[t] * inv;
-            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-            for (size_t c = 0; c < hd; ++c) o[c] = 0.0f;
+        if (kvt == BNE_KV_I8)
+            for (size_t t = 0; t < tl; ++t) sh[t] = sh[t] * vs[t];
+    }
+    const uint8_t *v0 = vplane + r0 * lo->kv_row;
+    size_t c = 0;
+    if (hd % DEC_L == 0)
+        for (; c < hd; c += DEC_L) dec_values16(kvt, hb, s, tl, v0, hd, c, o, ldo, mode, fa, fb);
+    for (; c < hd; ++c) dec_values1(kvt, hb, s, tl, v0, hd, c, o, ldo, mode, fa, fb);
+    (void)elem;
+}
+
+/* All chunks of hb heads of token i against kv head g (folding), or only chunk jc (jc != -1:
+ * o_j, m_j, l_j into A->part). */
+DEC_INLINE void dec_attn_heads(const dec_attn *A, int kvt, int hb, size_t i, size_t g, size_t h0, size_t jc) {
+    const bne_decoder *d = A->d;
+    const size_t hd = d->head_dim, len = A->pos0 + i + 1;
+    const float *q = A->qkv + i * A->lo->qkvd + h0 * hd;
+    float m[DEC_HB], l[DEC_HB];
+    if (jc != (size_t)-1) {
+        const size_t nch = (len + DEC_PC - 1) / DEC_PC, t0 = jc * DEC_PC, tl = len - t0 < DEC_PC ? len - t0 : DEC_PC;
+        float *p = A->part + (h0 * nch + jc) * (hd + 2); /* head h at + h * nch * (hd + 2) */
+        const size_t ldp = nch * (hd + 2);
+        dec_chunk(A, kvt, hb, g, t0, tl, q, p, ldp, 2, m, l);
+        for (int h = 0; h < hb; ++h) {
+            p[h * ldp + hd] = m[h];
+            p[h * ldp + hd + 1] = l[h];
         }
-        const uint8_t *vbase = vplane + row0 * row;
-        if (vec) { /* positions in chunks (converted once for the group), 32 output floats at a time */
-            for (size_t t0 = 0; t0 < len; t0 += chunk) {
-                const size_t tl = len - t0 < chunk ? len - t0 : chunk;
-                const float *v0 = (const float *)(vbase + t0 * row);
-                size_t ldv = row / 4;
-                if (kvt != BNE_KV_F32) {
-                    for (size_t t = 0; t < tl; ++t)
-                        dec_kv_row(kvt, vbase + (t0 + t) * row, kvt == BNE_KV_I8 ? vscale[t0 + t] : 1.0f, hd,
-                                   buf + t * hd);
-                    v0 = buf;
-                    ldv = hd;
-                }
-                for (size_t h = 0; h < groups; ++h) {
-                    const float *p = A->scores + (h0 + h) * cap + t0;
-                    float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-                    for (size_t c = 0; c < hd; c += DEC_VB) dec_values_block(p, tl, v0 + c, ldv, o + c);
-                }
-            }
-            continue;
-        }
-        for (size_t h = 0; h < groups; ++h) { /* the general case, one element at a time */
-            const float *s = A->scores + (h0 + h) * cap;
-            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-            for (size_t c = 0; c < hd; ++c) {
-                float a = 0.0f;
-                for (size_t t = 0; t < len; ++t) {
-                    const uint8_t *vr = vbase + t * row;
-                    float v = kvt == BNE_KV_F32 ? ((const float *)vr)[c]
-                              : kvt == BNE_KV_F16 ? dec_h2f(((const uint16_t *)vr)[c])
-                                                  : (float)((const int8_t *)vr)[c] * vscale[t];
-                    a = a + s[t] * v;
-                }
-                o[c] = a;
-            }
-        }
+        return;
+    }
+    float *o = A->out + i * A->lo->qd + h0 * hd;
+    for (size_t t0 = 0; t0 < len; t0 += DEC_PC)
+        dec_chunk(A, kvt, hb, g, t0, len - t0 < DEC_PC ? len - t0 : DEC_PC, q, o, hd, t0 ? 1 : 0, m, l);
+    for (int h = 0; h < hb; ++h) {
+        const float inv = 1.0f / l[h];
+        for (size_t c = 0; c < hd; ++c) o[h * hd + c] = o[h * hd + c] * inv;
     }
 }
 
-/* Write one rotated key / value row (hd floats) to cache row r of a plane. */
-static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, size_t capacity, size_t r,
-                          const float *src) {
-    const size_t hd = d->head_dim;
-    uint8_t *dst = plane + r * lo->kv_row;
+/* Query heads h0 .. h0 + nh of kv head g, in blocks of up to DEC_HB (constants for the compiler). */
+static void dec_attn_group(const dec_attn *A, size_t i, size_t g, size_t jc) {
+    const bne_decoder *d = A->d;
+    const size_t G = d->heads / d->kv_heads;
+    const int kvt = d->kv_type;
+    for (size_t h = 0; h < G; h += DEC_HB) {
+        const size_t hb = G - h < DEC_HB ? G - h : DEC_HB, h0 = g * G + h;
+#define DEC_ATTN_CASE(K, B) \
+    case (K) * 8 + (B): dec_attn_heads(A, K, B, i, g, h0, jc); break;
+        switch (kvt * 8 + (int)hb) {
+            DEC_ATTN_CASE(BNE_KV_F32, 1) DEC_ATTN_CASE(BNE_KV_F32, 2) DEC_ATTN_CASE(BNE_KV_F32, 3)
+            DEC_ATTN_CASE(BNE_KV_F32, 4) DEC_ATTN_CASE(BNE_KV_F16, 1) DEC_ATTN_CASE(BNE_KV_F16, 2)
+            DEC_ATTN_CASE(BNE_KV_F16, 3) DEC_ATTN_CASE(BNE_KV_F16, 4) DEC_ATTN_CASE(BNE_KV_I8, 1)
+            DEC_ATTN_CASE(BNE_KV_I8, 2) DEC_ATTN_CASE(BNE_KV_I8, 3) DEC_ATTN_CASE(BNE_KV_I8, 4)
+        default: break;
+        }
+#undef DEC_ATTN_CASE
+    }
+}
+
+/* Units of a prompt: u = i * kv_heads + g, every chunk, folded as they come. */
+static void dec_attn_tokens(void *ctx, size_t u0, size_t u1) {
+    const dec_attn *A = (const dec_attn *)ctx;
+    for (size_t u = u0; u < u1; ++u) dec_attn_group(A, u / A->d->kv_heads, u % A->d->kv_heads, (size_t)-1);
+}
+
+/* Units of one token: u = g * chunks + j. */
+static void dec_attn_chunks(void *ctx, size_t u0, size_t u1) {
+    const dec_attn *A = (const dec_attn *)ctx;
+    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC;
+    for (size_t u = u0; u < u1; ++u) dec_attn_group(A, 0, u / nch, u % nch);
+}
+
+/* After dec_attn_chunks: fold each head's chunks in order into the attention output (the same
+ * operations as dec_chunk's fold). */
+static void dec_attn_fold(const dec_attn *A) {
+    const size_t hd = A->d->head_dim, nch = (A->pos0 + DEC_PC) / DEC_PC;
+    for (size_t h = 0; h < A->d->heads; ++h) {
+        const float *p = A->part + h * nch * (hd + 2);
+        float *o = A->out + h * hd;
+        float m = p[hd], l = p[hd + 1];
+        for (size_t c = 0; c < hd; ++c) o[c] = p[c];
+        for (size_t j = 1; j < nch; ++j) {
+            const float *pj = p + j * (hd + 2), mj = pj[hd];
+            const float M = m > mj ? m : mj, fa = dec_expf(m - M), fb = dec_expf(mj - M);
+            l = l * fa + pj[hd + 1] * fb;
+            m = M;
+            for (size_t c = 0; c < hd; ++c) o[c] = o[c] * fa + pj[c] * fb;
+        }
+        const float inv = 1.0f / l;
+        for (size_t c = 0; c < hd; ++c) o[c] = o[c] * inv;
+    }
+}
+
+/* Write one rotated key / value (hd floats) of kv head g at position t to a layer's cache. */
+static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, int is_k, size_t g,
+                          size_t t, const float *src) {
+    const size_t hd = d->head_dim, r = g * lo->kv_cap + t;
+    /* element c at dst[c * step] */
+    uint8_t *dst = is_k ? plane + (r - t % DEC_KT) * lo->kv_row : plane + r * lo->kv_row;
+    const size_t step = is_k ? DEC_KT : 1, off = is_k ? t % DEC_KT : 0;
     if (d->kv_type == BNE_KV_F32) {
-        bne_copy(dst, src, hd * 4);
+        float *f = (float *)dst + off;
+        for (size_t c = 0; c < hd; ++c) f[c * step] = src[c];
     } else if (d->kv_type == BNE_KV_F16) {
-        uint16_t *h = (uint16_t *)dst;
-        for (size_t c = 0; c < hd; ++c) h[c] = dec_f2h(src[c]);
+        uint16_t *h = (uint16_t *)dst + off;
+        for (size_t c = 0; c < hd; ++c) h[c * step] = dec_f2h(src[c]);
     } else {
         float amax = 0.0f;
         for (size_t c = 0; c < hd; ++c) {
@@ -449,9 +590,9 @@ static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_
         }
         if (amax < 1e-5f) amax = 1e-5f;
         const float s = 127.0f / amax;
-        int8_t *q = (int8_t *)dst;
-        for (size_t c = 0; c < hd; ++c) q[c] = bne_quant1(src[c], s);
-        const size_t scale_off = (d->kv_heads * capacity * lo->kv_row + 63) & ~(size_t)63;
+        int8_t *q = (int8_t *)dst + off;
+        for (size_t c = 0; c < hd; ++c) q[c * step] = bne_quant1(src[c], s);
+        const size_t scale_off = (d->kv_heads * lo->kv_cap * lo->kv_row + 63) & ~(size_t)63;
         ((float *)(plane + scale_off))[r] = 1.0f / s;
     }
 }
@@ -530,7 +671,7 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
     uint8_t *W = (uint8_t *)work;
     float *x = (float *)(W + lo.x), *h = (float *)(W + lo.h), *qkv = (float *)(W + lo.qkv);
     float *att = (float *)(W + lo.att), *gate = (float *)(W + lo.gu), *up = gate + n * d->ffn;
-    float *yo = (float *)(W + lo.yo), *xs = (float *)(W + lo.xs), *scores = (float *)(W + lo.scores);
+    float *yo = (float *)(W + lo.yo), *xs = (float *)(W + lo.xs), *part = (float *)(W + lo.part);
     int8_t *xq = (int8_t *)(W + lo.xq);
     int32_t *xsum = (int32_t *)(W + lo.xsum);
     const size_t H = d->hidden, F = d->ffn, hd = d->head_dim;
@@ -560,17 +701,23 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
             dec_rope(d, row, d->heads, pos0 + i);
             dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
             for (size_t g = 0; g < d->kv_heads; ++g) {
-                dec_cache_put(d, &lo, kv, capacity, g * capacity + pos0 + i, row + lo.qd + g * hd);
-                dec_cache_put(d, &lo, kv + lo.kv_plane, capacity, g * capacity + pos0 + i, row + lo.qd + lo.kvd + g * hd);
+                dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
+                dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
             }
         }
-        dec_attn aj = {d, &lo, qkv, kv, capacity, pos0, n, scores, att};
+        dec_attn aj = {d, &lo, qkv, kv, pos0, n, part, att};
         dec_tick(d, &t, 0);
-        const size_t units = n * d->heads / dec_attn_hb(d);
-        if ((pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS)
-            dec_attn_range(&aj, 0, units); /* a short decode step's attention: not worth a job */
-        else
-            bne_pool_run(dec_attn_range, &aj, units, 1);
+        const int inline_attn = (pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS; /* not worth a job */
+        if (n == 1) {
+            const size_t units = d->kv_heads * ((pos0 + DEC_PC) / DEC_PC);
+            if (inline_attn) dec_attn_chunks(&aj, 0, units);
+            else bne_pool_run(dec_attn_chunks, &aj, units, 1);
+            dec_attn_fold(&aj);
+        } else if (inline_attn) {
+            dec_attn_tokens(&aj, 0, n * d->kv_heads);
+        } else {
+            bne_pool_run(dec_attn_tokens, &aj, n * d->kv_heads, 1);
+        }
         dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};
