@@ -380,7 +380,7 @@ DEC_INLINE void dec_scores_tiles(int kvt, int hb, int nt, const float *q, size_t
         for (int j = 0; j < nt; ++j)
             for (int v = 0; v < DEC_TV; ++v) k[j][v] = dec_ld_kv(kvt, tiles + j * tile_bytes, c * DEC_KT + v * DEC_VW);
         for (int h = 0; h < hb; ++h) {
-            const dec_vf qb = (dec_vf){0} + q[h * hd + c];
+            const dec_vf qb = q[h * hd + c] - (dec_vf){0};
             for (int j = 0; j < nt; ++j)
                 for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = a[h][j][v] + qb * k[j][v];
         }
@@ -401,7 +401,7 @@ DEC_INLINE void dec_values16(int kvt, int hb, const float *w, size_t tl, const u
         dec_vf v[DEC_NV];
         for (int k = 0; k < DEC_NV; ++k) v[k] = dec_ld_kv(kvt, v0, t * ldv_elems + c0 + k * DEC_VW);
         for (int h = 0; h < hb; ++h) {
-            const dec_vf wb = (dec_vf){0} + w[h * DEC_PC + t];
+            const dec_vf wb = w[h * DEC_PC + t] - (dec_vf){0};
             for (int k = 0; k < DEC_NV; ++k) a[h][k] = a[h][k] + wb * v[k];
         }
     }
@@ -442,7 +442,12 @@ DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t
     const size_t scale_off = (rows * lo->kv_row + 63) & ~(size_t)63;
     float s[DEC_HB * DEC_PC];
     const size_t ntiles = (tl + DEC_KT - 1) / DEC_KT, padded = (tl + DEC_L - 1) / DEC_L * DEC_L;
-    const uint8_t *k0 = kplane + r0 * lo->kv_row;
+    const uint8_t *k0 = kplane + r0 * lo->kv_row, *v0 = vplane + r0 * lo->kv_row;
+    /* the chunk's K and V lines into L2 now: their misses overlap each other and the scores */
+    for (size_t b = 0; b < tl * lo->kv_row; b += 64) {
+        __builtin_prefetch(k0 + b, 0, 2);
+        __builtin_prefetch(v0 + b, 0, 2);
+    }
     size_t j = 0;
     for (; j + 2 <= ntiles; j += 2) dec_scores_tiles(kvt, hb, 2, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
     if (j < ntiles) dec_scores_tiles(kvt, hb, 1, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
@@ -457,7 +462,7 @@ DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t
         float mx = sh[0];
         for (size_t t = 1; t < tl; ++t) mx = sh[t] > mx ? sh[t] : mx; /* exact in any order */
         for (size_t t = tl; t < padded; ++t) sh[t] = mx;            /* exp(0) = 1, zeroed below */
-        const dec_vf mv = (dec_vf){0} + mx;
+        const dec_vf mv = mx - (dec_vf){0};
         for (size_t t = 0; t < padded; t += DEC_VW) dec_st(sh + t, dec_expv(dec_ld(sh + t) - mv));
         for (size_t t = tl; t < padded; ++t) sh[t] = 0.0f;
         dec_vf acc[DEC_NV];
@@ -480,7 +485,6 @@ DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t
         if (kvt == BNE_KV_I8)
             for (size_t t = 0; t < tl; ++t) sh[t] = sh[t] * vs[t];
     }
-    const uint8_t *v0 = vplane + r0 * lo->kv_row;
     size_t c = 0;
     if (hd % DEC_L == 0)
         for (; c < hd; c += DEC_L) dec_values16(kvt, hb, s, tl, v0, hd, c, o, ldo, mode, fa, fb);
