@@ -326,6 +326,14 @@ typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
         (dec_vf)(((u_ & 0x8000u) << 16) | (dec_vu)m_);                                       \
     })
 #endif
+/* float -> IEEE half, round to nearest even (dec_f2h on DEC_VW lanes: the same bits) */
+#if defined(__F16C__) && DEC_VW == 8
+#define dec_st_h(p, v) _mm_storeu_si128((__m128i *)(void *)(p), _mm256_cvtps_ph((__m256)(v), _MM_FROUND_TO_NEAREST_INT))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_st_h(p, v) vst1_u16((uint16_t *)(p), vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)(v))))
+#else
+#define dec_st_h(p, v) do { float f_[DEC_VW]; dec_st(f_, (v)); for (int l_ = 0; l_ < DEC_VW; ++l_) (p)[l_] = dec_f2h(f_[l_]); } while (0)
+#endif
 #define dec_ld_b(p) __extension__({                                                          \
         dec_vb b_;                                                                           \
         __builtin_memcpy(&b_, (p), sizeof b_);                                               \
@@ -584,8 +592,13 @@ static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_
         float *f = (float *)dst + off;
         for (size_t c = 0; c < hd; ++c) f[c * step] = src[c];
     } else if (d->kv_type == BNE_KV_F16) {
-        uint16_t *h = (uint16_t *)dst + off;
-        for (size_t c = 0; c < hd; ++c) h[c * step] = dec_f2h(src[c]);
+        uint16_t *h = (uint16_t *)dst + off, tmp[DEC_VW];
+        size_t c = 0;
+        for (; c + DEC_VW <= hd; c += DEC_VW) {
+            dec_st_h(tmp, dec_ld(src + c));
+            for (int l = 0; l < DEC_VW; ++l) h[(c + l) * step] = tmp[l];
+        }
+        for (; c < hd; ++c) h[c * step] = dec_f2h(src[c]);
     } else {
         float amax = 0.0f;
         for (size_t c = 0; c < hd; ++c) {
@@ -621,6 +634,12 @@ static void dec_rope(const bne_decoder *d, float *row, size_t heads, size_t pos)
  * xq/xs with row sums xsum. */
 static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, size_t k, const float *w, float eps,
                           float *dst, int8_t *xq, float *xs, int32_t *xsum) {
+    /* The norm's weights come from DRAM (the linears' weights have streamed through the caches
+     * since the last token) and half of the input from the other core: ask for every line now, so
+     * the misses overlap instead of stalling the passes below one by one. */
+    for (size_t b = 0; b < m * k; b += 16) __builtin_prefetch(src + b, 0, 3);
+    if (w)
+        for (size_t b = 0; b < k; b += 16) __builtin_prefetch(w + b, 0, 3);
     if (w) {
         for (size_t i = 0; i < m; ++i) dec_rmsnorm(src + i * k, w, k, eps, dst + i * k);
         src = dst;
@@ -697,6 +716,10 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         mj.start[1] = lo.qd;
         mj.start[2] = lo.qd + lo.kvd;
         mj.start[3] = lo.qkvd;
+        for (size_t g = 0; g < d->kv_heads && n == 1; ++g) { /* the K tile lines this token writes */
+            const uint8_t *tile = kv + (g * lo.kv_cap + (pos0 & ~(size_t)(DEC_KT - 1))) * lo.kv_row;
+            for (size_t b = 0; b < DEC_KT * lo.kv_row; b += 64) __builtin_prefetch(tile + b, 1, 3);
+        }
         dec_tick(d, &t, 0);
         bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
         dec_tick(d, &t, 2);
