@@ -24,7 +24,7 @@
 /* Attention below this many multiply-adds (scores) runs on the caller's thread (a decode step at a
  * context below ~100 for the 2B shape): a pool job costs a wake-up.  Above, the heads are split
  * over the threads, which also read the cache from DRAM in parallel. */
-#define DEC_ATTN_POOL_MACS ((size_t)1 << 18)
+#define DEC_ATTN_POOL_MACS ((size_t)1 << 16)
 #define DEC_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(_M_X64)
