@@ -311,8 +311,10 @@ typedef uint32_t dec_vu __attribute__((vector_size(DEC_VW * 4)));
 typedef uint16_t dec_vh __attribute__((vector_size(DEC_VW * 2)));
 typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
 
-#if defined(__F16C__) && DEC_VW == 8
+#if defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if defined(__F16C__) && DEC_VW == 8
 #define dec_ld_h(p) ((dec_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p))))
 #elif defined(__aarch64__) && DEC_VW == 4
 #define dec_ld_h(p) ((dec_vf)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p)))))
@@ -334,11 +336,23 @@ typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
 #else
 #define dec_st_h(p, v) do { float f_[DEC_VW]; dec_st(f_, (v)); for (int l_ = 0; l_ < DEC_VW; ++l_) (p)[l_] = dec_f2h(f_[l_]); } while (0)
 #endif
+/* DEC_VW int8 -> float */
+#if defined(__AVX2__) && DEC_VW == 8
+#define dec_ld_b(p) ((dec_vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_ld_b(p) __extension__({                                                          \
+        int32_t w_;                                                                          \
+        __builtin_memcpy(&w_, (p), 4);                                                       \
+        int8x8_t b_ = vreinterpret_s8_s32(vdup_n_s32(w_));                                   \
+        (dec_vf)vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b_))));                        \
+    })
+#else
 #define dec_ld_b(p) __extension__({                                                          \
         dec_vb b_;                                                                           \
         __builtin_memcpy(&b_, (p), sizeof b_);                                               \
         __builtin_convertvector(__builtin_convertvector(b_, dec_vi), dec_vf);                \
     })
+#endif
 /* DEC_VW cache elements from element index i of base, as floats (int8: unscaled) */
 #define dec_ld_kv(kvt, base, i)                                                              \
     ((kvt) == BNE_KV_F32 ? dec_ld((const float *)(base) + (i))                               \
