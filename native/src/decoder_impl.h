@@ -11,7 +11,8 @@
  *   [main] h = in_norm(x), quantized once for q, k, v     (one pass: norm, absmax, round)
  *   [pool] q | k | v: one job over the three matrices' rows
  *   [main] RoPE on q and k, k and v written to the cache
- *   [pool] attention, one head per chunk (scores, softmax, weighted values)
+ *   [pool] attention: (token, kv head) units, or (kv head, 64 positions) for one token (scores,
+ *          softmax, weighted values of the query heads sharing the kv head; see "attention")
  *   [main] attn_sub_norm + quantize;  [pool] o rows + the residual add of those columns
  *   [main] post_norm + quantize;      [pool] gate and up rows + act(gate) * up of those columns
  *   [main] ffn_sub_norm + quantize;   [pool] down rows + the residual add
@@ -22,8 +23,8 @@
 
 #define DEC_L 16 /* float lanes of the reductions */
 /* Attention below this many multiply-adds (scores) runs on the caller's thread (a decode step at a
- * context below ~100 for the 2B shape): a pool job costs a wake-up.  Above, the heads are split
- * over the threads, which also read the cache from DRAM in parallel. */
+ * context below ~26 for the 2B shape): a pool job costs a hand-over.  Above, kv heads x chunks of
+ * positions are split over the threads, which also read the cache from DRAM in parallel. */
 #define DEC_ATTN_POOL_MACS ((size_t)1 << 16)
 #define DEC_INLINE static inline __attribute__((always_inline))
 
@@ -162,11 +163,20 @@ static float dec_dot_i8(const float *a, const int8_t *b, size_t n) {
 
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * w  (w NULL: no weight) */
 static void dec_rmsnorm(const float *x, const float *w, size_t n, float eps, float *y) {
-    float acc[DEC_L] = {0};
+    dec_vf v[DEC_NV];
+    for (int k = 0; k < DEC_NV; ++k) v[k] = (dec_vf){0};
     size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += x[i + l] * x[i + l];
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += x[i + l] * x[i + l];
+    for (; i + DEC_L <= n; i += DEC_L) {
+        /* w is not in any cache (the linears' weights streamed through since the last token): ask
+         * for its line while summing x's, and x's lines some way ahead (half were written by the
+         * other core) */
+        __builtin_prefetch(w + i, 0, 3);
+        __builtin_prefetch(x + i + 8 * DEC_L, 0, 3);
+        for (int k = 0; k < DEC_NV; ++k) v[k] = v[k] + dec_ld(x + i + k * DEC_VW) * dec_ld(x + i + k * DEC_VW);
+    }
+    float t[DEC_L], acc[DEC_L];
+    for (size_t l = 0; i + l < n; ++l) t[l] = x[i + l] * x[i + l];
+    DEC_LANES(acc, v, t, n - i);
     float ss = dec_lanes_sum(acc);
     float inv = 1.0f / dec_sqrtf(ss / (float)n + eps);
     for (i = 0; i < n; ++i) y[i] = (x[i] * inv) * w[i];
@@ -392,12 +402,16 @@ typedef struct {
 /* Raw scores (before the scale) of hb heads q[h * hd ..] against nt K tiles from `tiles`:
  * s[h * DEC_PC + j * DEC_KT + lane], each the sum over c of q[c] k[c] in order. */
 DEC_INLINE void dec_scores_tiles(int kvt, int hb, int nt, const float *q, size_t hd, const uint8_t *tiles,
-                                 size_t tile_bytes, float *s) {
+                                 size_t tile_bytes, float *s, const uint8_t *pf_a, const uint8_t *pf_b,
+                                 size_t pf_step) {
     dec_vf a[DEC_HB][2][DEC_TV];
     for (int h = 0; h < hb; ++h)
         for (int j = 0; j < nt; ++j)
             for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = (dec_vf){0};
     for (size_t c = 0; c < hd; ++c) {
+        /* spread over the columns: the next tiles' K and these positions' V (hd * pf_step bytes each) */
+        __builtin_prefetch(pf_a + c * pf_step, 0, 3);
+        __builtin_prefetch(pf_b + c * pf_step, 0, 3);
         dec_vf k[2][DEC_TV];
         for (int j = 0; j < nt; ++j)
             for (int v = 0; v < DEC_TV; ++v) k[j][v] = dec_ld_kv(kvt, tiles + j * tile_bytes, c * DEC_KT + v * DEC_VW);
@@ -465,14 +479,18 @@ DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t
     float s[DEC_HB * DEC_PC];
     const size_t ntiles = (tl + DEC_KT - 1) / DEC_KT, padded = (tl + DEC_L - 1) / DEC_L * DEC_L;
     const uint8_t *k0 = kplane + r0 * lo->kv_row, *v0 = vplane + r0 * lo->kv_row;
-    /* the chunk's K and V lines into L2 now: their misses overlap each other and the scores */
-    for (size_t b = 0; b < tl * lo->kv_row; b += 64) {
-        __builtin_prefetch(k0 + b, 0, 2);
-        __builtin_prefetch(v0 + b, 0, 2);
-    }
+    /* Memory: the first two K tiles now; then, while two tiles' scores are computed, the next two
+     * tiles' K and the V rows of these 16 positions (each 2 tile_bytes, spread over the columns). */
+    const size_t pf_step = 2 * tile_bytes / hd, pair = 2 * tile_bytes;
+    for (size_t b = 0; b < (tl < 2 * DEC_KT ? tl : 2 * DEC_KT) * lo->kv_row; b += 64) __builtin_prefetch(k0 + b, 0, 3);
     size_t j = 0;
-    for (; j + 2 <= ntiles; j += 2) dec_scores_tiles(kvt, hb, 2, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
-    if (j < ntiles) dec_scores_tiles(kvt, hb, 1, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT);
+    for (; j + 2 <= ntiles; j += 2)
+        dec_scores_tiles(kvt, hb, 2, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT, k0 + (j + 2) * tile_bytes,
+                         v0 + j * tile_bytes, pf_step);
+    if (j < ntiles)
+        dec_scores_tiles(kvt, hb, 1, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT, v0 + j * tile_bytes,
+                         v0 + j * tile_bytes + pair / 2, pf_step / 2);
+    (void)pair;
     const float *ks = (const float *)(kplane + scale_off) + r0, *vs = (const float *)(vplane + scale_off) + r0;
     float fa[DEC_HB] = {0}, fb[DEC_HB] = {0};
     for (int h = 0; h < hb; ++h) { /* scale, max, exp, sum */
@@ -648,12 +666,8 @@ static void dec_rope(const bne_decoder *d, float *row, size_t heads, size_t pos)
  * xq/xs with row sums xsum. */
 static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, size_t k, const float *w, float eps,
                           float *dst, int8_t *xq, float *xs, int32_t *xsum) {
-    /* The norm's weights come from DRAM (the linears' weights have streamed through the caches
-     * since the last token) and half of the input from the other core: ask for every line now, so
-     * the misses overlap instead of stalling the passes below one by one. */
-    for (size_t b = 0; b < m * k; b += 16) __builtin_prefetch(src + b, 0, 3);
-    if (w)
-        for (size_t b = 0; b < k; b += 16) __builtin_prefetch(w + b, 0, 3);
+    if (!w)
+        for (size_t b = 0; b < m * k && b < 256; b += 16) __builtin_prefetch(src + b, 0, 3);
     if (w) {
         for (size_t i = 0; i < m; ++i) dec_rmsnorm(src + i * k, w, k, eps, dst + i * k);
         src = dst;
@@ -730,17 +744,17 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         mj.start[1] = lo.qd;
         mj.start[2] = lo.qd + lo.kvd;
         mj.start[3] = lo.qkvd;
+        dec_tick(d, &t, 0);
+        bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
+        dec_tick(d, &t, 2);
         for (size_t g = 0; g < d->kv_heads && n == 1; ++g) { /* the K tile lines this token writes */
             const uint8_t *tile = kv + (g * lo.kv_cap + (pos0 & ~(size_t)(DEC_KT - 1))) * lo.kv_row;
             for (size_t b = 0; b < DEC_KT * lo.kv_row; b += 64) __builtin_prefetch(tile + b, 1, 3);
         }
-        dec_tick(d, &t, 0);
-        bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
-        dec_tick(d, &t, 2);
         for (size_t i = 0; i < n; ++i) {
             float *row = qkv + i * lo.qkvd;
-            dec_rope(d, row, d->heads, pos0 + i);
             dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
+            dec_rope(d, row, d->heads, pos0 + i); /* (after k: the tile lines above arrive meanwhile) */
             for (size_t g = 0; g < d->kv_heads; ++g) {
                 dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
                 dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
