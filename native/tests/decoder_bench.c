@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
     d.rope_sin = rs;
     uint64_t prof[4] = {0};
 
-    size_t cap = ctx + steps + 1;
+    size_t cap = (ctx + steps + 1 + 7) / 8 * 8; /* whole K tiles: the int8 scales sit where older layouts had them */
     size_t cbytes = bne_decoder_cache_bytes(&d, cap), wbytes = bne_decoder_workspace_bytes(&d, 1, cap);
     if (!cbytes || !wbytes) {
         fprintf(stderr, "bad shape\n");
