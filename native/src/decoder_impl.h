@@ -393,7 +393,7 @@ typedef struct {
     const bne_decoder *d;
     const bne_dec_layout *lo;
     const float *qkv;     /* (n, qkvd), q already rotated */
-    const uint8_t *kv;    /* this layer's cache */
+    uint8_t *kv;          /* this layer's cache */
     size_t pos0, n;
     float *part;          /* one token: (heads, chunks, head_dim + 2) o_j, m_j, l_j */
     float *out;           /* (n, qd) */
@@ -586,10 +586,24 @@ static void dec_attn_tokens(void *ctx, size_t u0, size_t u1) {
 }
 
 /* Units of one token: u = g * chunks + j. */
+static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, int is_k, size_t g,
+                          size_t t, const float *src);
+
+/* Units of one token: u = g * chunks + j.  The unit of the last chunk, the only one that reads
+ * position pos0, first writes the token's (rotated) key and value of kv head g to the cache: the
+ * writes are spread over the threads and their misses overlap the scores of the other units. */
 static void dec_attn_chunks(void *ctx, size_t u0, size_t u1) {
     const dec_attn *A = (const dec_attn *)ctx;
-    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC;
-    for (size_t u = u0; u < u1; ++u) dec_attn_group(A, 0, u / nch, u % nch);
+    const bne_dec_layout *lo = A->lo;
+    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC, hd = A->d->head_dim;
+    for (size_t u = u0; u < u1; ++u) {
+        const size_t g = u / nch;
+        if (u % nch == nch - 1) {
+            dec_cache_put(A->d, lo, A->kv, 1, g, A->pos0, A->qkv + lo->qd + g * hd);
+            dec_cache_put(A->d, lo, A->kv + lo->kv_plane, 0, g, A->pos0, A->qkv + lo->qd + lo->kvd + g * hd);
+        }
+        dec_attn_group(A, 0, g, u % nch);
+    }
 }
 
 /* After dec_attn_chunks: fold each head's chunks in order into the attention output (the same
@@ -755,7 +769,7 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
             float *row = qkv + i * lo.qkvd;
             dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
             dec_rope(d, row, d->heads, pos0 + i); /* (after k: the tile lines above arrive meanwhile) */
-            for (size_t g = 0; g < d->kv_heads; ++g) {
+            for (size_t g = 0; g < d->kv_heads && n > 1; ++g) { /* (one token: in dec_attn_chunks) */
                 dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
                 dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
             }
