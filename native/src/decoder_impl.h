@@ -761,14 +761,10 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         dec_tick(d, &t, 0);
         bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
         dec_tick(d, &t, 2);
-        for (size_t g = 0; g < d->kv_heads && n == 1; ++g) { /* the K tile lines this token writes */
-            const uint8_t *tile = kv + (g * lo.kv_cap + (pos0 & ~(size_t)(DEC_KT - 1))) * lo.kv_row;
-            for (size_t b = 0; b < DEC_KT * lo.kv_row; b += 64) __builtin_prefetch(tile + b, 1, 3);
-        }
         for (size_t i = 0; i < n; ++i) {
             float *row = qkv + i * lo.qkvd;
             dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
-            dec_rope(d, row, d->heads, pos0 + i); /* (after k: the tile lines above arrive meanwhile) */
+            dec_rope(d, row, d->heads, pos0 + i);
             for (size_t g = 0; g < d->kv_heads && n > 1; ++g) { /* (one token: in dec_attn_chunks) */
                 dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
                 dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
