@@ -108,6 +108,28 @@ typedef float dec_vf __attribute__((vector_size(DEC_VW * 4)));
         for (size_t l_ = 0; l_ < (nt); ++l_) acc[l_] = acc[l_] + (tail)[l_];     \
     } while (0)
 
+typedef int32_t dec_vi __attribute__((vector_size(DEC_VW * 4)));
+
+/* dec_expf on every lane (the same operations, so the same bits) */
+DEC_INLINE dec_vf dec_expv(dec_vf x) {
+    const dec_vf lo = (dec_vf){0} - 87.0f, hi = (dec_vf){0} + 88.0f;
+    dec_vi m = x < lo;
+    x = (dec_vf)((m & (dec_vi)lo) | (~m & (dec_vi)x));
+    m = x > hi;
+    x = (dec_vf)((m & (dec_vi)hi) | (~m & (dec_vi)x));
+    dec_vf kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    dec_vf r = x - kf * 0.693145751953125f;
+    r = r - kf * 1.42860682030941723e-06f;
+    dec_vf p = (dec_vf){0} + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * (dec_vf)((__builtin_convertvector(kf, dec_vi) + 127) << 23);
+}
+
 static float dec_dot(const float *a, const float *b, size_t n) {
     dec_vf v[DEC_NV];
     for (int k = 0; k < DEC_NV; ++k) v[k] = (dec_vf){0};
@@ -286,13 +308,23 @@ static void dec_gateup_range(void *ctx, size_t b, size_t e) {
     for (size_t i = 0; i < gj->gate.m; ++i) {
         float *g = gj->gate.y + i * gj->gate.ldy;
         const float *u = gj->up.y + i * gj->up.ldy;
-        if (gj->act == BNE_ACT_RELU2) {
-            for (size_t j = b; j < e; ++j) {
+        size_t j = b;
+        if (gj->act == BNE_ACT_RELU2) { /* (vectors: compilers kept the select scalar) */
+            for (; j + DEC_VW <= e; j += DEC_VW) {
+                const dec_vf v = dec_ld(g + j);
+                const dec_vf r = (dec_vf)((dec_vi)(v > (dec_vf){0}) & (dec_vi)v);
+                dec_st(g + j, (r * r) * dec_ld(u + j));
+            }
+            for (; j < e; ++j) {
                 float r = g[j] > 0.0f ? g[j] : 0.0f;
                 g[j] = (r * r) * u[j];
             }
         } else {
-            for (size_t j = b; j < e; ++j) g[j] = (g[j] / (1.0f + dec_expf(-g[j]))) * u[j];
+            for (; j + DEC_VW <= e; j += DEC_VW) {
+                const dec_vf v = dec_ld(g + j);
+                dec_st(g + j, (v / (1.0f + dec_expv(-v))) * dec_ld(u + j));
+            }
+            for (; j < e; ++j) g[j] = (g[j] / (1.0f + dec_expf(-g[j]))) * u[j];
         }
     }
 }
@@ -316,7 +348,6 @@ static void dec_gateup_range(void *ctx, size_t b, size_t e) {
 #define DEC_PC 64                 /* positions per chunk */
 #define DEC_HB 4                  /* query heads whose scores / values share each loaded K / V vector */
 
-typedef int32_t dec_vi __attribute__((vector_size(DEC_VW * 4)));
 typedef uint32_t dec_vu __attribute__((vector_size(DEC_VW * 4)));
 typedef uint16_t dec_vh __attribute__((vector_size(DEC_VW * 2)));
 typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
@@ -368,26 +399,6 @@ typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
     ((kvt) == BNE_KV_F32 ? dec_ld((const float *)(base) + (i))                               \
      : (kvt) == BNE_KV_F16 ? dec_ld_h((const uint16_t *)(base) + (i))                        \
                            : dec_ld_b((const int8_t *)(base) + (i)))
-
-/* dec_expf on every lane (the same operations, so the same bits) */
-DEC_INLINE dec_vf dec_expv(dec_vf x) {
-    const dec_vf lo = (dec_vf){0} - 87.0f, hi = (dec_vf){0} + 88.0f;
-    dec_vi m = x < lo;
-    x = (dec_vf)((m & (dec_vi)lo) | (~m & (dec_vi)x));
-    m = x > hi;
-    x = (dec_vf)((m & (dec_vi)hi) | (~m & (dec_vi)x));
-    dec_vf kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    dec_vf r = x - kf * 0.693145751953125f;
-    r = r - kf * 1.42860682030941723e-06f;
-    dec_vf p = (dec_vf){0} + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return p * (dec_vf)((__builtin_convertvector(kf, dec_vi) + 127) << 23);
-}
 
 typedef struct {
     const bne_decoder *d;
