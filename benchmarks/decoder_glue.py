@@ -99,7 +99,8 @@ def main(argv=None) -> None:
                         for name, exe in builds.items():
                             runs[name].append(run_once(exe, threads, kv, ctx, args.steps))
                     for name, rs in runs.items():
-                        med = {k: statistics.median(r[k] for r in rs) for k in ("glue_ms", "attention_ms", "linears_ms")}
+                        med = {k: statistics.median(r[k] for r in rs)
+                               for k in ("glue_ms", "attention_ms", "linears_ms")}
                         row = {"build": name, "threads": threads, "kv": kv, "context": ctx, "backend": rs[0]["backend"],
                                **med, "outside_linears_ms": med["glue_ms"] + med["attention_ms"],
                                "round_attention_ms": [r["attention_ms"] for r in rs],
@@ -114,7 +115,8 @@ def main(argv=None) -> None:
         load = None
     res = {"what": "decoder time outside the linears per decode step, 2B-4T shape (decoder_bench.c)",
            "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "loadavg": load},
-           "config": {"rounds": args.rounds, "steps": args.steps, "baseline": str(args.baseline) if args.baseline else None},
+           "config": {"rounds": args.rounds, "steps": args.steps,
+                      "baseline": str(args.baseline) if args.baseline else None},
            "rows": rows}
     out = args.out or REPO / "benchmarks" / "results" / f"decoder-glue-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -142,47 +142,6 @@ static float dec_dot(const float *a, const float *b, size_t n) {
     return dec_lanes_sum(acc);
 }
 
-/* dec_dot of two vectors a0, a1 against one b, interleaved (twice the independent chains); each
- * result has the bits dec_dot gives. */
-DEC_INLINE void dec_dot2(const float *a0, const float *a1, const float *b, size_t n, float *r0, float *r1) {
-    dec_vf v0[DEC_NV], v1[DEC_NV];
-    for (int k = 0; k < DEC_NV; ++k) v0[k] = v1[k] = (dec_vf){0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int k = 0; k < DEC_NV; ++k) {
-            const dec_vf bk = dec_ld(b + i + k * DEC_VW);
-            v0[k] = v0[k] + dec_ld(a0 + i + k * DEC_VW) * bk;
-            v1[k] = v1[k] + dec_ld(a1 + i + k * DEC_VW) * bk;
-        }
-    float t0[DEC_L], t1[DEC_L], acc[DEC_L];
-    for (size_t l = 0; i + l < n; ++l) {
-        t0[l] = a0[i + l] * b[i + l];
-        t1[l] = a1[i + l] * b[i + l];
-    }
-    DEC_LANES(acc, v0, t0, n - i);
-    *r0 = dec_lanes_sum(acc);
-    DEC_LANES(acc, v1, t1, n - i);
-    *r1 = dec_lanes_sum(acc);
-}
-
-static float dec_dot_h(const float *a, const uint16_t *b, size_t n) {
-    float acc[DEC_L] = {0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
-    return dec_lanes_sum(acc);
-}
-
-static float dec_dot_i8(const float *a, const int8_t *b, size_t n) {
-    float acc[DEC_L] = {0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * (float)b[i + l];
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * (float)b[i + l];
-    return dec_lanes_sum(acc);
-}
-
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * w  (w NULL: no weight) */
 static void dec_rmsnorm(const float *x, const float *w, size_t n, float eps, float *y) {
     dec_vf v[DEC_NV];
@@ -375,11 +334,17 @@ typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
 #elif defined(__aarch64__) && DEC_VW == 4
 #define dec_st_h(p, v) vst1_u16((uint16_t *)(p), vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)(v))))
 #else
-#define dec_st_h(p, v) do { float f_[DEC_VW]; dec_st(f_, (v)); for (int l_ = 0; l_ < DEC_VW; ++l_) (p)[l_] = dec_f2h(f_[l_]); } while (0)
+#define dec_st_h(p, v)                                                                       \
+    do {                                                                                     \
+        float f_[DEC_VW];                                                                    \
+        dec_st(f_, (v));                                                                     \
+        for (int l_ = 0; l_ < DEC_VW; ++l_) (p)[l_] = dec_f2h(f_[l_]);                       \
+    } while (0)
 #endif
 /* DEC_VW int8 -> float */
 #if defined(__AVX2__) && DEC_VW == 8
-#define dec_ld_b(p) ((dec_vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))))
+#define dec_ld_b(p) \
+    ((dec_vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))))
 #elif defined(__aarch64__) && DEC_VW == 4
 #define dec_ld_b(p) __extension__({                                                          \
         int32_t w_;                                                                          \
@@ -549,7 +514,7 @@ DEC_INLINE void dec_attn_heads(const dec_attn *A, int kvt, int hb, size_t i, siz
     const bne_decoder *d = A->d;
     const size_t hd = d->head_dim, len = A->pos0 + i + 1;
     const float *q = A->qkv + i * A->lo->qkvd + h0 * hd;
-    float m[DEC_HB], l[DEC_HB];
+    float m[DEC_HB] = {0}, l[DEC_HB] = {0};
     if (jc != (size_t)-1) {
         const size_t nch = (len + DEC_PC - 1) / DEC_PC, t0 = jc * DEC_PC, tl = len - t0 < DEC_PC ? len - t0 : DEC_PC;
         float *p = A->part + (h0 * nch + jc) * (hd + 2); /* head h at + h * nch * (hd + 2) */

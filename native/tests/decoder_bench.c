@@ -75,7 +75,8 @@ int main(int argc, char **argv) {
     int threads = atoi(argv[1]), kvt = atoi(argv[2]), backend = argc > 5 ? atoi(argv[5]) : 0;
     size_t ctx = (size_t)atol(argv[3]), steps = (size_t)atol(argv[4]), layers = argc > 6 ? (size_t)atol(argv[6]) : 30;
     for (int b = 0, c = 0; b < 256; ++b)
-        if ((b & 3) < 3 && ((b >> 2) & 3) < 3 && ((b >> 4) & 3) < 3 && ((b >> 6) & 3) < 3) valid2[c++] = (unsigned char)b;
+        if ((b & 3) < 3 && ((b >> 2) & 3) < 3 && ((b >> 4) & 3) < 3 && ((b >> 6) & 3) < 3)
+            valid2[c++] = (unsigned char)b;
     bne_decoder d;
     memset(&d, 0, sizeof d);
     d.hidden = 2560;
@@ -130,7 +131,8 @@ int main(int argc, char **argv) {
     memset(cache, 0, cbytes);
     /* random rows at positions < ctx: layout per layer K plane then V plane, (kv_heads, cap, hd) */
     size_t elem = kvt == BNE_KV_F32 ? 4 : kvt == BNE_KV_F16 ? 2 : 1, row = d.head_dim * elem;
-    size_t cap8 = (cap + 7) & ~(size_t)7, rows = d.kv_heads * cap8, plane = (rows * row + 63) / 64 * 64 + (kvt == BNE_KV_I8 ? (rows * 4 + 63) / 64 * 64 : 0);
+    size_t cap8 = (cap + 7) & ~(size_t)7, rows = d.kv_heads * cap8;
+    size_t plane = (rows * row + 63) / 64 * 64 + (kvt == BNE_KV_I8 ? (rows * 4 + 63) / 64 * 64 : 0);
     for (size_t li = 0; li < layers; ++li)
         for (int pl = 0; pl < 2; ++pl) {
             unsigned char *P = cache + (2 * li + pl) * plane;
