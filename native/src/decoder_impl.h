@@ -590,16 +590,19 @@ static void dec_attn_fold(const dec_attn *A) {
         const float *p = A->part + h * nch * (hd + 2);
         float *o = A->out + h * hd;
         float m = p[hd], l = p[hd + 1];
+        const size_t cv = hd / DEC_VW * DEC_VW; /* vectors, then the tail: the same operations */
         for (size_t c = 0; c < hd; ++c) o[c] = p[c];
         for (size_t j = 1; j < nch; ++j) {
             const float *pj = p + j * (hd + 2), mj = pj[hd];
             const float M = m > mj ? m : mj, fa = dec_expf(m - M), fb = dec_expf(mj - M);
             l = l * fa + pj[hd + 1] * fb;
             m = M;
-            for (size_t c = 0; c < hd; ++c) o[c] = o[c] * fa + pj[c] * fb;
+            for (size_t c = 0; c < cv; c += DEC_VW) dec_st(o + c, dec_ld(o + c) * fa + dec_ld(pj + c) * fb);
+            for (size_t c = cv; c < hd; ++c) o[c] = o[c] * fa + pj[c] * fb;
         }
         const float inv = 1.0f / l;
-        for (size_t c = 0; c < hd; ++c) o[c] = o[c] * inv;
+        for (size_t c = 0; c < cv; c += DEC_VW) dec_st(o + c, dec_ld(o + c) * inv);
+        for (size_t c = cv; c < hd; ++c) o[c] = o[c] * inv;
     }
 }
 
