@@ -250,8 +250,11 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
  * int8 x.  The layout only changes the unpack; the same panel serves the 2-bit and base-3 rows. */
 #define PANEL_N 16
 #define PANEL_MR 6
-#define PANEL_WIDEN 32
-#define PANEL_KC 256 /* quads (1024 k) of a panel slice: 16 KB */
+#define PANEL_WIDEN 64 /* steps (k 256) of int16 sums: |sum| <= 64 * 512 = 32768, exactly -32768 at worst */
+#ifndef PANEL_KC
+#define PANEL_KC 256
+#endif
+/* quads (1024 k) of a panel slice: 16 KB */
 
 /* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
 static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
@@ -293,27 +296,79 @@ static void unpack_codes_b3(const uint8_t *row, size_t k, uint8_t *dst) {
  * and copies back, a move per accumulator and step. */
 BNE_INLINE void add16_inplace(__m256i *acc, __m256i p) { __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(p)); }
 
-/* MR activation rows from i against the panel (16 columns): int32 sums over the k4 full quads. */
+/* What a panel's last k slice needs to finish its outputs (the fused epilogue). */
+typedef struct {
+    size_t j, nc;        /* first output column of the panel, columns in it (<= 16) */
+    const int32_t *adj;  /* (m, 16) tail products minus sum(x), or NULL: minus sum(x) alone */
+} panel_out;
+
+/* Row i's 16 column sums t0 | t1 (sum(code * x) over the full quads) -> y[i][j .. j+nc): minus
+ * sum(x) (plus the k % 4 tail), then the epilogue of bne_store in 8 lanes (the same IEEE operations:
+ * int -> float, * wscale, / xscale). */
+BNE_INLINE void panel_finish(const bne_gemm_args *a, const panel_out *po, size_t i, __m256i t0, __m256i t1) {
+    if (po->adj) {
+        t0 = _mm256_add_epi32(t0, _mm256_load_si256((const __m256i *)(po->adj + i * PANEL_N)));
+        t1 = _mm256_add_epi32(t1, _mm256_load_si256((const __m256i *)(po->adj + i * PANEL_N + 8)));
+    } else {
+        const __m256i xs = _mm256_set1_epi32(a->xsum[i]);
+        t0 = _mm256_sub_epi32(t0, xs);
+        t1 = _mm256_sub_epi32(t1, xs);
+    }
+    if (a->yi) {
+        int32_t *y = a->yi + i * a->ldy + po->j;
+        if (po->nc == PANEL_N) {
+            _mm256_storeu_si256((__m256i *)y, t0);
+            _mm256_storeu_si256((__m256i *)(y + 8), t1);
+        } else {
+            int32_t tmp[PANEL_N] __attribute__((aligned(32)));
+            _mm256_store_si256((__m256i *)tmp, t0);
+            _mm256_store_si256((__m256i *)(tmp + 8), t1);
+            for (size_t c = 0; c < po->nc; ++c) y[c] = tmp[c];
+        }
+        return;
+    }
+    const __m256 ws = _mm256_set1_ps(a->wscale[0]), xs = _mm256_set1_ps(a->xscale[i]);
+    __m256 f0 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(t0), ws), xs);
+    __m256 f1 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(t1), ws), xs);
+    float *y = a->yf + i * a->ldy + po->j;
+    if (po->nc == PANEL_N) {
+        _mm256_storeu_ps(y, f0);
+        _mm256_storeu_ps(y + 8, f1);
+    } else {
+        float tmp[PANEL_N] __attribute__((aligned(32)));
+        _mm256_store_ps(tmp, f0);
+        _mm256_store_ps(tmp + 8, f1);
+        for (size_t c = 0; c < po->nc; ++c) y[c] = tmp[c];
+    }
+}
+
+/* MR activation rows from i against quads [qa, qb) of the panel (16 columns).  The int32 sums start
+ * at zero on the first slice (else from c32), go back to c32 unless this is the last slice, where
+ * they go through panel_finish into y. */
 BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t qa, size_t qb, size_t i, int MR,
-                             int32_t *c32) {
+                             int32_t *c32, int first, const panel_out *last) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[PANEL_MR][2], tot[PANEL_MR][2];
     const int8_t *xr[PANEL_MR];
     for (int r = 0; r < MR; ++r) {
         xr[r] = a->x + (i + r) * a->ldx;
-        tot[r][0] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N));
-        tot[r][1] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N + 8));
+        if (first) {
+            tot[r][0] = tot[r][1] = _mm256_setzero_si256();
+        } else {
+            tot[r][0] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N));
+            tot[r][1] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N + 8));
+        }
     }
     for (size_t q0 = qa; q0 < qb; q0 += PANEL_WIDEN) {
-        size_t q1 = q0 + PANEL_WIDEN < qb ? q0 + PANEL_WIDEN : qb;
+        const size_t q1 = q0 + PANEL_WIDEN < qb ? q0 + PANEL_WIDEN : qb;
         for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (size_t q = q0; q < q1; ++q) {
-            __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
-            __m256i w1 = _mm256_load_si256((const __m256i *)(panel + q * 64 + 32));
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(panel + q * 64 + 32));
             for (int r = 0; r < MR; ++r) {
                 int32_t xv;
                 memcpy(&xv, xr[r] + 4 * q, 4);
-                __m256i b = _mm256_set1_epi32(xv);
+                const __m256i b = _mm256_set1_epi32(xv);
                 add16_inplace(&acc[r][0], _mm256_maddubs_epi16(w0, b));
                 add16_inplace(&acc[r][1], _mm256_maddubs_epi16(w1, b));
             }
@@ -324,36 +379,53 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
         }
     }
     for (int r = 0; r < MR; ++r) {
-        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N), tot[r][0]);
-        _mm256_store_si256((__m256i *)(c32 + r * PANEL_N + 8), tot[r][1]);
+        if (last) {
+            panel_finish(a, last, i + r, tot[r][0], tot[r][1]);
+        } else {
+            _mm256_store_si256((__m256i *)(c32 + r * PANEL_N), tot[r][0]);
+            _mm256_store_si256((__m256i *)(c32 + r * PANEL_N + 8), tot[r][1]);
+        }
     }
 }
 
-/* y[i][j .. j+nc) from acc (the epilogue of bne_store, 8 columns a step: the same IEEE operations). */
-BNE_INLINE void panel_store(const bne_gemm_args *a, size_t i, size_t j, size_t nc, const int32_t *acc) {
-    size_t c = 0;
-    if (a->yi) {
-        for (; c < nc; ++c) a->yi[i * a->ldy + j + c] = acc[c];
-        return;
+/* 8 rows of codes (stride k32 bytes, zero past k4 quads) -> column group g of the panel: 8 x 8
+ * transposes of 4-byte quads (row c, quads 8p..8p+7 -> steps 8p..8p+7, column c). */
+static void panel_transpose8(const uint8_t *codes, size_t k32, size_t k4, uint8_t *panel, size_t g) {
+    for (size_t p = 0; p < k32 / 32; ++p) {
+        __m256i r[8], t[8];
+        for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_si256((const __m256i *)(codes + c * k32 + 32 * p));
+        for (int c = 0; c < 8; c += 2) {
+            t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+            t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+        }
+        for (int c = 0; c < 8; c += 4) {
+            r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
+            r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
+            r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
+            r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
+        }
+        /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
+        for (int c = 0; c < 4; ++c) {
+            t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
+            t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
+        }
+        for (int q = 0; q < 8; ++q)
+            if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
     }
-    const __m256 ws = _mm256_set1_ps(a->wscale[0]), xs = _mm256_set1_ps(a->xscale[i]);
-    float *y = a->yf + i * a->ldy + j;
-    for (; c + 8 <= nc; c += 8) {
-        __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(acc + c)));
-        _mm256_storeu_ps(y + c, _mm256_div_ps(_mm256_mul_ps(v, ws), xs));
-    }
-    for (; c < nc; ++c) bne_store(a, i, j + c, acc[c]);
 }
 
 /* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
- * buffer (the caller then uses the tile kernels). */
+ * buffer (the caller then uses the tile kernels).  Activation rows go in tiles of 5 or 6 (as even as
+ * m allows: 128 = 18 x 6 + 4 x 5), so no tile runs with a third of the registers. */
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
-    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4;
+    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4, m = a->m;
     const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
-    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + a->m * PANEL_N * 4 + 64);
+    const size_t tiles = (m + PANEL_MR - 1) / PANEL_MR, base = m / tiles, extra = m % tiles;
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + 2 * m * PANEL_N * 4 + 64);
     if (!buf) return 0;
     uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
-    int32_t *call = (int32_t *)(codes + 8 * k32);      /* (m, 16) int32 sums of the panel */
+    int32_t *call = (int32_t *)(codes + 8 * k32);      /* (m, 16) int32 sums between k slices */
+    int32_t *adj = call + m * PANEL_N;                 /* (m, 16) k % 4 tail products - sum(x) */
     uint8_t tailc[PANEL_N][4];
     for (size_t j = n0; j < n1; j += PANEL_N) {
         const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
@@ -369,58 +441,44 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
                     memset(dst + 4 * k4, 0, kt);
                 } else {
                     memset(dst, 0, 4 * k4);
+                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
                 }
             }
-            /* 8 x 8 transposes of 4-byte quads: row c, quads 8p..8p+7 -> steps 8p..8p+7, column c */
-            for (size_t p = 0; p < k32 / 32; ++p) {
-                __m256i r[8], t[8];
-                for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_si256((const __m256i *)(codes + c * k32 + 32 * p));
-                for (int c = 0; c < 8; c += 2) {
-                    t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
-                    t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+            panel_transpose8(codes, k32, k4, panel, g);
+        }
+        panel_out po = {j, nc, NULL};
+        if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
+            po.adj = adj;
+            for (size_t i = 0; i < m; ++i) {
+                const int8_t *x = a->x + i * a->ldx + 4 * k4;
+                for (size_t c = 0; c < PANEL_N; ++c) {
+                    int32_t s = -a->xsum[i];
+                    for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                    adj[i * PANEL_N + c] = s;
                 }
-                for (int c = 0; c < 8; c += 4) {
-                    r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
-                    r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
-                    r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
-                    r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
-                }
-                /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
-                for (int c = 0; c < 4; ++c) {
-                    t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
-                    t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
-                }
-                for (int q = 0; q < 8; ++q)
-                    if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
             }
         }
         /* k in slices of PANEL_KC quads, so the panel's slice (16 KB) stays in L1 for all the rows */
-        memset(call, 0, a->m * PANEL_N * 4);
-        for (size_t qa = 0; qa < k4; qa += PANEL_KC) {
+        size_t qa = 0;
+        do {
             const size_t qb = k4 - qa < PANEL_KC ? k4 : qa + PANEL_KC;
-            for (size_t i = 0; i < a->m; i += PANEL_MR) {
+            const int first = qa == 0;
+            const panel_out *last = qb == k4 ? &po : NULL;
+            for (size_t t = 0, i = 0; t < tiles; ++t) {
+                const size_t mr = base + (t < extra);
                 int32_t *c = call + i * PANEL_N;
-                switch (a->m - i < PANEL_MR ? a->m - i : PANEL_MR) {
-                case 6: panel_kernel(a, panel, qa, qb, i, 6, c); break;
-                case 5: panel_kernel(a, panel, qa, qb, i, 5, c); break;
-                case 4: panel_kernel(a, panel, qa, qb, i, 4, c); break;
-                case 3: panel_kernel(a, panel, qa, qb, i, 3, c); break;
-                case 2: panel_kernel(a, panel, qa, qb, i, 2, c); break;
-                default: panel_kernel(a, panel, qa, qb, i, 1, c); break;
+                switch (mr) {
+                case 6: panel_kernel(a, panel, qa, qb, i, 6, c, first, last); break;
+                case 5: panel_kernel(a, panel, qa, qb, i, 5, c, first, last); break;
+                case 4: panel_kernel(a, panel, qa, qb, i, 4, c, first, last); break;
+                case 3: panel_kernel(a, panel, qa, qb, i, 3, c, first, last); break;
+                case 2: panel_kernel(a, panel, qa, qb, i, 2, c, first, last); break;
+                default: panel_kernel(a, panel, qa, qb, i, 1, c, first, last); break;
                 }
+                i += mr;
             }
-        }
-        for (size_t i = 0; i < a->m; ++i) {
-            int32_t *crow = call + i * PANEL_N;
-            const int8_t *x = a->x + i * a->ldx + 4 * k4;
-            const int32_t xs = a->xsum[i];
-            for (size_t c = 0; c < nc; ++c) {
-                int32_t s = crow[c];
-                for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                crow[c] = s - xs;
-            }
-            panel_store(a, i, j, nc, crow);
-        }
+            qa = qb;
+        } while (qa < k4);
     }
     free(buf);
     return 1;
