@@ -58,6 +58,25 @@ def test_ternary_prefill_panels_exact(native_backend, rng, n, k, m):
         np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
 
 
+@pytest.mark.parametrize("k", [4, 255, 256, 1027, 65536])
+@pytest.mark.parametrize("wval", [-1, 1])
+def test_ternary_prefill_panels_at_the_extremes(native_backend, rng, k, wval):
+    """The panel GEMM keeps int16 sums over 64 steps (256 k): all -128 activations against all-(+-1)
+    weights reach exactly -32768 per lane before the widen; also 127s, k past a slice (1024 k), a
+    k % 4 tail and a partial panel (n = 17)."""
+    q = np.full((17, k), wval, dtype=np.int8)
+    for xval in (-128, 127):
+        xq = np.full((9, k), xval, dtype=np.int8)
+        for cls in (TernaryMatrix, Ternary3Matrix):
+            y = cls.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
+            assert (y == xval * wval * k).all(), cls.__name__
+    qm = rng.choice(np.array([-1, 1], dtype=np.int8), size=(17, k))
+    xm = rng.choice(np.array([-128, 127], dtype=np.int8), size=(13, k))
+    for cls in (TernaryMatrix, Ternary3Matrix):
+        np.testing.assert_array_equal(cls.from_ternary(qm, 1.0).matmul_int8(xm, backend=native_backend),
+                                      _int64_matmul(qm, xm))
+
+
 @pytest.mark.parametrize("n,k,m", SHAPES)
 def test_int8_int32_exact(native_backend, rng, n, k, m):
     w = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
@@ -146,7 +165,8 @@ def test_numpy_reference_quantize_and_epilogue_against_the_rule(rng, n, k, m):
     np.testing.assert_array_equal(im.linear(x, backend="numpy"), want8)
 
 
-@pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9)])
+@pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9), (21, 1027, 13),
+                                   (48, 2560, 128)])
 def test_quantize_and_float_epilogue_exact(native_backend, rng, n, k, m):
     x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100)).astype(np.float32)
     xq, s = kernels.quantize_activations(x, backend=native_backend)
