@@ -388,29 +388,63 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
     }
 }
 
-/* 8 rows of codes (stride k32 bytes, zero past k4 quads) -> column group g of the panel: 8 x 8
- * transposes of 4-byte quads (row c, quads 8p..8p+7 -> steps 8p..8p+7, column c). */
+/* 8 vectors of codes, r[c] = quads 0..7 (32 bytes) of row c -> the 8 panel steps from dst (64-byte
+ * stride, this column group's 32 bytes each; only the first nq are stored): an 8 x 8 transpose of
+ * 4-byte quads (unpack 32, unpack 64, permute 128: 24 shuffles). */
+BNE_INLINE void panel_tr8(__m256i r[8], uint8_t *dst, size_t nq) {
+    __m256i t[8];
+    for (int c = 0; c < 8; c += 2) {
+        t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+        t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+    }
+    for (int c = 0; c < 8; c += 4) {
+        r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
+        r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
+        r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
+        r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
+    }
+    /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
+        t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
+    }
+    for (size_t q = 0; q < 8 && q < nq; ++q) _mm256_store_si256((__m256i *)(dst + q * 64), t[q]);
+}
+
+/* 8 rows of codes (stride k32 bytes, zero past k4 quads) -> column group g of the panel. */
 static void panel_transpose8(const uint8_t *codes, size_t k32, size_t k4, uint8_t *panel, size_t g) {
     for (size_t p = 0; p < k32 / 32; ++p) {
-        __m256i r[8], t[8];
+        __m256i r[8];
         for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_si256((const __m256i *)(codes + c * k32 + 32 * p));
-        for (int c = 0; c < 8; c += 2) {
-            t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
-            t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
-        }
-        for (int c = 0; c < 8; c += 4) {
-            r[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
-            r[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
-            r[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
-            r[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
-        }
-        /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
-        for (int c = 0; c < 4; ++c) {
-            t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
-            t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
-        }
-        for (int q = 0; q < 8; ++q)
-            if (8 * p + (size_t)q < k4) _mm256_store_si256((__m256i *)(panel + (8 * p + q) * 64 + g * 32), t[q]);
+        panel_tr8(r, panel + 8 * p * 64 + g * 32, k4 - 8 * p);
+    }
+}
+
+/* 2-bit rows: the nb whole 128-weight blocks of rows w, w + ldw, ... (nr of them, the other of the 8
+ * columns zero) -> column group g of the panel, straight from the packed bytes: the code vector s of
+ * a block (weights 32 s .. 32 s + 31) is quads 8 s .. 8 s + 7 of the row, so each (block, s) is one
+ * transpose; per 32 codes 1 load, 2 bit operations, 3 shuffles and a store. */
+static void panel_unpack_2bit8(const uint8_t *w, size_t ldw, size_t nr, size_t nb, uint8_t *panel, size_t g) {
+    static const uint8_t zero32[32] __attribute__((aligned(32))) = {0};
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const uint8_t *row[8];
+    size_t step[8];
+    for (size_t c = 0; c < 8; ++c) {
+        row[c] = c < nr ? w + c * ldw : zero32;
+        step[c] = c < nr ? 32 : 0;
+    }
+    for (size_t b = 0; b < nb; ++b) {
+        __m256i v[8], r[8];
+        for (int c = 0; c < 8; ++c) v[c] = _mm256_loadu_si256((const __m256i *)(row[c] + b * step[c]));
+        uint8_t *dst = panel + b * 32 * 64 + g * 32;
+        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(v[c], m3);
+        panel_tr8(r, dst, 8);
+        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 2), m3);
+        panel_tr8(r, dst + 8 * 64, 8);
+        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m3);
+        panel_tr8(r, dst + 16 * 64, 8);
+        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 6), m3);
+        panel_tr8(r, dst + 24 * 64, 8);
     }
 }
 
@@ -430,21 +464,30 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
     for (size_t j = n0; j < n1; j += PANEL_N) {
         const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
         for (size_t g = 0; g < PANEL_N / 8; ++g) {
-            for (size_t c = 0; c < 8; ++c) { /* unpack the group's 8 rows (zeros past nc and k) */
-                uint8_t *dst = codes + c * k32;
-                memset(dst + 4 * k4, 0, k32 - 4 * k4);
-                if (g * 8 + c < nc) {
+            const size_t nr = nc > g * 8 ? (nc - g * 8 < 8 ? nc - g * 8 : 8) : 0; /* rows of this group */
+            size_t kd = 0; /* weights done by the fused 2-bit unpack: whole blocks */
+            if (!base3) {
+                kd = k / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK;
+                panel_unpack_2bit8(a->w + (j + g * 8) * a->ldw, a->ldw, nr, k / BNE_TERNARY_BLOCK, panel, g);
+            }
+            if (kd == k) continue; /* (k % 4 == 0 here: no tail codes) */
+            /* the rest (base-3 rows, or a 2-bit row's last partial block) through natural-order codes */
+            const size_t kr = k - kd, k4r = k4 - kd / 4, kr32 = (kr + 31) & ~(size_t)31;
+            for (size_t c = 0; c < 8; ++c) { /* zeros past nr and k */
+                uint8_t *dst = codes + c * kr32;
+                memset(dst + 4 * k4r, 0, kr32 - 4 * k4r);
+                if (c < nr) {
                     const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
                     if (base3) unpack_codes_b3(row, k, dst);
-                    else unpack_codes_2bit(row, k, dst);
-                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4 + t];
-                    memset(dst + 4 * k4, 0, kt);
+                    else unpack_codes_2bit(row + kd / 4, kr, dst); /* the last block, on its own */
+                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4r + t];
+                    memset(dst + 4 * k4r, 0, kt);
                 } else {
-                    memset(dst, 0, 4 * k4);
+                    memset(dst, 0, 4 * k4r);
                     for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
                 }
             }
-            panel_transpose8(codes, k32, k4, panel, g);
+            panel_transpose8(codes, kr32, k4r, panel + kd / 4 * 64, g);
         }
         panel_out po = {j, nc, NULL};
         if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
