@@ -245,16 +245,16 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
  * broadcasting activations: step q (k = 4q .. 4q+3) holds 64 bytes, [column group g of 8][column
  * c][4 codes].  The micro-kernel keeps 6 activation rows x 16 columns of int16 sums in 12
  * registers: per step 2 panel loads, 6 broadcasts of 4 x bytes, 12 _mm256_maddubs_epi16 (codes u8
- * x x s8: 32 multiply-adds each, |pair| <= 512) and 12 int16 adds.  Every 32 steps (k 128, |sum| <=
- * 16384) the int16 sums are widened with _mm256_madd_epi16 into int32 tile sums; exact for every
- * int8 x.  The layout only changes the unpack; the same panel serves the 2-bit and base-3 rows. */
+ * x x s8: 32 multiply-adds each, |pair| <= 2 * 2 * 128 = 512) and 12 int16 adds: 32 vector
+ * instructions per 384 multiply-adds (0.083 a MAC), 24 of them the multiply-add pairs that bound a
+ * Zen 3 core (~82% of the vpmaddubsw-only rate: docs/adr/0020).  Every 64 steps (k 256) the int16
+ * sums (|sum| <= 64 * 512 = 32768, reached only as -32768: exact for every int8 x) are widened with
+ * _mm256_madd_epi16 into int32; after the last step the epilogue (- sum(x), int -> float, * wscale,
+ * / xscale) runs on the tile's registers.  The layout only changes the unpack; the same panel
+ * serves the 2-bit and base-3 rows. */
 #define PANEL_N 16
 #define PANEL_MR 6
-#define PANEL_WIDEN 64 /* steps (k 256) of int16 sums: |sum| <= 64 * 512 = 32768, exactly -32768 at worst */
-#ifndef PANEL_KC
-#define PANEL_KC 256
-#endif
-/* quads (1024 k) of a panel slice: 16 KB */
+#define PANEL_WIDEN 64 /* steps (k 256) of int16 sums between widenings */
 
 /* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
 static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
@@ -296,7 +296,7 @@ static void unpack_codes_b3(const uint8_t *row, size_t k, uint8_t *dst) {
  * and copies back, a move per accumulator and step. */
 BNE_INLINE void add16_inplace(__m256i *acc, __m256i p) { __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(p)); }
 
-/* What a panel's last k slice needs to finish its outputs (the fused epilogue). */
+/* What the micro-kernel needs to finish a panel's outputs (the fused epilogue). */
 typedef struct {
     size_t j, nc;        /* first output column of the panel, columns in it (<= 16) */
     const int32_t *adj;  /* (m, 16) tail products minus sum(x), or NULL: minus sum(x) alone */
@@ -342,25 +342,20 @@ BNE_INLINE void panel_finish(const bne_gemm_args *a, const panel_out *po, size_t
     }
 }
 
-/* MR activation rows from i against quads [qa, qb) of the panel (16 columns).  The int32 sums start
- * at zero on the first slice (else from c32), go back to c32 unless this is the last slice, where
- * they go through panel_finish into y. */
-BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t qa, size_t qb, size_t i, int MR,
-                             int32_t *c32, int first, const panel_out *last) {
+/* MR activation rows from i against the whole panel (16 columns, k4 quads), then through
+ * panel_finish into y.  k is not sliced: the panel streams from L2 at 2 loads per step, which costs
+ * less than storing and reloading the int32 sums between slices (measured). */
+BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_t k4, size_t i, int MR,
+                             const panel_out *po) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[PANEL_MR][2], tot[PANEL_MR][2];
     const int8_t *xr[PANEL_MR];
     for (int r = 0; r < MR; ++r) {
         xr[r] = a->x + (i + r) * a->ldx;
-        if (first) {
-            tot[r][0] = tot[r][1] = _mm256_setzero_si256();
-        } else {
-            tot[r][0] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N));
-            tot[r][1] = _mm256_load_si256((const __m256i *)(c32 + r * PANEL_N + 8));
-        }
+        tot[r][0] = tot[r][1] = _mm256_setzero_si256();
     }
-    for (size_t q0 = qa; q0 < qb; q0 += PANEL_WIDEN) {
-        const size_t q1 = q0 + PANEL_WIDEN < qb ? q0 + PANEL_WIDEN : qb;
+    for (size_t q0 = 0; q0 < k4; q0 += PANEL_WIDEN) {
+        const size_t q1 = q0 + PANEL_WIDEN < k4 ? q0 + PANEL_WIDEN : k4;
         for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (size_t q = q0; q < q1; ++q) {
             const __m256i w0 = _mm256_load_si256((const __m256i *)(panel + q * 64));
@@ -378,14 +373,7 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
             tot[r][1] = _mm256_add_epi32(tot[r][1], _mm256_madd_epi16(acc[r][1], ones));
         }
     }
-    for (int r = 0; r < MR; ++r) {
-        if (last) {
-            panel_finish(a, last, i + r, tot[r][0], tot[r][1]);
-        } else {
-            _mm256_store_si256((__m256i *)(c32 + r * PANEL_N), tot[r][0]);
-            _mm256_store_si256((__m256i *)(c32 + r * PANEL_N + 8), tot[r][1]);
-        }
-    }
+    for (int r = 0; r < MR; ++r) panel_finish(a, po, i + r, tot[r][0], tot[r][1]);
 }
 
 /* 8 vectors of codes, r[c] = quads 0..7 (32 bytes) of row c -> the 8 panel steps from dst (64-byte
@@ -455,11 +443,10 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
     const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4, m = a->m;
     const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
     const size_t tiles = (m + PANEL_MR - 1) / PANEL_MR, base = m / tiles, extra = m % tiles;
-    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + 2 * m * PANEL_N * 4 + 64);
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + m * PANEL_N * 4 + 64);
     if (!buf) return 0;
     uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
-    int32_t *call = (int32_t *)(codes + 8 * k32);      /* (m, 16) int32 sums between k slices */
-    int32_t *adj = call + m * PANEL_N;                 /* (m, 16) k % 4 tail products - sum(x) */
+    int32_t *adj = (int32_t *)(codes + 8 * k32);       /* (m, 16) k % 4 tail products - sum(x) */
     uint8_t tailc[PANEL_N][4];
     for (size_t j = n0; j < n1; j += PANEL_N) {
         const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
@@ -501,27 +488,18 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
                 }
             }
         }
-        /* k in slices of PANEL_KC quads, so the panel's slice (16 KB) stays in L1 for all the rows */
-        size_t qa = 0;
-        do {
-            const size_t qb = k4 - qa < PANEL_KC ? k4 : qa + PANEL_KC;
-            const int first = qa == 0;
-            const panel_out *last = qb == k4 ? &po : NULL;
-            for (size_t t = 0, i = 0; t < tiles; ++t) {
-                const size_t mr = base + (t < extra);
-                int32_t *c = call + i * PANEL_N;
-                switch (mr) {
-                case 6: panel_kernel(a, panel, qa, qb, i, 6, c, first, last); break;
-                case 5: panel_kernel(a, panel, qa, qb, i, 5, c, first, last); break;
-                case 4: panel_kernel(a, panel, qa, qb, i, 4, c, first, last); break;
-                case 3: panel_kernel(a, panel, qa, qb, i, 3, c, first, last); break;
-                case 2: panel_kernel(a, panel, qa, qb, i, 2, c, first, last); break;
-                default: panel_kernel(a, panel, qa, qb, i, 1, c, first, last); break;
-                }
-                i += mr;
+        for (size_t t = 0, i = 0; t < tiles; ++t) {
+            const size_t mr = base + (t < extra);
+            switch (mr) {
+            case 6: panel_kernel(a, panel, k4, i, 6, &po); break;
+            case 5: panel_kernel(a, panel, k4, i, 5, &po); break;
+            case 4: panel_kernel(a, panel, k4, i, 4, &po); break;
+            case 3: panel_kernel(a, panel, k4, i, 3, &po); break;
+            case 2: panel_kernel(a, panel, k4, i, 2, &po); break;
+            default: panel_kernel(a, panel, k4, i, 1, &po); break;
             }
-            qa = qb;
-        } while (qa < k4);
+            i += mr;
+        }
     }
     free(buf);
     return 1;
