@@ -255,6 +255,9 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
 #define PANEL_N 16
 #define PANEL_MR 6
 #define PANEL_WIDEN 64 /* steps (k 256) of int16 sums between widenings */
+#ifndef PANEL_NP
+#define PANEL_NP 2 /* panels unpacked together; each row tile runs against all of them */
+#endif
 
 /* Codes of row `row` (k weights) in natural order -> dst (k bytes). */
 static void unpack_codes_2bit(const uint8_t *row, size_t k, uint8_t *dst) {
@@ -443,60 +446,72 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
     const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4, m = a->m;
     const size_t k32 = (k + 31) & ~(size_t)31; /* code rows padded to whole 8-quad groups */
     const size_t tiles = (m + PANEL_MR - 1) / PANEL_MR, base = m / tiles, extra = m % tiles;
-    uint8_t *buf = (uint8_t *)aligned_alloc(64, k32 / 4 * 64 + 8 * k32 + m * PANEL_N * 4 + 64);
+    const size_t pbytes = (k4 * 64 + 63) & ~(size_t)63; /* one panel */
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, PANEL_NP * pbytes + 8 * k32 + PANEL_NP * m * PANEL_N * 4 + 64);
     if (!buf) return 0;
-    uint8_t *panel = buf, *codes = buf + k32 / 4 * 64; /* codes: 8 rows of k32 bytes */
-    int32_t *adj = (int32_t *)(codes + 8 * k32);       /* (m, 16) k % 4 tail products - sum(x) */
+    uint8_t *codes = buf + PANEL_NP * pbytes;              /* 8 rows of k32 bytes */
+    int32_t *adj = (int32_t *)(codes + 8 * k32);           /* (PANEL_NP, m, 16) k % 4 tail products - sum(x) */
     uint8_t tailc[PANEL_N][4];
-    for (size_t j = n0; j < n1; j += PANEL_N) {
-        const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
-        for (size_t g = 0; g < PANEL_N / 8; ++g) {
-            const size_t nr = nc > g * 8 ? (nc - g * 8 < 8 ? nc - g * 8 : 8) : 0; /* rows of this group */
-            size_t kd = 0; /* weights done by the fused 2-bit unpack: whole blocks */
-            if (!base3) {
-                kd = k / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK;
-                panel_unpack_2bit8(a->w + (j + g * 8) * a->ldw, a->ldw, nr, k / BNE_TERNARY_BLOCK, panel, g);
+    panel_out po[PANEL_NP];
+    for (size_t j0 = n0; j0 < n1; j0 += PANEL_NP * PANEL_N) {
+        size_t np = 0;
+        for (size_t j = j0; j < n1 && np < PANEL_NP; j += PANEL_N, ++np) {
+            uint8_t *panel = buf + np * pbytes;
+            const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
+            for (size_t g = 0; g < PANEL_N / 8; ++g) {
+                const size_t nr = nc > g * 8 ? (nc - g * 8 < 8 ? nc - g * 8 : 8) : 0; /* rows of this group */
+                size_t kd = 0; /* weights done by the fused 2-bit unpack: whole blocks */
+                if (!base3) {
+                    kd = k / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK;
+                    panel_unpack_2bit8(a->w + (j + g * 8) * a->ldw, a->ldw, nr, k / BNE_TERNARY_BLOCK, panel, g);
+                }
+                if (kd == k) continue; /* (k % 4 == 0 here: no tail codes) */
+                /* the rest (base-3 rows, or a 2-bit row's last partial block) through natural-order codes */
+                const size_t kr = k - kd, k4r = k4 - kd / 4, kr32 = (kr + 31) & ~(size_t)31;
+                for (size_t c = 0; c < 8; ++c) { /* zeros past nr and k */
+                    uint8_t *dst = codes + c * kr32;
+                    memset(dst + 4 * k4r, 0, kr32 - 4 * k4r);
+                    if (c < nr) {
+                        const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
+                        if (base3) unpack_codes_b3(row, k, dst);
+                        else unpack_codes_2bit(row + kd / 4, kr, dst); /* the last block, on its own */
+                        for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4r + t];
+                        memset(dst + 4 * k4r, 0, kt);
+                    } else {
+                        memset(dst, 0, 4 * k4r);
+                        for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
+                    }
+                }
+                panel_transpose8(codes, kr32, k4r, panel + kd / 4 * 64, g);
             }
-            if (kd == k) continue; /* (k % 4 == 0 here: no tail codes) */
-            /* the rest (base-3 rows, or a 2-bit row's last partial block) through natural-order codes */
-            const size_t kr = k - kd, k4r = k4 - kd / 4, kr32 = (kr + 31) & ~(size_t)31;
-            for (size_t c = 0; c < 8; ++c) { /* zeros past nr and k */
-                uint8_t *dst = codes + c * kr32;
-                memset(dst + 4 * k4r, 0, kr32 - 4 * k4r);
-                if (c < nr) {
-                    const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
-                    if (base3) unpack_codes_b3(row, k, dst);
-                    else unpack_codes_2bit(row + kd / 4, kr, dst); /* the last block, on its own */
-                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4r + t];
-                    memset(dst + 4 * k4r, 0, kt);
-                } else {
-                    memset(dst, 0, 4 * k4r);
-                    for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
+            po[np] = (panel_out){j, nc, NULL};
+            if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
+                int32_t *ad = adj + np * m * PANEL_N;
+                po[np].adj = ad;
+                for (size_t i = 0; i < m; ++i) {
+                    const int8_t *x = a->x + i * a->ldx + 4 * k4;
+                    for (size_t c = 0; c < PANEL_N; ++c) {
+                        int32_t s = -a->xsum[i];
+                        for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                        ad[i * PANEL_N + c] = s;
+                    }
                 }
             }
-            panel_transpose8(codes, kr32, k4r, panel + kd / 4 * 64, g);
         }
-        panel_out po = {j, nc, NULL};
-        if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
-            po.adj = adj;
-            for (size_t i = 0; i < m; ++i) {
-                const int8_t *x = a->x + i * a->ldx + 4 * k4;
-                for (size_t c = 0; c < PANEL_N; ++c) {
-                    int32_t s = -a->xsum[i];
-                    for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                    adj[i * PANEL_N + c] = s;
-                }
-            }
-        }
+        /* each row tile against the np panels in turn: its activation rows are read from L2/L3 once
+         * and from L1 for the other panels */
         for (size_t t = 0, i = 0; t < tiles; ++t) {
             const size_t mr = base + (t < extra);
-            switch (mr) {
-            case 6: panel_kernel(a, panel, k4, i, 6, &po); break;
-            case 5: panel_kernel(a, panel, k4, i, 5, &po); break;
-            case 4: panel_kernel(a, panel, k4, i, 4, &po); break;
-            case 3: panel_kernel(a, panel, k4, i, 3, &po); break;
-            case 2: panel_kernel(a, panel, k4, i, 2, &po); break;
-            default: panel_kernel(a, panel, k4, i, 1, &po); break;
+            for (size_t p = 0; p < np; ++p) {
+                const uint8_t *panel = buf + p * pbytes;
+                switch (mr) {
+                case 6: panel_kernel(a, panel, k4, i, 6, &po[p]); break;
+                case 5: panel_kernel(a, panel, k4, i, 5, &po[p]); break;
+                case 4: panel_kernel(a, panel, k4, i, 4, &po[p]); break;
+                case 3: panel_kernel(a, panel, k4, i, 3, &po[p]); break;
+                case 2: panel_kernel(a, panel, k4, i, 2, &po[p]); break;
+                default: panel_kernel(a, panel, k4, i, 1, &po[p]); break;
+                }
             }
             i += mr;
         }
