@@ -241,8 +241,8 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             info, where = find_peer(bitnet_cpp)
             if info is None:
                 missing[label] = where
-            elif quick:
-                missing[label] = "not run with --quick (its model has all 30 layers)"
+            elif quick or layers != SHAPE["num_hidden_layers"]:
+                missing[label] = f"not run with {layers} layers (its model has all {SHAPE['num_hidden_layers']})"
             else:
                 ready[label] = ("bitnet.cpp", info, bytes_per_token(info["model"]),
                                 f"i2_s, F16 head, F16 KV cache; {info.get('bitnet_commit', '?')[:7]}, "
@@ -265,10 +265,14 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
 
 
 def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None = None,
-        engines: list[str] | None = None, bitnet_cpp: str | None = None, say=print) -> dict:
+        engines: list[str] | None = None, bitnet_cpp: str | None = None, say=print,
+        layers: int | None = None) -> dict:
+    """``layers``: fewer layers than the model's 30 (a shorter run of ours and llama.cpp; bitnet.cpp's
+    model has all 30, so it is not run then)."""
     from benchmarks.machine import int8_dot_acc_ceiling, int8_dot_peak, read_bandwidth
 
-    layers, n_prefill, n_decode, reps = (4, 32, 32, 2) if quick else (30, 128, 128, 3)
+    n_layers, n_prefill, n_decode, reps = (4, 32, 32, 2) if quick else (30, 128, 128, 3)
+    layers = layers or n_layers
     rounds = rounds or (2 if quick else 3)
     t0 = time.perf_counter()
     ready, missing = _prepare(list(engines or DEFAULT_ENGINES), layers, workdir, bitnet_cpp, quick, say)
@@ -411,6 +415,8 @@ def main(argv=None) -> None:
     ap.add_argument("--bitnet-cpp", default=None, help="folder of the bitnet.cpp peer build (peer.json)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per engine (default 3; quick 2)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="fewer layers (prefill 128 / decode 128 as the full run; bitnet.cpp is not run)")
     ap.add_argument("--keep", action="store_true", help="keep the model files (printed path)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where the model files go and stay (reused when a previous run left them there)")
@@ -440,7 +446,8 @@ def main(argv=None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print)
+        res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print,
+                  layers=args.layers)
     finally:
         if args.keep or args.workdir:
             console.print(f"model files kept in {workdir}")
