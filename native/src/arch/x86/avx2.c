@@ -439,6 +439,40 @@ static void panel_unpack_2bit8(const uint8_t *w, size_t ldw, size_t nr, size_t n
     }
 }
 
+/* Columns [j, j + nc) (nc <= 16) of W into one panel (k4 steps of 64 bytes; zero codes past nc),
+ * either layout; the codes of the last k % 4 weights of each column go to tailc.  codes: scratch of
+ * 8 rows of round_up(k, 32) bytes.  Shared with the AVX-512 variant (AVX2 code). */
+void bne_panel_fill_avx2(const bne_gemm_args *a, size_t j, size_t nc, int base3, uint8_t *panel, uint8_t *codes,
+                         uint8_t tailc[16][4]) {
+    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4;
+    for (size_t g = 0; g < PANEL_N / 8; ++g) {
+        const size_t nr = nc > g * 8 ? (nc - g * 8 < 8 ? nc - g * 8 : 8) : 0; /* rows of this group */
+        size_t kd = 0; /* weights done by the fused 2-bit unpack: whole blocks */
+        if (!base3) {
+            kd = k / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK;
+            panel_unpack_2bit8(a->w + (j + g * 8) * a->ldw, a->ldw, nr, k / BNE_TERNARY_BLOCK, panel, g);
+        }
+        if (kd == k) continue; /* (k % 4 == 0 here: no tail codes) */
+        /* the rest (base-3 rows, or a 2-bit row's last partial block) through natural-order codes */
+        const size_t kr = k - kd, k4r = k4 - kd / 4, kr32 = (kr + 31) & ~(size_t)31;
+        for (size_t c = 0; c < 8; ++c) { /* zeros past nr and k */
+            uint8_t *dst = codes + c * kr32;
+            memset(dst + 4 * k4r, 0, kr32 - 4 * k4r);
+            if (c < nr) {
+                const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
+                if (base3) unpack_codes_b3(row, k, dst);
+                else unpack_codes_2bit(row + kd / 4, kr, dst); /* the last block, on its own */
+                for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4r + t];
+                memset(dst + 4 * k4r, 0, kt);
+            } else {
+                memset(dst, 0, 4 * k4r);
+                for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
+            }
+        }
+        panel_transpose8(codes, kr32, k4r, panel + kd / 4 * 64, g);
+    }
+}
+
 /* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
  * buffer (the caller then uses the tile kernels).  Activation rows go in tiles of 5 or 6 (as even as
  * m allows: 128 = 18 x 6 + 4 x 5), so no tile runs with a third of the registers. */
@@ -458,32 +492,7 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
         for (size_t j = j0; j < n1 && np < PANEL_NP; j += PANEL_N, ++np) {
             uint8_t *panel = buf + np * pbytes;
             const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
-            for (size_t g = 0; g < PANEL_N / 8; ++g) {
-                const size_t nr = nc > g * 8 ? (nc - g * 8 < 8 ? nc - g * 8 : 8) : 0; /* rows of this group */
-                size_t kd = 0; /* weights done by the fused 2-bit unpack: whole blocks */
-                if (!base3) {
-                    kd = k / BNE_TERNARY_BLOCK * BNE_TERNARY_BLOCK;
-                    panel_unpack_2bit8(a->w + (j + g * 8) * a->ldw, a->ldw, nr, k / BNE_TERNARY_BLOCK, panel, g);
-                }
-                if (kd == k) continue; /* (k % 4 == 0 here: no tail codes) */
-                /* the rest (base-3 rows, or a 2-bit row's last partial block) through natural-order codes */
-                const size_t kr = k - kd, k4r = k4 - kd / 4, kr32 = (kr + 31) & ~(size_t)31;
-                for (size_t c = 0; c < 8; ++c) { /* zeros past nr and k */
-                    uint8_t *dst = codes + c * kr32;
-                    memset(dst + 4 * k4r, 0, kr32 - 4 * k4r);
-                    if (c < nr) {
-                        const uint8_t *row = a->w + (j + g * 8 + c) * a->ldw;
-                        if (base3) unpack_codes_b3(row, k, dst);
-                        else unpack_codes_2bit(row + kd / 4, kr, dst); /* the last block, on its own */
-                        for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = dst[4 * k4r + t];
-                        memset(dst + 4 * k4r, 0, kt);
-                    } else {
-                        memset(dst, 0, 4 * k4r);
-                        for (size_t t = 0; t < kt; ++t) tailc[g * 8 + c][t] = 0;
-                    }
-                }
-                panel_transpose8(codes, kr32, k4r, panel + kd / 4 * 64, g);
-            }
+            bne_panel_fill_avx2(a, j, nc, base3, panel, codes, tailc);
             po[np] = (panel_out){j, nc, NULL};
             if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
                 int32_t *ad = adj + np * m * PANEL_N;
