@@ -177,9 +177,17 @@ static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
  * codes meet x in _mm256_maddubs_epi16 as in the 2-bit path (|pair| <= 512); ten such pairs a block
  * are summed in int16 (<= 5120) and widened once per block. */
 
-/* Codes (0..2) of the current digit of t' (biased bytes). */
+/* t > c, signed bytes, as one vpcmpgtb: for a constant c, GCC rewrites the intrinsic as
+ * min(t, c) == t plus a complement (two more instructions for every 32 codes). */
+BNE_INLINE __m256i cmpgt8(__m256i t, __m256i c) {
+    __m256i r;
+    __asm__("vpcmpgtb %2, %1, %0" : "=x"(r) : "x"(t), "x"(c));
+    return r;
+}
+
+/* Codes (0..2) of the current digit of t' (biased bytes): 4 instructions. */
 BNE_INLINE __m256i trit_codes(__m256i t, __m256i lo, __m256i hi) {
-    return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(t, lo), _mm256_cmpgt_epi8(t, hi)));
+    return _mm256_abs_epi8(_mm256_add_epi8(cmpgt8(t, lo), cmpgt8(t, hi)));
 }
 
 BNE_INLINE __m256i times3(__m256i t) { return _mm256_add_epi8(t, _mm256_add_epi8(t, t)); }
@@ -234,11 +242,57 @@ BNE_INLINE void ternary3_tile(const bne_gemm_args *a, size_t j, size_t i, int NR
         for (int c = 0; c < MR; ++c) bne_store(a, i + c, j + r, hsum_epi32(acc[r][c]) - a->xsum[i + c]);
 }
 
+/* GEMV (one activation row), NR (1 or 2) weight rows from j.  Per digit and row: 2 x (4 to decode,
+ * 2 for t' *= 3 but after the last digit, vpmaddubsw, vpaddw): 78 vector instructions per 64-byte
+ * block (320 weights) and row, plus 2 for the bias and 2 to widen; the int16 sums are added in
+ * place (add16) so GCC neither reassociates them nor spills products. */
+BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t pf) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t nb = a->k / BNE_TERNARY3_BLOCK, tail = a->k - nb * BNE_TERNARY3_BLOCK;
+    int8_t xt[BNE_TERNARY3_BLOCK] __attribute__((aligned(32)));
+    __m256i acc[2];
+    const uint8_t *w[2];
+    for (int r = 0; r < NR; ++r) {
+        acc[r] = _mm256_setzero_si256();
+        w[r] = a->w + (j + r) * a->ldw;
+    }
+    if (tail) {
+        memset(xt, 0, sizeof xt);
+        memcpy(xt, a->x + nb * BNE_TERNARY3_BLOCK, tail);
+    }
+    for (size_t b = 0; b < nb + (tail != 0); ++b) {
+        const int8_t *xb = b < nb ? a->x + b * BNE_TERNARY3_BLOCK : xt;
+        __m256i t0[2], t1[2], s16[2];
+        for (int r = 0; r < NR; ++r) {
+            const uint8_t *src = w[r] + b * BNE_TERNARY3_BLOCK_BYTES;
+            if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
+            t0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), bias);
+            t1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), bias);
+            s16[r] = _mm256_setzero_si256();
+        }
+        for (int d = 0; d < 5; ++d) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d + 32));
+            for (int r = 0; r < NR; ++r) {
+                s16[r] = add16(s16[r], _mm256_maddubs_epi16(trit_codes(t0[r], lo, hi), x0));
+                s16[r] = add16(s16[r], _mm256_maddubs_epi16(trit_codes(t1[r], lo, hi), x1));
+                if (d < 4) {
+                    t0[r] = times3(t0[r]);
+                    t1[r] = times3(t1[r]);
+                }
+            }
+        }
+        for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
+    }
+    for (int r = 0; r < NR; ++r) bne_store(a, 0, j + r, hsum_epi32(acc[r]) - a->xsum[0]);
+}
+
 void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        for (; j + 2 <= n1; j += 2) ternary3_tile(a, j, 0, 2, 1, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) ternary3_tile(a, j, 0, 1, 1, 0);
+        for (; j + 2 <= n1; j += 2) ternary3_gemv(a, j, 2, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) ternary3_gemv(a, j, 1, 0);
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 1)) return;
