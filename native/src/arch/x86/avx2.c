@@ -93,26 +93,26 @@ BNE_INLINE void gemv_block(__m256i *s1, __m256i *s4, const uint8_t *src, __m256i
     *s4 = add16(*s4, _mm256_maddubs_epi16(_mm256_and_si256(h, mc), x3));
 }
 
-/* GEMV (one activation row), 4 weight rows: the x of a block is loaded once for the 4 rows.  Per
- * row two int16 sums (gemv_block): s1 gains at most 2 x 512 a block, s4 (codes 0, 4, 8: a pair is at
+/* GEMV (one activation row), R weight rows from j (R <= 4, a constant after inlining): the x of a
+ * block is loaded once for the R rows.  Per row two int16 sums (gemv_block): s1 gains at most 2 x 512 a block, s4 (codes 0, 4, 8: a pair is at
  * most 2 x 8 x 128 = 2048, never saturating) 2 x 2048, so both are widened every 8 blocks (s4: 8 x
  * 4096 = 32768, the worst case -32768 fits) into one int32 sum of 4 s1 + s4 = 4 acc (vpmaddwd with 4
  * and with 1), shifted right by 2 at the end (exact: every term is a multiple of 4).  Two blocks
  * (one cache line of each row) per step, one prefetch each. */
-BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
+BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
     const __m256i m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(12);
     const __m256i one16 = _mm256_set1_epi16(1), four16 = _mm256_set1_epi16(4);
     const size_t nb = a->k / BNE_TERNARY_BLOCK;
     const uint8_t *w[4];
     __m256i acc[4];
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
         w[r] = a->w + (j + r) * a->ldw;
         acc[r] = _mm256_setzero_si256();
     }
     for (size_t b0 = 0; b0 < nb; b0 += 8) {
         const size_t b1 = nb - b0 < 8 ? nb : b0 + 8;
         __m256i s1[4], s4[4];
-        for (int r = 0; r < 4; ++r) s1[r] = s4[r] = _mm256_setzero_si256();
+        for (int r = 0; r < R; ++r) s1[r] = s4[r] = _mm256_setzero_si256();
         size_t b = b0;
         for (; b + 2 <= b1; b += 2) {
             const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
@@ -120,7 +120,7 @@ BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
             __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
-            for (int r = 0; r < 4; ++r) {
+            for (int r = 0; r < R; ++r) {
                 _mm_prefetch((const char *)(w[r] + b * 32 + pf), _MM_HINT_T0);
                 gemv_block(&s1[r], &s4[r], w[r] + b * 32, x0, x1, x2, x3, m3, mc);
             }
@@ -128,7 +128,7 @@ BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
             x1 = _mm256_loadu_si256((const __m256i *)(xb + 160));
             x2 = _mm256_loadu_si256((const __m256i *)(xb + 192));
             x3 = _mm256_loadu_si256((const __m256i *)(xb + 224));
-            for (int r = 0; r < 4; ++r) gemv_block(&s1[r], &s4[r], w[r] + b * 32 + 32, x0, x1, x2, x3, m3, mc);
+            for (int r = 0; r < R; ++r) gemv_block(&s1[r], &s4[r], w[r] + b * 32 + 32, x0, x1, x2, x3, m3, mc);
         }
         if (b < b1) {
             const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
@@ -136,14 +136,14 @@ BNE_INLINE void ternary_gemv4(const bne_gemm_args *a, size_t j, size_t pf) {
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
             __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
-            for (int r = 0; r < 4; ++r) gemv_block(&s1[r], &s4[r], w[r] + b * 32, x0, x1, x2, x3, m3, mc);
+            for (int r = 0; r < R; ++r) gemv_block(&s1[r], &s4[r], w[r] + b * 32, x0, x1, x2, x3, m3, mc);
         }
-        for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < R; ++r)
             acc[r] = _mm256_add_epi32(acc[r], _mm256_add_epi32(_mm256_madd_epi16(s1[r], four16),
                                                                _mm256_madd_epi16(s4[r], one16)));
     }
     const size_t tail = a->k - nb * BNE_TERNARY_BLOCK;
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
         int32_t s = hsum_epi32(acc[r]) >> 2; /* 4 acc -> acc, exact (|4 acc| < 2^31 for k <= BNE_MAX_K) */
         if (tail) s += bne_tail_codes_dot(w[r] + nb * 32, a->x + nb * BNE_TERNARY_BLOCK, tail);
         bne_store(a, 0, j + r, s - a->xsum[0]);
@@ -156,9 +156,12 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
 /* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
-    if (a->m == 1) { /* GEMV: four weight rows share each x load */
-        for (; j + 4 <= n1; j += 4) ternary_gemv4(a, j, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
+    if (a->m == 1) {
+        /* GEMV a row at a time: the weights are read as one sequential stream, which the hardware
+         * prefetchers follow (with 4 rows a step, 4 streams 1 row apart, the stream from DRAM was
+         * 10-14% slower in interleaved runs here, though 4 rows share each x load and run 14% faster
+         * from L2: x is read from L1 by the vpmaddubsw, no instruction of its own). */
+        for (; j < n1; ++j) ternary_gemv(a, j, 1, bne_prefetch_offset(a->ldw));
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 0)) return;
