@@ -525,12 +525,52 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
     }
 }
 
+/* acc += p (int32 lanes) in acc's own register (see add16). */
+BNE_INLINE __m256i add32(__m256i acc, __m256i p) {
+    __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(p));
+    return acc;
+}
+
+/* GEMV (one activation row), R weight rows from j (a constant after inlining): a step is one cache
+ * line (64 bytes) of every row, one prefetch each; per 32 weight bytes and row: vpsignb, vpmaddubsw,
+ * vpmaddwd, vpaddd (the vpabsb of x is shared by the R rows). */
+BNE_INLINE void int8_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t kv = a->k & ~(size_t)63;
+    const uint8_t *w[8];
+    __m256i acc[8];
+    for (int r = 0; r < R; ++r) {
+        w[r] = a->w + (j + r) * a->ldw;
+        acc[r] = _mm256_setzero_si256();
+    }
+    for (size_t t = 0; t < kv; t += 64) {
+        for (int h = 0; h < 2; ++h) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(a->x + t + 32 * h));
+            const __m256i ax = _mm256_abs_epi8(x); /* |-128| reads as 128 unsigned */
+            for (int r = 0; r < R; ++r) {
+                if (h == 0) _mm_prefetch((const char *)(w[r] + t + pf), _MM_HINT_T0);
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[r] + t + 32 * h));
+                acc[r] = add32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x)), ones));
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const int8_t *wr = (const int8_t *)w[r];
+        int32_t s = hsum_epi32(acc[r]);
+        for (size_t t = kv; t < a->k; ++t) s += (int32_t)wr[t] * (int32_t)a->x[t];
+        bne_store(a, 0, j + r, s);
+    }
+}
+
 /* W (n, k) int8 @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1, 0);
+#ifndef BNE_I8_ROWS
+#define BNE_I8_ROWS 4
+#endif
+        for (; j + BNE_I8_ROWS <= n1; j += BNE_I8_ROWS) int8_gemv(a, j, BNE_I8_ROWS, bne_prefetch_offset(a->ldw));
+        for (; j < n1; ++j) int8_gemv(a, j, 1, bne_prefetch_offset(a->ldw));
         return;
     }
     for (; j < n1; ++j) {
