@@ -25,9 +25,7 @@ from bitnet_edge.packagers.keys import generate_keypair, load_private_key
 from bitnet_edge.sdk.bundle.signing import load_public_key
 from bitnet_edge.sdk.bundle.verify import base_from_bundle, verify_bundle
 from bitnet_edge.sdk.wire.broker import BrokerConnection
-from bitnet_edge.sdk.errors import FormatError
-from bitnet_edge.sdk.wire.protocol import (Capabilities, InstalledRelease, ModelState, Outcome, ReportedState,
-                                           desired_model, device_topic, parse_message)
+from bitnet_edge.sdk.wire.protocol import Capabilities, InstalledRelease, ModelState, Outcome, ReportedState
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_LIB = REPO / "sdk" / "native" / "_lib" / "libbitnet_edge.so"
@@ -145,6 +143,33 @@ def capabilities(target: str = "linux-x86_64", profile: str | None = "x86-64-v4"
                         disk_free_mb=1024, profile=profile, target=target, agent_version="test")
 
 
+def _agent_config(device_id, data_dir, broker_url, tags, fleet_keys, login, mqtt) -> AgentConfig:
+    user, password = login or (None, None)
+    return AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
+                       tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
+                       mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
+                                                     username=user, password=password))
+
+
+def _check_install(path: Path, delta_base: Path | None, installed: InstalledRelease | None, desired, fail: bool,
+                   model: str | None = None) -> tuple[str, str, str] | None:
+    """What a fake agent's install would report instead of installing: (result, reason, message),
+    or None when the bundle verifies (against ``delta_base`` for a delta), is of ``model`` (when
+    given), does not go back in release without ``allow_downgrade`` and ``fail`` is false."""
+    try:
+        base = base_from_bundle(delta_base, [bundles().public_key]) if delta_base is not None else None
+        vb = verify_bundle(path, [bundles().public_key], base=base)
+    except BundleError as exc:
+        return "rejected", "corrupt" if exc.part.startswith("section") else "bad_signature", str(exc)
+    if model is not None and vb.manifest.name != model:
+        return "rejected", "wrong_target", f"bundle of {vb.manifest.name}, desired for {model}"
+    if installed and vb.manifest.release < installed.release and not desired.allow_downgrade:
+        return "rejected", "downgrade", "lower release counter"
+    if fail:
+        return "rolled_back", "health_failed", "golden vectors out of tolerance (test)"
+    return None
+
+
 class FakeAgent:
     """The real FleetSync; the install callback verifies the bundle (delta: against the held base)
     and 'installs' it by keeping its path.  ``fail`` makes the install report a failed health gate."""
@@ -157,11 +182,7 @@ class FakeAgent:
         """``login``: (user name, password) for the broker; ``fleet_keys``: the fleet's desired-state keys."""
         self.device_id, self.fail, self.install_delay = device_id, fail, install_delay
         self.data_dir = Path(data_dir)
-        user, password = login or (None, None)
-        self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
-                                  tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
-                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
-                                                                username=user, password=password))
+        self.config = _agent_config(device_id, data_dir, broker_url, tags, fleet_keys, login, mqtt)
         self._lock = threading.Lock()
         self.installed: InstalledRelease | None = None
         self.previous: InstalledRelease | None = None
@@ -208,15 +229,9 @@ class FakeAgent:
                 self.outcome = o
             return o
 
-        try:
-            base = base_from_bundle(self.base_file, [bundles().public_key]) if is_delta else None
-            vb = verify_bundle(path, [bundles().public_key], base=base)
-        except BundleError as exc:
-            return out("rejected", "corrupt" if exc.part.startswith("section") else "bad_signature", str(exc))
-        if self.installed and vb.manifest.release < self.installed.release and not desired.allow_downgrade:
-            return out("rejected", "downgrade", "lower release counter")
-        if self.fail:
-            return out("rolled_back", "health_failed", "golden vectors out of tolerance (test)")
+        refused = _check_install(path, self.base_file if is_delta else None, self.installed, desired, self.fail)
+        if refused:
+            return out(*refused)
         if is_delta:  # the installed release is identified by its full bundle
             with self._lock:
                 self.previous, self.installed = self.installed, InstalledRelease(
@@ -245,103 +260,6 @@ class FakeAgent:
         self.sync.stop()
 
 
-#: the agent's FleetSync handles several models itself (ADR 0021: per-model jobs, ``.../desired/+``,
-#: each model's state read from ``ReportedState.models``); else :class:`_ModelSync` adds that around it
-_NATIVE_MODELS = hasattr(FleetSync, "_installed_of")
-
-
-class _ModelSync(FleetSync):
-    """The real FleetSync, run once per model: it also subscribes to ``.../desired/+`` of its own
-    device and hands each model's desired state to FleetSync's own handling with that model's state
-    (install policy, delta base, replay check), one download at a time, the other models waiting
-    their turn.  (The real agent's per-model sync is the device side of ADR 0021.)"""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self._ctx = threading.local()  # the model whose desired state this thread is handling
-        self._waiting: dict[str, bytes] = {}  # model -> desired payload, after the download in progress
-        self._ts: dict[str, float | None] = {}  # model -> newest signed desired state accepted (replays)
-        self._legacy_model: str | None = None  # the model the single-model .../desired last named
-
-    @property
-    def model(self) -> str | None:
-        return getattr(self._ctx, "model", None)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-        if not reason_code.is_failure:
-            client.subscribe(device_topic(self.device_id, "desired") + "/+", 1)
-
-    def _on_message(self, client, userdata, msg) -> None:
-        model = desired_model(msg.topic)
-        if model is not None and msg.topic == f"{device_topic(self.device_id, 'desired')}/{model}":
-            self._events.put(("model-desired", (model, bytes(msg.payload))))
-            return
-        super()._on_message(client, userdata, msg)
-
-    def _handle(self, kind: str, arg) -> None:
-        if kind == "desired":  # the single-model .../desired of older fleets: for the model it names
-            try:
-                model = parse_message("desired", arg).release.model if arg else self._legacy_model
-            except FormatError:
-                model = None
-            if model is None:
-                self.stats["dropped_messages"] += 1
-                return
-            self._legacy_model = model
-            kind, arg = "model-desired", (model, arg)
-        if kind != "model-desired":
-            super()._handle(kind, arg)
-            return
-        model, payload = arg
-        if self._job is not None and self._job.desired.release.model != model:
-            self._waiting[model] = payload
-            return
-        self._model_desired(model, payload)
-
-    def _model_desired(self, model: str, payload: bytes) -> None:
-        self._waiting.pop(model, None)
-        if not payload:  # this model's desired state cleared: stop fetching it, nothing else
-            if self._job is not None and self._job.desired.release.model == model:
-                self._drop_job()
-            return
-        try:
-            d = parse_message("desired", payload)
-        except FormatError:
-            self.stats["dropped_messages"] += 1
-            return
-        if d.release.model != model:  # ADR 0021: a desired state on another model's topic is dropped
-            self.stats["dropped_messages"] += 1
-            return
-        self._ctx.model, self._desired_ts = model, self._ts.get(model)
-        try:
-            self._on_desired(payload)
-        finally:
-            self._ts[model] = self._desired_ts
-            self._ctx.model = None
-
-    def _pump(self) -> None:
-        while self._job is None and self._waiting:
-            model = next(iter(self._waiting))
-            self._model_desired(model, self._waiting.pop(model))
-        super()._pump()
-
-    def _state(self) -> ReportedState:
-        s = super()._state()
-        if self.model is None:
-            return s
-        m = next((x for x in s.models if x.name == self.model), None)  # the install policy sees this model only
-        return s.model_copy(update={"installed": m.installed if m else None, "previous": m.previous if m else None})
-
-    def publish_state(self) -> None:
-        model, self._ctx.model = self.model, None
-        try:
-            super().publish_state()
-        finally:
-            self._ctx.model = model
-
-
-@dataclass
 class _Slots:
     installed: InstalledRelease | None = None
     previous: InstalledRelease | None = None
@@ -361,16 +279,11 @@ class MultiFakeAgent:
                  default: str = "test-mlp", mqtt: BrokerConnection | None = None):
         self.device_id, self.fail, self.default = device_id, set(fail), default
         self.data_dir = Path(data_dir)
-        user, password = login or (None, None)
-        self.config = AgentConfig(device_id=device_id, data_dir=str(data_dir), trust=[str(bundles().pub_path)],
-                                  tags=list(tags), fleet_keys=[str(k) for k in fleet_keys],
-                                  mqtt=mqtt or BrokerConnection(url=broker_url, reconnect_max=1.0, keepalive=5,
-                                                                username=user, password=password))
+        self.config = _agent_config(device_id, data_dir, broker_url, tags, fleet_keys, login, mqtt)
         self._lock = threading.Lock()
         self.models: dict[str, _Slots] = {}
         self.installs: list[tuple[str, str, bool]] = []  # (model, sha256 of the file, is_delta)
-        sync = FleetSync if _NATIVE_MODELS else _ModelSync
-        self.sync = sync(self.config, caps or capabilities(), self.get_state, self.install,
+        self.sync = FleetSync(self.config, caps or capabilities(), self.get_state, self.install,
                          lambda: self.installed_sha(getattr(self.sync, "model", None)), limits=limits)
 
     def installed(self, model: str) -> InstalledRelease | None:
@@ -407,17 +320,10 @@ class MultiFakeAgent:
                 slots.outcome = o
             return o
 
-        try:
-            base = base_from_bundle(slots.base_file, [bundles().public_key]) if is_delta else None
-            vb = verify_bundle(path, [bundles().public_key], base=base)
-        except BundleError as exc:
-            return out("rejected", "corrupt" if exc.part.startswith("section") else "bad_signature", str(exc))
-        if vb.manifest.name != ref.model:
-            return out("rejected", "wrong_target", f"bundle of {vb.manifest.name}, desired for {ref.model}")
-        if slots.installed and vb.manifest.release < slots.installed.release and not desired.allow_downgrade:
-            return out("rejected", "downgrade", "lower release counter")
-        if ref.model in self.fail:
-            return out("rolled_back", "health_failed", "golden vectors out of tolerance (test)")
+        refused = _check_install(path, slots.base_file if is_delta else None, slots.installed, desired,
+                                 ref.model in self.fail, model=ref.model)
+        if refused:
+            return out(*refused)
         new = InstalledRelease(model=ref.model, version=ref.version, release=ref.release,
                                bundle_sha256=ref.bundle_sha256, target=ref.target)
         if not is_delta:
