@@ -247,8 +247,9 @@ BNE_INLINE void ternary3_tile(const bne_gemm_args *a, size_t j, size_t i, int NR
 
 /* GEMV (one activation row), NR (1 or 2) weight rows from j.  Per digit and row: 2 x (4 to decode,
  * 2 for t' *= 3 but after the last digit, vpmaddubsw, vpaddw): 78 vector instructions per 64-byte
- * block (320 weights) and row, plus 2 for the bias and 2 to widen; the int16 sums are added in
- * place (add16) so GCC neither reassociates them nor spills products. */
+ * block (320 weights) and row, plus 2 for the bias and 2 to widen every 6 blocks (|sum| <= 6 x 10 x
+ * 512 = 30720); the int16 sums are added in place (add16) so GCC neither reassociates them nor
+ * spills products. */
 BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t pf) {
     const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
     const __m256i ones = _mm256_set1_epi16(1);
@@ -264,15 +265,17 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t p
         memset(xt, 0, sizeof xt);
         memcpy(xt, a->x + nb * BNE_TERNARY3_BLOCK, tail);
     }
-    for (size_t b = 0; b < nb + (tail != 0); ++b) {
+    const size_t nball = nb + (tail != 0);
+    __m256i s16[2];
+    for (size_t b = 0; b < nball; ++b) {
         const int8_t *xb = b < nb ? a->x + b * BNE_TERNARY3_BLOCK : xt;
-        __m256i t0[2], t1[2], s16[2];
+        __m256i t0[2], t1[2];
         for (int r = 0; r < NR; ++r) {
             const uint8_t *src = w[r] + b * BNE_TERNARY3_BLOCK_BYTES;
             if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
             t0[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), bias);
             t1[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), bias);
-            s16[r] = _mm256_setzero_si256();
+            if (b % 6 == 0) s16[r] = _mm256_setzero_si256();
         }
         for (int d = 0; d < 5; ++d) {
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + 64 * d));
@@ -286,7 +289,8 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t p
                 }
             }
         }
-        for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
+        if (b % 6 == 5 || b + 1 == nball) /* 6 blocks: |s16| <= 6 x 10 x 512 = 30720 */
+            for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
     }
     for (int r = 0; r < NR; ++r) bne_store(a, 0, j + r, hsum_epi32(acc[r]) - a->xsum[0]);
 }
