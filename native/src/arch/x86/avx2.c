@@ -150,6 +150,15 @@ BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf)
     }
 }
 
+/* The first bytes of a GEMV's rows [n0, n1), up to the prefetch distance: the kernels prefetch pf
+ * bytes ahead of where they read, so without this the start of every pool chunk is read cold. */
+static void gemv_prefetch_start(const bne_gemm_args *a, size_t n0, size_t n1, size_t pf) {
+    const uint8_t *p = a->w + n0 * a->ldw;
+    size_t len = (n1 - n0) * a->ldw;
+    if (len > pf) len = pf;
+    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
+
 #define PANEL_MIN_M 8 /* activation rows from which the GEMM goes through panels */
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3);
 
@@ -161,7 +170,9 @@ static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
          * prefetchers follow (with 4 rows a step, 4 streams 1 row apart, the stream from DRAM was
          * 10-14% slower in interleaved runs here, though 4 rows share each x load and run 14% faster
          * from L2: x is read from L1 by the vpmaddubsw, no instruction of its own). */
-        for (; j < n1; ++j) ternary_gemv(a, j, 1, bne_prefetch_offset(a->ldw));
+        const size_t pf = bne_prefetch_offset(a->ldw);
+        gemv_prefetch_start(a, n0, n1, pf);
+        for (; j < n1; ++j) ternary_gemv(a, j, 1, pf);
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 0)) return;
@@ -298,6 +309,7 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t p
 void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
+        gemv_prefetch_start(a, n0, n1, bne_prefetch_offset(a->ldw));
         for (; j + 2 <= n1; j += 2) ternary3_gemv(a, j, 2, bne_prefetch_offset(a->ldw));
         for (; j < n1; ++j) ternary3_gemv(a, j, 1, 0);
         return;
@@ -573,6 +585,7 @@ static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
 #ifndef BNE_I8_ROWS
 #define BNE_I8_ROWS 4
 #endif
+        gemv_prefetch_start(a, n0, n1, bne_prefetch_offset(a->ldw));
         for (; j + BNE_I8_ROWS <= n1; j += BNE_I8_ROWS) int8_gemv(a, j, BNE_I8_ROWS, bne_prefetch_offset(a->ldw));
         for (; j < n1; ++j) int8_gemv(a, j, 1, bne_prefetch_offset(a->ldw));
         return;
