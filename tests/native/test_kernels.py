@@ -17,6 +17,7 @@ from bitnet_edge.sdk.kernels import Int8Matrix, Ternary3Matrix, TernaryMatrix
 SHAPES = [  # (n, k, m): tiny, k not a multiple of any block, m = 1, tiles with remainders
     (1, 1, 1), (1, 127, 1), (3, 128, 1), (5, 129, 2), (7, 255, 3), (4, 256, 4), (9, 300, 5),
     (13, 1000, 7), (64, 2560, 1), (33, 4096, 6), (130, 640, 65),
+    (23, 700, 1), (1001, 384, 1),  # GEMV: rows in 4 parts with a remainder, several pool chunks
 ]
 
 

@@ -93,20 +93,20 @@ BNE_INLINE void gemv_block(__m256i *s1, __m256i *s4, const uint8_t *src, __m256i
     *s4 = add16(*s4, _mm256_maddubs_epi16(_mm256_and_si256(h, mc), x3));
 }
 
-/* GEMV (one activation row), R weight rows from j (R <= 4, a constant after inlining): the x of a
- * block is loaded once for the R rows.  Per row two int16 sums (gemv_block): s1 gains at most 2 x 512 a block, s4 (codes 0, 4, 8: a pair is at
+/* GEMV (one activation row), R weight rows j, j + step, ... (R <= 4, a constant after inlining): the
+ * x of a block is loaded once for the R rows.  Per row two int16 sums (gemv_block): s1 gains at most 2 x 512 a block, s4 (codes 0, 4, 8: a pair is at
  * most 2 x 8 x 128 = 2048, never saturating) 2 x 2048, so both are widened every 8 blocks (s4: 8 x
  * 4096 = 32768, the worst case -32768 fits) into one int32 sum of 4 s1 + s4 = 4 acc (vpmaddwd with 4
  * and with 1), shifted right by 2 at the end (exact: every term is a multiple of 4).  Two blocks
  * (one cache line of each row) per step, one prefetch each. */
-BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
+BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t step, size_t pf) {
     const __m256i m3 = _mm256_set1_epi8(3), mc = _mm256_set1_epi8(12);
     const __m256i one16 = _mm256_set1_epi16(1), four16 = _mm256_set1_epi16(4);
     const size_t nb = a->k / BNE_TERNARY_BLOCK;
     const uint8_t *w[4];
     __m256i acc[4];
     for (int r = 0; r < R; ++r) {
-        w[r] = a->w + (j + r) * a->ldw;
+        w[r] = a->w + (j + r * step) * a->ldw;
         acc[r] = _mm256_setzero_si256();
     }
     for (size_t b0 = 0; b0 < nb; b0 += 8) {
@@ -146,7 +146,7 @@ BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf)
     for (int r = 0; r < R; ++r) {
         int32_t s = hsum_epi32(acc[r]) >> 2; /* 4 acc -> acc, exact (|4 acc| < 2^31 for k <= BNE_MAX_K) */
         if (tail) s += bne_tail_codes_dot(w[r] + nb * 32, a->x + nb * BNE_TERNARY_BLOCK, tail);
-        bne_store(a, 0, j + r, s - a->xsum[0]);
+        bne_store(a, 0, j + r * step, s - a->xsum[0]);
     }
 }
 
@@ -166,13 +166,13 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
 static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        /* GEMV a row at a time: the weights are read as one sequential stream, which the hardware
-         * prefetchers follow (with 4 rows a step, 4 streams 1 row apart, the stream from DRAM was
-         * 10-14% slower in interleaved runs here, though 4 rows share each x load and run 14% faster
-         * from L2: x is read from L1 by the vpmaddubsw, no instruction of its own). */
-        const size_t pf = bne_prefetch_offset(a->ldw);
-        gemv_prefetch_start(a, n0, n1, pf);
-        for (; j < n1; ++j) ternary_gemv(a, j, 1, pf);
+        /* The rows in 4 parts, a row of each a step: 4 sequential weight streams far apart (x loaded
+         * once for 4 rows).  4 adjacent rows a step (4 streams 640 B apart, in the same pages) ran
+         * 1.4x slower from DRAM, a row at a time (1 stream) 1.25x slower. */
+        const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
+        for (int q = 0; q < 4; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (size_t i = 0; i < part; ++i) ternary_gemv(a, n0 + i, 4, part, pf);
+        for (j = n0 + 4 * part; j < n1; ++j) ternary_gemv(a, j, 1, 1, pf);
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 0)) return;
@@ -547,16 +547,16 @@ BNE_INLINE __m256i add32(__m256i acc, __m256i p) {
     return acc;
 }
 
-/* GEMV (one activation row), R weight rows from j (a constant after inlining): a step is one cache
- * line (64 bytes) of every row, one prefetch each; per 32 weight bytes and row: vpsignb, vpmaddubsw,
+/* GEMV (one activation row), R weight rows j, j + step, ... (R a constant after inlining): a step is
+ * one cache line (64 bytes) of every row, one prefetch each; per 32 weight bytes and row: vpsignb, vpmaddubsw,
  * vpmaddwd, vpaddd (the vpabsb of x is shared by the R rows). */
-BNE_INLINE void int8_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
+BNE_INLINE void int8_gemv(const bne_gemm_args *a, size_t j, int R, size_t step, size_t pf) {
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t kv = a->k & ~(size_t)63;
     const uint8_t *w[8];
     __m256i acc[8];
     for (int r = 0; r < R; ++r) {
-        w[r] = a->w + (j + r) * a->ldw;
+        w[r] = a->w + (j + r * step) * a->ldw;
         acc[r] = _mm256_setzero_si256();
     }
     for (size_t t = 0; t < kv; t += 64) {
@@ -574,7 +574,7 @@ BNE_INLINE void int8_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
         const int8_t *wr = (const int8_t *)w[r];
         int32_t s = hsum_epi32(acc[r]);
         for (size_t t = kv; t < a->k; ++t) s += (int32_t)wr[t] * (int32_t)a->x[t];
-        bne_store(a, 0, j + r, s);
+        bne_store(a, 0, j + r * step, s);
     }
 }
 
@@ -582,12 +582,12 @@ BNE_INLINE void int8_gemv(const bne_gemm_args *a, size_t j, int R, size_t pf) {
 static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-#ifndef BNE_I8_ROWS
-#define BNE_I8_ROWS 4
-#endif
-        gemv_prefetch_start(a, n0, n1, bne_prefetch_offset(a->ldw));
-        for (; j + BNE_I8_ROWS <= n1; j += BNE_I8_ROWS) int8_gemv(a, j, BNE_I8_ROWS, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) int8_gemv(a, j, 1, bne_prefetch_offset(a->ldw));
+        /* 4 sequential streams far apart, as in the ternary GEMV: 4 adjacent rows a step (streams
+         * 2560 B apart) ran 1.4x slower from DRAM. */
+        const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
+        for (int q = 0; q < 4; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (size_t i = 0; i < part; ++i) int8_gemv(a, n0 + i, 4, part, pf);
+        for (j = n0 + 4 * part; j < n1; ++j) int8_gemv(a, j, 1, 1, pf);
         return;
     }
     for (; j < n1; ++j) {
