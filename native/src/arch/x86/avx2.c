@@ -256,12 +256,12 @@ BNE_INLINE void ternary3_tile(const bne_gemm_args *a, size_t j, size_t i, int NR
         for (int c = 0; c < MR; ++c) bne_store(a, i + c, j + r, hsum_epi32(acc[r][c]) - a->xsum[i + c]);
 }
 
-/* GEMV (one activation row), NR (1 or 2) weight rows from j.  Per digit and row: 2 x (4 to decode,
+/* GEMV (one activation row), NR (1 or 2) weight rows j, j + step.  Per digit and row: 2 x (4 to decode,
  * 2 for t' *= 3 but after the last digit, vpmaddubsw, vpaddw): 78 vector instructions per 64-byte
  * block (320 weights) and row, plus 2 for the bias and 2 to widen every 6 blocks (|sum| <= 6 x 10 x
  * 512 = 30720); the int16 sums are added in place (add16) so GCC neither reassociates them nor
  * spills products. */
-BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t pf) {
+BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t step, size_t pf) {
     const __m256i bias = _mm256_set1_epi8((char)0x80), lo = _mm256_set1_epi8(-43), hi = _mm256_set1_epi8(42);
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t nb = a->k / BNE_TERNARY3_BLOCK, tail = a->k - nb * BNE_TERNARY3_BLOCK;
@@ -270,7 +270,7 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t p
     const uint8_t *w[2];
     for (int r = 0; r < NR; ++r) {
         acc[r] = _mm256_setzero_si256();
-        w[r] = a->w + (j + r) * a->ldw;
+        w[r] = a->w + (j + r * step) * a->ldw;
     }
     if (tail) {
         memset(xt, 0, sizeof xt);
@@ -303,15 +303,17 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t p
         if (b % 6 == 5 || b + 1 == nball) /* 6 blocks: |s16| <= 6 x 10 x 512 = 30720 */
             for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
     }
-    for (int r = 0; r < NR; ++r) bne_store(a, 0, j + r, hsum_epi32(acc[r]) - a->xsum[0]);
+    for (int r = 0; r < NR; ++r) bne_store(a, 0, j + r * step, hsum_epi32(acc[r]) - a->xsum[0]);
 }
 
 void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
     if (a->m == 1) {
-        gemv_prefetch_start(a, n0, n1, bne_prefetch_offset(a->ldw));
-        for (; j + 2 <= n1; j += 2) ternary3_gemv(a, j, 2, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) ternary3_gemv(a, j, 1, 0);
+        /* 2 sequential weight streams far apart (the chunk's rows in 2 parts), as the 2-bit GEMV */
+        const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 2;
+        for (int q = 0; q < 2; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 2);
+        for (size_t i = 0; i < part; ++i) ternary3_gemv(a, n0 + i, 2, part, pf);
+        for (j = n0 + 2 * part; j < n1; ++j) ternary3_gemv(a, j, 1, 1, pf);
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm(a, n0, n1, 1)) return;
