@@ -194,7 +194,7 @@ def register(main: click.Group) -> None:
         _require_sync_extras(cfg)
         ag = Agent(cfg)
         try:
-            ag.start_serving()
+            ag.start_serving(fork_zygote=True)  # no thread runs yet: the zygote shares the agent's pages
             servers = serve(ag, cfg)
         except BaseException:  # e.g. a port in use: stop the worker the agent started, then say which port
             ag.shutdown()

@@ -355,9 +355,14 @@ class Agent:
         self._swap(rt, None)
         return False
 
-    def start_serving(self) -> None:
+    def start_serving(self, fork_zygote: bool = False) -> None:
         """Serve every installed model (load-on-demand ones are only verified; they start on their
-        first request), and start the idle reaper."""
+        first request), and start the idle reaper.  ``fork_zygote`` (the daemon, before it starts any
+        thread): first fork the worker zygote from this process (ADR 0021: sharing its interpreter;
+        it freezes the process's objects for the garbage collector, so not for an agent embedded in
+        a longer-lived program)."""
+        if fork_zygote and self.zygote is not None:
+            self.zygote.prefork()
         for name in self.models.names():
             rt = self._runtime(name)
             if rt.active() is None:
@@ -544,9 +549,10 @@ class Agent:
                  expect: str | None) -> tuple[Outcome, str]:
         from bitnet_edge.sdk.bundle.crypt import check_recipient
         from bitnet_edge.sdk.bundle.errors import BundleError, InstallError
-        from bitnet_edge.sdk.bundle.install import install_bundle
         from bitnet_edge.sdk.bundle.signing import check_signatures
-        from bitnet_edge.sdk.bundle.container import Limits, read_envelope
+        from bitnet_edge.agent.unpack import unpack_bundle
+        from bitnet_edge.sdk.bundle.container import read_envelope
+        from bitnet_edge.sdk.bundle.errors import KeyFileError
         from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
         size = path.stat().st_size
@@ -603,11 +609,13 @@ class Agent:
         try:
             if base is None and m.delta is not None and state.active:
                 base = store.slot_dir(state.active)
-            install_bundle(path, dest, self.trusted, base=base, check_host=True, overwrite=True,
-                           device_keys=self.device_keys, limits=Limits(max_content_bytes=max(0, decode_cap)))
+            # decoded in a short-lived child: the decoder's imports (numpy, zstandard, cffi) never
+            # stay in the agent; its error comes back as the same class, reason and detail
+            unpack_bundle(path, dest, self.trusted, base=base, max_content_bytes=max(0, decode_cap),
+                          device_key=self.cfg.device_key if m.encryption is not None or base is not None else None)
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
-        except InstallError as exc:
+        except (InstallError, KeyFileError) as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "unpack") from None
         fsync_tree(dest)
         _fault("unpacked")
@@ -782,7 +790,8 @@ class Agent:
                 "active_slot": models[d]["active_slot"] if d in models else None,
                 "worker": models[d]["worker"] if d in models else None, "models": models,
                 "memory": {"budget_mb": self._mem_cap_mb(), "agent": _mem_mb("self"),
-                           "zygote": _mem_mb(self.zygote.pid) if self.zygote and self.zygote.pid else None},
+                           "zygote": _mem_mb(self.zygote.pid) if self.zygote and self.zygote.pid else None,
+                           "zygote_pid": self.zygote.pid if self.zygote else None},
                 "sync": self.sync.status() if self.sync is not None else None}
 
     def device_metrics(self) -> DeviceMetrics:
@@ -799,11 +808,12 @@ class Agent:
             load1 = os.getloadavg()[0]
         except OSError:
             load1 = None
-        wrss = [r for r in (_rss_mb(w.proc.pid) for w in ws.values()) if r is not None]
+        pids = [w.proc.pid for w in ws.values()] + ([self.zygote.pid] if self.zygote and self.zygote.pid else [])
+        pss = [m["pss"] for m in (_mem_mb(p) for p in pids) if m is not None]
         return DeviceMetrics(device_id=self.cfg.device_id, ts=time.time(), uptime_s=time.time() - self.started,
                              interval_s=now - t0, requests=n, errors=err - err0,
                              latency_ms_mean=(secs - secs0) / n * 1000 if n else None,
-                             agent_rss_mb=_rss_mb("self"), worker_rss_mb=sum(wrss) if wrss else None,
+                             agent_rss_mb=_rss_mb("self"), models_pss_mb=round(sum(pss), 2) if ws and pss else None,
                              disk_free_mb=shutil.disk_usage(self.root).free >> 20, load1=load1)
 
     def start_sync(self, limits=None) -> None:

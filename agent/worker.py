@@ -58,9 +58,8 @@ def rss_mb(pid: int | str = "self") -> float:
 
 def golden_check(slot: Path, model) -> dict:
     """Run the bundle's golden vectors; {"present": False} when the bundle has none."""
-    from bitnet_edge.sdk.bundle.container import read_envelope
-    from bitnet_edge.sdk.bundle.golden import check_outputs, read_golden, run_model
-    from bitnet_edge.sdk.bundle.install import ENVELOPE_FILE, GOLDEN_FILE
+    from bitnet_edge.sdk.bundle.container import ENVELOPE_FILE, read_envelope
+    from bitnet_edge.sdk.bundle.golden import GOLDEN_FILE, check_outputs, read_golden, run_model
     from bitnet_edge.sdk.bundle.manifest import parse_manifest
 
     if not (slot / GOLDEN_FILE).is_file():

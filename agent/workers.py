@@ -80,6 +80,15 @@ def _library(slot_dir: Path) -> Path | None:
     return libs[0] if libs else None
 
 
+def _features(slot_dir: Path) -> list[str]:
+    """What the slot's model needs beyond what every worker imports (zygote.FEATURES)."""
+    try:
+        manifest = json.loads((slot_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return ["tokenizer"] if isinstance(manifest, dict) and manifest.get("tokenizer") else []
+
+
 def _pump(pipe, lines: queue.Queue | None, tail: collections.deque, name: str) -> None:
     """Read ``pipe`` to its end: the first line to ``lines`` (stdout's report), every line to the log."""
     first = lines is not None
@@ -149,13 +158,125 @@ class ForkedProc:
                 self.returncode = -1
 
 
+class _OwnChild:
+    """A child this process forked itself (the zygote forked from the agent): what
+    ``subprocess.Popen`` offers for poll, wait, terminate and kill, reaped with waitpid (our own
+    child, so its pid is not reused before we reap it)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"zygote {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 class Zygote:
-    """The agent's end of the zygote (agent/zygote.py): started on first use, restarted if it died."""
+    """The agent's end of the zygote (agent/zygote.py): forked from the agent by :meth:`prefork`
+    while it has no thread (sharing its interpreter and heap), else started as a fresh
+    interpreter on first use; restarted (fresh) if it died."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | _OwnChild | None = None
+        self.forked = False
+
+    def prefork(self) -> bool:
+        """Fork the zygote from this process now, if it runs a single thread (forking with threads
+        can copy a lock another thread holds): the agent's imports and heap are then shared with
+        the zygote and every worker copy-on-write instead of each having its own interpreter.
+        ``gc.freeze()`` first, so the agent's collections never write to (and copy) those pages.
+        False (nothing done) where it cannot; the zygote then starts fresh on first use."""
+        with self._lock:
+            if self._sock is not None or not hasattr(os, "fork") or _threads() != 1:
+                return False
+            import gc
+            import importlib
+
+            for name in AGENT_AND_WORKERS:  # imported by the agent's first install anyway: share them
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001 - imported (or not) again where needed
+                    pass
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            gc.collect()
+            gc.freeze()
+            try:
+                pid = os.fork()
+            except OSError:
+                mine.close()
+                theirs.close()
+                return False
+            if pid == 0:  # the zygote: never returns into the agent's code
+                code = 70
+                try:
+                    mine.close()
+                    from bitnet_edge.agent import zygote
+
+                    code = zygote.forked_main(theirs)
+                except BaseException as exc:  # noqa: BLE001
+                    try:
+                        os.write(2, f"zygote: {type(exc).__name__}: {exc}\n".encode())
+                    except OSError:
+                        pass
+                finally:
+                    os._exit(code or 0)
+            theirs.close()
+            self.proc = _OwnChild(pid)
+            mine.settimeout(30.0)
+            try:
+                hello = json.loads(mine.recv(MAX_CTL) or b"{}")
+            except (OSError, ValueError):
+                hello = {}
+            if not hello.get("ready"):
+                mine.close()
+                self._stop_proc()
+                self.proc = None
+                return False
+            mine.settimeout(SPAWN_TIMEOUT_S)
+            self._sock = mine
+            self.forked = True
+            log.info("worker zygote pid %d forked from the agent", pid)
+            return True
 
     @staticmethod
     def supported() -> bool:
@@ -184,12 +305,14 @@ class Zygote:
             mine.close()
             self._stop_proc()
             raise WorkerFailed("zygote", "the worker zygote did not start")
-        mine.settimeout(30.0)
+        mine.settimeout(SPAWN_TIMEOUT_S)
         self._sock = mine
+        self.forked = False
         log.info("worker zygote pid %d ready", self.proc.pid)
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProc:
-        """Fork a worker running ``python -m bitnet_edge.agent.worker ARGV`` with ``env`` added."""
+    def spawn(self, argv: list[str], env: dict[str, str], features: list[str] = ()) -> ForkedProc:
+        """Fork a worker running ``python -m bitnet_edge.agent.worker ARGV`` with ``env`` added;
+        ``features`` (zygote.FEATURES) are imported into the zygote first, once."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -199,7 +322,8 @@ class Zygote:
                         self.close()
                         self._start()
                     try:
-                        self._sock.sendmsg([json.dumps({"argv": argv, "env": env}).encode()],
+                        req = {"argv": argv, "env": env, "features": list(features)}
+                        self._sock.sendmsg([json.dumps(req).encode()],
                                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w]))])
                         fds = array.array("i")
                         msg, anc, _f, _a = self._sock.recvmsg(MAX_CTL, socket.CMSG_SPACE(fds.itemsize))
@@ -252,6 +376,12 @@ class Zygote:
 
 
 MAX_CTL = 64 * 1024
+#: what both the agent (checking a bundle's envelope and manifest at every install) and each
+#: worker (loading a model) import: imported by the agent before it forks the zygote, so one copy
+#: of these modules (the manifests' pydantic validators are ~8 MB) serves the agent and all workers
+AGENT_AND_WORKERS = ("bitnet_edge.sdk.bundle.manifest", "bitnet_edge.sdk.bundle.signing",
+                     "bitnet_edge.sdk.bundle.container", "bitnet_edge.sdk.bundle.crypt", "bitnet_edge.agent.unpack")
+SPAWN_TIMEOUT_S = 120.0  # a zygote forked from the agent imports what workers need on its first fork
 
 
 def start_worker(slot: str, slot_dir: Path, run_dir: Path, timeout: float = 120.0,
@@ -268,7 +398,7 @@ def start_worker(slot: str, slot_dir: Path, run_dir: Path, timeout: float = 120.
     args = ["--slot", str(slot_dir), "--socket", sock, "--max-requests", str(budget.max_requests),
             "--max-inflight-bytes", str(budget.max_inflight_bytes)]
     if zygote is not None:  # the worker watches the agent, not the zygote: the zygote may die and be restarted
-        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())})
+        proc = zygote.spawn(args, {**extra, "BITNET_EDGE_AGENT_PID": str(os.getpid())}, _features(slot_dir))
     else:
         proc = subprocess.Popen([sys.executable, "-m", "bitnet_edge.agent.worker", *args],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

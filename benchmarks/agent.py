@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -151,10 +150,7 @@ def _together_mb(pids) -> float | None:
 def _processes(d) -> dict:
     """smaps figures of the agent, its zygote and every model worker (from the agent's status)."""
     _, st = d.admin("GET", "/v1/admin/status")
-    zpid = None
-    z = st.get("memory", {}).get("zygote")
-    if z is not None:
-        zpid = next((int(p) for p in os.listdir("/proc") if p.isdigit() and _is_zygote(p, d.proc.pid)), None)
+    zpid = st.get("memory", {}).get("zygote_pid")
     workers = {n: _mem(m["worker"]["pid"]) for n, m in st["models"].items() if m.get("worker")}
     procs = {"agent": _mem(d.proc.pid), "zygote": _mem(zpid) if zpid else None, "workers": workers}
     procs["total_pss_mb"] = round(sum(x["pss"] for x in [procs["agent"], procs["zygote"], *workers.values()]
@@ -163,16 +159,6 @@ def _processes(d) -> dict:
                                                       if m.get("worker")]
     procs["together_mb"] = _together_mb(pids)
     return procs
-
-
-def _is_zygote(pid: str, agent_pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    ppid = int(stat.rsplit(")", 1)[1].split()[1])
-    return ppid == agent_pid and b"bitnet_edge.agent.zygote" in cmd
 
 
 def _memory(tmp: Path, key, rng, n_models: int) -> dict:

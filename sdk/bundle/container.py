@@ -25,6 +25,7 @@ from typing import BinaryIO
 from bitnet_edge.sdk.bundle.errors import BundleFormatError, TruncatedBundle, UnsupportedVersion
 
 __all__ = [
+    "ENVELOPE_FILE",
     "MAGIC",
     "CONTAINER_VERSION",
     "ALG_ED25519",
@@ -46,6 +47,10 @@ SIGNING_CONTEXT = b"bitnet-edge bundle manifest\x00"
 _HEADER = struct.Struct("<8sII")  # magic, version, manifest length
 _U32 = struct.Struct("<I")
 _SIG = struct.Struct("<HH32s64s")  # algorithm, reserved, key id, signature
+
+
+#: an installed slot keeps its bundle's envelope (header, signed manifest, signatures) under this name
+ENVELOPE_FILE = "bundle.envelope"
 
 
 @dataclass(frozen=True)

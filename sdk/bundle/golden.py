@@ -19,8 +19,11 @@ from bitnet_edge.sdk.bundle.errors import BundleFormatError
 from bitnet_edge.sdk.bundle.manifest import GoldenSet, Tolerance
 from bitnet_edge.sdk.manifest import DecoderConfig, EncoderConfig, GraphConfig, MlpConfig, ModelManifest
 
-__all__ = ["SECTION", "SEED", "TOLERANCE", "METHOD", "GoldenCheck", "golden_inputs", "read_golden", "run_model",
-           "check_outputs"]
+#: an installed slot keeps the golden section's content under this name
+GOLDEN_FILE = "golden.bin"
+
+__all__ = ["GOLDEN_FILE", "SECTION", "SEED", "TOLERANCE", "METHOD", "GoldenCheck", "golden_inputs", "read_golden",
+           "run_model", "check_outputs"]
 
 SECTION = "golden"
 SEED = 20261126

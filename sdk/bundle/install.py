@@ -26,10 +26,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bitnet_edge.sdk.bundle.container import Limits, encode_envelope, read_envelope
+from bitnet_edge.sdk.bundle.container import ENVELOPE_FILE, Limits, encode_envelope, read_envelope
 from bitnet_edge.sdk.bundle.crypt import DeviceKey
 from bitnet_edge.sdk.bundle.errors import DeltaError, InstallError, TargetMismatch
-from bitnet_edge.sdk.bundle.golden import read_golden
+from bitnet_edge.sdk.bundle.golden import GOLDEN_FILE, read_golden
 from bitnet_edge.sdk.bundle.manifest import BundleManifest, parse_manifest, release_digest
 from bitnet_edge.sdk.bundle.payload import decode_weights, encode_weights
 from bitnet_edge.sdk.bundle.signing import check_signatures
@@ -39,8 +39,6 @@ from bitnet_edge.sdk.native.targets import library_host_target
 
 __all__ = ["ENVELOPE_FILE", "GOLDEN_FILE", "Installed", "install_bundle", "base_from_installed", "open_base"]
 
-ENVELOPE_FILE = "bundle.envelope"
-GOLDEN_FILE = "golden.bin"
 
 
 @dataclass(frozen=True)

@@ -337,17 +337,28 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def json_depth(data: bytes) -> int:
-    """Deepest nesting of ``[`` / ``{`` in JSON text, strings skipped; counted with C-speed scans
-    (regex and numpy), never with the recursive parser."""
-    import numpy as np
+_OPEN_CLOSE = bytes.maketrans(b"{}", b"[]")
 
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    if not brackets:
-        return 0
-    b = np.frombuffer(brackets, np.uint8)
-    steps = np.where((b == ord("[")) | (b == ord("{")), 1, -1).astype(np.int64)
-    return int(np.cumsum(steps).max())
+
+def json_depth(data: bytes, limit: int | None = None) -> int:
+    """Deepest nesting of ``[`` / ``{`` in JSON text, strings skipped, never with the recursive
+    parser and without numpy (the agent checks manifests and must not keep it imported: ADR 0021):
+    each pass of a C-speed ``bytes.replace`` removes the innermost pairs, so the passes count the
+    depth.  Counting stops after ``limit`` + 1 passes (returns ``limit + 1``).  Unbalanced text
+    (not JSON anyway) may read deeper than it is."""
+    s = _JSON_STRING.sub(b"", data).translate(_OPEN_CLOSE, _NOT_BRACKETS)
+    depth = 0
+    while True:
+        if limit is not None and b"[" * (limit + 1 - depth) in s:  # that many opens in a row nest
+            return limit + 1
+        t = s.replace(b"[]", b"")
+        if len(t) == len(s):
+            break
+        depth += 1
+        s = t
+        if limit is not None and depth > limit:
+            return limit + 1
+    return depth + s.count(b"[")  # unbalanced: opens never closed
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
@@ -371,9 +382,9 @@ def parse_manifest(data: bytes) -> BundleManifest:
         raise BundleFormatError("manifest", "manifest-too-large", f"{len(data)} bytes, over {MAX_MANIFEST_BYTES}")
     if not data.isascii():
         raise BundleFormatError("manifest", "manifest-not-canonical", "canonical JSON is ASCII only")
-    depth = json_depth(data)
+    depth = json_depth(data, limit=MAX_MANIFEST_DEPTH)
     if depth > MAX_MANIFEST_DEPTH:
-        raise BundleFormatError("manifest", "manifest-too-deep", f"nested {depth} deep, over {MAX_MANIFEST_DEPTH}")
+        raise BundleFormatError("manifest", "manifest-too-deep", f"nested deeper than {MAX_MANIFEST_DEPTH}")
     try:
         raw = json.loads(data, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:

@@ -151,15 +151,23 @@ def open_driver() -> Driver:
 def load_driver(candidates: list[str]) -> Driver:
     """The first candidate that opens, cuInit-ed; :class:`CudaUnavailable` (``no-driver``,
     ``no-device``, ``driver-error``) lists every candidate tried and why it failed."""
-    ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    import ctypes
+
+    # whether a candidate opens is asked of the dynamic loader directly: the declarations are
+    # parsed only once one does, and cffi's fallback search (ctypes.util.find_library, which runs
+    # ldconfig) never runs: every model worker probes this, mostly on machines without a GPU (ADR 0021)
+    ffi = None
     tried: list[tuple[str, str]] = []
     for cand in candidates:
         try:
-            lib = ffi.dlopen(cand)
+            ctypes.CDLL(cand)
         except OSError as exc:
-            tried.append((cand, str(exc).splitlines()[0]))
+            tried.append((cand, f"cannot load library {cand!r}: " + (str(exc).splitlines() or [""])[0]))
             continue
+        if ffi is None:
+            ffi = cffi.FFI()
+            ffi.cdef(CDEF)
+        lib = ffi.dlopen(cand)
         drv = Driver(ffi, lib, cand, 0)
         rc = lib.cuInit(0)
         if rc != CUDA_SUCCESS:

@@ -39,6 +39,15 @@ def available_devices() -> list[str]:
     return devs
 
 
+def _auto() -> str:
+    """What ``auto`` picks: ``available_devices()[0]`` without importing mlx where it would not
+    be picked (off Apple Silicon mlx comes after the CPU; importing it there only costs memory:
+    every model worker would map libmlx and its BLAS)."""
+    if mlx_backend.on_apple_silicon() and mlx_backend.available():
+        return "mlx"
+    return "cuda" if _cuda_probe().available else "cpu"
+
+
 def _cuda_probe():
     from bitnet_edge.sdk import cuda
 
@@ -69,7 +78,7 @@ def resolve_device(device: str | None = None) -> str:
         raise BackendError(device, f"unknown device (from {source}); known: {', '.join(DEVICES)}",
                            available_devices(), reason="unknown-backend")
     if name == "auto":
-        return available_devices()[0]
+        return _auto()
     if name == "cuda" and not (probe := _cuda_probe()).available:
         raise BackendError("cuda", f"the CUDA backend cannot run here ({probe.reason}; from {source}): "
                                    f"{probe.message}", available_devices())

@@ -70,9 +70,24 @@ def cdef_from_header(text: str) -> str:
     return "\n".join(lines).replace("BNE_API ", "")
 
 
+_FFI: dict[str, cffi.FFI] = {}
+_FFI_LOCK = threading.Lock()
+
+
+def ffi_for_header(text: str) -> cffi.FFI:
+    """The FFI declaring ``text``'s API, parsed once per process and header (~3 MB of parser
+    state; the agent's worker zygote parses it before forking, so its workers share it: ADR 0021)."""
+    with _FFI_LOCK:
+        ffi = _FFI.get(text)
+        if ffi is None:
+            ffi = cffi.FFI()
+            ffi.cdef(cdef_from_header(text))
+            _FFI[text] = ffi
+        return ffi
+
+
 def _open(path: Path, header: Path) -> Library:
-    ffi = cffi.FFI()
-    ffi.cdef(cdef_from_header(header.read_text()))
+    ffi = ffi_for_header(header.read_text())
     lib = ffi.dlopen(str(path))
     version = ffi.string(lib.bne_version()).decode()
     if version != __version__:

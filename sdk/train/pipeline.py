@@ -11,7 +11,8 @@ Layout of ``out``::
     lm-training.json               LmTrainingReport
 
 The two training runs are independent; with ``jobs`` = 2 they run side by side in two processes,
-each on one BLAS thread (a 2-core machine trains both in the time of one).
+each on one BLAS thread (a 2-core machine trains both in the time of one).  Either way the trainer
+runs its BLAS on one thread, so ``jobs`` and the core count never change the weights.
 """
 
 from __future__ import annotations
@@ -73,14 +74,11 @@ def _train_cfg(recipe: LmRecipe, mode: str) -> trainer.TrainConfig:
 
 
 def _worker(mode: str, recipe_json: str, code: np.ndarray, chats: np.ndarray, queue) -> None:
-    from threadpoolctl import threadpool_limits
-
     recipe = LmRecipe.model_validate_json(recipe_json)
     every = max(1, recipe.train.steps // 100)
-    try:
-        with threadpool_limits(1):
-            res = trainer.train(recipe.model, _train_cfg(recipe, mode), code, chats, mode,
-                                on_step=lambda s, loss: queue.put(("step", mode, s, loss)) if s % every == 0 else None)
+    try:  # the trainer runs the BLAS on one thread (reproducible weights, whatever `jobs`)
+        res = trainer.train(recipe.model, _train_cfg(recipe, mode), code, chats, mode,
+                            on_step=lambda s, loss: queue.put(("step", mode, s, loss)) if s % every == 0 else None)
         queue.put(("done", mode, res))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
         queue.put(("error", mode, f"{type(exc).__name__}: {exc}"))

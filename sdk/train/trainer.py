@@ -4,6 +4,12 @@ Batches mix the two streams: source code (every module a document) and chats (th
 exchanges, see :mod:`.corpus`), ``chat_fraction`` of the rows from the latter.  Evaluation runs
 fixed, evenly spaced windows of the held-out streams, so the float and the ternary model are
 measured on the same tokens.
+
+Reproducible: the weights depend on the seed, not on the machine's core count or ``jobs``.  Every
+step is seeded (initialization, batch windows) and the BLAS runs on one thread: OpenBLAS splits a
+matmul's sums differently with another thread count, and after a few hundred steps those last-bit
+differences were a different model (held-out perplexity moved by several points).  What remains
+is the BLAS build itself: another OpenBLAS kernel (CPU generation) may round differently.
 """
 
 from __future__ import annotations
@@ -62,7 +68,16 @@ def _sample(rng: np.random.Generator, stream: np.ndarray, rows: int, width: int)
 
 def train(model_cfg: lm.LmConfig, cfg: TrainConfig, code: np.ndarray, chats: np.ndarray, mode: str,
           on_step: Callable[[int, float], object] | None = None) -> TrainResult:
-    """Train from ``lm.init_params(model_cfg, cfg.seed)``; ``code`` and ``chats`` are token streams."""
+    """Train from ``lm.init_params(model_cfg, cfg.seed)``; ``code`` and ``chats`` are token streams.
+    The same arguments give the same weights, bit for bit (BLAS on one thread: see the module doc)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _train(model_cfg, cfg, code, chats, mode, on_step)
+
+
+def _train(model_cfg: lm.LmConfig, cfg: TrainConfig, code: np.ndarray, chats: np.ndarray, mode: str,
+           on_step: Callable[[int, float], object] | None) -> TrainResult:
     import time
 
     if cfg.seq_len > model_cfg.max_position:

@@ -230,7 +230,12 @@ class DeviceMetrics(Strict):
     latency_ms_mean: float | None = Field(default=None, ge=0, description="mean request latency in the interval, "
                                                                            "ms (None: no requests)")
     agent_rss_mb: float | None = Field(default=None, ge=0, description="the agent process's resident memory, MiB")
-    worker_rss_mb: float | None = Field(default=None, ge=0, description="the model worker's resident memory, MiB")
+    worker_rss_mb: float | None = Field(default=None, ge=0, description="older agents only: the model workers' "
+                                        "resident memory summed, MiB (counts the pages they share once per "
+                                        "worker, so it over-states; see models_pss_mb)")
+    models_pss_mb: float | None = Field(default=None, ge=0, description="what serving the models takes: the "
+                                        "proportional set size (a page shared by n processes counts 1/n) of "
+                                        "every model worker and the worker zygote, summed, MiB")
     disk_free_mb: int | None = Field(default=None, ge=0, description="free space in the agent's data directory, MiB")
     load1: float | None = Field(default=None, ge=0, description="1-minute load average")
 

@@ -3,6 +3,7 @@ template (a stdlib-LM-shaped model: our tokenizer and chat format, untrained wei
 
 import http.client
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +53,9 @@ def test_chat_completions_plain_and_streamed(tmp_path, bundles):
     d = Daemon(cfg, port)
     try:
         assert cli("agent", "install", bundle, "--config", cfg).returncode == 0
+        _, st = d.admin("GET", "/v1/admin/status")
+        if st["memory"]["zygote_pid"]:  # a model with a tokenizer: the zygote imported tokenizers before forking
+            assert "/tokenizers" in Path(f"/proc/{st['memory']['zygote_pid']}/maps").read_text()
         code, out = d.request("POST", "/v1/chat/completions", {"messages": msgs, "max_tokens": 12})
         assert code == 200, out
         assert out["object"] == "chat.completion"

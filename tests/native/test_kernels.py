@@ -17,6 +17,7 @@ from bitnet_edge.sdk.kernels import Int8Matrix, Ternary3Matrix, TernaryMatrix
 SHAPES = [  # (n, k, m): tiny, k not a multiple of any block, m = 1, tiles with remainders
     (1, 1, 1), (1, 127, 1), (3, 128, 1), (5, 129, 2), (7, 255, 3), (4, 256, 4), (9, 300, 5),
     (13, 1000, 7), (64, 2560, 1), (33, 4096, 6), (130, 640, 65),
+    (23, 700, 1), (1001, 384, 1),  # GEMV: rows in 4 parts with a remainder, several pool chunks
 ]
 
 
@@ -87,10 +88,11 @@ def test_int8_int32_exact(native_backend, rng, n, k, m):
 
 @pytest.mark.parametrize("k", [1, 100, 128, 4096, 65536])
 @pytest.mark.parametrize("wval", [-1, 1])
-def test_no_overflow_at_the_extremes(native_backend, k, wval):
+@pytest.mark.parametrize("m", [1, 3])  # 1: the GEMV kernels (int16 sums over 8 blocks); 3: the tiles
+def test_no_overflow_at_the_extremes(native_backend, k, wval, m):
     """All -128 activations against all -1 (or +1) weights, K up to 65536."""
     q = np.full((5, k), wval, dtype=np.int8)
-    xq = np.full((3, k), -128, dtype=np.int8)
+    xq = np.full((m, k), -128, dtype=np.int8)
     y = TernaryMatrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
     assert (y == -128 * wval * k).all()
     y3 = Ternary3Matrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
@@ -106,6 +108,10 @@ def test_mixed_extremes_exact(native_backend, rng):
     xq = rng.choice(np.array([-128, 127], dtype=np.int8), size=(2, k))
     tm = TernaryMatrix.from_ternary(q, 1.0)
     np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
+    for x1 in (xq[:1], np.full((1, k), 127, np.int8), np.full((1, k), -128, np.int8)):  # the GEMV kernels
+        np.testing.assert_array_equal(tm.matmul_int8(x1, backend=native_backend), reference.int_matmul(q, x1))
+        t3 = Ternary3Matrix.from_ternary(q, 1.0)
+        np.testing.assert_array_equal(t3.matmul_int8(x1, backend=native_backend), reference.int_matmul(q, x1))
 
 
 @settings(max_examples=40, deadline=None)

@@ -235,3 +235,24 @@ def test_cli_train_lm_reports(tmp_path):
     assert (tmp_path / "o" / REPORT_FILE).is_file()
     bad = CliRunner().invoke(main, ["train-lm", "--out", str(tmp_path / "p"), "--steps", "0"])
     assert bad.exit_code == 2 and "train.steps" in bad.output
+
+
+def test_training_is_bit_reproducible_whatever_the_blas_thread_count():
+    """Same seed, same weights: ``jobs`` (one training process, or two) and the machine's cores
+    change how many threads the BLAS may use, and OpenBLAS rounds a matmul split over two threads
+    differently; the trainer runs it on one.  The demo model's shapes (large enough for OpenBLAS to
+    thread its matmuls), a few steps."""
+    from threadpoolctl import threadpool_limits
+
+    cfg = LmRecipe().model
+    tc = trainer.TrainConfig(steps=4, batch_size=8, seq_len=64, seed=3)
+    rng = np.random.default_rng(0)
+    code, chats = rng.integers(0, cfg.vocab_size, 20_000), rng.integers(0, cfg.vocab_size, 5_000)
+    runs = []
+    for threads in (1, 2, 2):
+        with threadpool_limits(threads):
+            runs.append(trainer.train(cfg, tc, code, chats, "ternary"))
+    for r in runs[1:]:
+        assert r.losses == runs[0].losses
+        for k, p in runs[0].params.items():
+            assert np.array_equal(r.params[k], p), k
