@@ -66,6 +66,11 @@ int bne_decoder_forward_avx2(const struct bne_kernels_s *kt, const bne_decoder *
                              size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
                              float *hidden);
 void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1);
+/* avx2.c's prefill panel unpack, shared by the avx512 panel GEMM: columns [j, j + nc) (nc <= 16) of a
+ * ternary W (base3: the base-3 layout) -> panel[k/4][16][4] codes (0..2), zero past nc; the last
+ * k % 4 codes of each column -> tailc; codes: scratch of 8 x round_up(k, 32) bytes. */
+void bne_panel_fill_avx2(const bne_gemm_args *a, size_t j, size_t nc, int base3, uint8_t *panel, uint8_t *codes,
+                         uint8_t tailc[16][4]);
 #endif
 #if defined(__aarch64__)
 #define BNE_HAVE_ARM 1
