@@ -23,9 +23,12 @@ peak: :mod:`benchmarks.machine`) and every engine runs once, in turn, so a chang
 hits them alike; figures are medians over rounds.  Derived: decode GB/s = bytes read per token
 (weights + the KV cache at the mean context of the timed steps) / median step time, its share of the
 read bandwidth; prefill GMAC/s = multiply-adds of the
-linears per token x prefill tok/s, its share of the int8 dot peak; ratios of ours to every peer
+linears per token x prefill tok/s, its share of the int8 dot peak and of the accumulating AVX2 rate
+(``vpmaddubsw`` + ``vpaddw``, the ceiling of any AVX2 int8 kernel); ratios of ours to every peer
 measured in this run; for ours, the C decoder's own profile of a decode step (time outside the
-linears).  The JSON (benchmarks/results/) is written by this script.
+linears) and of one whole prompt (``prefill_profile_ms``: norms/quantization/RoPE glue, attention,
+linears, head; the linears' own GMAC/s and share of the peak).  The JSON (benchmarks/results/) is
+written by this script.
 """
 
 from __future__ import annotations
@@ -157,8 +160,15 @@ def _worker_ours(model_dir: str, threads: int, n_prefill: int, n_decode: int, re
                 tok = int(model.forward(np.array([tok]), cache)[-1].argmax())
             model.native.profile(False)
             profile = {k: float(v) / 16 / 1e6 for k, v in zip(model.native.PROFILE_PHASES, counters)}
-    return {"prefill_s": prefill, "decode_step_s": steps, "backend": kernels.resolve_backend(),
-            "runtime": "native" if model.native is not None else "numpy", "profile_ms_per_token": profile}
+            counters = model.native.profile()  # the phases of one whole prompt (prefill)
+            model.forward(np.array(prompt), model.new_cache(n_prefill + 1))
+            model.native.profile(False)
+            prefill_profile = {k: float(v) / 1e6 for k, v in zip(model.native.PROFILE_PHASES, counters)}
+    out = {"prefill_s": prefill, "decode_step_s": steps, "backend": kernels.resolve_backend(),
+           "runtime": "native" if model.native is not None else "numpy", "profile_ms_per_token": profile}
+    if profile is not None:
+        out["prefill_profile_ms"] = prefill_profile
+    return out
 
 
 def _worker_llama(gguf_path: str, threads: int, n_prefill: int, n_decode: int, reps: int) -> dict:
@@ -231,8 +241,8 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
             info, where = find_peer(bitnet_cpp)
             if info is None:
                 missing[label] = where
-            elif quick:
-                missing[label] = "not run with --quick (its model has all 30 layers)"
+            elif quick or layers != SHAPE["num_hidden_layers"]:
+                missing[label] = f"not run with {layers} layers (its model has all {SHAPE['num_hidden_layers']})"
             else:
                 ready[label] = ("bitnet.cpp", info, bytes_per_token(info["model"]),
                                 f"i2_s, F16 head, F16 KV cache; {info.get('bitnet_commit', '?')[:7]}, "
@@ -255,10 +265,14 @@ def _prepare(engines: list[str], layers: int, workdir: Path, bitnet_cpp: str | N
 
 
 def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None = None,
-        engines: list[str] | None = None, bitnet_cpp: str | None = None, say=print) -> dict:
-    from benchmarks.machine import int8_dot_peak, read_bandwidth
+        engines: list[str] | None = None, bitnet_cpp: str | None = None, say=print,
+        layers: int | None = None) -> dict:
+    """``layers``: fewer layers than the model's 30 (a shorter run of ours and llama.cpp; bitnet.cpp's
+    model has all 30, so it is not run then)."""
+    from benchmarks.machine import int8_dot_acc_ceiling, int8_dot_peak, read_bandwidth
 
-    layers, n_prefill, n_decode, reps = (4, 32, 32, 2) if quick else (30, 128, 128, 3)
+    n_layers, n_prefill, n_decode, reps = (4, 32, 32, 2) if quick else (30, 128, 128, 3)
+    layers = layers or n_layers
     rounds = rounds or (2 if quick else 3)
     t0 = time.perf_counter()
     ready, missing = _prepare(list(engines or DEFAULT_ENGINES), layers, workdir, bitnet_cpp, quick, say)
@@ -280,7 +294,7 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
     for threads in thread_counts:
         samples = {label: {"prefill_s": [], "decode_step_s": [], "round_step_median_s": [], "round_prefill_s": []}
                    for label in ready}
-        probe = {"read_gbs": [], "int8_dot_gmacs": []}
+        probe = {"read_gbs": [], "int8_dot_gmacs": [], "int8_dot_acc_gmacs": []}
         for rnd in range(rounds):  # engines interleaved, so a change in machine load hits them alike
             say(f"threads {threads}, round {rnd + 1}/{rounds}: probing the machine")
             probe["read_gbs"].append(read_bandwidth(threads))
@@ -288,6 +302,9 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
             if peak:
                 probe["int8_dot_gmacs"].append(peak[0])
                 probe["int8_dot"] = peak[1]
+            acc_ceiling = int8_dot_acc_ceiling(threads)
+            if acc_ceiling:
+                probe["int8_dot_acc_gmacs"].append(acc_ceiling)
             for label, (kind, target, _nbytes, _what) in ready.items():
                 say(f"threads {threads}, round {rnd + 1}/{rounds}: {label}")
                 if kind == "bitnet.cpp":
@@ -305,12 +322,18 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
                 prof = r.pop("profile_ms_per_token", None)
                 if prof:
                     acc.setdefault("profiles", []).append(prof)
+                pprof = r.pop("prefill_profile_ms", None)
+                if pprof:
+                    acc.setdefault("prefill_profiles", []).append(pprof)
                 acc.update(r)
         bw = statistics.median(probe["read_gbs"])
         peak = statistics.median(probe["int8_dot_gmacs"]) if probe["int8_dot_gmacs"] else None
+        acc_ceiling = statistics.median(probe["int8_dot_acc_gmacs"]) if probe["int8_dot_acc_gmacs"] else None
         res["machine_probe"][str(threads)] = {"read_gbs": bw, "read_gbs_rounds": probe["read_gbs"],
                                               "int8_dot_gmacs": peak, "int8_dot_rounds": probe["int8_dot_gmacs"],
-                                              "int8_dot": probe.get("int8_dot")}
+                                              "int8_dot": probe.get("int8_dot"),
+                                              "int8_dot_acc_gmacs": acc_ceiling,
+                                              "int8_dot_acc_rounds": probe["int8_dot_acc_gmacs"]}
         for label, (kind, target, wbytes, what) in ready.items():
             acc = samples[label]
             nbytes = wbytes + kv[label]
@@ -332,8 +355,18 @@ def run(quick: bool, thread_counts: list[int], workdir: Path, rounds: int | None
                 prof = {k: statistics.median(p[k] for p in acc["profiles"]) for k in acc["profiles"][0]}
                 row["profile_ms_per_token"] = prof
                 row["outside_linears_ms_per_token"] = prof["glue"] + prof["attention"]
+            if acc.get("prefill_profiles"):  # one whole prompt: where the prefill time goes
+                pp = {k: statistics.median(p[k] for p in acc["prefill_profiles"]) for k in acc["prefill_profiles"][0]}
+                row["prefill_profile_ms"] = pp
+                row["prefill_linears_share"] = pp["linears"] / sum(pp.values())
+                lin_gmacs = macs * n_prefill / (pp["linears"] / 1e3) / 1e9
+                row["prefill_linears_gmacs"] = lin_gmacs
+                row["prefill_linears_fraction_of_int8_peak"] = lin_gmacs / peak if peak else None
+                row["prefill_linears_fraction_of_int8_acc_ceiling"] = lin_gmacs / acc_ceiling if acc_ceiling else None
+            row["fraction_of_int8_acc_ceiling"] = (macs * n_prefill / pre / 1e9 / acc_ceiling) if acc_ceiling else None
             row.update({k: v for k, v in acc.items() if k not in (
-                "prefill_s", "decode_step_s", "round_step_median_s", "round_prefill_s", "profiles")})
+                "prefill_s", "decode_step_s", "round_step_median_s", "round_prefill_s", "profiles",
+                "prefill_profiles")})
             res["rows"].append(row)
     _ratios(res)
     return res
@@ -355,6 +388,7 @@ def _ratios(res: dict) -> None:
             continue
         tag = f"{row['threads']}t_{row['engine']}"
         for k in ("decode_tok_s", "prefill_tok_s", "fraction_of_read_bandwidth", "fraction_of_int8_peak",
+                  "fraction_of_int8_acc_ceiling", "prefill_linears_fraction_of_int8_peak", "prefill_linears_share",
                   "decode_x_bitnet_cpp", "prefill_x_bitnet_cpp", "decode_x_tq2", "prefill_x_tq2",
                   "decode_x_ours_2bit", "outside_linears_ms_per_token"):
             if row.get(k) is not None:
@@ -381,6 +415,8 @@ def main(argv=None) -> None:
     ap.add_argument("--bitnet-cpp", default=None, help="folder of the bitnet.cpp peer build (peer.json)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per engine (default 3; quick 2)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="fewer layers (prefill 128 / decode 128 as the full run; bitnet.cpp is not run)")
     ap.add_argument("--keep", action="store_true", help="keep the model files (printed path)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where the model files go and stay (reused when a previous run left them there)")
@@ -410,7 +446,8 @@ def main(argv=None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bitnet-edge-decode-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print)
+        res = run(args.quick, threads, workdir, args.rounds, engines, args.bitnet_cpp, say=console.print,
+                  layers=args.layers)
     finally:
         if args.keep or args.workdir:
             console.print(f"model files kept in {workdir}")
@@ -437,8 +474,15 @@ def main(argv=None) -> None:
     console.print(t)
     for th, p in res["machine_probe"].items():
         console.print(f"machine, {th} thread(s): read {p['read_gbs']:.1f} GB/s, int8 dot peak "
-                      f"{_fmt(p['int8_dot_gmacs'], '.0f')} GMAC/s ({p.get('int8_dot')})")
+                      f"{_fmt(p['int8_dot_gmacs'], '.0f')} GMAC/s ({p.get('int8_dot')}), accumulating "
+                      f"{_fmt(p.get('int8_dot_acc_gmacs'), '.0f')} GMAC/s")
     for r in res["rows"]:
+        if r.get("prefill_profile_ms"):
+            frac = r.get("prefill_linears_fraction_of_int8_peak")
+            console.print(f"{r['engine']} {r['threads']}t prefill profile (ms, whole prompt): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in r["prefill_profile_ms"].items())
+                + f"; linears {r['prefill_linears_gmacs']:.0f} GMAC/s"
+                + ("" if frac is None else f" = {frac:.0%} of the int8 peak"))
         if r.get("profile_ms_per_token"):
             console.print(f"{r['engine']} {r['threads']}t decode step profile (ms): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in r["profile_ms_per_token"].items()))

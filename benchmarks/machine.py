@@ -8,7 +8,9 @@ widest loads the CPU has, all threads starting together; GB/s = bytes / wall tim
 rounds.  Dot-product peak: every thread runs a loop of 16 independent ``vpdpbusd zmm`` (or 12 ``vpmaddubsw ymm``) (64 int8
 multiply-adds each); GMAC/s = multiply-adds / wall time, median of the rounds (None without
 AVX2; ``vpmaddubsw ymm``, 32 multiply-adds into int16 pairs, on AVX2-only CPUs).  The decode
-benchmark divides each engine's work by these.
+benchmark divides each engine's work by these.  On AVX2 also the accumulating rate
+(``int8_dot_acc_ceiling``: each ``vpmaddubsw`` result added into an int16 sum, ``vpaddw``), the
+most any AVX2 int8 kernel that keeps its sums can reach (~82% of the peak on Zen 3).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ int probe_kind(void);
 int probe_has_vnni512(void);
 int probe_read(const uint8_t *buf, size_t bytes, int threads, int reps, double *out_s);
 int probe_int8dot(long iters, int threads, int reps, double *out_s);
+int probe_int8dot_acc(long iters, int threads, int reps, double *out_s);
 """
 
 
@@ -79,6 +82,18 @@ def int8_dot_peak(threads: int, iters: int = 2_000_000, reps: int = 5) -> tuple[
         "vpdpbusd zmm" if per == 16 * 64 else "vpmaddubsw ymm"
 
 
+def int8_dot_acc_ceiling(threads: int, iters: int = 2_000_000, reps: int = 5) -> float | None:
+    """GMAC/s of ``vpmaddubsw ymm`` with each result added into an int16 accumulator (``vpaddw``) on
+    ``threads`` threads: what an AVX2 int8 kernel that keeps its sums can reach at most (the prefill
+    GEMM's inner loop is this pair plus loads and broadcasts); None without AVX2."""
+    ffi, lib = _lib()
+    times = np.empty(reps, np.float64)
+    per = lib.probe_int8dot_acc(iters, threads, reps, ffi.from_buffer("double[]", times))
+    if per < 0:
+        return None
+    return iters * per * threads / statistics.median(times.tolist()) / 1e9
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2")
@@ -86,7 +101,8 @@ def main(argv=None) -> None:
     out = {}
     for t in (int(x) for x in args.threads.split(",")):
         peak = int8_dot_peak(t)
-        out[t] = {"read_gbs": read_bandwidth(t), "int8_dot_gmacs": peak and peak[0], "int8_dot": peak and peak[1]}
+        out[t] = {"read_gbs": read_bandwidth(t), "int8_dot_gmacs": peak and peak[0], "int8_dot": peak and peak[1],
+                  "int8_dot_acc_gmacs": int8_dot_acc_ceiling(t)}
     print(json.dumps(out, indent=2))
 
 

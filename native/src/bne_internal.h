@@ -66,6 +66,11 @@ int bne_decoder_forward_avx2(const struct bne_kernels_s *kt, const bne_decoder *
                              size_t pos0, const float *x, size_t n, void *work, int all_logits, float *logits,
                              float *hidden);
 void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1);
+/* avx2.c's prefill panel unpack, shared by the avx512 panel GEMM: columns [j, j + nc) (nc <= 16) of a
+ * ternary W (base3: the base-3 layout) -> panel[k/4][16][4] codes (0..2), zero past nc; the last
+ * k % 4 codes of each column -> tailc; codes: scratch of 8 x round_up(k, 32) bytes. */
+void bne_panel_fill_avx2(const bne_gemm_args *a, size_t j, size_t nc, int base3, uint8_t *panel, uint8_t *codes,
+                         uint8_t tailc[16][4]);
 #endif
 #if defined(__aarch64__)
 #define BNE_HAVE_ARM 1
@@ -168,10 +173,11 @@ static inline int bne_trit(uint8_t t) { return (t >= 86) + (t >= 171); }
 /* Workspace layout of one decoder forward pass (decoder.c computes it, decoder_impl.h uses it):
  * byte offsets into the caller's buffer, each 64-byte aligned. */
 typedef struct {
-    size_t x, h, qkv, att, gu, yo, xq, xs, xsum, scores, total;
+    size_t x, h, qkv, att, gu, yo, xq, xs, xsum, part, total;
     size_t qd, kvd, qkvd;   /* heads * head_dim, kv_heads * head_dim, qd + 2 kvd */
-    size_t kv_row, kv_plane, kv_layer; /* cache: bytes of one (kv head, position) row incl. scale,
+    size_t kv_row, kv_plane, kv_layer; /* cache: bytes of one (kv head, position) row (no scale),
                                           of one (K or V) plane, of one layer */
+    size_t kv_cap;          /* cache rows per kv head: the capacity rounded up to 8 */
 } bne_dec_layout;
 int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_layout *out);
 /* The ref variant's decoder and base-3 kernel, the fallback of variants without their own. */

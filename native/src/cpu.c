@@ -18,7 +18,7 @@ static uint64_t xgetbv0(void) {
 uint32_t bne_detect_cpu(void) {
     uint32_t a, b, c, d, f = 0;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
     if (!osxsave || !avx) return 0;
     uint64_t xcr0 = xgetbv0();
     int os_avx = (xcr0 & 0x6) == 0x6;       /* XMM + YMM state */
@@ -27,7 +27,7 @@ uint32_t bne_detect_cpu(void) {
     if (fma) f |= BNE_CPU_FMA;
     if (__get_cpuid_max(0, 0) < 7) return f;
     __cpuid_count(7, 0, a, b, c, d);
-    if ((b >> 5) & 1) f |= BNE_CPU_AVX2;
+    if (((b >> 5) & 1) && f16c) f |= BNE_CPU_AVX2; /* the avx2 variant converts halves with F16C */
     if (os_avx512) {
         if ((b >> 16) & 1) f |= BNE_CPU_AVX512F;
         if ((b >> 30) & 1) f |= BNE_CPU_AVX512BW;

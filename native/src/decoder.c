@@ -50,11 +50,13 @@ int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_l
     TAKE(xq, mul(n, widest));                   /* quantized activations */
     TAKE(xs, mul(n, 4));                        /* their scales */
     TAKE(xsum, mul(n, 4));                      /* their row sums (ternary kernels) */
-    TAKE(scores, mul(mul(d->heads, capacity), 4)); /* one row of scores per head */
+    /* attention partials of one token: per head and chunk of 64 positions, o (head_dim), max, sum */
+    TAKE(part, mul(mul(mul(d->heads, (capacity + 63) / 64), d->head_dim + 2), 4));
 #undef TAKE
     o->total = off;
     o->kv_row = d->head_dim * (size_t)elem;
-    size_t rows = d->kv_heads * capacity;
+    o->kv_cap = (capacity + 7) & ~(size_t)7; /* whole tiles of 8 positions (decoder_impl.h) */
+    size_t rows = d->kv_heads * o->kv_cap;
     o->kv_plane = align64(mul(rows, o->kv_row)) + (d->kv_type == BNE_KV_I8 ? align64(rows * 4) : 0);
     o->kv_layer = 2 * o->kv_plane;
     if (mul(o->kv_layer, d->layers) == 0) return BNE_ERR_SHAPE;

@@ -11,7 +11,8 @@
  *   [main] h = in_norm(x), quantized once for q, k, v     (one pass: norm, absmax, round)
  *   [pool] q | k | v: one job over the three matrices' rows
  *   [main] RoPE on q and k, k and v written to the cache
- *   [pool] attention, one head per chunk (scores, softmax, weighted values)
+ *   [pool] attention: (token, kv head) units, or (kv head, 64 positions) for one token (scores,
+ *          softmax, weighted values of the query heads sharing the kv head; see "attention")
  *   [main] attn_sub_norm + quantize;  [pool] o rows + the residual add of those columns
  *   [main] post_norm + quantize;      [pool] gate and up rows + act(gate) * up of those columns
  *   [main] ffn_sub_norm + quantize;   [pool] down rows + the residual add
@@ -22,9 +23,9 @@
 
 #define DEC_L 16 /* float lanes of the reductions */
 /* Attention below this many multiply-adds (scores) runs on the caller's thread (a decode step at a
- * context below ~100 for the 2B shape): a pool job costs a wake-up.  Above, the heads are split
- * over the threads, which also read the cache from DRAM in parallel. */
-#define DEC_ATTN_POOL_MACS ((size_t)1 << 18)
+ * context below ~26 for the 2B shape): a pool job costs a hand-over.  Above, kv heads x chunks of
+ * positions are split over the threads, which also read the cache from DRAM in parallel. */
+#define DEC_ATTN_POOL_MACS ((size_t)1 << 16)
 #define DEC_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -107,6 +108,28 @@ typedef float dec_vf __attribute__((vector_size(DEC_VW * 4)));
         for (size_t l_ = 0; l_ < (nt); ++l_) acc[l_] = acc[l_] + (tail)[l_];     \
     } while (0)
 
+typedef int32_t dec_vi __attribute__((vector_size(DEC_VW * 4)));
+
+/* dec_expf on every lane (the same operations, so the same bits) */
+DEC_INLINE dec_vf dec_expv(dec_vf x) {
+    const dec_vf lo = (dec_vf){0} - 87.0f, hi = (dec_vf){0} + 88.0f;
+    dec_vi m = x < lo;
+    x = (dec_vf)((m & (dec_vi)lo) | (~m & (dec_vi)x));
+    m = x > hi;
+    x = (dec_vf)((m & (dec_vi)hi) | (~m & (dec_vi)x));
+    dec_vf kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    dec_vf r = x - kf * 0.693145751953125f;
+    r = r - kf * 1.42860682030941723e-06f;
+    dec_vf p = (dec_vf){0} + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * (dec_vf)((__builtin_convertvector(kf, dec_vi) + 127) << 23);
+}
+
 static float dec_dot(const float *a, const float *b, size_t n) {
     dec_vf v[DEC_NV];
     for (int k = 0; k < DEC_NV; ++k) v[k] = (dec_vf){0};
@@ -119,54 +142,22 @@ static float dec_dot(const float *a, const float *b, size_t n) {
     return dec_lanes_sum(acc);
 }
 
-/* dec_dot of two vectors a0, a1 against one b, interleaved (twice the independent chains); each
- * result has the bits dec_dot gives. */
-DEC_INLINE void dec_dot2(const float *a0, const float *a1, const float *b, size_t n, float *r0, float *r1) {
-    dec_vf v0[DEC_NV], v1[DEC_NV];
-    for (int k = 0; k < DEC_NV; ++k) v0[k] = v1[k] = (dec_vf){0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int k = 0; k < DEC_NV; ++k) {
-            const dec_vf bk = dec_ld(b + i + k * DEC_VW);
-            v0[k] = v0[k] + dec_ld(a0 + i + k * DEC_VW) * bk;
-            v1[k] = v1[k] + dec_ld(a1 + i + k * DEC_VW) * bk;
-        }
-    float t0[DEC_L], t1[DEC_L], acc[DEC_L];
-    for (size_t l = 0; i + l < n; ++l) {
-        t0[l] = a0[i + l] * b[i + l];
-        t1[l] = a1[i + l] * b[i + l];
-    }
-    DEC_LANES(acc, v0, t0, n - i);
-    *r0 = dec_lanes_sum(acc);
-    DEC_LANES(acc, v1, t1, n - i);
-    *r1 = dec_lanes_sum(acc);
-}
-
-static float dec_dot_h(const float *a, const uint16_t *b, size_t n) {
-    float acc[DEC_L] = {0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * dec_h2f(b[i + l]);
-    return dec_lanes_sum(acc);
-}
-
-static float dec_dot_i8(const float *a, const int8_t *b, size_t n) {
-    float acc[DEC_L] = {0};
-    size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += a[i + l] * (float)b[i + l];
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += a[i + l] * (float)b[i + l];
-    return dec_lanes_sum(acc);
-}
-
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * w  (w NULL: no weight) */
 static void dec_rmsnorm(const float *x, const float *w, size_t n, float eps, float *y) {
-    float acc[DEC_L] = {0};
+    dec_vf v[DEC_NV];
+    for (int k = 0; k < DEC_NV; ++k) v[k] = (dec_vf){0};
     size_t i = 0;
-    for (; i + DEC_L <= n; i += DEC_L)
-        for (int l = 0; l < DEC_L; ++l) acc[l] += x[i + l] * x[i + l];
-    for (int l = 0; i + (size_t)l < n; ++l) acc[l] += x[i + l] * x[i + l];
+    for (; i + DEC_L <= n; i += DEC_L) {
+        /* w is not in any cache (the linears' weights streamed through since the last token): ask
+         * for its line while summing x's, and x's lines some way ahead (half were written by the
+         * other core) */
+        __builtin_prefetch(w + i, 0, 3);
+        __builtin_prefetch(x + i + 8 * DEC_L, 0, 3);
+        for (int k = 0; k < DEC_NV; ++k) v[k] = v[k] + dec_ld(x + i + k * DEC_VW) * dec_ld(x + i + k * DEC_VW);
+    }
+    float t[DEC_L], acc[DEC_L];
+    for (size_t l = 0; i + l < n; ++l) t[l] = x[i + l] * x[i + l];
+    DEC_LANES(acc, v, t, n - i);
     float ss = dec_lanes_sum(acc);
     float inv = 1.0f / dec_sqrtf(ss / (float)n + eps);
     for (i = 0; i < n; ++i) y[i] = (x[i] * inv) * w[i];
@@ -224,11 +215,16 @@ static void dec_linear_cols(const dec_lin *a, size_t n0, size_t n1) {
     }
 }
 
+/* Rows of a pool chunk: 4 chunks a thread (a job ends when its last chunk does, so a thread waits
+ * for at most one chunk of the other's; fewer, longer chunks keep the GEMVs' weight streams long:
+ * 2, 4 and 8 a thread were the same within noise here), at most 1024 rows (the LM head: 2.6 MB a
+ * chunk instead of 41 MB, ~1.5 ms of waiting at worst), a multiple of 16 (whole 16-column prefill
+ * panels). */
 static size_t dec_grain(size_t n) {
     size_t t = (size_t)bne_get_threads();
     size_t g = n / (t * 4);
-    g = (g + 7) & ~(size_t)7;
-    return g < 8 ? 8 : g;
+    g = (g + 15) & ~(size_t)15;
+    return g < 16 ? 16 : (g > 1024 ? 1024 : g);
 }
 
 /* Several linears of one input as one job over their concatenated rows. */
@@ -276,171 +272,363 @@ static void dec_gateup_range(void *ctx, size_t b, size_t e) {
     for (size_t i = 0; i < gj->gate.m; ++i) {
         float *g = gj->gate.y + i * gj->gate.ldy;
         const float *u = gj->up.y + i * gj->up.ldy;
-        if (gj->act == BNE_ACT_RELU2) {
-            for (size_t j = b; j < e; ++j) {
+        size_t j = b;
+        if (gj->act == BNE_ACT_RELU2) { /* (vectors: compilers kept the select scalar) */
+            for (; j + DEC_VW <= e; j += DEC_VW) {
+                const dec_vf v = dec_ld(g + j);
+                const dec_vf r = (dec_vf)((dec_vi)(v > (dec_vf){0}) & (dec_vi)v);
+                dec_st(g + j, (r * r) * dec_ld(u + j));
+            }
+            for (; j < e; ++j) {
                 float r = g[j] > 0.0f ? g[j] : 0.0f;
                 g[j] = (r * r) * u[j];
             }
         } else {
-            for (size_t j = b; j < e; ++j) g[j] = (g[j] / (1.0f + dec_expf(-g[j]))) * u[j];
+            for (; j + DEC_VW <= e; j += DEC_VW) {
+                const dec_vf v = dec_ld(g + j);
+                dec_st(g + j, (v / (1.0f + dec_expv(-v))) * dec_ld(u + j));
+            }
+            for (; j < e; ++j) g[j] = (g[j] / (1.0f + dec_expf(-g[j]))) * u[j];
         }
     }
 }
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
+/* Cache layout (per layer, per kv head g, rows padded to lo->kv_cap, a multiple of DEC_KT):
+ *   K plane: tiles of DEC_KT positions, element (position t, column c) at tile t / DEC_KT, offset
+ *            c * DEC_KT + t % DEC_KT: a query's scores for 8 positions are 8 lanes of one vector
+ *            (no horizontal sums), each summed over c in order;
+ *   V plane: row-major (position, column): the weighted values are 16 columns in registers per head.
+ *   int8: a float scale per (g, position) after each plane's elements.
+ * Attention of one query token against kv head g works through chunks of DEC_PC positions; chunk j
+ * gives per query head its max m_j, l_j = sum exp(s - m_j) and o_j = sum exp(s - m_j) V, and the
+ * chunks are folded left to right (M = max, L = L a + l_j b, O = O a + o_j b with a = exp(M_old - M),
+ * b = exp(m_j - M)), then O / L.  A unit of work is (token, kv head) for a prompt, which folds as
+ * it goes, or (kv head, chunk) for one token, whose partials the caller's thread folds afterwards
+ * in the same order: the same operations either way, whatever the thread count or vector width. */
+#define DEC_KT 8                  /* positions per K tile */
+#define DEC_TV (DEC_KT / DEC_VW)  /* vectors per K tile column */
+#define DEC_PC 64                 /* positions per chunk */
+#define DEC_HB 4                  /* query heads whose scores / values share each loaded K / V vector */
+
+typedef uint32_t dec_vu __attribute__((vector_size(DEC_VW * 4)));
+typedef uint16_t dec_vh __attribute__((vector_size(DEC_VW * 2)));
+typedef int8_t dec_vb __attribute__((vector_size(DEC_VW)));
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if defined(__F16C__) && DEC_VW == 8
+#define dec_ld_h(p) ((dec_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p))))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_ld_h(p) ((dec_vf)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p)))))
+#else
+/* IEEE half -> float in integer operations, exact (dec_h2f on DEC_VW lanes) */
+#define dec_ld_h(p) __extension__({                                                          \
+        dec_vh h_;                                                                           \
+        __builtin_memcpy(&h_, (p), sizeof h_);                                               \
+        dec_vu u_ = __builtin_convertvector(h_, dec_vu);                                     \
+        dec_vf m_ = (dec_vf)((u_ & 0x7fffu) << 13) * 0x1p112f;                               \
+        (dec_vf)(((u_ & 0x8000u) << 16) | (dec_vu)m_);                                       \
+    })
+#endif
+/* float -> IEEE half, round to nearest even (dec_f2h on DEC_VW lanes: the same bits) */
+#if defined(__F16C__) && DEC_VW == 8
+#define dec_st_h(p, v) _mm_storeu_si128((__m128i *)(void *)(p), _mm256_cvtps_ph((__m256)(v), _MM_FROUND_TO_NEAREST_INT))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_st_h(p, v) vst1_u16((uint16_t *)(p), vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)(v))))
+#else
+#define dec_st_h(p, v)                                                                       \
+    do {                                                                                     \
+        float f_[DEC_VW];                                                                    \
+        dec_st(f_, (v));                                                                     \
+        for (int l_ = 0; l_ < DEC_VW; ++l_) (p)[l_] = dec_f2h(f_[l_]);                       \
+    } while (0)
+#endif
+/* DEC_VW int8 -> float */
+#if defined(__AVX2__) && DEC_VW == 8
+#define dec_ld_b(p) \
+    ((dec_vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))))
+#elif defined(__aarch64__) && DEC_VW == 4
+#define dec_ld_b(p) __extension__({                                                          \
+        int32_t w_;                                                                          \
+        __builtin_memcpy(&w_, (p), 4);                                                       \
+        int8x8_t b_ = vreinterpret_s8_s32(vdup_n_s32(w_));                                   \
+        (dec_vf)vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b_))));                        \
+    })
+#else
+#define dec_ld_b(p) __extension__({                                                          \
+        dec_vb b_;                                                                           \
+        __builtin_memcpy(&b_, (p), sizeof b_);                                               \
+        __builtin_convertvector(__builtin_convertvector(b_, dec_vi), dec_vf);                \
+    })
+#endif
+/* DEC_VW cache elements from element index i of base, as floats (int8: unscaled) */
+#define dec_ld_kv(kvt, base, i)                                                              \
+    ((kvt) == BNE_KV_F32 ? dec_ld((const float *)(base) + (i))                               \
+     : (kvt) == BNE_KV_F16 ? dec_ld_h((const uint16_t *)(base) + (i))                        \
+                           : dec_ld_b((const int8_t *)(base) + (i)))
+
 typedef struct {
     const bne_decoder *d;
     const bne_dec_layout *lo;
     const float *qkv;     /* (n, qkvd), q already rotated */
     uint8_t *kv;          /* this layer's cache */
-    size_t capacity, pos0, n;
-    float *scores;        /* (heads, capacity) */
+    size_t pos0, n;
+    float *part;          /* one token: (heads, chunks, head_dim + 2) o_j, m_j, l_j */
     float *out;           /* (n, qd) */
 } dec_attn;
 
-/* A K or V row as floats: f16 converted, int8 times its scale (f32 rows are used in place). */
-DEC_INLINE void dec_kv_row(int kvt, const uint8_t *r, float scale, size_t n, float *dst) {
-    if (kvt == BNE_KV_F16) {
-        const uint16_t *h = (const uint16_t *)r;
-        for (size_t c = 0; c < n; ++c) dst[c] = dec_h2f(h[c]);
-    } else {
-        const int8_t *q = (const int8_t *)r;
-        for (size_t c = 0; c < n; ++c) dst[c] = (float)q[c] * scale;
+/* Raw scores (before the scale) of hb heads q[h * hd ..] against nt K tiles from `tiles`:
+ * s[h * DEC_PC + j * DEC_KT + lane], each the sum over c of q[c] k[c] in order. */
+DEC_INLINE void dec_scores_tiles(int kvt, int hb, int nt, const float *q, size_t hd, const uint8_t *tiles,
+                                 size_t tile_bytes, float *s, const uint8_t *pf_a, const uint8_t *pf_b,
+                                 size_t pf_step) {
+    dec_vf a[DEC_HB][2][DEC_TV];
+    for (int h = 0; h < hb; ++h)
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = (dec_vf){0};
+    for (size_t c = 0; c < hd; ++c) {
+        /* spread over the columns: the next tiles' K and these positions' V (hd * pf_step bytes each) */
+        __builtin_prefetch(pf_a + c * pf_step, 0, 3);
+        __builtin_prefetch(pf_b + c * pf_step, 0, 3);
+        dec_vf k[2][DEC_TV];
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) k[j][v] = dec_ld_kv(kvt, tiles + j * tile_bytes, c * DEC_KT + v * DEC_VW);
+        for (int h = 0; h < hb; ++h) {
+            const dec_vf qb = q[h * hd + c] - (dec_vf){0};
+            for (int j = 0; j < nt; ++j)
+                for (int v = 0; v < DEC_TV; ++v) a[h][j][v] = a[h][j][v] + qb * k[j][v];
+        }
     }
+    for (int h = 0; h < hb; ++h)
+        for (int j = 0; j < nt; ++j)
+            for (int v = 0; v < DEC_TV; ++v) dec_st(s + h * DEC_PC + j * DEC_KT + v * DEC_VW, a[h][j][v]);
 }
 
-#define DEC_VB 32                       /* output floats of a head kept in registers over positions */
-#define DEC_CHUNK_FLOATS 8192           /* converted value rows at a time (32 KB of stack) */
-
-/* o[c0 .. c0+32) += sum over t < tl of p[t] * V_t[c0 ..), positions in order (the 32 floats stay
- * in registers over all positions). */
-DEC_INLINE void dec_values_block(const float *p, size_t tl, const float *v0, size_t ldv, float *o) {
-    dec_vf a[DEC_VB / DEC_VW];
-    for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = dec_ld(o + k * DEC_VW);
+/* Sum over t < tl of w[h * DEC_PC + t] * V_t[c0 .. c0 + 16) for hb heads, positions in order; into
+ * o[h * ldo ..] (fold: o = o * fa[h] + sum * fb[h]; first chunk: o = sum; store: o = sum). */
+DEC_INLINE void dec_values16(int kvt, int hb, const float *w, size_t tl, const uint8_t *v0, size_t ldv_elems,
+                             size_t c0, float *o, size_t ldo, int mode, const float *fa, const float *fb) {
+    dec_vf a[DEC_HB][DEC_NV];
+    for (int h = 0; h < hb; ++h)
+        for (int k = 0; k < DEC_NV; ++k) a[h][k] = (dec_vf){0};
     for (size_t t = 0; t < tl; ++t) {
-        const dec_vf pt = (dec_vf){0} + p[t];
-        const float *v = v0 + t * ldv;
-        __builtin_prefetch(v + 8 * ldv);
-        for (int k = 0; k < DEC_VB / DEC_VW; ++k) a[k] = a[k] + pt * dec_ld(v + k * DEC_VW);
+        dec_vf v[DEC_NV];
+        for (int k = 0; k < DEC_NV; ++k) v[k] = dec_ld_kv(kvt, v0, t * ldv_elems + c0 + k * DEC_VW);
+        for (int h = 0; h < hb; ++h) {
+            const dec_vf wb = w[h * DEC_PC + t] - (dec_vf){0};
+            for (int k = 0; k < DEC_NV; ++k) a[h][k] = a[h][k] + wb * v[k];
+        }
     }
-    for (int k = 0; k < DEC_VB / DEC_VW; ++k) dec_st(o + k * DEC_VW, a[k]);
+    for (int h = 0; h < hb; ++h)
+        for (int k = 0; k < DEC_NV; ++k) {
+            float *p = o + h * ldo + c0 + k * DEC_VW;
+            dec_st(p, mode == 1 ? dec_ld(p) * fa[h] + a[h][k] * fb[h] : a[h][k]);
+        }
 }
 
-/* Query heads per attention work unit: pairs when a kv head serves an even number of them (a decode
- * step of the 2B shape then has 10 units, which 2 threads share evenly), else one. */
-static size_t dec_attn_hb(const bne_decoder *d) { return (d->heads / d->kv_heads) % 2 == 0 ? 2 : 1; }
+/* The same for one column c (head_dim not a multiple of 16): the same operations per lane. */
+DEC_INLINE void dec_values1(int kvt, int hb, const float *w, size_t tl, const uint8_t *v0, size_t ldv_elems,
+                            size_t c, float *o, size_t ldo, int mode, const float *fa, const float *fb) {
+    for (int h = 0; h < hb; ++h) {
+        float a = 0.0f;
+        for (size_t t = 0; t < tl; ++t) {
+            const size_t e = t * ldv_elems + c;
+            const float v = kvt == BNE_KV_F32 ? ((const float *)v0)[e]
+                            : kvt == BNE_KV_F16 ? dec_h2f(((const uint16_t *)v0)[e])
+                                                : (float)((const int8_t *)v0)[e];
+            a = a + w[h * DEC_PC + t] * v;
+        }
+        float *p = o + h * ldo + c;
+        *p = mode == 1 ? *p * fa[h] + a * fb[h] : a;
+    }
+}
 
-/* Work units u in [u0, u1): u = (i * kv_heads + g) * (groups / hb) + b, query token i against kv head
- * g, for hb of the query heads sharing it (block b).  Each cached row is read (and converted) once
- * for them; per head the operations and their order do not depend on the grouping, thread count
- * or vector width. */
-static void dec_attn_range(void *ctx, size_t u0, size_t u1) {
-    const dec_attn *A = (const dec_attn *)ctx;
+/* One chunk of positions [t0, t0 + tl) of kv head g for hb query heads q (hd apart):
+ * m[h], l[h] and the weighted values into o (mode 0 first chunk / 2 store: o = o_j; 1: fold into o,
+ * whose running max / sum are m[h], l[h]). */
+DEC_INLINE void dec_chunk(const dec_attn *A, int kvt, int hb, size_t g, size_t t0, size_t tl, const float *q,
+                          float *o, size_t ldo, int mode, float *m, float *l) {
     const bne_decoder *d = A->d;
-    const size_t hd = d->head_dim, hb = dec_attn_hb(d), nblk = d->heads / d->kv_heads / hb, cap = A->capacity,
-                 row = A->lo->kv_row;
-    const size_t groups = hb; /* the heads of one unit */
-    const int kvt = d->kv_type;
-    const int vec = hd % DEC_VB == 0 && hd <= DEC_CHUNK_FLOATS / 16; /* the blocked value path */
-    const size_t chunk = vec ? DEC_CHUNK_FLOATS / hd : 0;
-    const uint8_t *kplane = A->kv, *vplane = A->kv + A->lo->kv_plane;
-    const size_t scale_off = (d->kv_heads * cap * row + 63) & ~(size_t)63;
-    float buf[DEC_CHUNK_FLOATS];
-    for (size_t u = u0; u < u1; ++u) {
-        const size_t ig = u / nblk, i = ig / d->kv_heads, g = ig % d->kv_heads, h0 = g * nblk * hb + (u % nblk) * hb;
-        const size_t row0 = g * cap; /* first cache row of this kv head */
-        const float *kscale = (const float *)(kplane + scale_off) + row0;
-        const float *vscale = (const float *)(vplane + scale_off) + row0;
-        const size_t len = A->pos0 + i + 1; /* causal: positions 0 .. pos0 + i */
-        const float *q0 = A->qkv + i * A->lo->qkvd + h0 * hd;
-        for (size_t t = 0; t < len; ++t) { /* scores of every head of the group */
-            const uint8_t *kr = kplane + (row0 + t) * row;
-            __builtin_prefetch(kr + 8 * row);
-            const float *k = (const float *)kr;
-            if (kvt != BNE_KV_F32 && hd <= DEC_CHUNK_FLOATS) {
-                dec_kv_row(kvt, kr, kvt == BNE_KV_I8 ? kscale[t] : 1.0f, hd, buf);
-                k = buf;
-            }
-            if (groups == 2 && (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS)) {
-                float r0, r1;
-                dec_dot2(q0, q0 + hd, k, hd, &r0, &r1);
-                A->scores[h0 * cap + t] = r0 * d->attn_scale;
-                A->scores[(h0 + 1) * cap + t] = r1 * d->attn_scale;
-                continue;
-            }
-            for (size_t h = 0; h < groups; ++h) {
-                float dot;
-                if (kvt == BNE_KV_F32 || hd <= DEC_CHUNK_FLOATS) dot = dec_dot(q0 + h * hd, k, hd);
-                else if (kvt == BNE_KV_F16) dot = dec_dot_h(q0 + h * hd, (const uint16_t *)kr, hd);
-                else dot = dec_dot_i8(q0 + h * hd, (const int8_t *)kr, hd) * kscale[t];
-                A->scores[(h0 + h) * cap + t] = dot * d->attn_scale;
-            }
+    const bne_dec_layout *lo = A->lo;
+    const size_t hd = d->head_dim, elem = lo->kv_row / hd, tile_bytes = DEC_KT * lo->kv_row;
+    const uint8_t *kplane = A->kv, *vplane = A->kv + lo->kv_plane;
+    const size_t rows = d->kv_heads * lo->kv_cap, r0 = g * lo->kv_cap + t0; /* first cache row */
+    const size_t scale_off = (rows * lo->kv_row + 63) & ~(size_t)63;
+    float s[DEC_HB * DEC_PC];
+    const size_t ntiles = (tl + DEC_KT - 1) / DEC_KT, padded = (tl + DEC_L - 1) / DEC_L * DEC_L;
+    const uint8_t *k0 = kplane + r0 * lo->kv_row, *v0 = vplane + r0 * lo->kv_row;
+    /* Memory: the first two K tiles now; then, while two tiles' scores are computed, the next two
+     * tiles' K and the V rows of these 16 positions (each 2 tile_bytes, spread over the columns). */
+    const size_t pf_step = 2 * tile_bytes / hd, pair = 2 * tile_bytes;
+    for (size_t b = 0; b < (tl < 2 * DEC_KT ? tl : 2 * DEC_KT) * lo->kv_row; b += 64) __builtin_prefetch(k0 + b, 0, 3);
+    size_t j = 0;
+    for (; j + 2 <= ntiles; j += 2)
+        dec_scores_tiles(kvt, hb, 2, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT, k0 + (j + 2) * tile_bytes,
+                         v0 + j * tile_bytes, pf_step);
+    if (j < ntiles)
+        dec_scores_tiles(kvt, hb, 1, q, hd, k0 + j * tile_bytes, tile_bytes, s + j * DEC_KT, v0 + j * tile_bytes,
+                         v0 + j * tile_bytes + pair / 2, pf_step / 2);
+    (void)pair;
+    const float *ks = (const float *)(kplane + scale_off) + r0, *vs = (const float *)(vplane + scale_off) + r0;
+    float fa[DEC_HB] = {0}, fb[DEC_HB] = {0};
+    for (int h = 0; h < hb; ++h) { /* scale, max, exp, sum */
+        float *sh = s + h * DEC_PC;
+        if (kvt == BNE_KV_I8)
+            for (size_t t = 0; t < tl; ++t) sh[t] = (sh[t] * ks[t]) * d->attn_scale;
+        else
+            for (size_t t = 0; t < tl; ++t) sh[t] = sh[t] * d->attn_scale;
+        float mx = sh[0];
+        for (size_t t = 1; t < tl; ++t) mx = sh[t] > mx ? sh[t] : mx; /* exact in any order */
+        for (size_t t = tl; t < padded; ++t) sh[t] = mx;            /* exp(0) = 1, zeroed below */
+        const dec_vf mv = mx - (dec_vf){0};
+        for (size_t t = 0; t < padded; t += DEC_VW) dec_st(sh + t, dec_expv(dec_ld(sh + t) - mv));
+        for (size_t t = tl; t < padded; ++t) sh[t] = 0.0f;
+        dec_vf acc[DEC_NV];
+        for (int k = 0; k < DEC_NV; ++k) acc[k] = (dec_vf){0};
+        for (size_t t = 0; t < padded; t += DEC_L)
+            for (int k = 0; k < DEC_NV; ++k) acc[k] = acc[k] + dec_ld(sh + t + k * DEC_VW);
+        float lanes[DEC_L];
+        for (int k = 0; k < DEC_NV; ++k) dec_st(lanes + k * DEC_VW, acc[k]);
+        const float lj = dec_lanes_sum(lanes);
+        if (mode == 1) { /* fold: new max, rescale factors */
+            const float M = m[h] > mx ? m[h] : mx;
+            fa[h] = dec_expf(m[h] - M);
+            fb[h] = dec_expf(mx - M);
+            l[h] = l[h] * fa[h] + lj * fb[h];
+            m[h] = M;
+        } else {
+            m[h] = mx;
+            l[h] = lj;
         }
-        for (size_t h = 0; h < groups; ++h) { /* softmax of each head's scores, in place */
-            float *s = A->scores + (h0 + h) * cap;
-            float mx = s[0];
-            for (size_t t = 1; t < len; ++t) mx = s[t] > mx ? s[t] : mx; /* exact in any order */
-            for (size_t t = 0; t < len; ++t) s[t] = dec_expf(s[t] - mx);
-            float acc[DEC_L] = {0};
-            size_t t = 0;
-            for (; t + DEC_L <= len; t += DEC_L)
-                for (int l = 0; l < DEC_L; ++l) acc[l] += s[t + l];
-            for (int l = 0; t + (size_t)l < len; ++l) acc[l] += s[t + l];
-            const float inv = 1.0f / dec_lanes_sum(acc);
-            for (t = 0; t < len; ++t) s[t] = s[t] * inv;
-            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-            for (size_t c = 0; c < hd; ++c) o[c] = 0.0f;
+        if (kvt == BNE_KV_I8)
+            for (size_t t = 0; t < tl; ++t) sh[t] = sh[t] * vs[t];
+    }
+    size_t c = 0;
+    if (hd % DEC_L == 0)
+        for (; c < hd; c += DEC_L) dec_values16(kvt, hb, s, tl, v0, hd, c, o, ldo, mode, fa, fb);
+    for (; c < hd; ++c) dec_values1(kvt, hb, s, tl, v0, hd, c, o, ldo, mode, fa, fb);
+    (void)elem;
+}
+
+/* All chunks of hb heads of token i against kv head g (folding), or only chunk jc (jc != -1:
+ * o_j, m_j, l_j into A->part). */
+DEC_INLINE void dec_attn_heads(const dec_attn *A, int kvt, int hb, size_t i, size_t g, size_t h0, size_t jc) {
+    const bne_decoder *d = A->d;
+    const size_t hd = d->head_dim, len = A->pos0 + i + 1;
+    const float *q = A->qkv + i * A->lo->qkvd + h0 * hd;
+    float m[DEC_HB] = {0}, l[DEC_HB] = {0};
+    if (jc != (size_t)-1) {
+        const size_t nch = (len + DEC_PC - 1) / DEC_PC, t0 = jc * DEC_PC, tl = len - t0 < DEC_PC ? len - t0 : DEC_PC;
+        float *p = A->part + (h0 * nch + jc) * (hd + 2); /* head h at + h * nch * (hd + 2) */
+        const size_t ldp = nch * (hd + 2);
+        dec_chunk(A, kvt, hb, g, t0, tl, q, p, ldp, 2, m, l);
+        for (int h = 0; h < hb; ++h) {
+            p[h * ldp + hd] = m[h];
+            p[h * ldp + hd + 1] = l[h];
         }
-        const uint8_t *vbase = vplane + row0 * row;
-        if (vec) { /* positions in chunks (converted once for the group), 32 output floats at a time */
-            for (size_t t0 = 0; t0 < len; t0 += chunk) {
-                const size_t tl = len - t0 < chunk ? len - t0 : chunk;
-                const float *v0 = (const float *)(vbase + t0 * row);
-                size_t ldv = row / 4;
-                if (kvt != BNE_KV_F32) {
-                    for (size_t t = 0; t < tl; ++t)
-                        dec_kv_row(kvt, vbase + (t0 + t) * row, kvt == BNE_KV_I8 ? vscale[t0 + t] : 1.0f, hd,
-                                   buf + t * hd);
-                    v0 = buf;
-                    ldv = hd;
-                }
-                for (size_t h = 0; h < groups; ++h) {
-                    const float *p = A->scores + (h0 + h) * cap + t0;
-                    float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-                    for (size_t c = 0; c < hd; c += DEC_VB) dec_values_block(p, tl, v0 + c, ldv, o + c);
-                }
-            }
-            continue;
-        }
-        for (size_t h = 0; h < groups; ++h) { /* the general case, one element at a time */
-            const float *s = A->scores + (h0 + h) * cap;
-            float *o = A->out + i * A->lo->qd + (h0 + h) * hd;
-            for (size_t c = 0; c < hd; ++c) {
-                float a = 0.0f;
-                for (size_t t = 0; t < len; ++t) {
-                    const uint8_t *vr = vbase + t * row;
-                    float v = kvt == BNE_KV_F32 ? ((const float *)vr)[c]
-                              : kvt == BNE_KV_F16 ? dec_h2f(((const uint16_t *)vr)[c])
-                                                  : (float)((const int8_t *)vr)[c] * vscale[t];
-                    a = a + s[t] * v;
-                }
-                o[c] = a;
-            }
-        }
+        return;
+    }
+    float *o = A->out + i * A->lo->qd + h0 * hd;
+    for (size_t t0 = 0; t0 < len; t0 += DEC_PC)
+        dec_chunk(A, kvt, hb, g, t0, len - t0 < DEC_PC ? len - t0 : DEC_PC, q, o, hd, t0 ? 1 : 0, m, l);
+    for (int h = 0; h < hb; ++h) {
+        const float inv = 1.0f / l[h];
+        for (size_t c = 0; c < hd; ++c) o[h * hd + c] = o[h * hd + c] * inv;
     }
 }
 
-/* Write one rotated key / value row (hd floats) to cache row r of a plane. */
-static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, size_t capacity, size_t r,
-                          const float *src) {
-    const size_t hd = d->head_dim;
-    uint8_t *dst = plane + r * lo->kv_row;
+/* Query heads h0 .. h0 + nh of kv head g, in blocks of up to DEC_HB (constants for the compiler). */
+static void dec_attn_group(const dec_attn *A, size_t i, size_t g, size_t jc) {
+    const bne_decoder *d = A->d;
+    const size_t G = d->heads / d->kv_heads;
+    const int kvt = d->kv_type;
+    for (size_t h = 0; h < G; h += DEC_HB) {
+        const size_t hb = G - h < DEC_HB ? G - h : DEC_HB, h0 = g * G + h;
+#define DEC_ATTN_CASE(K, B) \
+    case (K) * 8 + (B): dec_attn_heads(A, K, B, i, g, h0, jc); break;
+        switch (kvt * 8 + (int)hb) {
+            DEC_ATTN_CASE(BNE_KV_F32, 1) DEC_ATTN_CASE(BNE_KV_F32, 2) DEC_ATTN_CASE(BNE_KV_F32, 3)
+            DEC_ATTN_CASE(BNE_KV_F32, 4) DEC_ATTN_CASE(BNE_KV_F16, 1) DEC_ATTN_CASE(BNE_KV_F16, 2)
+            DEC_ATTN_CASE(BNE_KV_F16, 3) DEC_ATTN_CASE(BNE_KV_F16, 4) DEC_ATTN_CASE(BNE_KV_I8, 1)
+            DEC_ATTN_CASE(BNE_KV_I8, 2) DEC_ATTN_CASE(BNE_KV_I8, 3) DEC_ATTN_CASE(BNE_KV_I8, 4)
+        default: break;
+        }
+#undef DEC_ATTN_CASE
+    }
+}
+
+/* Units of a prompt: u = i * kv_heads + g, every chunk, folded as they come. */
+static void dec_attn_tokens(void *ctx, size_t u0, size_t u1) {
+    const dec_attn *A = (const dec_attn *)ctx;
+    for (size_t u = u0; u < u1; ++u) dec_attn_group(A, u / A->d->kv_heads, u % A->d->kv_heads, (size_t)-1);
+}
+
+/* Units of one token: u = g * chunks + j. */
+static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, int is_k, size_t g,
+                          size_t t, const float *src);
+
+/* Units of one token: u = g * chunks + j.  The unit of the last chunk, the only one that reads
+ * position pos0, first writes the token's (rotated) key and value of kv head g to the cache: the
+ * writes are spread over the threads and their misses overlap the scores of the other units. */
+static void dec_attn_chunks(void *ctx, size_t u0, size_t u1) {
+    const dec_attn *A = (const dec_attn *)ctx;
+    const bne_dec_layout *lo = A->lo;
+    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC, hd = A->d->head_dim;
+    for (size_t u = u0; u < u1; ++u) {
+        const size_t g = u / nch;
+        if (u % nch == nch - 1) {
+            dec_cache_put(A->d, lo, A->kv, 1, g, A->pos0, A->qkv + lo->qd + g * hd);
+            dec_cache_put(A->d, lo, A->kv + lo->kv_plane, 0, g, A->pos0, A->qkv + lo->qd + lo->kvd + g * hd);
+        }
+        dec_attn_group(A, 0, g, u % nch);
+    }
+}
+
+/* After dec_attn_chunks: fold each head's chunks in order into the attention output (the same
+ * operations as dec_chunk's fold). */
+static void dec_attn_fold(const dec_attn *A) {
+    const size_t hd = A->d->head_dim, nch = (A->pos0 + DEC_PC) / DEC_PC;
+    for (size_t h = 0; h < A->d->heads; ++h) {
+        const float *p = A->part + h * nch * (hd + 2);
+        float *o = A->out + h * hd;
+        float m = p[hd], l = p[hd + 1];
+        const size_t cv = hd / DEC_VW * DEC_VW; /* vectors, then the tail: the same operations */
+        for (size_t c = 0; c < hd; ++c) o[c] = p[c];
+        for (size_t j = 1; j < nch; ++j) {
+            const float *pj = p + j * (hd + 2), mj = pj[hd];
+            const float M = m > mj ? m : mj, fa = dec_expf(m - M), fb = dec_expf(mj - M);
+            l = l * fa + pj[hd + 1] * fb;
+            m = M;
+            for (size_t c = 0; c < cv; c += DEC_VW) dec_st(o + c, dec_ld(o + c) * fa + dec_ld(pj + c) * fb);
+            for (size_t c = cv; c < hd; ++c) o[c] = o[c] * fa + pj[c] * fb;
+        }
+        const float inv = 1.0f / l;
+        for (size_t c = 0; c < cv; c += DEC_VW) dec_st(o + c, dec_ld(o + c) * inv);
+        for (size_t c = cv; c < hd; ++c) o[c] = o[c] * inv;
+    }
+}
+
+/* Write one rotated key / value (hd floats) of kv head g at position t to a layer's cache. */
+static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, int is_k, size_t g,
+                          size_t t, const float *src) {
+    const size_t hd = d->head_dim, r = g * lo->kv_cap + t;
+    /* element c at dst[c * step] */
+    uint8_t *dst = is_k ? plane + (r - t % DEC_KT) * lo->kv_row : plane + r * lo->kv_row;
+    const size_t step = is_k ? DEC_KT : 1, off = is_k ? t % DEC_KT : 0;
     if (d->kv_type == BNE_KV_F32) {
-        bne_copy(dst, src, hd * 4);
+        float *f = (float *)dst + off;
+        for (size_t c = 0; c < hd; ++c) f[c * step] = src[c];
     } else if (d->kv_type == BNE_KV_F16) {
-        uint16_t *h = (uint16_t *)dst;
-        for (size_t c = 0; c < hd; ++c) h[c] = dec_f2h(src[c]);
+        uint16_t *h = (uint16_t *)dst + off, tmp[DEC_VW];
+        size_t c = 0;
+        for (; c + DEC_VW <= hd; c += DEC_VW) {
+            dec_st_h(tmp, dec_ld(src + c));
+            for (int l = 0; l < DEC_VW; ++l) h[(c + l) * step] = tmp[l];
+        }
+        for (; c < hd; ++c) h[c * step] = dec_f2h(src[c]);
     } else {
         float amax = 0.0f;
         for (size_t c = 0; c < hd; ++c) {
@@ -449,9 +637,9 @@ static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_
         }
         if (amax < 1e-5f) amax = 1e-5f;
         const float s = 127.0f / amax;
-        int8_t *q = (int8_t *)dst;
-        for (size_t c = 0; c < hd; ++c) q[c] = bne_quant1(src[c], s);
-        const size_t scale_off = (d->kv_heads * capacity * lo->kv_row + 63) & ~(size_t)63;
+        int8_t *q = (int8_t *)dst + off;
+        for (size_t c = 0; c < hd; ++c) q[c * step] = bne_quant1(src[c], s);
+        const size_t scale_off = (d->kv_heads * lo->kv_cap * lo->kv_row + 63) & ~(size_t)63;
         ((float *)(plane + scale_off))[r] = 1.0f / s;
     }
 }
@@ -476,6 +664,8 @@ static void dec_rope(const bne_decoder *d, float *row, size_t heads, size_t pos)
  * xq/xs with row sums xsum. */
 static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, size_t k, const float *w, float eps,
                           float *dst, int8_t *xq, float *xs, int32_t *xsum) {
+    if (!w)
+        for (size_t b = 0; b < m * k && b < 256; b += 16) __builtin_prefetch(src + b, 0, 3);
     if (w) {
         for (size_t i = 0; i < m; ++i) dec_rmsnorm(src + i * k, w, k, eps, dst + i * k);
         src = dst;
@@ -530,7 +720,7 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
     uint8_t *W = (uint8_t *)work;
     float *x = (float *)(W + lo.x), *h = (float *)(W + lo.h), *qkv = (float *)(W + lo.qkv);
     float *att = (float *)(W + lo.att), *gate = (float *)(W + lo.gu), *up = gate + n * d->ffn;
-    float *yo = (float *)(W + lo.yo), *xs = (float *)(W + lo.xs), *scores = (float *)(W + lo.scores);
+    float *yo = (float *)(W + lo.yo), *xs = (float *)(W + lo.xs), *part = (float *)(W + lo.part);
     int8_t *xq = (int8_t *)(W + lo.xq);
     int32_t *xsum = (int32_t *)(W + lo.xsum);
     const size_t H = d->hidden, F = d->ffn, hd = d->head_dim;
@@ -557,20 +747,26 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         dec_tick(d, &t, 2);
         for (size_t i = 0; i < n; ++i) {
             float *row = qkv + i * lo.qkvd;
-            dec_rope(d, row, d->heads, pos0 + i);
             dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
-            for (size_t g = 0; g < d->kv_heads; ++g) {
-                dec_cache_put(d, &lo, kv, capacity, g * capacity + pos0 + i, row + lo.qd + g * hd);
-                dec_cache_put(d, &lo, kv + lo.kv_plane, capacity, g * capacity + pos0 + i, row + lo.qd + lo.kvd + g * hd);
+            dec_rope(d, row, d->heads, pos0 + i);
+            for (size_t g = 0; g < d->kv_heads && n > 1; ++g) { /* (one token: in dec_attn_chunks) */
+                dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
+                dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
             }
         }
-        dec_attn aj = {d, &lo, qkv, kv, capacity, pos0, n, scores, att};
+        dec_attn aj = {d, &lo, qkv, kv, pos0, n, part, att};
         dec_tick(d, &t, 0);
-        const size_t units = n * d->heads / dec_attn_hb(d);
-        if ((pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS)
-            dec_attn_range(&aj, 0, units); /* a short decode step's attention: not worth a job */
-        else
-            bne_pool_run(dec_attn_range, &aj, units, 1);
+        const int inline_attn = (pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS; /* not worth a job */
+        if (n == 1) {
+            const size_t units = d->kv_heads * ((pos0 + DEC_PC) / DEC_PC);
+            if (inline_attn) dec_attn_chunks(&aj, 0, units);
+            else bne_pool_run(dec_attn_chunks, &aj, units, 1);
+            dec_attn_fold(&aj);
+        } else if (inline_attn) {
+            dec_attn_tokens(&aj, 0, n * d->kv_heads);
+        } else {
+            bne_pool_run(dec_attn_tokens, &aj, n * d->kv_heads, 1);
+        }
         dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};

@@ -160,7 +160,7 @@ TARGETS: dict[str, Target] = {
                 package="ziglang",
                 cflags=("-mcpu=x86_64",),
                 variants={
-                    "src/arch/x86/avx2.c": ("-mcpu=x86_64+avx2+fma",),
+                    "src/arch/x86/avx2.c": ("-mcpu=x86_64+avx2+fma+f16c",),
                     "src/arch/x86/avx512.c": ("-mcpu=x86_64+avx512f+avx512bw+avx512vl+avx512vnni",),
                 },
                 ldflags=_ELF_LD,
@@ -170,7 +170,7 @@ TARGETS: dict[str, Target] = {
                 package="gcc",
                 cflags=("-march=x86-64", "-mtune=generic"),
                 variants={
-                    "src/arch/x86/avx2.c": ("-mavx2", "-mfma"),
+                    "src/arch/x86/avx2.c": ("-mavx2", "-mfma", "-mf16c"),
                     "src/arch/x86/avx512.c": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"),
                 },
             ),

@@ -24,7 +24,7 @@ from tests.support.tools import REPO, require_tool
 
 NATIVE = REPO / "native"
 COMMON = ["api.c", "cpu.c", "pool.c", "kernels_ref.c", "decoder.c"]
-X86 = {"arch/x86/avx2.c": ["-mavx2", "-mfma"],
+X86 = {"arch/x86/avx2.c": ["-mavx2", "-mfma", "-mf16c"],
        "arch/x86/avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
 ARM = {"arch/arm/neon.c": ["-march=armv8-a"], "arch/arm/neon_dotprod.c": ["-march=armv8.2-a+dotprod"]}
 FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'src'}"]

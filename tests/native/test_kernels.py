@@ -17,6 +17,7 @@ from bitnet_edge.sdk.kernels import Int8Matrix, Ternary3Matrix, TernaryMatrix
 SHAPES = [  # (n, k, m): tiny, k not a multiple of any block, m = 1, tiles with remainders
     (1, 1, 1), (1, 127, 1), (3, 128, 1), (5, 129, 2), (7, 255, 3), (4, 256, 4), (9, 300, 5),
     (13, 1000, 7), (64, 2560, 1), (33, 4096, 6), (130, 640, 65),
+    (23, 700, 1), (1001, 384, 1),  # GEMV: rows in 4 parts with a remainder, several pool chunks
 ]
 
 
@@ -58,6 +59,25 @@ def test_ternary_prefill_panels_exact(native_backend, rng, n, k, m):
         np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
 
 
+@pytest.mark.parametrize("k", [4, 255, 256, 1027, 65536])
+@pytest.mark.parametrize("wval", [-1, 1])
+def test_ternary_prefill_panels_at_the_extremes(native_backend, rng, k, wval):
+    """The panel GEMM keeps int16 sums over 64 steps (256 k): all -128 activations against all-(+-1)
+    weights reach exactly -32768 per lane before the widen; also 127s, k past a slice (1024 k), a
+    k % 4 tail and a partial panel (n = 17)."""
+    q = np.full((17, k), wval, dtype=np.int8)
+    for xval in (-128, 127):
+        xq = np.full((9, k), xval, dtype=np.int8)
+        for cls in (TernaryMatrix, Ternary3Matrix):
+            y = cls.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
+            assert (y == xval * wval * k).all(), cls.__name__
+    qm = rng.choice(np.array([-1, 1], dtype=np.int8), size=(17, k))
+    xm = rng.choice(np.array([-128, 127], dtype=np.int8), size=(13, k))
+    for cls in (TernaryMatrix, Ternary3Matrix):
+        np.testing.assert_array_equal(cls.from_ternary(qm, 1.0).matmul_int8(xm, backend=native_backend),
+                                      _int64_matmul(qm, xm))
+
+
 @pytest.mark.parametrize("n,k,m", SHAPES)
 def test_int8_int32_exact(native_backend, rng, n, k, m):
     w = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
@@ -68,10 +88,11 @@ def test_int8_int32_exact(native_backend, rng, n, k, m):
 
 @pytest.mark.parametrize("k", [1, 100, 128, 4096, 65536])
 @pytest.mark.parametrize("wval", [-1, 1])
-def test_no_overflow_at_the_extremes(native_backend, k, wval):
+@pytest.mark.parametrize("m", [1, 3])  # 1: the GEMV kernels (int16 sums over 8 blocks); 3: the tiles
+def test_no_overflow_at_the_extremes(native_backend, k, wval, m):
     """All -128 activations against all -1 (or +1) weights, K up to 65536."""
     q = np.full((5, k), wval, dtype=np.int8)
-    xq = np.full((3, k), -128, dtype=np.int8)
+    xq = np.full((m, k), -128, dtype=np.int8)
     y = TernaryMatrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
     assert (y == -128 * wval * k).all()
     y3 = Ternary3Matrix.from_ternary(q, 1.0).matmul_int8(xq, backend=native_backend)
@@ -87,6 +108,10 @@ def test_mixed_extremes_exact(native_backend, rng):
     xq = rng.choice(np.array([-128, 127], dtype=np.int8), size=(2, k))
     tm = TernaryMatrix.from_ternary(q, 1.0)
     np.testing.assert_array_equal(tm.matmul_int8(xq, backend=native_backend), reference.int_matmul(q, xq))
+    for x1 in (xq[:1], np.full((1, k), 127, np.int8), np.full((1, k), -128, np.int8)):  # the GEMV kernels
+        np.testing.assert_array_equal(tm.matmul_int8(x1, backend=native_backend), reference.int_matmul(q, x1))
+        t3 = Ternary3Matrix.from_ternary(q, 1.0)
+        np.testing.assert_array_equal(t3.matmul_int8(x1, backend=native_backend), reference.int_matmul(q, x1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -146,7 +171,8 @@ def test_numpy_reference_quantize_and_epilogue_against_the_rule(rng, n, k, m):
     np.testing.assert_array_equal(im.linear(x, backend="numpy"), want8)
 
 
-@pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9)])
+@pytest.mark.parametrize("n,k,m", [(1, 5, 1), (17, 129, 3), (64, 2560, 1), (40, 1000, 9), (21, 1027, 13),
+                                   (48, 2560, 128)])
 def test_quantize_and_float_epilogue_exact(native_backend, rng, n, k, m):
     x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100)).astype(np.float32)
     xq, s = kernels.quantize_activations(x, backend=native_backend)

@@ -16,22 +16,24 @@ from bitnet_edge.sdk.models.errors import ContextLengthError
 PROMPT = [3, 17, 250, 33, 7, 100, 101, 5, 9, 411]
 
 
-def tiny(act: str = "relu2", sub_norms: bool = True, seed: int = 0) -> ImportedModel:
+def tiny(act: str = "relu2", sub_norms: bool = True, seed: int = 0, heads: int = 4, kv_heads: int = 2,
+         head_dim: int = 32, max_positions: int = 64) -> ImportedModel:
     cfg = DecoderConfig(vocab_size=500, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=64,
-                        rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act=act, sub_norms=sub_norms,
-                        tie_word_embeddings=True, bos_token_id=1, eos_token_ids=[2])
+                        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                        max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act=act,
+                        sub_norms=sub_norms, tie_word_embeddings=True, bos_token_id=1, eos_token_ids=[2])
     rng = np.random.default_rng(seed)
+    qd, kvd = heads * head_dim, kv_heads * head_dim
     tensors = {}
     for n in decoder_tensor_names(cfg):
         if n.endswith("_proj.weight"):
-            out = {"q": 128, "k": 64, "v": 64, "o": 128, "gate": 352, "up": 352, "down": 128}[n.split(".")[-2][:-5]]
-            k = 352 if "down" in n else 128
+            out = {"q": qd, "k": kvd, "v": kvd, "o": 128, "gate": 352, "up": 352, "down": 128}[n.split(".")[-2][:-5]]
+            k = {"down": 352, "o": qd}.get(n.split(".")[-2][:-5], 128)
             tensors[n] = ImportedTensor("float", rng.standard_normal((out, k)).astype(np.float32) / np.sqrt(k))
         elif n == "model.embed_tokens.weight":
             tensors[n] = ImportedTensor("float", rng.standard_normal((500, 128)).astype(np.float32))
         else:
-            size = 352 if "ffn_sub_norm" in n else 128
+            size = 352 if "ffn_sub_norm" in n else (qd if "attn_sub_norm" in n else 128)
             tensors[n] = ImportedTensor("float", (1 + 0.1 * rng.standard_normal(size)).astype(np.float32))
     return ImportedModel("tiny", cfg, tensors, SourceInfo(kind="synthetic", path="random"))
 
@@ -68,6 +70,39 @@ def test_decode_steps_equal_the_full_forward(dirs):
     m.forward(np.array(PROMPT[:4]), cache)
     steps = np.stack([m.forward(np.array([t]), cache)[-1] for t in PROMPT[4:]])
     np.testing.assert_allclose(steps, full[4:], rtol=1e-4, atol=1e-4 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 32), (8, 2, 16), (6, 2, 24)])  # 2, 4 and 3 query heads per kv head
+def test_long_contexts_fold_attention_chunks(tmp_path, shape):
+    """Contexts past the 64-position attention chunks: a prompt folds its chunks as it goes, a decode
+    step splits (kv head, chunk) units over the threads and folds them afterwards - the same
+    operations, so steps give the prompt's bits, on every thread count and cache type; and both
+    agree with the numpy reference."""
+    heads, kvh, hd = shape
+    path = convert(tiny(heads=heads, kv_heads=kvh, head_dim=hd, max_positions=256), tmp_path / "m",
+                   precision="ternary", head="int8")
+    m = load_model(path)
+    ids = np.random.default_rng(5).integers(3, 500, size=150)
+    a = m.forward(ids, m.new_cache(160), all_logits=True)
+    b = m.forward(ids, m.new_cache(160, runtime="numpy"), all_logits=True)
+    # Per row: float32 agreement, except where the two runtimes' last-bit differences put a value on
+    # the other side of an int8 rounding boundary (a flipped activation code moves a row ~1e-3).
+    rel = np.abs(a - b).max(1) / np.abs(b).max()
+    assert (rel <= 1e-5).mean() >= 0.95 and rel.max() <= 3e-3, rel.max()
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
+    before = kernels.get_threads()
+    try:
+        for kv in ("f32", "f16", "int8"):
+            mk = load_model(path, kv_cache=kv) if kv != "f32" else m
+            full = mk.forward(ids, mk.new_cache(150), all_logits=True)
+            for t in (1, 2, 3):
+                kernels.set_threads(t)
+                cache = mk.new_cache(150)
+                mk.forward(ids[:120], cache)
+                steps = np.stack([mk.forward(ids[i:i + 1], cache)[-1] for i in range(120, 150)])  # crosses 128
+                assert np.array_equal(steps.view(np.uint32), full[120:].view(np.uint32)), (kv, t)
+    finally:
+        kernels.set_threads(before)
 
 
 def test_backends_and_thread_counts_give_the_same_bits(dirs):
