@@ -11,6 +11,7 @@
  * sum((x + 128) * w) - 128 * sum(w) = sum(x * w); works for every int8 w and x.
  */
 #include <immintrin.h>
+#include <stdlib.h>
 #include "bne_internal.h"
 
 #define BNE_INLINE static inline __attribute__((always_inline))
@@ -58,6 +59,129 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
     }
 }
 
+/* ---- ternary GEMM for prefill (m >= PANEL_MIN_M), both layouts ---------------------------------
+ * The panels of the AVX2 variant (bne_panel_fill_avx2: step q = 64 bytes, 16 columns x 4 codes) are
+ * exactly one zmm per step, and vpdpbusd (codes u8 x x s8, 4 products into each int32 lane) adds
+ * them into 16 column sums with no int16 stage and no separate add.  Two panels (32 columns) are
+ * filled together; the micro-kernel keeps up to 12 activation rows x 2 panels = 24 zmm sums: per
+ * step 2 panel loads, 12 broadcasts of 4 x bytes, 24 vpdpbusd for 1536 multiply-adds (0.025
+ * instructions a MAC).  |sum| <= 2 * 128 * k fits int32 for any k <= BNE_MAX_K. */
+#define PANEL_MIN_M 8
+#define PANEL_N 16
+#define PANEL_MR 12
+
+typedef struct {
+    size_t j, nc;
+    const int32_t *adj; /* (m, 16) k % 4 tail products - sum(x), or NULL */
+} panel_out512;
+
+BNE_INLINE void panel_finish512(const bne_gemm_args *a, const panel_out512 *po, size_t i, __m512i t) {
+    t = po->adj ? _mm512_add_epi32(t, _mm512_loadu_si512((const void *)(po->adj + i * PANEL_N)))
+                : _mm512_sub_epi32(t, _mm512_set1_epi32(a->xsum[i]));
+    const __mmask16 mk = (__mmask16)((1u << po->nc) - 1u);
+    if (a->yi) {
+        _mm512_mask_storeu_epi32(a->yi + i * a->ldy + po->j, mk, t);
+        return;
+    }
+    /* bne_store's operations, 16 lanes: int -> float, * wscale, / xscale */
+    __m512 f = _mm512_div_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(a->wscale[0])),
+                             _mm512_set1_ps(a->xscale[i]));
+    _mm512_mask_storeu_ps(a->yf + i * a->ldy + po->j, mk, f);
+}
+
+/* acc += codes (u8) . b (s8), 4 products a lane, in acc's own register (with the intrinsic GCC
+ * copies every accumulator each step). */
+BNE_INLINE void dpbusd_inplace(__m512i *acc, __m512i codes, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(codes), "v"(b));
+}
+
+/* MR activation rows from i against NP (1 or 2) panels over k4 steps, finished into y.  The 24 sums
+ * are named variables, not an array: GCC does not keep a 1.5 KB array of zmm in registers. */
+#define PANEL_REP12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+BNE_INLINE void panel_kernel512(const bne_gemm_args *a, const uint8_t *p0, const uint8_t *p1, size_t k4, size_t i,
+                                int MR, int NP, const panel_out512 *po) {
+#define ROW_DECL(r)                                                                  \
+    __m512i s##r##_0 = _mm512_setzero_si512(), s##r##_1 = _mm512_setzero_si512();  \
+    const int8_t *x##r = a->x + (i + (MR > r ? r : 0)) * a->ldx;
+#define ROW_STEP(r)                                                                  \
+    if (MR > r) {                                                                    \
+        int32_t xv;                                                                  \
+        __builtin_memcpy(&xv, x##r + 4 * q, 4);                                      \
+        const __m512i b = _mm512_set1_epi32(xv);                                     \
+        dpbusd_inplace(&s##r##_0, w0, b);                                            \
+        if (NP == 2) dpbusd_inplace(&s##r##_1, w1, b);                               \
+    }
+#define ROW_FIN(r)                                                                   \
+    if (MR > r) {                                                                    \
+        panel_finish512(a, &po[0], i + r, s##r##_0);                                 \
+        if (NP == 2) panel_finish512(a, &po[1], i + r, s##r##_1);                    \
+    }
+    PANEL_REP12(ROW_DECL)
+    for (size_t q = 0; q < k4; ++q) {
+        const __m512i w0 = _mm512_load_si512((const void *)(p0 + q * 64));
+        const __m512i w1 = NP == 2 ? _mm512_load_si512((const void *)(p1 + q * 64)) : w0;
+        PANEL_REP12(ROW_STEP)
+    }
+    PANEL_REP12(ROW_FIN)
+#undef ROW_DECL
+#undef ROW_STEP
+#undef ROW_FIN
+}
+
+#define PANEL_CASE(mr)                                                              \
+    case mr:                                                                        \
+        if (np == 2) panel_kernel512(a, panel, panel + pbytes, k4, i, mr, 2, po);   \
+        else panel_kernel512(a, panel, panel, k4, i, mr, 1, po);                    \
+        break;
+
+/* Columns [n0, n1) through pairs of 16-column panels; 0 if the buffer could not be had. */
+static int ternary_panel_gemm512(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
+    const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4, m = a->m;
+    const size_t k32 = (k + 31) & ~(size_t)31;
+    const size_t tiles = (m + PANEL_MR - 1) / PANEL_MR, base = m / tiles, extra = m % tiles;
+    const size_t pbytes = (k4 * 64 + 63) & ~(size_t)63;
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, 2 * pbytes + 8 * k32 + 2 * m * PANEL_N * 4 + 64);
+    if (!buf) return 0;
+    uint8_t *panel = buf, *codes = buf + 2 * pbytes;
+    int32_t *adj = (int32_t *)(codes + 8 * k32);
+    uint8_t tailc[PANEL_N][4];
+    panel_out512 po[2];
+    for (size_t j0 = n0; j0 < n1; j0 += 2 * PANEL_N) {
+        size_t np = 0;
+        for (size_t j = j0; j < n1 && np < 2; j += PANEL_N, ++np) {
+            const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
+            bne_panel_fill_avx2(a, j, nc, base3, panel + np * pbytes, codes, tailc);
+            po[np] = (panel_out512){j, nc, NULL};
+            if (kt) {
+                int32_t *ad = adj + np * m * PANEL_N;
+                po[np].adj = ad;
+                for (size_t i = 0; i < m; ++i) {
+                    const int8_t *x = a->x + i * a->ldx + 4 * k4;
+                    for (size_t c = 0; c < PANEL_N; ++c) {
+                        int32_t s = -a->xsum[i];
+                        for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+                        ad[i * PANEL_N + c] = s;
+                    }
+                }
+            }
+        }
+        for (size_t t = 0, i = 0; t < tiles; ++t) {
+            const size_t mr = base + (t < extra);
+            switch (mr) {
+                PANEL_CASE(12) PANEL_CASE(11) PANEL_CASE(10) PANEL_CASE(9) PANEL_CASE(8) PANEL_CASE(7)
+                PANEL_CASE(6) PANEL_CASE(5) PANEL_CASE(4) PANEL_CASE(3) PANEL_CASE(2)
+            default:
+                if (np == 2) panel_kernel512(a, panel, panel + pbytes, k4, i, 1, 2, po);
+                else panel_kernel512(a, panel, panel, k4, i, 1, 1, po);
+                break;
+            }
+            i += mr;
+        }
+    }
+    free(buf);
+    return 1;
+}
+
 /* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void ternary_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
@@ -66,6 +190,7 @@ static void ternary_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
         for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
         return;
     }
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm512(a, n0, n1, 0)) return;
     for (; j + 2 <= n1; j += 2) {
         size_t i = 0;
         for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 2, 4, 0);
@@ -167,12 +292,18 @@ static int quantize_avx512(const float *x, size_t m, size_t k, size_t ldx, int8_
     return BNE_OK;
 }
 
-/* The base-3 kernel and the decoder glue are avx2.c's (AVX2 code runs on every AVX-512 CPU; the
- * decoder calls this table's own ternary/int8 kernels). */
+/* Base-3: the panel GEMM above for prefill, avx2.c's kernels otherwise. */
+static void ternary3_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
+    if (a->m >= PANEL_MIN_M && ternary_panel_gemm512(a, n0, n1, 1)) return;
+    bne_ternary3_gemm_avx2(a, n0, n1);
+}
+
+/* The base-3 GEMV, the panel unpack and the decoder glue are avx2.c's (AVX2 code runs on every
+ * AVX-512 CPU; the decoder calls this table's own ternary/int8 kernels). */
 const bne_kernels bne_kernels_avx512 = {
     ternary_gemm_avx512,
     int8_gemm_avx512,
     quantize_avx512,
-    bne_ternary3_gemm_avx2,
+    ternary3_gemm_avx512,
     bne_decoder_forward_avx2,
 };
