@@ -277,7 +277,7 @@ BNE_INLINE void ternary3_gemv(const bne_gemm_args *a, size_t j, int NR, size_t s
         memcpy(xt, a->x + nb * BNE_TERNARY3_BLOCK, tail);
     }
     const size_t nball = nb + (tail != 0);
-    __m256i s16[2];
+    __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* reset every 6 blocks below */
     for (size_t b = 0; b < nball; ++b) {
         const int8_t *xb = b < nb ? a->x + b * BNE_TERNARY3_BLOCK : xt;
         __m256i t0[2], t1[2];
