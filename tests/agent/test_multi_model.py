@@ -129,7 +129,7 @@ def test_a_crashed_worker_takes_only_its_model_down(tmp_path, bundles, detector)
 def test_an_install_over_the_memory_budget_is_refused_before_unpacking(tmp_path, bundles):
     big = {}
     for name in ("big-a", "big-b"):
-        d = make_mlp_dir(tmp_path / name, sizes=(1024, 2048, 16), seed=3, name=name)
+        d = make_mlp_dir(tmp_path / name, sizes=(2048, 2048, 16), seed=3, name=name)  # weights >> the kernel library
         big[name] = package_model(d, [HOST_DEVICE], "1.0.0", [bundles.key], tmp_path / f"out-{name}", release=1,
                                   options=bundles.opts)[0].path
     m = verify_bundle(big["big-a"], [load_public_key(bundles.pub)], deep=False).manifest
