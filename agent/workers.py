@@ -108,7 +108,17 @@ def _pump(pipe, lines: queue.Queue | None, tail: collections.deque, name: str) -
             lines.put(None)
 
 
-class ForkedProc:
+class _Signals:
+    """terminate and kill as Popen has them, through the class's own ``send_signal``."""
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkedProc(_Signals):
     """A worker forked by the zygote, watched through its pidfd (what ``subprocess.Popen`` offers
     for a child of our own: poll, wait, send_signal, kill; the exit status is not known, -1)."""
 
@@ -143,12 +153,6 @@ class ForkedProc:
             except ProcessLookupError:
                 pass
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
     def close(self) -> None:
         if self._pidfd >= 0:
             self._exited(0)
@@ -158,7 +162,7 @@ class ForkedProc:
                 self.returncode = -1
 
 
-class _OwnChild:
+class _OwnChild(_Signals):
     """A child this process forked itself (the zygote forked from the agent): what
     ``subprocess.Popen`` offers for poll, wait, terminate and kill, reaped with waitpid (our own
     child, so its pid is not reused before we reap it)."""
@@ -194,12 +198,6 @@ class _OwnChild:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 def _threads() -> int:

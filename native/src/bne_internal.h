@@ -71,6 +71,8 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1);
  * k % 4 codes of each column -> tailc; codes: scratch of 8 x round_up(k, 32) bytes. */
 void bne_panel_fill_avx2(const bne_gemm_args *a, size_t j, size_t nc, int base3, uint8_t *panel, uint8_t *codes,
                          uint8_t tailc[16][4]);
+/* the k % 4 tail of a panel's columns (tailc from bne_panel_fill_avx2) -> ad[m][16], less sum(x) */
+void bne_panel_tail_avx2(const bne_gemm_args *a, uint8_t tailc[16][4], int32_t *ad);
 #endif
 #if defined(__aarch64__)
 #define BNE_HAVE_ARM 1

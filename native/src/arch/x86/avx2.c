@@ -557,6 +557,20 @@ void bne_panel_fill_avx2(const bne_gemm_args *a, size_t j, size_t nc, int base3,
     }
 }
 
+/* The last k % 4 weights of a panel's columns, apart from the panel: ad[i][c] = sum over those
+ * weights of code * x[i] - sum(x[i]) (the panel sums hold code = w + 1).  Shared with AVX-512. */
+void bne_panel_tail_avx2(const bne_gemm_args *a, uint8_t tailc[16][4], int32_t *ad) {
+    const size_t k4 = a->k / 4, kt = a->k - 4 * k4;
+    for (size_t i = 0; i < a->m; ++i) {
+        const int8_t *x = a->x + i * a->ldx + 4 * k4;
+        for (size_t c = 0; c < PANEL_N; ++c) {
+            int32_t s = -a->xsum[i];
+            for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
+            ad[i * PANEL_N + c] = s;
+        }
+    }
+}
+
 /* Columns [n0, n1) of a ternary GEMM through 16-column panels; returns 0 if it could not get its
  * buffer (the caller then uses the tile kernels).  Activation rows go in tiles of 5 or 6 (as even as
  * m allows: 128 = 18 x 6 + 4 x 5), so no tile runs with a third of the registers. */
@@ -581,14 +595,7 @@ static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int 
             if (kt) { /* the last k % 4 weights, apart: sum(code * x) - sum(x) */
                 int32_t *ad = adj + np * m * PANEL_N;
                 po[np].adj = ad;
-                for (size_t i = 0; i < m; ++i) {
-                    const int8_t *x = a->x + i * a->ldx + 4 * k4;
-                    for (size_t c = 0; c < PANEL_N; ++c) {
-                        int32_t s = -a->xsum[i];
-                        for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                        ad[i * PANEL_N + c] = s;
-                    }
-                }
+                bne_panel_tail_avx2(a, tailc, ad);
             }
         }
         /* each row tile against the np panels in turn: its activation rows are read from L2/L3 once

@@ -155,14 +155,7 @@ static int ternary_panel_gemm512(const bne_gemm_args *a, size_t n0, size_t n1, i
             if (kt) {
                 int32_t *ad = adj + np * m * PANEL_N;
                 po[np].adj = ad;
-                for (size_t i = 0; i < m; ++i) {
-                    const int8_t *x = a->x + i * a->ldx + 4 * k4;
-                    for (size_t c = 0; c < PANEL_N; ++c) {
-                        int32_t s = -a->xsum[i];
-                        for (size_t t = 0; t < kt; ++t) s += (int32_t)tailc[c][t] * x[t];
-                        ad[i * PANEL_N + c] = s;
-                    }
-                }
+                bne_panel_tail_avx2(a, tailc, ad);
             }
         }
         for (size_t t = 0, i = 0; t < tiles; ++t) {
