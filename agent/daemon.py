@@ -143,6 +143,7 @@ class ModelRuntime:
 class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
+        self.unpack_in_child = False  # start_serving(fork_zygote=True), the daemon, sets it
         check_secret_file(cfg.mqtt.tls_key, "mqtt.tls_key")  # like device_key: the owner's alone
         check_secret_file(cfg.mqtt.password_file, "mqtt.password_file")
         self.root = Path(cfg.data_dir)
@@ -360,7 +361,10 @@ class Agent:
         first request), and start the idle reaper.  ``fork_zygote`` (the daemon, before it starts any
         thread): first fork the worker zygote from this process (ADR 0021: sharing its interpreter;
         it freezes the process's objects for the garbage collector, so not for an agent embedded in
-        a longer-lived program)."""
+        a longer-lived program); the daemon also decodes bundles in a short-lived child
+        (``unpack_in_child``), an embedded agent or a one-shot command in its own process."""
+        if fork_zygote:  # the daemon: keep the decoder out of this long-lived process
+            self.unpack_in_child = True
         if fork_zygote and self.zygote is not None:
             self.zygote.prefork()
         for name in self.models.names():
@@ -612,7 +616,8 @@ class Agent:
             # decoded in a short-lived child: the decoder's imports (numpy, zstandard, cffi) never
             # stay in the agent; its error comes back as the same class, reason and detail
             unpack_bundle(path, dest, self.trusted, base=base, max_content_bytes=max(0, decode_cap),
-                          device_key=self.cfg.device_key if m.encryption is not None or base is not None else None)
+                          device_key=self.cfg.device_key if m.encryption is not None or base is not None else None,
+                          in_child=self.unpack_in_child)
         except BundleError as exc:
             raise InstallRejected(policy.reason_for(exc), str(exc), "verify") from None
         except (InstallError, KeyFileError) as exc:

@@ -75,15 +75,21 @@ def error_from_dict(d: dict) -> BitnetEdgeError:
 
 def unpack_bundle(bundle: str | os.PathLike, dest: str | os.PathLike, trusted: list, *,
                   base: str | os.PathLike | None = None, device_key: str | None = None,
-                  max_content_bytes: int | None = None, timeout: float = 3600.0) -> None:
+                  max_content_bytes: int | None = None, timeout: float = 3600.0, in_child: bool = True) -> None:
     """Verify and unpack ``bundle`` into ``dest`` in a child process.  Raises what the decoder
     raised (a BundleError, InstallError ...: the same class, reason and detail), or
-    InstallRejected(``internal``, stage ``unpack``) if the child died or answered nothing."""
+    InstallRejected(``internal``, stage ``unpack``) if the child died or answered nothing.
+    ``in_child=False``: the same request run in this process (an agent embedded in a program that
+    has the decoder imported anyway, or a one-shot command: no memory to keep down, no interpreter
+    to start)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     req = {"bundle": str(bundle), "dest": str(dest), "base": None if base is None else str(base),
            "trusted": [k.public_bytes(Encoding.Raw, PublicFormat.Raw).hex() for k in trusted],
            "device_key": device_key, "max_content_bytes": max_content_bytes}
+    if not in_child:
+        _run(req)
+        return
     env = dict(os.environ)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, "1")
