@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONSTRAINTS := .ci/constraints.txt
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 # The Python 3.10 leg: the oldest Python the runtime and the agent support (JetPack 6, Ubuntu 22.04).
 VENV310 ?= .venv310
 PY310 := $(VENV310)/bin/python
 # Agent and runtime tests that need no torch; a few minutes on 2 cores.
-PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/agent/test_multi_model.py tests/sdk/test_packing.py \
+PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/agent/test_agent_memory.py tests/sdk/test_packing.py \
 	tests/sdk/test_quant.py tests/sdk/test_qat.py tests/sdk/test_schemas.py tests/sdk/test_extras.py tests/native/test_kernels.py \
 	tests/native/test_native_loader.py
 

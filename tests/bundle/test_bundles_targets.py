@@ -93,7 +93,13 @@ def test_jetson_uses_the_aarch64_cpu_library_and_carries_cuda(tmp_path):
     assert lib.read_bytes() == built_library("linux-aarch64", "zig").read_bytes()
 
 
-@pytest.mark.parametrize("lib_target,toolchain", BUILDS, ids=[f"{t}-{tc}" for t, tc in BUILDS])
+#: one ELF and one Mach-O build per toolchain: what keeps paths out of the bytes is the toolchain's
+#: flags, the same for every ELF target of it (the other ELF targets' zig builds are compared with a
+#: cold cache below and by the packaging tests); each build here costs ~11 s of the CI's 20 minutes
+REPRO = [(t, tc) for t, tc in BUILDS if t in ("linux-x86_64", "macos-arm64")]
+
+
+@pytest.mark.parametrize("lib_target,toolchain", REPRO, ids=[f"{t}-{tc}" for t, tc in REPRO])
 def test_library_builds_are_reproducible_from_another_checkout(lib_target, toolchain, tmp_path):
     """Same sources, another path: the same bytes (no paths, no build ids, no timestamps)."""
     require_toolchain(lib_target, toolchain)
