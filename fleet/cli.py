@@ -4,7 +4,7 @@
                             [--mqtt-host H --mqtt-port N --mqtt-tls-cert C --mqtt-tls-key K --mqtt-auth A]
                             [--api-port N] [--chunk-kib N] [--trust PUB ...]
                             [--share-group G --replica-id ID --lease-seconds S]
-    bitnet-edge fleet devices [--json]
+    bitnet-edge fleet devices [--wait DEVICE_ID ...] [--timeout S] [--json]
     bitnet-edge fleet releases [--json]
     bitnet-edge fleet publish BUNDLE... [--json] [--targets-key K ...]   (a release's bundles and its deltas;
                                                           with --targets-key also signed into TUF targets)
@@ -165,11 +165,34 @@ def _models_text(models: list[dict], inst: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _wait_online(client, wanted: tuple[str, ...], timeout: float) -> list[dict]:
+    """Poll the registry until every device in ``wanted`` is online; NotOnline after ``timeout`` seconds."""
+    from bitnet_edge.fleet.errors import ControlError
+
+    deadline = time.monotonic() + timeout
+    with err_console.status(f"waiting for {', '.join(wanted)} to come online (up to {timeout:g} s)"):
+        while True:
+            rows = client.get("/v1/devices")
+            online = {r["id"] for r in rows if r["online"]}
+            missing = [d for d in wanted if d not in online]
+            if not missing:
+                return rows
+            if time.monotonic() >= deadline:
+                raise ControlError("device-offline", f"{', '.join(missing)} not online after {timeout:g} s "
+                                   f"({len(online)} of {len(rows)} known device(s) online); check the agent's "
+                                   "broker URL, credentials and log")
+            time.sleep(0.25)
+
+
 @fleet_group.command("devices")
+@click.option("--wait", "wait_for", multiple=True, metavar="DEVICE_ID",
+              help="Wait until this device is online first (repeatable), e.g. after starting a fleet service.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds --wait waits before failing.")
 @_client_options
-def devices_cmd(client, as_json) -> None:
+def devices_cmd(client, as_json, wait_for, timeout) -> None:
     """Devices the fleet knows: online, profile, every model with its release and health, last outcome."""
-    rows = client.get("/v1/devices")
+    rows = _wait_online(client, wait_for, timeout) if wait_for else client.get("/v1/devices")
     if as_json:
         return _emit_json(rows)
     t = Table(title=f"devices ({sum(r['online'] for r in rows)} of {len(rows)} online)")

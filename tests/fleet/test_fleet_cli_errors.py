@@ -58,3 +58,25 @@ def test_a_rollout_that_matches_no_device_is_refused(tmp_path):
         assert res.exit_code == 0 and json.loads(res.stdout)["devices"] == 1, res.output
     finally:
         svc.stop()
+
+
+def test_devices_wait_for_a_device_to_come_online_or_name_it(tmp_path):
+    from bitnet_edge.fleet.config import FleetConfig
+    from bitnet_edge.fleet.service import FleetService
+    from bitnet_edge.sdk.wire.protocol import Presence
+
+    data = tmp_path / "fleet"
+    svc = FleetService(FleetConfig(data_dir=str(data), embedded_port=0, api_port=0, tick=0.2)).start()
+    try:
+        run = CliRunner().invoke
+        res = run(main, ["fleet", "devices", "--data", str(data), "--wait", "dev-a", "--timeout", "0.5"])
+        one_line_error(res, "dev-a not online after 0.5 s", "0 of 0 known device(s) online", reason="device-offline")
+        birth = threading.Timer(0.7, lambda: svc.registry.on_presence(
+            Presence(type="birth", device_id="dev-a", ts=1.0, capabilities=capabilities(), tags=[]), 1.0))
+        birth.start()
+        res = run(main, ["fleet", "devices", "--data", str(data), "--wait", "dev-a", "--timeout", "30", "--json"])
+        birth.join()
+        assert res.exit_code == 0, res.output
+        assert [(d["id"], d["online"]) for d in json.loads(res.stdout)] == [("dev-a", True)]
+    finally:
+        svc.stop()
