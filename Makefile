@@ -4,12 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONSTRAINTS := .ci/constraints.txt
-PYTEST_ARGS ?= --durations=30
+# Two workers, one test file per worker at a time (module fixtures and the README journeys stay in one
+# process); the slowest files start first (tests/conftest.py).  PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= --durations=30 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 # The Python 3.10 leg: the oldest Python the runtime and the agent support (JetPack 6, Ubuntu 22.04).
 VENV310 ?= .venv310
 PY310 := $(VENV310)/bin/python
-# Agent and runtime tests that need no torch; a few minutes on 2 cores.
-PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/agent/test_agent_memory.py tests/sdk/test_packing.py \
+# Agent and runtime tests that need no torch (the multi-model suite includes the state migration); ~2 min.
+PY310_TESTS ?= tests/agent/test_agent.py tests/agent/test_fleet_sync.py tests/agent/test_agent_memory.py \
+	tests/agent/test_multi_model.py tests/sdk/test_packing.py \
 	tests/sdk/test_quant.py tests/sdk/test_qat.py tests/sdk/test_schemas.py tests/sdk/test_extras.py tests/native/test_kernels.py \
 	tests/native/test_native_loader.py
 
@@ -61,7 +65,7 @@ test: system-deps venv
 # Without a Python 3.10 this fails under CI=true and is skipped (with the reason) elsewhere.
 test-py310:
 	@if bash .ci/python310.sh >/dev/null; then \
-	  $(MAKE) --no-print-directory venv310 && $(PY310) -m pytest -q $(PY310_TESTS); \
+	  $(MAKE) --no-print-directory venv310 && $(PY310) -m pytest -q $(PYTEST_ARGS) $(PY310_TESTS); \
 	else case "$${CI:-}" in 1|true|yes) echo "no Python 3.10 (CI=true: a failure)"; exit 1;; \
 	  *) echo "SKIPPED the Python 3.10 leg: no Python 3.10 here";; esac; fi
 
