@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONSTRAINTS := .ci/constraints.txt
 # Two workers, one test file per worker at a time (module fixtures and the README journeys stay in one
-# process); the slowest files start first (tests/conftest.py).  PYTEST_WORKERS=0 runs it in one process.
+# process); the slowest files start first (tests/conftest.py; xdist would otherwise order files by their
+# number of tests).  PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
-PYTEST_ARGS ?= --durations=30 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+PYTEST_ARGS ?= --durations=30 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # The Python 3.10 leg: the oldest Python the runtime and the agent support (JetPack 6, Ubuntu 22.04).
 VENV310 ?= .venv310
 PY310 := $(VENV310)/bin/python
