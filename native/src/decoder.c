@@ -52,6 +52,7 @@ int bne_dec_layout_of(const bne_decoder *d, size_t n, size_t capacity, bne_dec_l
     TAKE(xsum, mul(n, 4));                      /* their row sums (ternary kernels) */
     /* attention partials of one token: per head and chunk of 64 positions, o (head_dim), max, sum */
     TAKE(part, mul(mul(mul(d->heads, (capacity + 63) / 64), d->head_dim + 2), 4));
+    TAKE(left, mul(d->kv_heads, 4));            /* chunks of each kv head not yet done (that token) */
 #undef TAKE
     o->total = off;
     o->kv_row = d->head_dim * (size_t)elem;

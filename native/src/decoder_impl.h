@@ -378,6 +378,7 @@ typedef struct {
     size_t pos0, n;
     float *part;          /* one token: (heads, chunks, head_dim + 2) o_j, m_j, l_j */
     float *out;           /* (n, qd) */
+    uint32_t *left;       /* one token: chunks of kv head g still to do (the thread that does the last folds g) */
 } dec_attn;
 
 /* Raw scores (before the scale) of hb heads q[h * hd ..] against nt K tiles from `tiles`:
@@ -570,28 +571,35 @@ static void dec_attn_tokens(void *ctx, size_t u0, size_t u1) {
 static void dec_cache_put(const bne_decoder *d, const bne_dec_layout *lo, uint8_t *plane, int is_k, size_t g,
                           size_t t, const float *src);
 
-/* Units of one token: u = g * chunks + j.  The unit of the last chunk, the only one that reads
- * position pos0, first writes the token's (rotated) key and value of kv head g to the cache: the
- * writes are spread over the threads and their misses overlap the scores of the other units. */
+static void dec_attn_fold(const dec_attn *A, size_t g);
+
+/* Units of one token: every kv head's full chunks first (u = g * (chunks - 1) + j), then each kv
+ * head's last chunk, which may be short (u = full + g): the longest work is handed out first, so
+ * the threads finish together.  The unit of a last chunk, the only one that reads position pos0,
+ * first writes the token's (rotated) key and value of kv head g to the cache: the writes are
+ * spread over the threads and their misses overlap the scores of the other units.  The thread that
+ * finishes a kv head's last outstanding chunk folds that head's partials: the folds are spread over
+ * the threads too, and each is the same sequence of operations whichever thread runs it. */
 static void dec_attn_chunks(void *ctx, size_t u0, size_t u1) {
     const dec_attn *A = (const dec_attn *)ctx;
     const bne_dec_layout *lo = A->lo;
-    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC, hd = A->d->head_dim;
+    const size_t nch = (A->pos0 + DEC_PC) / DEC_PC, hd = A->d->head_dim, full = A->d->kv_heads * (nch - 1);
     for (size_t u = u0; u < u1; ++u) {
-        const size_t g = u / nch;
-        if (u % nch == nch - 1) {
+        const size_t g = u < full ? u / (nch - 1) : u - full, j = u < full ? u % (nch - 1) : nch - 1;
+        if (j == nch - 1) {
             dec_cache_put(A->d, lo, A->kv, 1, g, A->pos0, A->qkv + lo->qd + g * hd);
             dec_cache_put(A->d, lo, A->kv + lo->kv_plane, 0, g, A->pos0, A->qkv + lo->qd + lo->kvd + g * hd);
         }
-        dec_attn_group(A, 0, g, u % nch);
+        dec_attn_group(A, 0, g, j);
+        if (__atomic_sub_fetch(&A->left[g], 1u, __ATOMIC_ACQ_REL) == 0) dec_attn_fold(A, g);
     }
 }
 
-/* After dec_attn_chunks: fold each head's chunks in order into the attention output (the same
- * operations as dec_chunk's fold). */
-static void dec_attn_fold(const dec_attn *A) {
-    const size_t hd = A->d->head_dim, nch = (A->pos0 + DEC_PC) / DEC_PC;
-    for (size_t h = 0; h < A->d->heads; ++h) {
+/* After every chunk of kv head g: fold each of its query heads' chunks in order into the attention
+ * output (the same operations as dec_chunk's fold). */
+static void dec_attn_fold(const dec_attn *A, size_t g) {
+    const size_t hd = A->d->head_dim, nch = (A->pos0 + DEC_PC) / DEC_PC, G = A->d->heads / A->d->kv_heads;
+    for (size_t h = g * G; h < (g + 1) * G; ++h) {
         const float *p = A->part + h * nch * (hd + 2);
         float *o = A->out + h * hd;
         float m = p[hd], l = p[hd + 1];
@@ -659,6 +667,11 @@ static void dec_rope(const bne_decoder *d, float *row, size_t heads, size_t pos)
 }
 
 /* ---- the pass --------------------------------------------------------------------------------- */
+
+/* Bytes of the norm weights (n floats) the caller's thread asks for at the end of the job before the
+ * norm (bne_pool_run_pf): they are in no cache (every layer's linears streamed through since the last
+ * token), and the norm would otherwise wait on DRAM latency line by line. */
+#define DEC_NORM_BYTES(n, w) ((w) ? (n) * sizeof(float) : 0)
 
 /* rows (m, k) of src: optional RMSNorm with w (into dst; NULL w: dst = src), then quantized into
  * xq/xs with row sums xsum. */
@@ -754,24 +767,28 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
                 dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
             }
         }
-        dec_attn aj = {d, &lo, qkv, kv, pos0, n, part, att};
+        uint32_t *left = (uint32_t *)(W + lo.left);
+        dec_attn aj = {d, &lo, qkv, kv, pos0, n, part, att, left};
         dec_tick(d, &t, 0);
         const int inline_attn = (pos0 + n) * n * lo.qd < DEC_ATTN_POOL_MACS; /* not worth a job */
         if (n == 1) {
-            const size_t units = d->kv_heads * ((pos0 + DEC_PC) / DEC_PC);
+            const size_t nch = (pos0 + DEC_PC) / DEC_PC, units = d->kv_heads * nch;
+            for (size_t g = 0; g < d->kv_heads; ++g) left[g] = (uint32_t)nch; /* (published with the job) */
             if (inline_attn) dec_attn_chunks(&aj, 0, units);
-            else bne_pool_run(dec_attn_chunks, &aj, units, 1);
-            dec_attn_fold(&aj);
+            else bne_pool_run_pf(dec_attn_chunks, &aj, units, 1, L->attn_sub_norm,
+                                 DEC_NORM_BYTES(lo.qd, L->attn_sub_norm));
         } else if (inline_attn) {
             dec_attn_tokens(&aj, 0, n * d->kv_heads);
         } else {
-            bne_pool_run(dec_attn_tokens, &aj, n * d->kv_heads, 1);
+            bne_pool_run_pf(dec_attn_tokens, &aj, n * d->kv_heads, 1, L->attn_sub_norm,
+                            DEC_NORM_BYTES(lo.qd, L->attn_sub_norm));
         }
         dec_tick(d, &t, 1);
         if ((rc = dec_norm_quant(kt, att, n, lo.qd, L->attn_sub_norm, d->eps, att, xq, xs, xsum))) return rc;
         dec_resid rj = {dec_lin_of(kt, &L->o, n, xq, xs, xsum, att, yo, H), x, H};
         dec_tick(d, &t, 0);
-        bne_pool_run(dec_resid_range, &rj, H, dec_grain(H));
+        bne_pool_run_pf(dec_resid_range, &rj, H, dec_grain(H), L->post_norm,
+                        DEC_NORM_BYTES(H, L->post_norm));
         dec_tick(d, &t, 2);
 
         /* feed-forward block */
@@ -779,12 +796,14 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         dec_gateup gj = {dec_lin_of(kt, &L->gate, n, xq, xs, xsum, h, gate, F),
                          dec_lin_of(kt, &L->up, n, xq, xs, xsum, h, up, F), d->act};
         dec_tick(d, &t, 0);
-        bne_pool_run(dec_gateup_range, &gj, F, dec_grain(F));
+        bne_pool_run_pf(dec_gateup_range, &gj, F, dec_grain(F), L->ffn_sub_norm,
+                        DEC_NORM_BYTES(F, L->ffn_sub_norm));
         dec_tick(d, &t, 2);
         if ((rc = dec_norm_quant(kt, gate, n, F, L->ffn_sub_norm, d->eps, gate, xq, xs, xsum))) return rc;
         dec_resid dj = {dec_lin_of(kt, &L->down, n, xq, xs, xsum, gate, yo, H), x, H};
         dec_tick(d, &t, 0);
-        bne_pool_run(dec_resid_range, &dj, H, dec_grain(H));
+        const float *next = li + 1 < d->layers ? d->layer[li + 1].in_norm : d->final_norm;
+        bne_pool_run_pf(dec_resid_range, &dj, H, dec_grain(H), next, DEC_NORM_BYTES(H, next));
         dec_tick(d, &t, 2);
     }
     if (hidden) bne_copy(hidden, x, n * H * sizeof(float));

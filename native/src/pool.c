@@ -25,6 +25,11 @@ void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
     (void)grain;
     if (n) fn(ctx, 0, n);
 }
+void bne_pool_run_pf(bne_range_fn fn, void *ctx, size_t n, size_t grain, const void *pf, size_t pf_bytes) {
+    (void)pf;
+    (void)pf_bytes;
+    bne_pool_run(fn, ctx, n, grain);
+}
 
 #else
 #include <pthread.h>
@@ -133,6 +138,10 @@ int bne_set_threads(int n) {
 int bne_get_threads(void) { return P.nworkers + 1; }
 
 void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
+    bne_pool_run_pf(fn, ctx, n, grain, NULL, 0);
+}
+
+void bne_pool_run_pf(bne_range_fn fn, void *ctx, size_t n, size_t grain, const void *pf, size_t pf_bytes) {
     if (n == 0) return;
     if (grain == 0) grain = 1;
     size_t nchunks = (n + grain - 1) / grain;
@@ -157,6 +166,7 @@ void bne_pool_run(bne_range_fn fn, void *ctx, size_t n, size_t grain) {
     pthread_cond_broadcast(&P.cv);
     pthread_mutex_unlock(&P.mu);
     run_chunks(gen);
+    for (size_t b = 0; b < pf_bytes; b += 64) __builtin_prefetch((const char *)pf + b, 0, 2);
     while (atomic_load_explicit(&P.done, memory_order_acquire) < nchunks) cpu_relax();
     pthread_mutex_unlock(&P.job_mu);
 }
