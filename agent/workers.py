@@ -260,14 +260,7 @@ class Zygote:
                     os._exit(code or 0)
             theirs.close()
             self.proc = _OwnChild(pid)
-            mine.settimeout(30.0)
-            try:
-                hello = json.loads(mine.recv(MAX_CTL) or b"{}")
-            except (OSError, ValueError):
-                hello = {}
-            if not hello.get("ready"):
-                mine.close()
-                self._stop_proc()
+            if not self._ready(mine, 30.0):
                 self.proc = None
                 return False
             mine.settimeout(SPAWN_TIMEOUT_S)
@@ -275,6 +268,19 @@ class Zygote:
             self.forked = True
             log.info("worker zygote pid %d forked from the agent", pid)
             return True
+
+    def _ready(self, mine: socket.socket, timeout: float) -> bool:
+        """The zygote's first message says it is ready; else close its socket and stop it."""
+        mine.settimeout(timeout)
+        try:
+            hello = json.loads(mine.recv(MAX_CTL) or b"{}")
+        except (OSError, ValueError):
+            hello = {}
+        if hello.get("ready"):
+            return True
+        mine.close()
+        self._stop_proc()
+        return False
 
     @staticmethod
     def supported() -> bool:
@@ -294,14 +300,7 @@ class Zygote:
                                          stdout=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
-        mine.settimeout(120.0)
-        try:
-            hello = json.loads(mine.recv(MAX_CTL) or b"{}")
-        except (OSError, ValueError):
-            hello = {}
-        if not hello.get("ready"):
-            mine.close()
-            self._stop_proc()
+        if not self._ready(mine, 120.0):
             raise WorkerFailed("zygote", "the worker zygote did not start")
         mine.settimeout(SPAWN_TIMEOUT_S)
         self._sock = mine
