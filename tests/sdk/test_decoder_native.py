@@ -88,11 +88,13 @@ def test_long_contexts_fold_attention_chunks(tmp_path, shape):
     a = m.forward(ids, m.new_cache(160), all_logits=True)
     b = m.forward(ids, m.new_cache(160, runtime="numpy"), all_logits=True)
     # Per row: float32 agreement, except where the two runtimes' last-bit differences put a value on
-    # the other side of an int8 rounding boundary (a flipped activation code moves a row ~1e-3).
-    # A row of heads * head_dim attention outputs is quantized as one: the wider it is, the likelier one
-    # of its values sits on a boundary (about half the rows at 1024 wide, a few percent at 128).
+    # the other side of an int8 rounding boundary: a flipped activation code moves a row ~1e-3, and every
+    # later row through attention.  Where the first flip falls is chaos (numpy's float32 matmuls follow
+    # the BLAS kernel of the CPU: on an AVX-512 machine one flip at row ~126 of 150 left 87% of the rows
+    # float-close, 97% on a Zen 3), so the bound is on the size of the differences, not on their count:
+    # a wrong attention fold or RoPE moves rows by 1e-1 and more.
     rel = np.abs(a - b).max(1) / np.abs(b).max()
-    assert (rel <= 1e-5).mean() >= (0.95 if heads * hd <= 256 else 0.3) and rel.max() <= 1e-2, rel.max()
+    assert rel.max() <= 1e-2, rel.max()
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
     before = kernels.get_threads()
     try:
