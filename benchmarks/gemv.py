@@ -69,9 +69,17 @@ def _fill(kind: str, buf: np.ndarray, rng) -> None:
         buf[off:off + n] = block[:n]
 
 
+#: bne_backend ids (native/include/bitnet_edge.h) that --backends takes
+BACKENDS = {"auto": 0, "ref": 1, "avx2": 2, "avx512": 3, "neon": 4, "neon-dotprod": 5, "rvv": 6}
+
+
 class Lib:
-    def __init__(self, path: str):
-        self.path = path
+    """One kernel library, run through one of its backends (``auto``: the best the CPU runs)."""
+
+    def __init__(self, path: str, backend: str = "auto"):
+        self.path, self.backend = path, backend
+        self.label = path if backend == "auto" else f"{path}[{backend}]"
+        self.bid = BACKENDS[backend]
         self.c = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
         p, sz = ctypes.c_void_p, ctypes.c_size_t
         self.c.bne_set_threads.argtypes = [ctypes.c_int]
@@ -81,12 +89,12 @@ class Lib:
 
     def gemv(self, kind: str, w: int, n: int, k: int, x: int, y: int, wsum: int) -> None:
         if kind == "int8_head":
-            rc = self.c.bne_int8_gemm_i32(0, w, n, k, k, wsum, x, 1, k, y, n)
+            rc = self.c.bne_int8_gemm_i32(self.bid, w, n, k, k, wsum, x, 1, k, y, n)
         else:
             fn = self.c.bne_ternary_gemm_i32 if kind == "ternary2" else self.c.bne_ternary3_gemm_i32
-            rc = fn(0, w, n, k, x, 1, k, y, n)
+            rc = fn(self.bid, w, n, k, x, 1, k, y, n)
         if rc != 0:
-            raise RuntimeError(f"{self.path}: {kind} GEMV returned status {rc}")
+            raise RuntimeError(f"{self.label}: {kind} GEMV returned status {rc}")
 
 
 def _plan(kind: str) -> list[tuple[int, int, int]]:
@@ -99,11 +107,13 @@ def _plan(kind: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def run(libs: list[str], thread_counts: list[int], rounds: int, say=print) -> dict:
+def run(libs: list[str], thread_counts: list[int], rounds: int, say=print,
+        backends: tuple[str, ...] = ("auto",)) -> dict:
     from benchmarks.machine import read_bandwidth
 
     rng = np.random.default_rng(0)
-    L = [Lib(p) for p in libs]
+    L = [Lib(p, b) for p in libs for b in backends]
+    libs = [lib.label for lib in L]
     x = rng.integers(-128, 128, size=8192, dtype=np.int8)
     y = np.empty(HEAD[0], dtype=np.int32)
     wsum = np.zeros(HEAD[0], dtype=np.int32)  # the int32 product does not read it
@@ -124,7 +134,7 @@ def run(libs: list[str], thread_counts: list[int], rounds: int, say=print) -> di
             lib.gemv(kind, base + off, n, k, px, py, pws)
         return time.perf_counter() - t0
 
-    res: dict = {"libs": libs, "rounds": rounds, "rows": [], "l2": []}
+    res: dict = {"libs": libs, "backends": list(backends), "rounds": rounds, "rows": [], "l2": []}
     for threads in thread_counts:
         for lib in L:
             lib.c.bne_set_threads(threads)
@@ -146,7 +156,7 @@ def run(libs: list[str], thread_counts: list[int], rounds: int, say=print) -> di
                 res["rows"].append({"lib": p, "kind": kind, "threads": threads, "ms": 1e3 * med,
                                     "gbs": nbytes / med / 1e9, "fraction_of_read_bandwidth": nbytes / med / 1e9 / bw,
                                     "x_first_lib": ratio, "ms_rounds": [1e3 * t for t in ts]})
-                say(f"{threads}t {kind:11s} {Path(p).parent.name}/{Path(p).name}: {1e3 * med:7.2f} ms "
+                say(f"{threads}t {kind:11s} {_short(p)}: {1e3 * med:7.2f} ms "
                     f"{nbytes / med / 1e9:5.1f} GB/s ({nbytes / med / 1e9 / bw:4.0%} of {bw:.1f}) x{ratio:.3f}")
         res.setdefault("read_bandwidth_gbs", {})[str(threads)] = bw
     # compute-only: one L2-resident GEMV of each kind, one thread
@@ -167,8 +177,12 @@ def run(libs: list[str], thread_counts: list[int], rounds: int, say=print) -> di
         for i, p in enumerate(libs):
             res["l2"].append({"lib": p, "kind": kind, "rows": L2_ROWS, "k": k, "us": 1e6 * best[i],
                               "gweights_s": L2_ROWS * k / best[i] / 1e9, "gbs": nbytes / best[i] / 1e9})
-            say(f"L2 1t {kind:11s} {Path(p).parent.name}/{Path(p).name}: {L2_ROWS * k / best[i] / 1e9:5.1f} Gweights/s")
+            say(f"L2 1t {kind:11s} {_short(p)}: {L2_ROWS * k / best[i] / 1e9:5.1f} Gweights/s")
     return res
+
+
+def _short(label: str) -> str:
+    return f"{Path(label).parent.name}/{Path(label).name}"
 
 
 def main(argv=None) -> None:
@@ -176,6 +190,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lib", action="append", help="a kernel library (repeat; default: the package's)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--backends", default="auto",
+                    help=f"comma-separated kernel variants each library runs, of {', '.join(BACKENDS)} (default auto)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
     libs = args.lib
@@ -183,7 +199,12 @@ def main(argv=None) -> None:
         from bitnet_edge.sdk.native import load
 
         libs = [str(load().path)]
-    res = run([str(Path(p).resolve()) for p in libs], [int(t) for t in args.threads.split(",")], args.rounds)
+    backends = tuple(args.backends.split(","))
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        ap.error(f"unknown backend {unknown[0]!r} (one of {', '.join(BACKENDS)})")
+    res = run([str(Path(p).resolve()) for p in libs], [int(t) for t in args.threads.split(",")], args.rounds,
+              backends=backends)
     res["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                       "load_average": os.getloadavg()}
     out = args.out or Path("benchmarks/results") / f"gemv-{dt.datetime.now():%Y%m%d-%H%M%S}.json"

@@ -153,6 +153,15 @@ static inline size_t bne_prefetch_offset(size_t ldw) {
     return (rows < 4 ? 4 : rows) * ldw;
 }
 
+/* The first bytes of a GEMV's rows [n0, n1), up to the prefetch distance: the kernels prefetch pf
+ * bytes ahead of where they read, so without this the start of every pool chunk is read cold. */
+static inline void bne_gemv_prefetch_start(const bne_gemm_args *a, size_t n0, size_t n1, size_t pf) {
+    const uint8_t *p = a->w + n0 * a->ldw;
+    size_t len = (n1 - n0) * a->ldw;
+    if (len > pf) len = pf;
+    for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
 /* Resolve a backend id (AUTO included) to a kernel table, or an error status (api.c). */
 int bne_resolve_backend(int backend, const bne_kernels **out);
 

@@ -150,15 +150,6 @@ BNE_INLINE void ternary_gemv(const bne_gemm_args *a, size_t j, int R, size_t ste
     }
 }
 
-/* The first bytes of a GEMV's rows [n0, n1), up to the prefetch distance: the kernels prefetch pf
- * bytes ahead of where they read, so without this the start of every pool chunk is read cold. */
-static void gemv_prefetch_start(const bne_gemm_args *a, size_t n0, size_t n1, size_t pf) {
-    const uint8_t *p = a->w + n0 * a->ldw;
-    size_t len = (n1 - n0) * a->ldw;
-    if (len > pf) len = pf;
-    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
-}
-
 #define PANEL_MIN_M 8 /* activation rows from which the GEMM goes through panels */
 static int ternary_panel_gemm(const bne_gemm_args *a, size_t n0, size_t n1, int base3);
 
@@ -170,7 +161,7 @@ static void ternary_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
          * once for 4 rows).  4 adjacent rows a step (4 streams 640 B apart, in the same pages) ran
          * 1.4x slower from DRAM, a row at a time (1 stream) 1.25x slower. */
         const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
-        for (int q = 0; q < 4; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (int q = 0; q < 4; ++q) bne_gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
         for (size_t i = 0; i < part; ++i) ternary_gemv(a, n0 + i, 4, part, pf);
         for (j = n0 + 4 * part; j < n1; ++j) ternary_gemv(a, j, 1, 1, pf);
         return;
@@ -311,7 +302,7 @@ void bne_ternary3_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
     if (a->m == 1) {
         /* 2 sequential weight streams far apart (the chunk's rows in 2 parts), as the 2-bit GEMV */
         const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 2;
-        for (int q = 0; q < 2; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 2);
+        for (int q = 0; q < 2; ++q) bne_gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 2);
         for (size_t i = 0; i < part; ++i) ternary3_gemv(a, n0 + i, 2, part, pf);
         for (j = n0 + 2 * part; j < n1; ++j) ternary3_gemv(a, j, 1, 1, pf);
         return;
@@ -697,7 +688,7 @@ static void int8_gemm_avx2(const bne_gemm_args *a, size_t n0, size_t n1) {
         /* 4 sequential streams far apart, as in the ternary GEMV: 4 adjacent rows a step (streams
          * 2560 B apart) ran 1.4x slower from DRAM. */
         const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
-        for (int q = 0; q < 4; ++q) gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (int q = 0; q < 4; ++q) bne_gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
         for (size_t i = 0; i < part; ++i) int8_gemv(a, n0 + i, 4, part, pf);
         for (j = n0 + 4 * part; j < n1; ++j) int8_gemv(a, j, 1, 1, pf);
         return;

@@ -19,7 +19,7 @@
 
 /* Tile: NR weight rows j.. x MR activation rows i..  (NR, MR <= 4).
  * W (NR, k) packed @ x (MR, k) -> y (MR, NR). */
-BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
+BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
     const __m512i m3 = _mm512_set1_epi8(3);
     const __m512i sh_lo = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
     const __m512i sh_hi = _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6);
@@ -31,8 +31,6 @@ BNE_INLINE void ternary_tile(const bne_gemm_args *a, size_t j, size_t i, int NR,
         __m512i lo[4], hi[4];
         for (int r = 0; r < NR; ++r) {
             const uint8_t *src = a->w + (j + r) * a->ldw + b * 32;
-            if (pf && (b & 1) == 0) /* GEMV streams weights from DRAM: fetch ahead */
-                _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
             __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)src));
             lo[r] = _mm512_and_si512(_mm512_srlv_epi64(v, sh_lo), m3); /* weights 0..63 */
             hi[r] = _mm512_and_si512(_mm512_srlv_epi64(v, sh_hi), m3); /* weights 64..127 */
@@ -93,6 +91,60 @@ BNE_INLINE void panel_finish512(const bne_gemm_args *a, const panel_out512 *po, 
  * copies every accumulator each step). */
 BNE_INLINE void dpbusd_inplace(__m512i *acc, __m512i codes, __m512i b) {
     __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(codes), "v"(b));
+}
+
+/* ---- GEMV (decode: one activation row) ---------------------------------------------------------
+ * R weight rows j, j + step, ... (R <= 4, a constant after inlining; the caller's rows in R parts:
+ * R sequential weight streams far apart, as avx2.c's GEMV, whose measurements chose that order: 4
+ * adjacent rows a step read 1.9x slower from DRAM on a Zen 4).  A step is one cache line of each row,
+ * two blocks: field f of its 64 bytes (bits 2f, 2f+1) holds the codes of weights f*32.. of the first
+ * block in the low half and of the second block in the high half, so it meets x's 32 bytes f*32..
+ * of each block joined in one zmm (loaded once for the R rows); 3 shifts, 4 masks and 4 vpdpbusd a
+ * row and 256 weights, one int32 sum per row (|sum| <= 2 * 128 * k: no overflow for k <= BNE_MAX_K). */
+BNE_INLINE __m512i x_pair_field(const int8_t *xb, int f) { /* x of field f of blocks xb, xb + 128 */
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(xb + 32 * f))),
+                              _mm256_loadu_si256((const __m256i *)(xb + 128 + 32 * f)), 1);
+}
+
+BNE_INLINE void gemv_fields(__m512i *acc, __m512i v, const __m512i x[4], __m512i m3) {
+    dpbusd_inplace(acc, _mm512_and_si512(v, m3), x[0]);
+    dpbusd_inplace(acc, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), x[1]);
+    dpbusd_inplace(acc, _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), x[2]);
+    dpbusd_inplace(acc, _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), x[3]);
+}
+
+BNE_INLINE void ternary_gemv512(const bne_gemm_args *a, size_t j, int R, size_t step, size_t pf) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const size_t nb = a->k / BNE_TERNARY_BLOCK;
+    const uint8_t *w[4];
+    __m512i acc[4];
+    for (int r = 0; r < R; ++r) {
+        w[r] = a->w + (j + r * step) * a->ldw;
+        acc[r] = _mm512_setzero_si512();
+    }
+    size_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+        const __m512i x[4] = {x_pair_field(xb, 0), x_pair_field(xb, 1), x_pair_field(xb, 2), x_pair_field(xb, 3)};
+        for (int r = 0; r < R; ++r) {
+            _mm_prefetch((const char *)(w[r] + b * 32 + pf), _MM_HINT_T0);
+            gemv_fields(&acc[r], _mm512_loadu_si512((const void *)(w[r] + b * 32)), x, m3);
+        }
+    }
+    if (b < nb) { /* an odd last block: the high halves are zero */
+        const int8_t *xb = a->x + b * BNE_TERNARY_BLOCK;
+        __m512i x[4];
+        for (int f = 0; f < 4; ++f)
+            x[f] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xb + 32 * f)));
+        for (int r = 0; r < R; ++r)
+            gemv_fields(&acc[r], _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(w[r] + b * 32))), x, m3);
+    }
+    const size_t tail = a->k - nb * BNE_TERNARY_BLOCK;
+    for (int r = 0; r < R; ++r) {
+        int32_t s = _mm512_reduce_add_epi32(acc[r]);
+        if (tail) s += bne_tail_codes_dot(w[r] + nb * 32, a->x + nb * BNE_TERNARY_BLOCK, tail);
+        bne_store(a, 0, j + r * step, s - a->xsum[0]);
+    }
 }
 
 /* MR activation rows from i against NP (1 or 2) panels over k4 steps, finished into y.  The 24 sums
@@ -178,25 +230,27 @@ static int ternary_panel_gemm512(const bne_gemm_args *a, size_t n0, size_t n1, i
 /* W (n, k) packed ternary @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void ternary_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
-    if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) ternary_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) ternary_tile(a, j, 0, 1, 1, 0);
+    if (a->m == 1) { /* 4 streams far apart (ternary_gemv512) */
+        const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
+        for (int q = 0; q < 4; ++q) bne_gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (size_t i = 0; i < part; ++i) ternary_gemv512(a, n0 + i, 4, part, pf);
+        for (j = n0 + 4 * part; j < n1; ++j) ternary_gemv512(a, j, 1, 1, pf);
         return;
     }
     if (a->m >= PANEL_MIN_M && ternary_panel_gemm512(a, n0, n1, 0)) return;
     for (; j + 2 <= n1; j += 2) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 2, 4, 0);
-        for (; i < a->m; ++i) ternary_tile(a, j, i, 2, 1, 0);
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 2, 4);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 2, 1);
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4, 0);
-        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1, 0);
+        for (; i + 4 <= a->m; i += 4) ternary_tile(a, j, i, 1, 4);
+        for (; i < a->m; ++i) ternary_tile(a, j, i, 1, 1);
     }
 }
 
-BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR, size_t pf) {
+BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, int MR) {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const size_t kv = a->k & ~(size_t)63;
     __m512i acc[4][4];
@@ -206,7 +260,6 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
         __m512i w[4];
         for (int r = 0; r < NR; ++r) {
             const uint8_t *src = a->w + (j + r) * a->ldw + t;
-            if (pf) _mm_prefetch((const char *)(src + pf), _MM_HINT_T0);
             w[r] = _mm512_loadu_si512((const void *)src);
         }
         for (int c = 0; c < MR; ++c) {
@@ -233,18 +286,49 @@ BNE_INLINE void int8_tile(const bne_gemm_args *a, size_t j, size_t i, int NR, in
     }
 }
 
+/* int8 GEMV: R rows j, j + step, ... as R far streams (as ternary_gemv512); x ^ 0x80 loaded once a step
+ * for the R rows, one vpdpbusd a row and 64 bytes, 128 sum(w) taken off at the end (int8_tile's rule). */
+BNE_INLINE void int8_gemv512(const bne_gemm_args *a, size_t j, int R, size_t step, size_t pf) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const size_t kv = a->k & ~(size_t)63;
+    const uint8_t *w[4];
+    __m512i acc[4];
+    for (int r = 0; r < R; ++r) {
+        w[r] = a->w + (j + r * step) * a->ldw;
+        acc[r] = _mm512_setzero_si512();
+    }
+    for (size_t t = 0; t < kv; t += 64) {
+        const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512((const void *)(a->x + t)), bias);
+        for (int r = 0; r < R; ++r) {
+            _mm_prefetch((const char *)(w[r] + t + pf), _MM_HINT_T0);
+            dpbusd_inplace(&acc[r], xu, _mm512_loadu_si512((const void *)(w[r] + t)));
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const int8_t *wr = (const int8_t *)w[r];
+        int32_t tail_w = 0;
+        for (size_t t = kv; t < a->k; ++t) tail_w += wr[t];
+        /* wrapping int32 arithmetic: the true result fits, so the sum is exact */
+        uint32_t s = (uint32_t)_mm512_reduce_add_epi32(acc[r]) - 128u * (uint32_t)(a->wsum[j + r * step] - tail_w);
+        for (size_t t = kv; t < a->k; ++t) s += (uint32_t)((int32_t)wr[t] * (int32_t)a->x[t]);
+        bne_store(a, 0, j + r * step, (int32_t)s);
+    }
+}
+
 /* W (n, k) int8 @ x (m, k) int8 -> y (m, n): columns [n0, n1). */
 static void int8_gemm_avx512(const bne_gemm_args *a, size_t n0, size_t n1) {
     size_t j = n0;
-    if (a->m == 1) {
-        for (; j + 4 <= n1; j += 4) int8_tile(a, j, 0, 4, 1, bne_prefetch_offset(a->ldw));
-        for (; j < n1; ++j) int8_tile(a, j, 0, 1, 1, 0);
+    if (a->m == 1) { /* 4 streams far apart */
+        const size_t pf = bne_prefetch_offset(a->ldw), part = (n1 - n0) / 4;
+        for (int q = 0; q < 4; ++q) bne_gemv_prefetch_start(a, n0 + q * part, n0 + (q + 1) * part, pf / 4);
+        for (size_t i = 0; i < part; ++i) int8_gemv512(a, n0 + i, 4, part, pf);
+        for (j = n0 + 4 * part; j < n1; ++j) int8_gemv512(a, j, 1, 1, pf);
         return;
     }
     for (; j < n1; ++j) {
         size_t i = 0;
-        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4, 0);
-        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1, 0);
+        for (; i + 4 <= a->m; i += 4) int8_tile(a, j, i, 1, 4);
+        for (; i < a->m; ++i) int8_tile(a, j, i, 1, 1);
     }
 }
 
