@@ -673,20 +673,37 @@ static void dec_rope(const bne_decoder *d, float *row, size_t heads, size_t pos)
  * token), and the norm would otherwise wait on DRAM latency line by line. */
 #define DEC_NORM_BYTES(n, w) ((w) ? (n) * sizeof(float) : 0)
 
-/* rows (m, k) of src: optional RMSNorm with w (into dst; NULL w: dst = src), then quantized into
- * xq/xs with row sums xsum. */
-static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, size_t k, const float *w, float eps,
-                          float *dst, int8_t *xq, float *xs, int32_t *xsum) {
-    if (!w)
-        for (size_t b = 0; b < m * k && b < 256; b += 16) __builtin_prefetch(src + b, 0, 3);
-    if (w) {
-        for (size_t i = 0; i < m; ++i) dec_rmsnorm(src + i * k, w, k, eps, dst + i * k);
-        src = dst;
+/* Rows [r0, r1) of dec_norm_quant's work (any split of the rows gives the same bits: all row-wise). */
+typedef struct {
+    const bne_kernels *kt;
+    const float *src;
+    size_t k;
+    const float *w;
+    float eps;
+    float *dst;
+    int8_t *xq;
+    float *xs;
+    int32_t *xsum;
+    int rc; /* the first failure's status (written with an atomic store), else BNE_OK */
+} dec_nq;
+
+static void dec_nq_rows(void *ctx, size_t r0, size_t r1) {
+    dec_nq *j = (dec_nq *)ctx;
+    const size_t k = j->k;
+    const float *src = j->src + r0 * k;
+    if (!j->w)
+        for (size_t b = 0; b < (r1 - r0) * k && b < 256; b += 16) __builtin_prefetch(src + b, 0, 3);
+    if (j->w) {
+        for (size_t i = r0; i < r1; ++i) dec_rmsnorm(j->src + i * k, j->w, k, j->eps, j->dst + i * k);
+        src = j->dst + r0 * k;
     }
-    int rc = kt->quantize(src, m, k, k, xq, k, xs);
-    if (rc) return rc;
-    for (size_t i = 0; i < m; ++i) {
-        const int8_t *q = xq + i * k;
+    int rc = j->kt->quantize(src, r1 - r0, k, k, j->xq + r0 * k, k, j->xs + r0);
+    if (rc) {
+        __atomic_store_n(&j->rc, rc, __ATOMIC_RELAXED);
+        return;
+    }
+    for (size_t i = r0; i < r1; ++i) {
+        const int8_t *q = j->xq + i * k;
         int32_t acc[DEC_L] = {0};
         size_t t = 0;
         for (; t + DEC_L <= k; t += DEC_L)
@@ -694,9 +711,22 @@ static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, siz
         int32_t sum = 0;
         for (int l = 0; l < DEC_L; ++l) sum += acc[l];
         for (; t < k; ++t) sum += q[t];
-        xsum[i] = sum;
+        j->xsum[i] = sum;
     }
-    return BNE_OK;
+}
+
+/* Rows of a prompt from which the norms and the quantizer run as a pool job (a decode step's single
+ * row stays on the caller's thread: a job hand-over costs more than one row). */
+#define DEC_NQ_POOL_ROWS 4
+
+/* rows (m, k) of src: optional RMSNorm with w (into dst; NULL w: dst = src), then quantized into
+ * xq/xs with row sums xsum. */
+static int dec_norm_quant(const bne_kernels *kt, const float *src, size_t m, size_t k, const float *w, float eps,
+                          float *dst, int8_t *xq, float *xs, int32_t *xsum) {
+    dec_nq j = {kt, src, k, w, eps, dst, xq, xs, xsum, BNE_OK};
+    if (m < DEC_NQ_POOL_ROWS) dec_nq_rows(&j, 0, m);
+    else bne_pool_run(dec_nq_rows, &j, m, 1);
+    return __atomic_load_n(&j.rc, __ATOMIC_RELAXED);
 }
 
 static dec_lin dec_lin_of(const bne_kernels *kt, const bne_linear *L, size_t m, const int8_t *xq, const float *xs,
@@ -722,6 +752,33 @@ DEC_INLINE void dec_tick(const bne_decoder *d, uint64_t *t, int c) {
         uint64_t now = bne_now_ns();
         d->profile_ns[c] += now - *t;
         *t = now;
+    }
+}
+
+/* Rows [i0, i1) of a pass's tokens after q|k|v: RoPE on their q and k heads, and (a prompt) their key
+ * and value rows into the cache; one token writes its rows in dec_attn_chunks.  Row-wise: any split of
+ * the rows gives the same bits. */
+typedef struct {
+    const bne_decoder *d;
+    const bne_dec_layout *lo;
+    float *qkv;
+    uint8_t *kv;
+    size_t pos0, n;
+} dec_rope_put;
+
+static void dec_rope_put_rows(void *ctx, size_t i0, size_t i1) {
+    const dec_rope_put *j = (const dec_rope_put *)ctx;
+    const bne_decoder *d = j->d;
+    const bne_dec_layout *lo = j->lo;
+    const size_t hd = d->head_dim;
+    for (size_t i = i0; i < i1; ++i) {
+        float *row = j->qkv + i * lo->qkvd;
+        dec_rope(d, row + lo->qd, d->kv_heads, j->pos0 + i);
+        dec_rope(d, row, d->heads, j->pos0 + i);
+        for (size_t g = 0; g < d->kv_heads && j->n > 1; ++g) {
+            dec_cache_put(d, lo, j->kv, 1, g, j->pos0 + i, row + lo->qd + g * hd);
+            dec_cache_put(d, lo, j->kv + lo->kv_plane, 0, g, j->pos0 + i, row + lo->qd + lo->kvd + g * hd);
+        }
     }
 }
 
@@ -758,15 +815,9 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
         dec_tick(d, &t, 0);
         bne_pool_run(dec_multi_range, &mj, lo.qkvd, dec_grain(lo.qkvd));
         dec_tick(d, &t, 2);
-        for (size_t i = 0; i < n; ++i) {
-            float *row = qkv + i * lo.qkvd;
-            dec_rope(d, row + lo.qd, d->kv_heads, pos0 + i);
-            dec_rope(d, row, d->heads, pos0 + i);
-            for (size_t g = 0; g < d->kv_heads && n > 1; ++g) { /* (one token: in dec_attn_chunks) */
-                dec_cache_put(d, &lo, kv, 1, g, pos0 + i, row + lo.qd + g * hd);
-                dec_cache_put(d, &lo, kv + lo.kv_plane, 0, g, pos0 + i, row + lo.qd + lo.kvd + g * hd);
-            }
-        }
+        dec_rope_put rp = {d, &lo, qkv, kv, pos0, n};
+        if (n < DEC_NQ_POOL_ROWS) dec_rope_put_rows(&rp, 0, n);
+        else bne_pool_run(dec_rope_put_rows, &rp, n, 8); /* 8 rows: a K tile's positions */
         uint32_t *left = (uint32_t *)(W + lo.left);
         dec_attn aj = {d, &lo, qkv, kv, pos0, n, part, att, left};
         dec_tick(d, &t, 0);
