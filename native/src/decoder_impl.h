@@ -793,7 +793,7 @@ int BNE_DEC_FN(const bne_kernels *kt, const bne_decoder *d, void *cache, size_t 
     float *yo = (float *)(W + lo.yo), *xs = (float *)(W + lo.xs), *part = (float *)(W + lo.part);
     int8_t *xq = (int8_t *)(W + lo.xq);
     int32_t *xsum = (int32_t *)(W + lo.xsum);
-    const size_t H = d->hidden, F = d->ffn, hd = d->head_dim;
+    const size_t H = d->hidden, F = d->ffn;
     bne_copy(x, xin, n * H * sizeof(float));
     uint64_t t = d->profile_ns ? bne_now_ns() : 0;
 
