@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CONSTRAINTS := .ci/constraints.txt
-# Two workers, one test file per worker at a time (module fixtures and the README journeys stay in one
+# Three workers on two cores (the install and demo tests wait on pip and disk), one test file per worker at a time (module fixtures and the README journeys stay in one
 # process); the slowest files start first (tests/conftest.py; xdist would otherwise order files by their
 # number of tests).  PYTEST_WORKERS=0 runs it in one process.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?= --durations=30 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # The Python 3.10 leg: the oldest Python the runtime and the agent support (JetPack 6, Ubuntu 22.04).
 VENV310 ?= .venv310
