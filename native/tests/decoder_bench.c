@@ -4,7 +4,8 @@
  * with random rows up to the context (no prefill), so a run takes seconds.
  * benchmarks/decoder_glue.py builds and runs it.
  *
- *   usage: decoder_bench THREADS KV_TYPE(0 f32, 1 f16, 2 int8) CONTEXT STEPS [BACKEND [LAYERS]]
+ *   usage: decoder_bench THREADS KV_TYPE(0 f32, 1 f16, 2 int8) CONTEXT STEPS [BACKEND [LAYERS [PROMPT]]]
+ *   PROMPT > 1: each timed step is a prompt of PROMPT tokens at positions CONTEXT.. (prefill)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -69,11 +70,13 @@ static uint16_t f2h(float f) { /* random cache fill only: plain truncation is fi
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: decoder_bench THREADS KV_TYPE CONTEXT STEPS [BACKEND [LAYERS]]\n");
+        fprintf(stderr, "usage: decoder_bench THREADS KV_TYPE CONTEXT STEPS [BACKEND [LAYERS [PROMPT]]]\n");
         return 2;
     }
     int threads = atoi(argv[1]), kvt = atoi(argv[2]), backend = argc > 5 ? atoi(argv[5]) : 0;
     size_t ctx = (size_t)atol(argv[3]), steps = (size_t)atol(argv[4]), layers = argc > 6 ? (size_t)atol(argv[6]) : 30;
+    size_t prompt = argc > 7 ? (size_t)atol(argv[7]) : 1;
+    if (prompt < 1) prompt = 1;
     for (int b = 0, c = 0; b < 256; ++b)
         if ((b & 3) < 3 && ((b >> 2) & 3) < 3 && ((b >> 4) & 3) < 3 && ((b >> 6) & 3) < 3)
             valid2[c++] = (unsigned char)b;
@@ -121,8 +124,8 @@ int main(int argc, char **argv) {
     d.rope_sin = rs;
     uint64_t prof[4] = {0};
 
-    size_t cap = (ctx + steps + 1 + 7) / 8 * 8; /* whole K tiles: the int8 scales sit where older layouts had them */
-    size_t cbytes = bne_decoder_cache_bytes(&d, cap), wbytes = bne_decoder_workspace_bytes(&d, 1, cap);
+    size_t cap = (ctx + (prompt > 1 ? prompt : steps + 1) + 7) / 8 * 8; /* whole K tiles: the int8 scales sit where older layouts had them */
+    size_t cbytes = bne_decoder_cache_bytes(&d, cap), wbytes = bne_decoder_workspace_bytes(&d, prompt, cap);
     if (!cbytes || !wbytes) {
         fprintf(stderr, "bad shape\n");
         return 2;
@@ -148,7 +151,7 @@ int main(int argc, char **argv) {
                     if (kvt == BNE_KV_I8) ((float *)(P + (rows * row + 63) / 64 * 64))[g * cap8 + t] = 2.0f / 127.0f;
                 }
         }
-    float *x = vec(d.hidden * (steps + 1), 0.0f, 1.0f), *logits = amalloc(d.vocab * 4);
+    float *x = vec(d.hidden * (prompt > 1 ? prompt : steps + 1), 0.0f, 1.0f), *logits = amalloc(d.vocab * 4);
     bne_set_threads(threads);
     int st = bne_decoder_forward(backend, &d, cache, cap, ctx, x, 1, work, wbytes, 0, logits, NULL); /* warm-up */
     if (st) {
@@ -162,8 +165,9 @@ int main(int argc, char **argv) {
     double *per = calloc(4 * steps, sizeof(double));
     for (size_t s = 0; s < steps; ++s) {
         memset(prof, 0, sizeof prof);
-        st = bne_decoder_forward(backend, &d, cache, cap, ctx + 1 + s, x + (s + 1) * d.hidden, 1, work, wbytes, 0,
-                                 logits, NULL);
+        st = prompt > 1 ? bne_decoder_forward(backend, &d, cache, cap, ctx, x, prompt, work, wbytes, 0, logits, NULL)
+                        : bne_decoder_forward(backend, &d, cache, cap, ctx + 1 + s, x + (s + 1) * d.hidden, 1, work,
+                                              wbytes, 0, logits, NULL);
         if (st) {
             fprintf(stderr, "status %d\n", st);
             return 1;
@@ -182,10 +186,10 @@ int main(int argc, char **argv) {
     uint32_t bits;
     float l0 = logits[0];
     memcpy(&bits, &l0, 4);
-    printf("{\"threads\": %d, \"kv_type\": %d, \"context\": %zu, \"steps\": %zu, \"layers\": %zu, \"backend\": \"%s\", "
+    printf("{\"threads\": %d, \"kv_type\": %d, \"context\": %zu, \"prompt\": %zu, \"steps\": %zu, \"layers\": %zu, \"backend\": \"%s\", "
            "\"ms_per_step\": %.4f, \"glue_ms\": %.4f, \"attention_ms\": %.4f, \"linears_ms\": %.4f, \"head_ms\": %.4f, "
            "\"checksum\": %.9e, \"last_logit0_bits\": %u}\n",
-           threads, kvt, ctx, steps, layers, bne_backend_name(backend ? backend : bne_backend_best()), wall / steps,
+           threads, kvt, ctx, prompt, steps, layers, bne_backend_name(backend ? backend : bne_backend_best()), wall / steps,
            med[0], med[1], med[2], med[3], sum, bits);
     return 0;
 }

@@ -50,9 +50,11 @@ def test_ternary_base3_int32_exact(native_backend, rng, n, k, m):
     np.testing.assert_array_equal(tm.ternary(), q)
 
 
-@pytest.mark.parametrize("n,k,m", [(16, 256, 8), (33, 130, 9), (40, 6911, 13), (17, 5, 8), (20, 641, 64)])
+@pytest.mark.parametrize("n,k,m", [(16, 256, 8), (33, 130, 9), (40, 6911, 13), (17, 5, 8), (20, 641, 64),
+                                   (50, 1024, 12), (7, 384, 8)])
 def test_ternary_prefill_panels_exact(native_backend, rng, n, k, m):
-    """m >= 8 takes the AVX2 panel GEMM (16-column code panels), both layouts."""
+    """m >= 8 takes the panel GEMM (16-column code panels), both layouts; 2-bit rows of whole blocks
+    (k % 128 == 0) are filled by the AVX-512 variant's own transpose (several panels, a partial last)."""
     q, xq = _random_case(rng, n, k, m)
     for cls in (TernaryMatrix, Ternary3Matrix):
         tm = cls.from_ternary(q, 1.0)

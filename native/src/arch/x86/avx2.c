@@ -454,10 +454,9 @@ BNE_INLINE void panel_kernel(const bne_gemm_args *a, const uint8_t *panel, size_
     for (int r = 0; r < MR; ++r) panel_finish(a, po, i + r, tot[r][0], tot[r][1]);
 }
 
-/* 8 vectors of codes, r[c] = quads 0..7 (32 bytes) of row c -> the 8 panel steps from dst (64-byte
- * stride, this column group's 32 bytes each; only the first nq are stored): an 8 x 8 transpose of
+/* 8 vectors, r[c] = dwords 0..7 of row c -> out[q] = dword q of rows 0-7: an 8 x 8 transpose of
  * 4-byte quads (unpack 32, unpack 64, permute 128: 24 shuffles). */
-BNE_INLINE void panel_tr8(__m256i r[8], uint8_t *dst, size_t nq) {
+BNE_INLINE void panel_tr8_regs(__m256i r[8], __m256i out[8]) {
     __m256i t[8];
     for (int c = 0; c < 8; c += 2) {
         t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
@@ -471,9 +470,16 @@ BNE_INLINE void panel_tr8(__m256i r[8], uint8_t *dst, size_t nq) {
     }
     /* r[s] (s < 4): quad s of rows 0-3 | quad s+4 of rows 0-3; r[s+4]: the same of rows 4-7 */
     for (int c = 0; c < 4; ++c) {
-        t[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
-        t[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
+        out[c] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x20);     /* quad c, rows 0-7 */
+        out[c + 4] = _mm256_permute2x128_si256(r[c], r[c + 4], 0x31); /* quad c+4 */
     }
+}
+
+/* 8 vectors of codes, r[c] = quads 0..7 (32 bytes) of row c -> the 8 panel steps from dst (64-byte
+ * stride, this column group's 32 bytes each; only the first nq are stored). */
+BNE_INLINE void panel_tr8(__m256i r[8], uint8_t *dst, size_t nq) {
+    __m256i t[8];
+    panel_tr8_regs(r, t);
     for (size_t q = 0; q < 8 && q < nq; ++q) _mm256_store_si256((__m256i *)(dst + q * 64), t[q]);
 }
 
@@ -487,9 +493,11 @@ static void panel_transpose8(const uint8_t *codes, size_t k32, size_t k4, uint8_
 }
 
 /* 2-bit rows: the nb whole 128-weight blocks of rows w, w + ldw, ... (nr of them, the other of the 8
- * columns zero) -> column group g of the panel, straight from the packed bytes: the code vector s of
- * a block (weights 32 s .. 32 s + 31) is quads 8 s .. 8 s + 7 of the row, so each (block, s) is one
- * transpose; per 32 codes 1 load, 2 bit operations, 3 shuffles and a store. */
+ * columns zero) -> column group g of the panel, straight from the packed bytes.  Packed byte t of a
+ * block holds weights t, t + 32, t + 64, t + 96 in its fields 0..3, so packed dword q holds, in field
+ * f, the 4 codes of quad 8 f + q: the 8 x 8 packed dwords are transposed once, then each field is a
+ * shift and a mask of the 8 transposed vectors (per block and 8 rows: 8 loads, 24 shuffles, 64 bit
+ * operations, 32 stores). */
 static void panel_unpack_2bit8(const uint8_t *w, size_t ldw, size_t nr, size_t nb, uint8_t *panel, size_t g) {
     static const uint8_t zero32[32] __attribute__((aligned(32))) = {0};
     const __m256i m3 = _mm256_set1_epi8(3);
@@ -500,17 +508,14 @@ static void panel_unpack_2bit8(const uint8_t *w, size_t ldw, size_t nr, size_t n
         step[c] = c < nr ? 32 : 0;
     }
     for (size_t b = 0; b < nb; ++b) {
-        __m256i v[8], r[8];
+        __m256i v[8], t[8];
         for (int c = 0; c < 8; ++c) v[c] = _mm256_loadu_si256((const __m256i *)(row[c] + b * step[c]));
+        panel_tr8_regs(v, t);
         uint8_t *dst = panel + b * 32 * 64 + g * 32;
-        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(v[c], m3);
-        panel_tr8(r, dst, 8);
-        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 2), m3);
-        panel_tr8(r, dst + 8 * 64, 8);
-        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m3);
-        panel_tr8(r, dst + 16 * 64, 8);
-        for (int c = 0; c < 8; ++c) r[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 6), m3);
-        panel_tr8(r, dst + 24 * 64, 8);
+        for (int f = 0; f < 4; ++f)
+            for (int q = 0; q < 8; ++q)
+                _mm256_store_si256((__m256i *)(dst + (8 * f + q) * 64),
+                                   _mm256_and_si256(_mm256_srli_epi16(t[q], 2 * f), m3));
     }
 }
 

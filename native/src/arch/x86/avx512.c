@@ -186,6 +186,65 @@ BNE_INLINE void panel_kernel512(const bne_gemm_args *a, const uint8_t *p0, const
         else panel_kernel512(a, panel, panel, k4, i, mr, 1, po);                    \
         break;
 
+/* A 16-column panel of 2-bit rows (k a whole number of blocks; rows past nc read as zero), with
+ * 512-bit operations: the panel's quads are the packed bytes' dwords (packed byte t of a block holds
+ * weights t, t + 32, t + 64, t + 96 in its fields 0..3, so packed dword q holds, in field f, the 4
+ * codes of quad 8 f + q).  Per block: the 16 x 8 packed dwords are transposed once (row c and row
+ * c + 8 in the halves of one zmm, the 3 shuffle stages of panel_tr8 in both halves at once, the
+ * last as one vpermt2q), then each field is a shift and a mask of the 8 transposed vectors: 24
+ * shuffles and 64 bit operations for 2048 weights (the AVX2 fill: 320).  Same panel bytes as
+ * bne_panel_fill_avx2. */
+static void panel_unpack_2bit16(const uint8_t *w, size_t ldw, size_t nc, size_t nb, uint8_t *panel) {
+    static const uint8_t zero32[32] __attribute__((aligned(32))) = {0};
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i hi_idx = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const uint8_t *row[16];
+    size_t step[16];
+    for (size_t c = 0; c < 16; ++c) {
+        row[c] = c < nc ? w + c * ldw : zero32;
+        step[c] = c < nc ? 32 : 0;
+    }
+    for (size_t b = 0; b < nb; ++b) {
+        __m512i r[8], t[8];
+        for (int c = 0; c < 8; ++c)
+            r[c] = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row[c] + b * step[c]))),
+                _mm256_loadu_si256((const __m256i *)(row[c + 8] + b * step[c + 8])), 1);
+        for (int c = 0; c < 8; c += 2) {
+            t[c] = _mm512_unpacklo_epi32(r[c], r[c + 1]);
+            t[c + 1] = _mm512_unpackhi_epi32(r[c], r[c + 1]);
+        }
+        for (int c = 0; c < 8; c += 4) {
+            r[c] = _mm512_unpacklo_epi64(t[c], t[c + 2]);
+            r[c + 1] = _mm512_unpackhi_epi64(t[c], t[c + 2]);
+            r[c + 2] = _mm512_unpacklo_epi64(t[c + 1], t[c + 3]);
+            r[c + 3] = _mm512_unpackhi_epi64(t[c + 1], t[c + 3]);
+        }
+        /* in each half: r[s] (s < 4) = dword s of rows 0-3 | dword s+4 of rows 0-3 (128-bit lanes),
+         * r[s+4] the same of rows 4-7 (of 8-11 | 12-15 in the high half) */
+        for (int c = 0; c < 4; ++c) {
+            t[c] = _mm512_permutex2var_epi64(r[c], lo_idx, r[c + 4]);     /* dword c of rows 0-15 */
+            t[c + 4] = _mm512_permutex2var_epi64(r[c], hi_idx, r[c + 4]); /* dword c+4 */
+        }
+        uint8_t *dst = panel + b * 32 * 64;
+        for (int f = 0; f < 4; ++f)
+            for (int q = 0; q < 8; ++q)
+                _mm512_store_si512((void *)(dst + (8 * f + q) * 64),
+                                   _mm512_and_si512(_mm512_srli_epi16(t[q], 2 * f), m3));
+    }
+}
+
+/* One 16-column panel: 2-bit rows of whole blocks through panel_unpack_2bit16, the rest (base-3, a
+ * partial last block) through the AVX2 fill. */
+static void panel_fill512(const bne_gemm_args *a, size_t j, size_t nc, int base3, uint8_t *panel, uint8_t *codes,
+                          uint8_t tailc[16][4]) {
+    if (!base3 && a->k % BNE_TERNARY_BLOCK == 0)
+        panel_unpack_2bit16(a->w + j * a->ldw, a->ldw, nc, a->k / BNE_TERNARY_BLOCK, panel);
+    else
+        bne_panel_fill_avx2(a, j, nc, base3, panel, codes, tailc);
+}
+
 /* Columns [n0, n1) through pairs of 16-column panels; 0 if the buffer could not be had. */
 static int ternary_panel_gemm512(const bne_gemm_args *a, size_t n0, size_t n1, int base3) {
     const size_t k = a->k, k4 = k / 4, kt = k - 4 * k4, m = a->m;
@@ -202,13 +261,20 @@ static int ternary_panel_gemm512(const bne_gemm_args *a, size_t n0, size_t n1, i
         size_t np = 0;
         for (size_t j = j0; j < n1 && np < 2; j += PANEL_N, ++np) {
             const size_t nc = n1 - j < PANEL_N ? n1 - j : PANEL_N;
-            bne_panel_fill_avx2(a, j, nc, base3, panel + np * pbytes, codes, tailc);
+            panel_fill512(a, j, nc, base3, panel + np * pbytes, codes, tailc);
             po[np] = (panel_out512){j, nc, NULL};
             if (kt) {
                 int32_t *ad = adj + np * m * PANEL_N;
                 po[np].adj = ad;
                 bne_panel_tail_avx2(a, tailc, ad);
             }
+        }
+        /* the next pair's weight rows into L2 while the micro-kernels run on this pair (the fill
+         * otherwise waits on DRAM) */
+        const size_t pf0 = j0 + 2 * PANEL_N, pf1 = pf0 + 2 * PANEL_N < n1 ? pf0 + 2 * PANEL_N : n1;
+        if (pf0 < pf1) {
+            const char *p = (const char *)(a->w + pf0 * a->ldw);
+            for (size_t off = 0; off < (pf1 - pf0) * a->ldw; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
         }
         for (size_t t = 0, i = 0; t < tiles; ++t) {
             const size_t mr = base + (t < extra);
